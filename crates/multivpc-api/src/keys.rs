@@ -1,0 +1,69 @@
+//! Well-known names: finalizers, labels and annotations, shared by all controllers so that
+//! every binary agrees on them (and on those of the original Go operator).
+
+/// Finalizer of VpcDnsForward, the same name the original operator used so its objects are adopted.
+pub const DNS_FINALIZER: &str = "dns.finalizer.ustc.io";
+/// Finalizer of VpcNatTunnel, the same name the original operator used so its objects are adopted.
+pub const TUNNEL_FINALIZER: &str = "tunnel.finalizer.ustc.io";
+
+/// Label prefix of labels this project puts on objects it owns.
+pub const LABEL_PREFIX: &str = "multivpc.kubeovn.ustc.io";
+/// GatewayExIp label: the Submariner cluster ID of the cluster that owns the gateway.
+pub const LABEL_CLUSTER: &str = "multivpc.kubeovn.ustc.io/cluster";
+/// GatewayExIp label: the VpcNatGateway the object describes (as named in its tunnels' `natGwDp`).
+pub const LABEL_GATEWAY: &str = "multivpc.kubeovn.ustc.io/gateway";
+/// GatewayExIp label: the Kube-OVN VPC the gateway serves.
+pub const LABEL_VPC: &str = "multivpc.kubeovn.ustc.io/vpc";
+/// GatewayExIp label: the gateway instance currently carrying the traffic (differs from
+/// [`LABEL_GATEWAY`] after a failover to a standby).
+pub const LABEL_ACTIVE_GATEWAY: &str = "multivpc.kubeovn.ustc.io/active-gateway";
+
+/// Submariner broker convention: the cluster an exported object comes from.
+pub const SUBMARINER_CLUSTER_ID: &str = "submariner-io/clusterID";
+/// Submariner broker convention: the namespace an exported object comes from.
+pub const SUBMARINER_ORIGIN_NAMESPACE: &str = "submariner-io/originatingNamespace";
+
+/// Namespace of Kube-OVN's system objects (vpc-dns, NAT gateways, GatewayExIps by default).
+pub const KUBE_SYSTEM: &str = "kube-system";
+/// Pod label Kube-OVN puts on every VPC NAT gateway pod.
+pub const LABEL_VPC_NAT_GW: &str = "ovn.kubernetes.io/vpc-nat-gw";
+/// Container of a VPC NAT gateway pod that carries the network tools.
+pub const NAT_GW_CONTAINER: &str = "vpc-nat-gw";
+/// Prefix of the StatefulSet (and `app` label) of a VPC NAT gateway.
+pub const NAT_GW_PREFIX: &str = "vpc-nat-gw-";
+/// Pod annotation set by Kube-OVN IPAM: the gateway of the pod's VPC subnet.
+pub const ANNOTATION_OVN_GATEWAY: &str = "ovn.kubernetes.io/gateway";
+/// Pod annotation: the pod's address on the default (VPC) network.
+pub const ANNOTATION_OVN_IP: &str = "ovn.kubernetes.io/ip_address";
+/// Default NetworkAttachmentDefinition of the NAT gateways' external network.
+pub const DEFAULT_EXTERNAL_NAD: &str = "ovn-vpc-external-network";
+
+/// Deployment label of Kube-OVN vpc-dns Deployments.
+pub const LABEL_VPC_DNS: &str = "ovn.kubernetes.io/vpc-dns";
+/// ConfigMap holding the Corefile of every vpc-dns Deployment.
+pub const VPC_DNS_COREFILE: &str = "vpc-dns-corefile";
+
+/// Pod annotation key holding the IP address IPAM gave the pod on the attachment whose
+/// provider is `<nad>.<namespace>` (Kube-OVN's `<provider>.kubernetes.io/ip_address`).
+pub fn external_ip_annotation(nad: &str, nad_namespace: &str) -> String {
+    format!("{nad}.{nad_namespace}.kubernetes.io/ip_address")
+}
+
+/// Name of the GatewayExIp describing gateway `gateway` of cluster `cluster_id` (seed: `gw1-cluster1`).
+pub fn gateway_exip_name(gateway: &str, cluster_id: &str) -> String {
+    format!("{gateway}-{cluster_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_seed() {
+        assert_eq!(gateway_exip_name("gw1", "cluster1"), "gw1-cluster1");
+        assert_eq!(
+            external_ip_annotation(DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM),
+            "ovn-vpc-external-network.kube-system.kubernetes.io/ip_address"
+        );
+    }
+}

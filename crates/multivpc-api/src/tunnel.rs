@@ -1,0 +1,192 @@
+//! `VpcNatTunnel`: a GRE or VXLAN tunnel from a local Kube-OVN VPC NAT gateway to a gateway of
+//! another cluster, found through that cluster's GatewayExIp.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::net::{DNS_LABEL_PATTERN, IPV4_CIDR_PATTERN, OBJECT_NAME_PATTERN};
+
+/// Default VXLAN network identifier when `vni` is omitted.
+pub const DEFAULT_VNI: u32 = 100;
+/// Default VXLAN UDP destination port (IANA) when `dstPort` is omitted.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Largest VXLAN network identifier (24 bits).
+pub const MAX_VNI: u32 = 16_777_215;
+
+/// Desired state of a tunnel between a local VPC NAT gateway and a remote cluster's gateway.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "kubeovn.ustc.io",
+    version = "v1",
+    kind = "VpcNatTunnel",
+    namespaced,
+    status = "VpcNatTunnelStatus",
+    shortname = "vnt",
+    category = "multivpc",
+    derive = "PartialEq",
+    doc = "A GRE or VXLAN tunnel between a local Kube-OVN VPC NAT gateway and a NAT gateway of another cluster. Its name is the tunnel interface name inside the gateway pod.",
+    validation = Rule::new("size(self.metadata.name) <= 15 && !(self.metadata.name in ['lo', 'eth0', 'net1'])").message("metadata.name is the tunnel's Linux interface name in the gateway pod: at most 15 characters, and not lo, eth0 or net1"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type", description = "Tunnel encapsulation"),
+    printcolumn(name = "Local GW", type_ = "string", json_path = ".spec.natGwDp", description = "Local VPC NAT gateway"),
+    printcolumn(name = "Remote Cluster", type_ = "string", json_path = ".spec.clusterId", description = "Submariner cluster ID of the remote end"),
+    printcolumn(name = "Remote GW", type_ = "string", json_path = ".spec.gatewayName", description = "NAT gateway of the remote end"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the tunnel is programmed"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new("self.type == 'vxlan' || !has(self.vni)").message("vni is only valid when type is vxlan").field_path(".vni"))]
+#[x_kube(validation = Rule::new("self.type == 'vxlan' || !has(self.dstPort)").message("dstPort is only valid when type is vxlan").field_path(".dstPort"))]
+#[serde(rename_all = "camelCase")]
+pub struct VpcNatTunnelSpec {
+    /// Submariner cluster ID of the remote cluster (the cluster that owns `gatewayName`).
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub cluster_id: String,
+
+    /// Name of the remote cluster's VPC NAT gateway. Its endpoint is read from the GatewayExIp
+    /// `<gatewayName>-<clusterId>` synchronised from that cluster.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 52))]
+    pub gateway_name: String,
+
+    /// IPv4 address with prefix length given to the tunnel interface, e.g. 10.100.0.1/24.
+    /// The remote end uses another address of the same network.
+    #[schemars(regex(pattern = IPV4_CIDR_PATTERN))]
+    pub interface_addr: String,
+
+    /// Name of the local Kube-OVN VpcNatGateway whose pod carries the tunnel.
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 52))]
+    pub nat_gw_dp: String,
+
+    /// Encapsulation: gre (default, as in the original operator) or vxlan.
+    #[serde(default, rename = "type")]
+    pub tunnel_type: TunnelType,
+
+    /// VXLAN network identifier, 1 to 16777215; only with type vxlan (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16_777_215))]
+    pub vni: Option<u32>,
+
+    /// VXLAN UDP destination port, 1 to 65535; only with type vxlan (default 4789).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub dst_port: Option<u16>,
+}
+
+impl VpcNatTunnelSpec {
+    /// The VXLAN identifier to program (the spec's or the default).
+    pub fn effective_vni(&self) -> u32 {
+        self.vni.unwrap_or(DEFAULT_VNI)
+    }
+
+    /// The VXLAN destination port to program (the spec's or the default).
+    pub fn effective_dst_port(&self) -> u16 {
+        self.dst_port.unwrap_or(DEFAULT_VXLAN_PORT)
+    }
+}
+
+/// Tunnel encapsulation.
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelType {
+    // GRE (`ip tunnel add … mode gre`), the original operator's only kind.
+    #[default]
+    Gre,
+    // VXLAN over the gateway's external interface.
+    Vxlan,
+}
+
+impl std::fmt::Display for TunnelType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gre => "gre",
+            Self::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// Observed state of a VpcNatTunnel.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcNatTunnelStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Conditions; `Ready` tells whether the tunnel is programmed, and if not, why (reason).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// The local gateway instance carrying the tunnel: `natGwDp`, or its standby after a failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_gateway: Option<String>,
+
+    /// The gateway pod the tunnel was last programmed into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_pod: Option<PodRef>,
+
+    /// Underlay (external network) IPv4 address of the local gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ip: Option<String>,
+
+    /// Underlay (external network) IPv4 address of the remote gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ip: Option<String>,
+
+    /// Submariner Globalnet CIDR of the local cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_globalnet_cidr: Option<String>,
+
+    /// Submariner Globalnet CIDR of the remote cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_globalnet_cidr: Option<String>,
+
+    /// Gateway of the local VPC subnet (next hop towards the local Globalnet CIDR).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovn_gateway_ip: Option<String>,
+
+    /// SNAT source range taken from the cluster's Globalnet egress IPs, e.g. 242.0.0.1-242.0.0.8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_range: Option<String>,
+
+    /// Exactly what was last programmed into the gateway, so that a later change removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedTunnel>,
+}
+
+/// A pod identified by name and UID (a new UID means a new pod with empty network state).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub struct PodRef {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+}
+
+/// The tunnel configuration last programmed into a gateway pod.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedTunnel {
+    /// Encapsulation programmed.
+    #[serde(rename = "type")]
+    pub tunnel_type: TunnelType,
+    /// Interface address programmed.
+    pub interface_addr: String,
+    /// Local underlay address programmed.
+    pub local_ip: String,
+    /// Remote underlay address programmed.
+    pub remote_ip: String,
+    /// VXLAN identifier programmed (vxlan only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    /// VXLAN destination port programmed (vxlan only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_port: Option<u16>,
+    /// Route to the local Globalnet CIDR programmed (via the OVN gateway on eth0).
+    pub local_route: String,
+    /// Route to the remote Globalnet CIDR programmed (through the tunnel).
+    pub remote_route: String,
+    /// SNAT source range programmed.
+    pub snat_range: String,
+}
