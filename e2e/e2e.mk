@@ -1,0 +1,33 @@
+# e2e harness targets (included by the root Makefile). See e2e/README.md.
+E2E_DIR := e2e
+CLUSTERS ?= cluster1 cluster2 broker
+E2E_CARGO_TEST_ARGS ?=
+
+.PHONY: e2e-build e2e-up e2e-down e2e-status e2e-run e2e-test e2e-gateway-up e2e-gateway-down
+
+e2e-build: ## Build pinned etcd/kube/kwok/helm into $MULTIVPC_CACHE (seconds when warm) + the netns forwarder
+	bash $(E2E_DIR)/scripts/build.sh
+	$(CARGO) build -q -p multivpc-e2e --bin multivpc-netns-forward
+
+e2e-up: ## Start clusters (CLUSTERS="cluster1 cluster2 broker"); kubeconfigs in e2e/.run/<cluster>.kubeconfig
+	bash $(E2E_DIR)/scripts/up.sh $(CLUSTERS)
+
+e2e-down: ## Stop every harness cluster, gateway and netns (idempotent)
+	bash $(E2E_DIR)/scripts/down.sh
+
+e2e-status: ## Show running harness clusters, gateways and netns
+	bash $(E2E_DIR)/scripts/status.sh
+
+e2e-gateway-up: ## Add a netns-backed gateway node: make e2e-gateway-up CLUSTER=cluster1 GW=gw1
+	bash $(E2E_DIR)/scripts/netns.sh gateway-up $(CLUSTER) $(GW)
+
+e2e-gateway-down: ## Remove a gateway node and its netns: make e2e-gateway-down CLUSTER=cluster1 GW=gw1
+	bash $(E2E_DIR)/scripts/netns.sh gateway-down $(CLUSTER) $(GW)
+
+e2e-run: ## Run the e2e cargo tests against the running harness (a missing harness fails)
+	MULTIVPC_E2E=1 $(CARGO) test -p multivpc-e2e $(E2E_CARGO_TEST_ARGS)
+
+e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure; keeps the exit status)
+	@$(MAKE) --no-print-directory e2e-build
+	@rc=0; $(MAKE) --no-print-directory e2e-up && $(MAKE) --no-print-directory e2e-run || rc=$$?; \
+	  $(MAKE) --no-print-directory e2e-down || true; exit $$rc

@@ -1,1 +1,343 @@
+//! Support crate for the end-to-end tests of kubeovn-multivpc.
+//!
+//! The harness (`make e2e-up`, see `e2e/README.md`) runs real control planes
+//! (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with kwok
+//! nodes; NAT gateway pods are backed by Linux network namespaces. This crate
+//! attaches to it:
+//!
+//! ```no_run
+//! use multivpc_e2e::prelude::*;
+//!
+//! #[tokio::test]
+//! async fn my_test() {
+//!     let h = harness_or_skip!(["cluster1"]);
+//!     let c1 = h.client("cluster1");
+//!     let ns = h.unique_namespace("cluster1", "my-test").await.unwrap();
+//!     // apply fixtures, wait_for(..), pod_exec(..)
+//! }
+//! ```
+//!
+//! Without a harness, tests using [`harness_or_skip!`] return early with a loud
+//! message; with `MULTIVPC_E2E=1` (make test, CI) a missing harness fails them.
+pub mod apply;
+pub mod exec;
+pub mod fixtures;
+pub mod wait;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Namespace, Node};
+use kube::api::{Api, DeleteParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+pub use apply::{apply, apply_dynamic, apply_file, apply_json, apply_yaml, parse_yaml, patch_status_dynamic};
+pub use exec::{ExecOutput, host_exec, netns_exec, pod_exec};
+pub use fixtures::{GatewayNode, NatGateway, NatGatewaySpec};
+pub use wait::{Check, wait_for, wait_for_deletion, wait_for_object};
+
+/// Everything a test usually needs.
+pub mod prelude {
+    pub use crate::fixtures::{self, GatewayNode, NatGateway, NatGatewaySpec, VpcDnsForm};
+    pub use crate::{
+        Check, ExecOutput, Harness, apply, apply_dynamic, apply_file, apply_json, apply_yaml,
+        harness_or_skip, host_exec, netns_exec, pod_exec, wait_for, wait_for_deletion,
+        wait_for_object,
+    };
+    pub use std::time::Duration;
+}
+
+/// Environment variable that turns "harness missing" from a skip into a failure.
+pub const E2E_ENV: &str = "MULTIVPC_E2E";
+/// Environment variable overriding the run directory (default `e2e/.run`).
+pub const RUN_DIR_ENV: &str = "MULTIVPC_E2E_RUN_DIR";
+
+/// The `e2e/` directory of the repository.
+pub fn e2e_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The repository root.
+pub fn repo_dir() -> PathBuf {
+    e2e_dir().parent().expect("e2e/ has a parent").to_path_buf()
+}
+
+/// The harness run directory: `$MULTIVPC_E2E_RUN_DIR` or `e2e/.run`.
+pub fn run_dir() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| e2e_dir().join(".run"))
+}
+
+/// True when `MULTIVPC_E2E` is set to something other than empty/0/false.
+pub fn e2e_required() -> bool {
+    std::env::var(E2E_ENV)
+        .map(|v| !matches!(v.as_str(), "" | "0" | "false" | "no"))
+        .unwrap_or(false)
+}
+
+/// One harness cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub kubeconfig: PathBuf,
+    /// API server URL, e.g. `https://127.0.0.1:34567`.
+    pub server: String,
+    pub client: Client,
+}
+
+/// Handle on the running harness: one client per cluster.
+#[derive(Clone)]
+pub struct Harness {
+    run_dir: PathBuf,
+    clusters: BTreeMap<String, Cluster>,
+}
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    /// Attach to every cluster with a kubeconfig in the run directory and check
+    /// that each API server answers. Errors when none is up.
+    pub async fn attach() -> Result<Harness> {
+        let run_dir = run_dir();
+        let mut clusters = BTreeMap::new();
+        let entries = std::fs::read_dir(&run_dir)
+            .with_context(|| format!("no harness run dir {} (run `make e2e-up`)", run_dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("kubeconfig") {
+                continue;
+            }
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            let cluster = Self::connect(&name, &path).await?;
+            clusters.insert(name, cluster);
+        }
+        if clusters.is_empty() {
+            bail!("no *.kubeconfig in {} (run `make e2e-up`)", run_dir.display());
+        }
+        Ok(Harness { run_dir, clusters })
+    }
+
+    async fn connect(name: &str, path: &Path) -> Result<Cluster> {
+        let kc = Kubeconfig::read_from(path).with_context(|| format!("read {}", path.display()))?;
+        let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .with_context(|| format!("kubeconfig {}", path.display()))?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(60));
+        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let client = Client::try_from(config)?;
+        tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
+            .await
+            .map_err(|_| anyhow!("cluster {name} ({server}) did not answer within 10s"))?
+            .with_context(|| format!("cluster {name} ({server}) is not answering"))?;
+        Ok(Cluster {
+            name: name.to_string(),
+            kubeconfig: path.to_path_buf(),
+            server,
+            client,
+        })
+    }
+
+    /// Attach for a test. `Some(harness)` when the harness is up and has every
+    /// cluster in `required`. Otherwise, with `MULTIVPC_E2E=1` this panics (the
+    /// test fails); without it, prints a loud SKIPPED banner and returns `None`.
+    pub async fn attach_or_skip(test: &str, required: &[&str]) -> Option<Harness> {
+        let res = Self::attach().await.and_then(|h| {
+            let missing: Vec<_> = required.iter().filter(|c| !h.clusters.contains_key(**c)).collect();
+            if missing.is_empty() {
+                Ok(h)
+            } else {
+                Err(anyhow!(
+                    "harness is up but lacks clusters {missing:?} (has {:?}); start them with `make e2e-up CLUSTERS=\"...\"`",
+                    h.cluster_names()
+                ))
+            }
+        });
+        match res {
+            Ok(h) => Some(h),
+            Err(e) if e2e_required() => {
+                panic!("{E2E_ENV} is set but the e2e harness is not usable for {test}: {e:#}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "\n##########################################################################\n\
+                     ### SKIPPED e2e test {test}: no e2e harness ({e:#})\n\
+                     ### run `make e2e-build e2e-up` then `MULTIVPC_E2E=1 cargo test -p multivpc-e2e`\n\
+                     ##########################################################################\n"
+                );
+                None
+            }
+        }
+    }
+
+    /// The run directory this harness was found in.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Names of the clusters that are up.
+    pub fn cluster_names(&self) -> Vec<String> {
+        self.clusters.keys().cloned().collect()
+    }
+
+    /// The cluster `name`; panics with a clear message when it is not up.
+    pub fn cluster(&self, name: &str) -> &Cluster {
+        self.clusters.get(name).unwrap_or_else(|| {
+            panic!("cluster {name:?} is not up (up: {:?})", self.cluster_names())
+        })
+    }
+
+    /// A client (admin credentials) for cluster `name`.
+    pub fn client(&self, name: &str) -> Client {
+        self.cluster(name).client.clone()
+    }
+
+    /// Path of the admin kubeconfig of cluster `name`.
+    pub fn kubeconfig(&self, name: &str) -> PathBuf {
+        self.cluster(name).kubeconfig.clone()
+    }
+
+    /// A name unique within this test process run: `<prefix>-<pid>-<n>`,
+    /// valid as a DNS label when prefix is short.
+    pub fn unique_name(prefix: &str) -> String {
+        let n = UNIQUE.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{}-{n}", std::process::id() % 100_000)
+    }
+
+    /// Create a fresh namespace `<prefix>-<pid>-<n>` in `cluster` and return its name.
+    pub async fn unique_namespace(&self, cluster: &str, prefix: &str) -> Result<String> {
+        let name = Self::unique_name(prefix);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {"multivpc.e2e/test": "true"}}
+        }))?;
+        apply(&self.client(cluster), &ns).await?;
+        Ok(name)
+    }
+
+    /// Delete a namespace (does not wait).
+    pub async fn delete_namespace(&self, cluster: &str, name: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client(cluster));
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Ensure a gateway node backed by its own netns exists in `cluster`
+    /// (runs `e2e/scripts/netns.sh gateway-up`, idempotent) and wait until the
+    /// node is Ready. Addresses are allocated per (cluster, gateway) slot.
+    pub async fn gateway_node(&self, cluster: &str, gateway: &str) -> Result<GatewayNode> {
+        let _ = self.cluster(cluster);
+        let script = e2e_dir().join("scripts/netns.sh");
+        let out = host_exec(&["bash", &script.to_string_lossy(), "gateway-up", cluster, gateway])
+            .await?
+            .check()
+            .with_context(|| format!("create gateway node {gateway} in {cluster}"))?;
+        let node = GatewayNode::from_env(&out.stdout)?;
+        let nodes: Api<Node> = Api::all(self.client(cluster));
+        wait_for_object(&nodes, &node.node, Duration::from_secs(60), node_ready).await?;
+        Ok(node)
+    }
+
+    /// Remove a gateway node, its kwok-controller and its netns.
+    pub async fn remove_gateway_node(&self, cluster: &str, gateway: &str) -> Result<()> {
+        let script = e2e_dir().join("scripts/netns.sh");
+        host_exec(&["bash", &script.to_string_lossy(), "gateway-down", cluster, gateway])
+            .await?
+            .check()?;
+        Ok(())
+    }
+
+    /// Facts about the VPC-side netns of `cluster` (created by `make e2e-up`).
+    pub fn vpc_network(&self, cluster: &str) -> Result<VpcNetwork> {
+        let path = self.run_dir.join(cluster).join("vpc.env");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        VpcNetwork::from_env(&text)
+    }
+}
+
+/// Node condition Ready=True.
+pub fn node_ready(n: &Node) -> bool {
+    n.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Parse `KEY=VALUE` lines.
+pub(crate) fn parse_env(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+pub(crate) fn env_get(env: &BTreeMap<String, String>, key: &str) -> Result<String> {
+    env.get(key).cloned().ok_or_else(|| anyhow!("missing {key} in harness env file"))
+}
+
+/// The VPC side of a cluster: a netns standing for the OVN logical router.
+#[derive(Clone, Debug)]
+pub struct VpcNetwork {
+    pub netns: String,
+    /// Subnet of the VPC's NAT gateways, e.g. `10.1.0.0/24`.
+    pub cidr: String,
+    /// OVN router address on that subnet (the gateways' `ovn.kubernetes.io/gateway`).
+    pub gateway: String,
+    /// The cluster's Globalnet CIDR, e.g. `242.0.0.0/16`.
+    pub globalnet_cidr: String,
+    /// An address in the Globalnet CIDR held by the VPC netns (a "workload").
+    pub workload_ip: String,
+    /// The shared external network netns and CIDR.
+    pub ext_netns: String,
+    pub ext_cidr: String,
+}
+
+impl VpcNetwork {
+    fn from_env(text: &str) -> Result<Self> {
+        let e = parse_env(text);
+        Ok(VpcNetwork {
+            netns: env_get(&e, "VPC_NETNS")?,
+            cidr: env_get(&e, "VPC_CIDR")?,
+            gateway: env_get(&e, "VPC_GATEWAY")?,
+            globalnet_cidr: env_get(&e, "GLOBALNET_CIDR")?,
+            workload_ip: env_get(&e, "VPC_WORKLOAD_IP")?,
+            ext_netns: env_get(&e, "EXT_NETNS")?,
+            ext_cidr: env_get(&e, "EXT_CIDR")?,
+        })
+    }
+}
+
+/// Return early from a test when the e2e harness is not up (loud message), or
+/// fail it when `MULTIVPC_E2E=1`. Evaluates to the [`Harness`].
+///
+/// * `harness_or_skip!()` — any running harness
+/// * `harness_or_skip!(["cluster1", "cluster2"])` — these clusters must be up
+/// * `harness_or_skip!(["cluster1"], Ok(()))` — value to return when skipping
+#[macro_export]
+macro_rules! harness_or_skip {
+    () => {
+        $crate::harness_or_skip!([], ())
+    };
+    ([$($c:expr),* $(,)?]) => {
+        $crate::harness_or_skip!([$($c),*], ())
+    };
+    ([$($c:expr),* $(,)?], $ret:expr) => {
+        match $crate::Harness::attach_or_skip(
+            concat!(module_path!(), ":", line!()),
+            &[$($c),*],
+        )
+        .await
+        {
+            Some(h) => h,
+            None => return $ret,
+        }
+    };
+}

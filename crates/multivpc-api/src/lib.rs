@@ -2,6 +2,9 @@
 //! (seed-compatible), typed views of the Kube-OVN and Submariner resources the controllers
 //! read, and the small pure helpers every controller shares (conditions, network value types).
 
+// kube-derive attribute lists repeat keys such as `type_ = "string"` per printer column.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod conditions;
 pub mod crd;
 pub mod dns;
