@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Network namespaces of the harness.
+#   netns.sh vpc CLUSTER            ensure the shared external netns and CLUSTER's VPC netns
+#   netns.sh gateway-up CLUSTER GW  ensure a gateway netns + its kwok node (prints its env file)
+#   netns.sh gateway-down CLUSTER GW
+#   netns.sh down-all               stop every gateway daemon and delete every harness netns
+# Addressing (c = cluster index, g = gateway slot in that cluster):
+#   VPC subnet 10.c.0.0/24, OVN router (VPC netns, br-vpc) 10.c.0.1, gateway lanIp 10.c.0.(255-g)
+#   Globalnet CIDR 242.(c-1).0.0/16 (VPC netns holds 242.(c-1).0.10 on lo)
+#   external network 172.50.0.0/16 (mvpc-ext, br-ext 172.50.0.1), gateway net1 172.50.c.(10+g)
+#   kubelet API of the gateway node: host 127.77.c.g:10250 -> netns 127.0.0.1:10250
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+ns_exists() { [ -e "/run/netns/$1" ]; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+ensure_ext() {
+  ns_exists "$EXT_NETNS" && return 0
+  ip netns add "$EXT_NETNS"
+  ip -n "$EXT_NETNS" link set lo up
+  ip -n "$EXT_NETNS" link add br-ext type bridge
+  ip -n "$EXT_NETNS" addr add "$EXT_CIDR_PREFIX.0.1/16" dev br-ext
+  ip -n "$EXT_NETNS" link set br-ext up
+}
+
+vpc_netns() { echo "${NETNS_PREFIX}$1-vpc"; }
+gw_netns() { echo "${NETNS_PREFIX}$1-gw-$2"; }
+
+ensure_vpc() {
+  local c=$1 ci ns
+  ci=$(cluster_index "$c"); ns=$(vpc_netns "$c")
+  ensure_ext
+  ns_exists "$ns" && return 0
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "242.$((ci - 1)).0.10/32" dev lo
+  ip -n "$ns" link add br-vpc type bridge
+  ip -n "$ns" addr add "10.$ci.0.1/24" dev br-vpc
+  ip -n "$ns" link set br-vpc up
+  nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+  cat >"$RUN_DIR/$c/vpc.env" <<ENV
+VPC_NETNS=$ns
+VPC_CIDR=10.$ci.0.0/24
+VPC_GATEWAY=10.$ci.0.1
+GLOBALNET_CIDR=242.$((ci - 1)).0.0/16
+VPC_WORKLOAD_IP=242.$((ci - 1)).0.10
+EXT_NETNS=$EXT_NETNS
+EXT_CIDR=$EXT_CIDR_PREFIX.0.0/16
+EXT_GATEWAY=$EXT_CIDR_PREFIX.0.1
+ENV
+}
+
+gateway_env() { echo "$RUN_DIR/$1/gateways/$2.env"; }
+
+gateway_up() {
+  local c=$1 gw=$2 ci g envf ns
+  [[ "$gw" =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "gateway name '$gw' must be a DNS label (<= 32 chars)"
+  [ -s "$(kubeconfig_of "$c")" ] || die "cluster $c is not up"
+  ci=$(cluster_index "$c"); envf=$(gateway_env "$c" "$gw"); ns=$(gw_netns "$c" "$gw")
+  ensure_vpc "$c"
+  mkdir -p "$RUN_DIR/$c/gateways"
+  exec 8>"$RUN_DIR/$c/gateways/.lock"; flock 8
+  if [ -s "$envf" ]; then
+    g=$(sed -n 's/^GATEWAY_SLOT=//p' "$envf")
+  else
+    g=1
+    while grep -qx "GATEWAY_SLOT=$g" "$RUN_DIR/$c"/gateways/*.env 2>/dev/null; do g=$((g + 1)); done
+  fi
+  [ "$g" -le 200 ] || die "too many gateways in $c"
+  local lan="10.$ci.0.$((255 - g))" ext="$EXT_CIDR_PREFIX.$ci.$((10 + g))" nodeip="127.77.$ci.$g"
+  local node="gwnode-$gw" vpcns; vpcns=$(vpc_netns "$c")
+  local piddir="$RUN_DIR/$c/pids" logdir="$RUN_DIR/logs"
+  cat >"$envf" <<ENV
+CLUSTER=$c
+GATEWAY=$gw
+GATEWAY_SLOT=$g
+GATEWAY_NETNS=$ns
+GATEWAY_NODE=$node
+NODE_IP=$nodeip
+LAN_IP=$lan
+LAN_CIDR=10.$ci.0.0/24
+OVN_GATEWAY=10.$ci.0.1
+EXTERNAL_IP=$ext
+EXTERNAL_CIDR=$EXT_CIDR_PREFIX.0.0/16
+EXTERNAL_GATEWAY=$EXT_CIDR_PREFIX.0.1
+VPC_NETNS=$vpcns
+EXT_NETNS=$EXT_NETNS
+ENV
+  if ! ns_exists "$ns"; then
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add eth0 type veth peer name "g$g" netns "$vpcns"
+    ip -n "$ns" link add net1 type veth peer name "c${ci}g$g" netns "$EXT_NETNS"
+    ip -n "$vpcns" link set "g$g" master br-vpc up
+    ip -n "$EXT_NETNS" link set "c${ci}g$g" master br-ext up
+    ip -n "$ns" addr add "$lan/24" dev eth0
+    ip -n "$ns" addr add "$ext/16" dev net1
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set net1 up
+    ip -n "$ns" route add default via "$EXT_CIDR_PREFIX.0.1" dev net1
+    nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
+  fi
+  local port; port=$(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:##')
+  local pki="$KWOK_WORKDIR/clusters/$c/pki" kcfg="$RUN_DIR/$c/gateways/$gw.kwok.yaml"
+  if ! pid_alive "$piddir/forward-$gw.pid"; then
+    start_daemon "$piddir/forward-$gw.pid" "$logdir/$c-forward-$gw.log" "$FORWARD_BIN" \
+      "$nodeip:$KUBELET_PORT=$ns@127.0.0.1:$KUBELET_PORT" \
+      "$ns@127.0.0.1:$port=127.0.0.1:$port"
+  fi
+  cat >"$kcfg" <<YAML
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  cidr: 10.$ci.0.0/24
+---
+# Every container of every pod on this node execs locally, i.e. inside this
+# kwok-controller's network namespace.
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: ClusterExec
+metadata:
+  name: netns-local
+spec:
+  execs:
+  - local:
+      workDir: /
+YAML
+  kc "$c" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations:
+    kwok.x-k8s.io/node: netns
+    multivpc.e2e/netns: $ns
+  labels:
+    kubernetes.io/hostname: $node
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    multivpc.e2e/role: gateway
+    multivpc.e2e/gateway: $gw
+spec:
+  taints:
+  - key: multivpc.e2e/gateway
+    value: "$gw"
+    effect: NoSchedule
+status:
+  allocatable: {cpu: "4", memory: 8Gi, pods: "10"}
+  capacity: {cpu: "4", memory: 8Gi, pods: "10"}
+YAML
+  if ! pid_alive "$piddir/kwok-$gw.pid"; then
+    start_daemon "$piddir/kwok-$gw.pid" "$logdir/$c-kwok-$gw.log" ip netns exec "$ns" \
+      "$KWOK_BIN/kwok" --kubeconfig="$(kubeconfig_of "$c")" --config="$kcfg" \
+      --manage-all-nodes=false --manage-single-node="$node" \
+      --node-ip="$nodeip" --node-name="$node" --node-port="$KUBELET_PORT" \
+      --server-address="127.0.0.1:$KUBELET_PORT" \
+      --tls-cert-file="$pki/admin.crt" --tls-private-key-file="$pki/admin.key" \
+      --node-lease-duration-seconds=40
+  fi
+  flock -u 8
+  cat "$envf"
+}
+
+gateway_down() {
+  local c=$1 gw=$2 ns envf
+  ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw")
+  stop_daemon "$RUN_DIR/$c/pids/kwok-$gw.pid"
+  stop_daemon "$RUN_DIR/$c/pids/forward-$gw.pid"
+  [ -s "$(kubeconfig_of "$c")" ] && kc "$c" delete node "gwnode-$gw" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  ns_exists "$ns" && ip netns del "$ns"
+  rm -f "$envf" "$RUN_DIR/$c/gateways/$gw.kwok.yaml"
+}
+
+down_all() {
+  local f
+  for f in "$RUN_DIR"/*/pids/*.pid; do [ -e "$f" ] && stop_daemon "$f"; done
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" || true); do
+    ip netns del "$ns"
+  done
+  rm -rf "$RUN_DIR"/*/gateways "$RUN_DIR"/*/vpc.env
+}
+
+cmd=${1:-}; shift || true
+case "$cmd" in
+  vpc) ensure_vpc "$1" ;;
+  gateway-up) gateway_up "$1" "$2" ;;
+  gateway-down) gateway_down "$1" "$2" ;;
+  down-all) down_all ;;
+  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | down-all" ;;
+esac

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Start the named clusters (default: cluster1 cluster2 broker) with kwokctl's
+# binary runtime from the locally built binaries only. Idempotent: a cluster
+# whose API server answers is left alone.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+CLUSTERS=("$@")
+[ ${#CLUSTERS[@]} -gt 0 ] || CLUSTERS=(cluster1 cluster2 broker)
+
+host_deps
+for b in "$ETCD_BIN/etcd" "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-controller-manager" \
+  "$K8S_BIN/kube-scheduler" "$K8S_BIN/kubectl" "$KWOK_BIN/kwok" "$KWOK_BIN/kwokctl"; do
+  [ -x "$b" ] || die "missing $b: run 'make e2e-build' first"
+done
+[ -x "$FORWARD_BIN" ] || die "missing $FORWARD_BIN: run 'make e2e-build' first"
+mkdir -p "$RUN_DIR/logs" "$KWOK_WORKDIR"
+# Forwarders listen on 127.77.x.y; routing to the whole 127/8 is on by default.
+ip netns list >/dev/null
+
+cluster_healthy() {
+  [ -s "$(kubeconfig_of "$1")" ] && kc "$1" get --raw /readyz --request-timeout=5s >/dev/null 2>&1
+}
+
+create_cluster() {
+  local c=$1 cfg="$RUN_DIR/$1/kwokctl.yaml"
+  mkdir -p "$RUN_DIR/$c"
+  cat >"$cfg" <<YAML
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeApiserverPort: 0
+  kubeAuthorization: true
+  kubeVersion: ${K8S_VERSION}
+  kwokVersion: ${KWOK_VERSION}
+  etcdVersion: ${ETCD_VERSION}
+  etcdBinary: ${ETCD_BIN}/etcd
+  kubeApiserverBinary: ${K8S_BIN}/kube-apiserver
+  kubeControllerManagerBinary: ${K8S_BIN}/kube-controller-manager
+  kubeSchedulerBinary: ${K8S_BIN}/kube-scheduler
+  kubectlBinary: ${K8S_BIN}/kubectl
+  kwokControllerBinary: ${KWOK_BIN}/kwok
+  nodeLeaseDurationSeconds: 40
+componentsPatches:
+- name: kwok-controller
+  extraArgs:
+  # The cluster's own kwok-controller runs plain worker nodes only; each
+  # gateway node gets a kwok-controller inside its own netns (gateway.sh).
+  - key: manage-all-nodes
+    value: "false"
+  - key: manage-nodes-with-annotation-selector
+    value: kwok.x-k8s.io/node=fake
+- name: kube-apiserver
+  extraArgs:
+  - key: kubelet-preferred-address-types
+    value: InternalIP
+YAML
+  log "creating cluster $c"
+  kwokctl create cluster --name "$c" --config "$cfg" --wait 2m </dev/null >>"$RUN_DIR/logs/$c-create.log" 2>&1 ||
+    { tail -30 "$RUN_DIR/logs/$c-create.log" >&2; die "kwokctl create cluster $c failed (log: $RUN_DIR/logs/$c-create.log)"; }
+  kwokctl get kubeconfig --name "$c" >"$(kubeconfig_of "$c").tmp"
+  mv "$(kubeconfig_of "$c").tmp" "$(kubeconfig_of "$c")"
+}
+
+worker_node() {
+  local c=$1
+  kc "$c" apply -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: ${c}-worker
+  annotations:
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/hostname: ${c}-worker
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+    multivpc.e2e/role: worker
+spec: {}
+status:
+  allocatable: {cpu: "32", memory: 256Gi, pods: "250"}
+  capacity: {cpu: "32", memory: 256Gi, pods: "250"}
+YAML
+}
+
+for c in "${CLUSTERS[@]}"; do
+  [[ "$c" =~ ^[a-z0-9]([a-z0-9-]{0,14}[a-z0-9])?$ ]] || die "cluster name '$c' must be a short DNS label (<= 16 chars)"
+  cluster_index "$c" >/dev/null
+  if cluster_healthy "$c"; then
+    log "cluster $c already up"
+  else
+    if [ -d "$KWOK_WORKDIR/clusters/$c" ]; then
+      log "cluster $c exists but does not answer: recreating"
+      kwokctl delete cluster --name "$c" >>"$RUN_DIR/logs/$c-create.log" 2>&1 || true
+    fi
+    create_cluster "$c"
+  fi
+  worker_node "$c"
+  # The VPC-side netns (stands for the OVN logical router of the cluster's VPC).
+  "$E2E_DIR/scripts/netns.sh" vpc "$c"
+done
+
+for c in "${CLUSTERS[@]}"; do
+  kc "$c" wait --for=condition=Ready "node/${c}-worker" --timeout=120s >/dev/null
+  # The default ServiceAccount is created by kube-controller-manager: wait for it
+  # so that tests can create pods right away.
+  for _ in $(seq 120); do kc "$c" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.5; done
+  log "cluster $c ready: $(kc "$c" version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1) at $(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}')"
+done
+printf '%s\n' "${CLUSTERS[@]}" >"$RUN_DIR/clusters"
