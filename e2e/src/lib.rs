@@ -35,7 +35,9 @@ use kube::api::{Api, DeleteParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-pub use apply::{apply, apply_dynamic, apply_file, apply_json, apply_yaml, parse_yaml, patch_status_dynamic};
+pub use apply::{
+    apply, apply_dynamic, apply_file, apply_json, apply_yaml, parse_yaml, patch_status_dynamic,
+};
 pub use exec::{ExecOutput, host_exec, netns_exec, pod_exec};
 pub use fixtures::{GatewayNode, NatGateway, NatGatewaySpec};
 pub use wait::{Check, wait_for, wait_for_deletion, wait_for_object};
@@ -103,10 +105,15 @@ impl Harness {
     /// Attach to every cluster with a kubeconfig in the run directory and check
     /// that each API server answers. Errors when none is up.
     pub async fn attach() -> Result<Harness> {
+        install_crypto_provider();
         let run_dir = run_dir();
         let mut clusters = BTreeMap::new();
-        let entries = std::fs::read_dir(&run_dir)
-            .with_context(|| format!("no harness run dir {} (run `make e2e-up`)", run_dir.display()))?;
+        let entries = std::fs::read_dir(&run_dir).with_context(|| {
+            format!(
+                "no harness run dir {} (run `make e2e-up`)",
+                run_dir.display()
+            )
+        })?;
         for entry in entries {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("kubeconfig") {
@@ -117,7 +124,10 @@ impl Harness {
             clusters.insert(name, cluster);
         }
         if clusters.is_empty() {
-            bail!("no *.kubeconfig in {} (run `make e2e-up`)", run_dir.display());
+            bail!(
+                "no *.kubeconfig in {} (run `make e2e-up`)",
+                run_dir.display()
+            );
         }
         Ok(Harness { run_dir, clusters })
     }
@@ -129,7 +139,11 @@ impl Harness {
             .with_context(|| format!("kubeconfig {}", path.display()))?;
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(60));
-        let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+        let server = config
+            .cluster_url
+            .to_string()
+            .trim_end_matches('/')
+            .to_string();
         let client = Client::try_from(config)?;
         tokio::time::timeout(Duration::from_secs(10), client.apiserver_version())
             .await
@@ -188,7 +202,10 @@ impl Harness {
     /// The cluster `name`; panics with a clear message when it is not up.
     pub fn cluster(&self, name: &str) -> &Cluster {
         self.clusters.get(name).unwrap_or_else(|| {
-            panic!("cluster {name:?} is not up (up: {:?})", self.cluster_names())
+            panic!(
+                "cluster {name:?} is not up (up: {:?})",
+                self.cluster_names()
+            )
         })
     }
 
@@ -236,10 +253,16 @@ impl Harness {
     pub async fn gateway_node(&self, cluster: &str, gateway: &str) -> Result<GatewayNode> {
         let _ = self.cluster(cluster);
         let script = e2e_dir().join("scripts/netns.sh");
-        let out = host_exec(&["bash", &script.to_string_lossy(), "gateway-up", cluster, gateway])
-            .await?
-            .check()
-            .with_context(|| format!("create gateway node {gateway} in {cluster}"))?;
+        let out = host_exec(&[
+            "bash",
+            &script.to_string_lossy(),
+            "gateway-up",
+            cluster,
+            gateway,
+        ])
+        .await?
+        .check()
+        .with_context(|| format!("create gateway node {gateway} in {cluster}"))?;
         let node = GatewayNode::from_env(&out.stdout)?;
         let nodes: Api<Node> = Api::all(self.client(cluster));
         wait_for_object(&nodes, &node.node, Duration::from_secs(60), node_ready).await?;
@@ -249,18 +272,31 @@ impl Harness {
     /// Remove a gateway node, its kwok-controller and its netns.
     pub async fn remove_gateway_node(&self, cluster: &str, gateway: &str) -> Result<()> {
         let script = e2e_dir().join("scripts/netns.sh");
-        host_exec(&["bash", &script.to_string_lossy(), "gateway-down", cluster, gateway])
-            .await?
-            .check()?;
+        host_exec(&[
+            "bash",
+            &script.to_string_lossy(),
+            "gateway-down",
+            cluster,
+            gateway,
+        ])
+        .await?
+        .check()?;
         Ok(())
     }
 
     /// Facts about the VPC-side netns of `cluster` (created by `make e2e-up`).
     pub fn vpc_network(&self, cluster: &str) -> Result<VpcNetwork> {
         let path = self.run_dir.join(cluster).join("vpc.env");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         VpcNetwork::from_env(&text)
     }
+}
+
+/// Install rustls' ring crypto provider as the process default (kube 5 with
+/// `rustls-tls` does not pick one). Idempotent; [`Harness::attach`] calls it.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Node condition Ready=True.
@@ -280,7 +316,9 @@ pub(crate) fn parse_env(text: &str) -> BTreeMap<String, String> {
 }
 
 pub(crate) fn env_get(env: &BTreeMap<String, String>, key: &str) -> Result<String> {
-    env.get(key).cloned().ok_or_else(|| anyhow!("missing {key} in harness env file"))
+    env.get(key)
+        .cloned()
+        .ok_or_else(|| anyhow!("missing {key} in harness env file"))
 }
 
 /// The VPC side of a cluster: a netns standing for the OVN logical router.

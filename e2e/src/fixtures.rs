@@ -1,0 +1,771 @@
+//! Builders for what Kube-OVN and Submariner would create, and harness-level
+//! helpers that apply them. Pure builders return typed objects or
+//! [`DynamicObject`]s; `Harness::install_*`/`create_*` apply them.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use base64::Engine;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::config::Kubeconfig;
+use serde_json::json;
+
+use crate::apply::{apply, apply_dynamic, apply_file, patch_status_dynamic};
+use crate::exec::{ExecOutput, pod_exec};
+use crate::wait::wait_for_object;
+use crate::{Harness, env_get, parse_env};
+
+/// Namespace of Kube-OVN's NAT gateways and vpc-dns.
+pub const KUBE_SYSTEM: &str = "kube-system";
+/// Default external network NAD of Kube-OVN NAT gateways.
+pub const DEFAULT_EXTERNAL_NAD: &str = "ovn-vpc-external-network";
+/// Name of the NAT gateway container.
+pub const NAT_GW_CONTAINER: &str = "vpc-nat-gw";
+/// Submariner's namespace.
+pub const SUBMARINER_NS: &str = "submariner-operator";
+/// Default broker namespace.
+pub const BROKER_NS: &str = "submariner-k8s-broker";
+
+fn dynamic(value: serde_json::Value) -> DynamicObject {
+    serde_json::from_value(value).expect("fixture builders produce valid objects")
+}
+
+fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("fixture builders produce valid objects")
+}
+
+// ---------------------------------------------------------------- gateways
+
+/// A kwok node whose kwok-controller runs inside its own netns: pods bound to
+/// it exec inside that netns. Created by [`Harness::gateway_node`].
+#[derive(Clone, Debug)]
+pub struct GatewayNode {
+    pub cluster: String,
+    pub gateway: String,
+    pub slot: u32,
+    /// The gateway's netns (`ip netns exec <netns> ...`).
+    pub netns: String,
+    /// Node name (`gwnode-<gateway>`), tainted `multivpc.e2e/gateway=<gateway>:NoSchedule`.
+    pub node: String,
+    /// Host address forwarding to the node's kubelet API (the node's InternalIP).
+    pub node_ip: String,
+    /// eth0 address (VPC side) and its subnet.
+    pub lan_ip: String,
+    pub lan_cidr: String,
+    /// The VPC router address on eth0's subnet (`ovn.kubernetes.io/gateway`).
+    pub ovn_gateway: String,
+    /// net1 address (external network) and its subnet/gateway.
+    pub external_ip: String,
+    pub external_cidr: String,
+    pub external_gateway: String,
+    pub vpc_netns: String,
+    pub ext_netns: String,
+}
+
+impl GatewayNode {
+    pub(crate) fn from_env(text: &str) -> Result<Self> {
+        let e = parse_env(text);
+        Ok(GatewayNode {
+            cluster: env_get(&e, "CLUSTER")?,
+            gateway: env_get(&e, "GATEWAY")?,
+            slot: env_get(&e, "GATEWAY_SLOT")?.parse()?,
+            netns: env_get(&e, "GATEWAY_NETNS")?,
+            node: env_get(&e, "GATEWAY_NODE")?,
+            node_ip: env_get(&e, "NODE_IP")?,
+            lan_ip: env_get(&e, "LAN_IP")?,
+            lan_cidr: env_get(&e, "LAN_CIDR")?,
+            ovn_gateway: env_get(&e, "OVN_GATEWAY")?,
+            external_ip: env_get(&e, "EXTERNAL_IP")?,
+            external_cidr: env_get(&e, "EXTERNAL_CIDR")?,
+            external_gateway: env_get(&e, "EXTERNAL_GATEWAY")?,
+            vpc_netns: env_get(&e, "VPC_NETNS")?,
+            ext_netns: env_get(&e, "EXT_NETNS")?,
+        })
+    }
+
+    /// Prefix length of the external network, e.g. 16.
+    pub fn external_prefix_len(&self) -> &str {
+        self.external_cidr.split('/').nth(1).unwrap_or("16")
+    }
+}
+
+/// What to create for one Kube-OVN VPC NAT gateway.
+#[derive(Clone, Debug)]
+pub struct NatGatewaySpec {
+    /// VpcNatGateway name; StatefulSet `vpc-nat-gw-<name>`, pod `vpc-nat-gw-<name>-0`.
+    pub name: String,
+    /// spec.vpc
+    pub vpc: String,
+    /// spec.subnet (the VPC subnet the gateway's eth0 is on)
+    pub subnet: String,
+    /// spec.externalSubnets[0] and the NAD name (default `ovn-vpc-external-network`).
+    pub external_subnet: String,
+    /// Extra annotations for the pod template.
+    pub extra_annotations: BTreeMap<String, String>,
+}
+
+impl NatGatewaySpec {
+    /// Gateway `name` of `vpc`, subnet `<vpc>-subnet`, default external network.
+    pub fn new(name: &str, vpc: &str) -> Self {
+        NatGatewaySpec {
+            name: name.into(),
+            vpc: vpc.into(),
+            subnet: format!("{vpc}-subnet"),
+            external_subnet: DEFAULT_EXTERNAL_NAD.into(),
+            extra_annotations: BTreeMap::new(),
+        }
+    }
+
+    pub fn subnet(mut self, subnet: &str) -> Self {
+        self.subnet = subnet.into();
+        self
+    }
+
+    pub fn external_subnet(mut self, nad: &str) -> Self {
+        self.external_subnet = nad.into();
+        self
+    }
+
+    pub fn statefulset_name(&self) -> String {
+        format!("vpc-nat-gw-{}", self.name)
+    }
+
+    pub fn pod_name(&self) -> String {
+        format!("vpc-nat-gw-{}-0", self.name)
+    }
+}
+
+/// `kubeovn.io/v1 VpcNatGateway`.
+pub fn vpc_nat_gateway(spec: &NatGatewaySpec, lan_ip: &str) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "VpcNatGateway",
+        "metadata": {"name": spec.name},
+        "spec": {
+            "vpc": spec.vpc, "subnet": spec.subnet, "lanIp": lan_ip,
+            "externalSubnets": [spec.external_subnet],
+        }
+    }))
+}
+
+/// The StatefulSet Kube-OVN creates for a VpcNatGateway (labels and template
+/// annotations of DESIGN §4), plus the annotations Kube-OVN IPAM would set on
+/// the pod, pinned to the gateway's netns-backed node.
+pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> StatefulSet {
+    let sts = spec.statefulset_name();
+    let app = sts.clone();
+    let ext = &spec.external_subnet;
+    let ext_provider = format!("{ext}.{KUBE_SYSTEM}");
+    let mut annotations: BTreeMap<String, String> = [
+        (
+            "k8s.v1.cni.cncf.io/networks",
+            format!("{KUBE_SYSTEM}/{ext}"),
+        ),
+        ("ovn.kubernetes.io/vpc_nat_gw", spec.name.clone()),
+        ("ovn.kubernetes.io/logical_switch", spec.subnet.clone()),
+        ("ovn.kubernetes.io/ip_address", node.lan_ip.clone()),
+        // What Kube-OVN IPAM would add to the pod (kwok runs no IPAM).
+        ("ovn.kubernetes.io/gateway", node.ovn_gateway.clone()),
+        ("ovn.kubernetes.io/cidr", node.lan_cidr.clone()),
+        ("ovn.kubernetes.io/allocated", "true".into()),
+        (
+            &format!("{ext_provider}.kubernetes.io/ip_address"),
+            node.external_ip.clone(),
+        ),
+        (
+            &format!("{ext_provider}.kubernetes.io/cidr"),
+            node.external_cidr.clone(),
+        ),
+        (
+            &format!("{ext_provider}.kubernetes.io/gateway"),
+            node.external_gateway.clone(),
+        ),
+        (
+            &format!("{ext_provider}.kubernetes.io/logical_switch"),
+            ext.clone(),
+        ),
+        (
+            &format!("{ext_provider}.kubernetes.io/allocated"),
+            "true".into(),
+        ),
+        ("multivpc.e2e/netns", node.netns.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    annotations.extend(spec.extra_annotations.clone());
+    typed(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {
+            "name": sts, "namespace": KUBE_SYSTEM,
+            "labels": {"app": app, "ovn.kubernetes.io/vpc-nat-gw": "true"},
+        },
+        "spec": {
+            "replicas": 1,
+            "serviceName": sts,
+            "selector": {"matchLabels": {"app": app, "ovn.kubernetes.io/vpc-nat-gw": "true"}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": app, "ovn.kubernetes.io/vpc-nat-gw": "true"},
+                    "annotations": annotations,
+                },
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node.node},
+                    "tolerations": [{"key": "multivpc.e2e/gateway", "operator": "Exists", "effect": "NoSchedule"}],
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{
+                        "name": NAT_GW_CONTAINER,
+                        "image": "docker.io/kubeovn/vpc-nat-gateway:v1.14.10",
+                        "command": ["sleep", "infinity"],
+                        "securityContext": {"privileged": true, "allowPrivilegeEscalation": true},
+                    }],
+                },
+            },
+        },
+    }))
+}
+
+/// A VPC NAT gateway created in the harness: VpcNatGateway + StatefulSet + netns.
+#[derive(Clone, Debug)]
+pub struct NatGateway {
+    pub cluster: String,
+    pub spec: NatGatewaySpec,
+    pub node: GatewayNode,
+}
+
+impl NatGateway {
+    pub fn namespace(&self) -> &'static str {
+        KUBE_SYSTEM
+    }
+
+    pub fn statefulset_name(&self) -> String {
+        self.spec.statefulset_name()
+    }
+
+    pub fn pod_name(&self) -> String {
+        self.spec.pod_name()
+    }
+
+    /// Wait until the StatefulSet reports availableReplicas=1 and its pod is Running.
+    pub async fn wait_available(&self, h: &Harness, timeout: Duration) -> Result<Pod> {
+        let client = h.client(&self.cluster);
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), KUBE_SYSTEM);
+        wait_for_object(&sts, &self.statefulset_name(), timeout, |s| {
+            s.status.as_ref().and_then(|st| st.available_replicas) == Some(1)
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(client, KUBE_SYSTEM);
+        wait_for_object(&pods, &self.pod_name(), timeout, |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await
+    }
+
+    /// Exec in the gateway pod's `vpc-nat-gw` container through the API server.
+    pub async fn exec(&self, h: &Harness, cmd: &[&str]) -> Result<ExecOutput> {
+        pod_exec(
+            &h.client(&self.cluster),
+            KUBE_SYSTEM,
+            &self.pod_name(),
+            Some(NAT_GW_CONTAINER),
+            cmd,
+        )
+        .await
+    }
+
+    /// Exec `sh -c script` in the gateway pod and require exit 0.
+    pub async fn sh(&self, h: &Harness, script: &str) -> Result<ExecOutput> {
+        self.exec(h, &["sh", "-c", script]).await?.check()
+    }
+}
+
+// ---------------------------------------------------------------- Kube-OVN objects
+
+/// `kubeovn.io/v1 Vpc` with optional static routes `(cidr, nextHopIP)` (policyDst).
+pub fn vpc(name: &str, static_routes: &[(&str, &str)]) -> DynamicObject {
+    let routes: Vec<_> = static_routes
+        .iter()
+        .map(|(cidr, nh)| json!({"policy": "policyDst", "cidr": cidr, "nextHopIP": nh}))
+        .collect();
+    let mut spec = json!({});
+    if !routes.is_empty() {
+        spec["staticRoutes"] = json!(routes);
+    }
+    dynamic(
+        json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc", "metadata": {"name": name}, "spec": spec}),
+    )
+}
+
+/// `kubeovn.io/v1 Subnet`.
+pub fn subnet(name: &str, cidr: &str, gateway: &str, vpc: &str, provider: &str) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+        "metadata": {"name": name},
+        "spec": {"cidrBlock": cidr, "gateway": gateway, "vpc": vpc, "provider": provider, "protocol": "IPv4"}
+    }))
+}
+
+/// The cluster's default subnet `ovn-default` (vpc `ovn-cluster`, provider `ovn`).
+pub fn ovn_default_subnet(cidr: &str, gateway: &str) -> DynamicObject {
+    let mut s = subnet("ovn-default", cidr, gateway, "ovn-cluster", "ovn");
+    s.data["spec"]["default"] = json!(true);
+    s
+}
+
+/// `kube-system/kube-dns` Service (ClusterIP allocated by the API server unless given).
+pub fn kube_dns_service(cluster_ip: Option<&str>) -> Service {
+    let mut spec = json!({
+        "selector": {"k8s-app": "kube-dns"},
+        "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+        ],
+    });
+    if let Some(ip) = cluster_ip {
+        spec["clusterIP"] = json!(ip);
+    }
+    typed(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": KUBE_SYSTEM, "labels": {"k8s-app": "kube-dns"}},
+        "spec": spec,
+    }))
+}
+
+/// `kubeovn.io/v1 VpcDns` (status.active is set separately, see [`Harness::install_vpc_dns`]).
+pub fn vpc_dns(name: &str, vpc: &str, subnet: &str) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "VpcDns",
+        "metadata": {"name": name},
+        "spec": {"vpc": vpc, "subnet": subnet, "replicas": 1}
+    }))
+}
+
+/// The documented vpc-dns Corefile.
+pub const VPC_DNS_COREFILE: &str = ".:53 {\n    errors\n    health {\n      lameduck 5s\n    }\n    ready\n    kubernetes cluster.local in-addr.arpa ip6.arpa {\n      pods insecure\n      fallthrough in-addr.arpa ip6.arpa\n    }\n    prometheus :9153\n    forward . /etc/resolv.conf {\n      prefer_udp\n    }\n    cache 30\n    loop\n    reload\n    loadbalance\n}\n";
+
+/// `kube-system/vpc-dns-corefile` ConfigMap (created by the user in real life).
+pub fn vpc_dns_corefile_configmap(corefile: &str) -> ConfigMap {
+    typed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "vpc-dns-corefile", "namespace": KUBE_SYSTEM},
+        "data": {"Corefile": corefile},
+    }))
+}
+
+/// `kube-system/vpc-dns-config` ConfigMap (nad-name, nad-provider).
+pub fn vpc_dns_config_configmap(nad_name: &str, nad_provider: &str) -> ConfigMap {
+    typed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "vpc-dns-config", "namespace": KUBE_SYSTEM},
+        "data": {"enable-vpc-dns": "true", "nad-name": nad_name, "nad-provider": nad_provider},
+    }))
+}
+
+/// Which Kube-OVN generation's vpc-dns Deployment to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VpcDnsForm {
+    /// v1.12: init container `init-route` whose `sh -c` adds the routes.
+    V112InitContainer,
+    /// v1.13+: routes as JSON in `<nad-provider>.kubernetes.io/routes`.
+    V113RoutesAnnotation,
+}
+
+/// Default NAD of vpc-dns and its provider.
+pub const VPC_DNS_NAD: &str = "ovn-nad";
+pub const VPC_DNS_NAD_PROVIDER: &str = "ovn-nad.default.ovn";
+
+/// The `kube-system/vpc-dns-<name>` Deployment as Kube-OVN builds it. `routes`
+/// are `(dst_ip, gw)` pairs Kube-OVN itself adds (e.g. the kube-apiserver
+/// ClusterIP via the ovn-default gateway).
+pub fn vpc_dns_deployment(
+    name: &str,
+    subnet: &str,
+    form: VpcDnsForm,
+    routes: &[(&str, &str)],
+) -> Deployment {
+    let dep = format!("vpc-dns-{name}");
+    let mut annotations = json!({
+        "k8s.v1.cni.cncf.io/networks": format!("default/{VPC_DNS_NAD}"),
+        "ovn.kubernetes.io/logical_switch": subnet,
+        format!("{VPC_DNS_NAD_PROVIDER}.kubernetes.io/logical_switch"): "ovn-default",
+    });
+    let mut pod_spec = json!({
+        "containers": [{
+            "name": "coredns",
+            "image": "docker.io/coredns/coredns:1.11.1",
+            "args": ["-conf", "/etc/coredns/Corefile"],
+            "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": true}],
+        }],
+        "volumes": [{"name": "config-volume", "configMap": {"name": "vpc-dns-corefile", "items": [{"key": "Corefile", "path": "Corefile"}]}}],
+        "terminationGracePeriodSeconds": 0,
+    });
+    match form {
+        VpcDnsForm::V112InitContainer => {
+            let script: String = routes
+                .iter()
+                .map(|(dst, gw)| format!("ip -4 route add {dst} via {gw} dev net1;"))
+                .collect();
+            pod_spec["initContainers"] = json!([{
+                "name": "init-route",
+                "image": "docker.io/kubeovn/vpc-nat-gateway:v1.12.22",
+                "command": ["sh", "-c", script],
+                "securityContext": {"privileged": true, "allowPrivilegeEscalation": true},
+            }]);
+        }
+        VpcDnsForm::V113RoutesAnnotation => {
+            let r: Vec<_> = routes
+                .iter()
+                .map(|(dst, gw)| {
+                    let dst = if dst.contains('/') {
+                        dst.to_string()
+                    } else {
+                        format!("{dst}/32")
+                    };
+                    json!({"dst": dst, "gw": gw})
+                })
+                .collect();
+            annotations[format!("{VPC_DNS_NAD_PROVIDER}.kubernetes.io/routes")] =
+                json!(serde_json::to_string(&r).expect("json"));
+        }
+    }
+    typed(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": dep, "namespace": KUBE_SYSTEM, "labels": {"ovn.kubernetes.io/vpc-dns": "true"}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"k8s-app": dep}},
+            "template": {
+                "metadata": {"labels": {"k8s-app": dep}, "annotations": annotations},
+                "spec": pod_spec,
+            },
+        },
+    }))
+}
+
+// ---------------------------------------------------------------- Submariner
+
+/// `submariner.io/v1 Cluster` `submariner-operator/<cluster_id>`.
+pub fn submariner_cluster(cluster_id: &str, global_cidr: &[&str]) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "submariner.io/v1", "kind": "Cluster",
+        "metadata": {"name": cluster_id, "namespace": SUBMARINER_NS},
+        "spec": {
+            "cluster_id": cluster_id,
+            "global_cidr": global_cidr,
+            "service_cidr": ["10.96.0.0/16"],
+            "cluster_cidr": ["10.244.0.0/16"],
+            "color_codes": ["blue"],
+        }
+    }))
+}
+
+/// `submariner.io/v1 ClusterGlobalEgressIP` `cluster-egress.submariner.io`
+/// (status.allocatedIPs is set separately, as Submariner's controller would).
+pub fn cluster_global_egress_ip(num: usize) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "submariner.io/v1", "kind": "ClusterGlobalEgressIP",
+        "metadata": {"name": "cluster-egress.submariner.io"},
+        "spec": {"numGlobalIPs": num}
+    }))
+}
+
+/// How a member cluster reaches the broker's API server.
+#[derive(Clone, Debug)]
+pub struct BrokerAccess {
+    /// `host:port`, no scheme.
+    pub api_server: String,
+    pub token: String,
+    /// base64 of the broker's CA certificate (PEM).
+    pub ca_b64: String,
+    pub namespace: String,
+}
+
+/// `submariner.io/v1alpha1 ServiceDiscovery` `submariner-operator/service-discovery`.
+pub fn service_discovery(cluster_id: &str, broker: &BrokerAccess) -> DynamicObject {
+    dynamic(json!({
+        "apiVersion": "submariner.io/v1alpha1", "kind": "ServiceDiscovery",
+        "metadata": {"name": "service-discovery", "namespace": SUBMARINER_NS},
+        "spec": {
+            "brokerK8sApiServer": broker.api_server,
+            "brokerK8sApiServerToken": broker.token,
+            "brokerK8sCA": broker.ca_b64,
+            "brokerK8sRemoteNamespace": broker.namespace,
+            "brokerK8sInsecure": false,
+            "clusterID": cluster_id,
+            "globalnetEnabled": true,
+            "namespace": SUBMARINER_NS,
+        }
+    }))
+}
+
+fn namespace(name: &str) -> Namespace {
+    typed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+}
+
+// ---------------------------------------------------------------- harness helpers
+
+impl Harness {
+    /// Apply the Kube-OVN and Submariner CRDs of `e2e/fixtures/crds` to
+    /// `cluster` and wait until they are Established. Idempotent.
+    pub async fn install_foreign_crds(&self, cluster: &str) -> Result<()> {
+        let client = self.client(cluster);
+        let dir = crate::e2e_dir().join("fixtures/crds");
+        let mut names = Vec::new();
+        for f in ["kubeovn.io.yaml", "submariner.io.yaml"] {
+            for o in apply_file(&client, dir.join(f)).await? {
+                names.push(o.metadata.name.unwrap_or_default());
+            }
+        }
+        self.wait_crds_established(cluster, &names).await
+    }
+
+    /// Apply every `*.yaml` in the repository's `crds/` directory (the
+    /// project's own CRDs) and wait until Established. Returns the CRD names;
+    /// an empty list when `crds/` is missing or empty.
+    pub async fn install_project_crds(&self, cluster: &str) -> Result<Vec<String>> {
+        let dir = crate::repo_dir().join("crds");
+        let mut files: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect(),
+            Err(_) => return Ok(Vec::new()),
+        };
+        files.sort();
+        let client = self.client(cluster);
+        let mut names = Vec::new();
+        for f in files {
+            for o in apply_file(&client, &f).await? {
+                names.push(o.metadata.name.unwrap_or_default());
+            }
+        }
+        self.wait_crds_established(cluster, &names).await?;
+        Ok(names)
+    }
+
+    async fn wait_crds_established(&self, cluster: &str, names: &[String]) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client(cluster));
+        for n in names {
+            wait_for_object(&crds, n, Duration::from_secs(30), |c| {
+                c.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                    })
+            })
+            .await?;
+        }
+        // Discovery of new groups can lag behind Established by a moment.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(())
+    }
+
+    /// Create a VPC NAT gateway in `cluster` the way Kube-OVN would: a
+    /// netns-backed gateway node, the Vpc and Subnet (when absent), the
+    /// VpcNatGateway and its StatefulSet. Does not wait; see
+    /// [`NatGateway::wait_available`]. Gateway names must be unique per cluster.
+    pub async fn create_nat_gateway(
+        &self,
+        cluster: &str,
+        spec: NatGatewaySpec,
+    ) -> Result<NatGateway> {
+        self.install_foreign_crds(cluster).await?;
+        let node = self.gateway_node(cluster, &spec.name).await?;
+        let client = self.client(cluster);
+        self.create_if_absent(cluster, &vpc(&spec.vpc, &[])).await?;
+        self.create_if_absent(
+            cluster,
+            &subnet(
+                &spec.subnet,
+                &node.lan_cidr,
+                &node.ovn_gateway,
+                &spec.vpc,
+                "ovn",
+            ),
+        )
+        .await?;
+        apply_dynamic(&client, &vpc_nat_gateway(&spec, &node.lan_ip)).await?;
+        apply(&client, &nat_gw_statefulset(&spec, &node)).await?;
+        Ok(NatGateway {
+            cluster: cluster.to_string(),
+            spec,
+            node,
+        })
+    }
+
+    /// Delete a NAT gateway's StatefulSet and VpcNatGateway, then its node and netns.
+    pub async fn delete_nat_gateway(&self, gw: &NatGateway) -> Result<()> {
+        let client = self.client(&gw.cluster);
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), KUBE_SYSTEM);
+        let _ = sts
+            .delete(&gw.statefulset_name(), &Default::default())
+            .await;
+        let obj = vpc_nat_gateway(&gw.spec, &gw.node.lan_ip);
+        let (api, _) = crate::apply::dynamic_api(&client, &obj, "default").await?;
+        let _ = api.delete(&gw.spec.name, &Default::default()).await;
+        self.remove_gateway_node(&gw.cluster, &gw.spec.name).await
+    }
+
+    /// Create a dynamic object unless one with its name already exists.
+    pub async fn create_if_absent(&self, cluster: &str, obj: &DynamicObject) -> Result<()> {
+        let client = self.client(cluster);
+        let (api, _) = crate::apply::dynamic_api(&client, obj, "default").await?;
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        if api.get_opt(&name).await?.is_none() {
+            match api.create(&PostParams::default(), obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e).context(format!("create {name}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// The `ovn-default` Subnet (10.244.0.0/16, gw 10.244.0.1) and the kube-dns
+    /// Service; returns the kube-dns ClusterIP.
+    pub async fn install_cluster_network(&self, cluster: &str) -> Result<String> {
+        self.install_foreign_crds(cluster).await?;
+        let client = self.client(cluster);
+        apply_dynamic(&client, &ovn_default_subnet("10.244.0.0/16", "10.244.0.1")).await?;
+        let svc = apply(&client, &kube_dns_service(None)).await?;
+        svc.spec
+            .and_then(|s| s.cluster_ip)
+            .ok_or_else(|| anyhow!("kube-dns has no ClusterIP"))
+    }
+
+    /// Create what Kube-OVN has for an active VpcDns `name`: the VpcDns (status
+    /// active), the corefile/config ConfigMaps and the `vpc-dns-<name>`
+    /// Deployment in the chosen form, routing the `kubernetes` Service ClusterIP
+    /// via the ovn-default gateway. Returns the Deployment.
+    pub async fn install_vpc_dns(
+        &self,
+        cluster: &str,
+        name: &str,
+        vpc: &str,
+        subnet: &str,
+        form: VpcDnsForm,
+    ) -> Result<Deployment> {
+        self.install_foreign_crds(cluster).await?;
+        let client = self.client(cluster);
+        let vdns = apply_dynamic(&client, &vpc_dns(name, vpc, subnet)).await?;
+        patch_status_dynamic(&client, &vdns, json!({"active": true})).await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), KUBE_SYSTEM);
+        if cms.get_opt("vpc-dns-corefile").await?.is_none() {
+            apply(&client, &vpc_dns_corefile_configmap(VPC_DNS_COREFILE)).await?;
+        }
+        apply(
+            &client,
+            &vpc_dns_config_configmap(VPC_DNS_NAD, VPC_DNS_NAD_PROVIDER),
+        )
+        .await?;
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        let apiserver_ip = svcs
+            .get("kubernetes")
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .context("kubernetes Service has no ClusterIP")?;
+        apply(
+            &client,
+            &vpc_dns_deployment(name, subnet, form, &[(&apiserver_ip, "10.244.0.1")]),
+        )
+        .await
+    }
+
+    /// Credentials for a member cluster to use the broker cluster: a
+    /// ServiceAccount `<client_id>-broker-client` in the broker namespace with
+    /// full rights there, a bound token, the CA and `host:port`.
+    pub async fn broker_access(&self, broker: &str, client_id: &str) -> Result<BrokerAccess> {
+        let client = self.client(broker);
+        apply(&client, &namespace(BROKER_NS)).await?;
+        let sa_name = format!("{client_id}-broker-client");
+        let sa: ServiceAccount = typed(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": sa_name, "namespace": BROKER_NS}
+        }));
+        apply(&client, &sa).await?;
+        let role: Role = typed(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "multivpc-broker-client", "namespace": BROKER_NS},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
+        }));
+        apply(&client, &role).await?;
+        let rb: RoleBinding = typed(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": sa_name, "namespace": BROKER_NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "multivpc-broker-client"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": BROKER_NS}]
+        }));
+        apply(&client, &rb).await?;
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), BROKER_NS);
+        let tr: TokenRequest = typed(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [], "expirationSeconds": 86400}
+        }));
+        let tr = sas
+            .create_token_request(&sa_name, &PostParams::default(), &tr)
+            .await
+            .context("token request")?;
+        let token = tr
+            .status
+            .map(|s| s.token)
+            .context("token request has no status")?;
+        let kc = Kubeconfig::read_from(self.kubeconfig(broker))?;
+        let cluster = kc
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .context("broker kubeconfig has no cluster")?;
+        let ca_b64 = match (
+            cluster.certificate_authority_data,
+            cluster.certificate_authority,
+        ) {
+            (Some(data), _) => data,
+            (None, Some(path)) => base64::engine::general_purpose::STANDARD
+                .encode(std::fs::read(&path).with_context(|| format!("read CA {path}"))?),
+            (None, None) => return Err(anyhow!("broker kubeconfig has no CA")),
+        };
+        let server = cluster.server.context("broker kubeconfig has no server")?;
+        let api_server = server
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_string();
+        Ok(BrokerAccess {
+            api_server,
+            token,
+            ca_b64,
+            namespace: BROKER_NS.into(),
+        })
+    }
+
+    /// Create what Submariner (with Globalnet) has in member `cluster`: the
+    /// `submariner-operator` namespace, Cluster `<cluster_id>` with
+    /// `global_cidr`, ClusterGlobalEgressIP with `egress_ips` allocated, and —
+    /// when `broker` is given — ServiceDiscovery pointing at that broker cluster.
+    pub async fn install_submariner(
+        &self,
+        cluster: &str,
+        cluster_id: &str,
+        global_cidr: &str,
+        egress_ips: &[&str],
+        broker: Option<&str>,
+    ) -> Result<()> {
+        self.install_foreign_crds(cluster).await?;
+        let client = self.client(cluster);
+        apply(&client, &namespace(SUBMARINER_NS)).await?;
+        apply_dynamic(&client, &submariner_cluster(cluster_id, &[global_cidr])).await?;
+        let egress = apply_dynamic(&client, &cluster_global_egress_ip(egress_ips.len())).await?;
+        patch_status_dynamic(&client, &egress, json!({"allocatedIPs": egress_ips})).await?;
+        if let Some(b) = broker {
+            let access = self.broker_access(b, cluster_id).await?;
+            apply_dynamic(&client, &service_discovery(cluster_id, &access)).await?;
+        }
+        Ok(())
+    }
+}
