@@ -1,1 +1,20 @@
+//! Shared plumbing of the kubeovn-multivpc controllers, so that each binary's `main` is only
+//! "parse flags, build the controller, run it":
+//!
+//! - [`args::CommonArgs`]: the flags every controller takes, with environment fallbacks;
+//! - [`telemetry`]: text or JSON logs;
+//! - [`metrics`]: the Prometheus registry with controller-runtime-compatible reconcile metrics;
+//! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` endpoints;
+//! - [`leader`]: Lease-based leader election that starts and stops the controller;
+//! - [`Runtime`]: ties them together with graceful shutdown on SIGTERM.
 
+pub mod admin;
+pub mod args;
+pub mod leader;
+pub mod metrics;
+pub mod runtime;
+pub mod telemetry;
+pub mod watch_only;
+
+pub use args::CommonArgs;
+pub use runtime::{Runtime, main_with};

@@ -1,0 +1,222 @@
+//! The admin endpoints: `/metrics` on the metrics address, `/healthz` and `/readyz` on the
+//! probe address (one listener when both addresses are the same).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use axum::{Router, http::StatusCode, routing::get};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{args::BindAddress, metrics::Metrics};
+
+/// Whether the process should receive work: its controller's caches are synced, or it is a
+/// leader-election standby (standbys are healthy and ready by design, so rolling updates of a
+/// multi-replica Deployment do not stall waiting for a replica that will never lead).
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Default)]
+struct ReadinessState {
+    synced: AtomicBool,
+    standby: AtomicBool,
+}
+
+impl Readiness {
+    /// Records whether the controller's caches are synced.
+    pub fn set_synced(&self, synced: bool) {
+        self.0.synced.store(synced, Ordering::Release);
+    }
+
+    /// Records whether this replica is waiting for the leader lease.
+    pub fn set_standby(&self, standby: bool) {
+        self.0.standby.store(standby, Ordering::Release);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.0.synced.load(Ordering::Acquire) || self.0.standby.load(Ordering::Acquire)
+    }
+}
+
+/// Addresses the admin servers actually listen on (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminAddrs {
+    pub metrics: Option<SocketAddr>,
+    pub probes: Option<SocketAddr>,
+}
+
+fn metrics_routes(metrics: Metrics) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+fn probe_routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+                    }
+                }
+            }),
+        )
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+fn spawn(listener: TcpListener, app: Router, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::error!(%err, "admin server failed");
+        }
+    })
+}
+
+/// Binds the admin listeners (so a taken port fails start-up at once) and serves them until
+/// `shutdown` is cancelled.
+pub async fn serve(
+    metrics_addr: BindAddress,
+    probe_addr: BindAddress,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(AdminAddrs, Vec<JoinHandle<()>>)> {
+    let mut tasks = Vec::new();
+    let mut addrs = AdminAddrs {
+        metrics: None,
+        probes: None,
+    };
+    match (metrics_addr, probe_addr) {
+        (BindAddress::Socket(m), BindAddress::Socket(p)) if m == p && m.port() != 0 => {
+            let listener = bind(m, "metrics and probes").await?;
+            let local = listener.local_addr()?;
+            addrs = AdminAddrs {
+                metrics: Some(local),
+                probes: Some(local),
+            };
+            let app = metrics_routes(metrics).merge(probe_routes(readiness));
+            tasks.push(spawn(listener, app, shutdown));
+        }
+        (m, p) => {
+            if let BindAddress::Socket(m) = m {
+                let listener = bind(m, "metrics").await?;
+                addrs.metrics = Some(listener.local_addr()?);
+                tasks.push(spawn(listener, metrics_routes(metrics), shutdown.clone()));
+            }
+            if let BindAddress::Socket(p) = p {
+                let listener = bind(p, "health probes").await?;
+                addrs.probes = Some(listener.local_addr()?);
+                tasks.push(spawn(listener, probe_routes(readiness), shutdown));
+            }
+        }
+    }
+    Ok((addrs, tasks))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        stream.read_to_string(&mut buf).await.unwrap();
+        let code = buf[9..12].parse().unwrap();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn probes_and_metrics_are_served() {
+        let metrics = Metrics::new();
+        let _ = metrics.controller("demo");
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let local: BindAddress = "127.0.0.1:0".parse().unwrap();
+        let (addrs, tasks) = serve(local, local, metrics, readiness.clone(), shutdown.clone())
+            .await
+            .unwrap();
+        let (m, p) = (addrs.metrics.unwrap(), addrs.probes.unwrap());
+
+        assert_eq!(get(p, "/healthz").await.0, 200);
+        assert_eq!(
+            get(p, "/readyz").await.0,
+            503,
+            "not ready before caches sync"
+        );
+        readiness.set_synced(true);
+        assert_eq!(get(p, "/readyz").await.0, 200);
+        readiness.set_synced(false);
+        readiness.set_standby(true);
+        assert_eq!(get(p, "/readyz").await.0, 200, "a standby is ready");
+
+        let (code, body) = get(m, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            body.contains("controller_runtime_reconcile_total{controller=\"demo\""),
+            "{body}"
+        );
+        assert_eq!(
+            get(m, "/healthz").await.0,
+            404,
+            "probes live on their own address"
+        );
+
+        shutdown.cancel();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn disabled_metrics_bind_nothing() {
+        let local: BindAddress = "127.0.0.1:0".parse().unwrap();
+        let (addrs, _tasks) = serve(
+            BindAddress::Disabled,
+            local,
+            Metrics::new(),
+            Readiness::default(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert!(addrs.metrics.is_none() && addrs.probes.is_some());
+    }
+}

@@ -1,0 +1,142 @@
+//! Command-line flags shared by every controller (names follow controller-runtime's, so
+//! existing Helm values and habits carry over).
+
+use std::{fmt, net::SocketAddr, str::FromStr};
+
+/// Flags every controller binary accepts. Each can also be given through the environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Address the Prometheus /metrics endpoint binds to (":8080" means all interfaces;
+    /// "0" disables it).
+    #[arg(long, env = "METRICS_BIND_ADDRESS", default_value = ":8080")]
+    pub metrics_bind_address: BindAddress,
+
+    /// Address the /healthz and /readyz probes bind to (":8081" means all interfaces).
+    #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
+    pub health_probe_bind_address: BindAddress,
+
+    /// Run the controller only while holding a Lease, so several replicas can run safely.
+    #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader election Lease (defaults to the pod's namespace).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE", default_value = "default")]
+    pub leader_election_namespace: String,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Submariner cluster ID of this cluster (otherwise read from Submariner's ServiceDiscovery).
+    #[arg(long, env = "CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+}
+
+/// Log output format.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A listen address in Go style: `:8080` (all interfaces), `127.0.0.1:8080`, `[::1]:8080`,
+/// or `0` for "do not listen".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindAddress {
+    Disabled,
+    Socket(SocketAddr),
+}
+
+/// A bind address that is not one of the accepted forms.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid bind address {0:?}: expected \":PORT\", \"HOST:PORT\" or \"0\" to disable")]
+pub struct BindAddressError(String);
+
+impl FromStr for BindAddress {
+    type Err = BindAddressError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value == "0" {
+            return Ok(Self::Disabled);
+        }
+        let full = match value.strip_prefix(':') {
+            Some(port) => format!("0.0.0.0:{port}"),
+            None => value.to_owned(),
+        };
+        full.parse()
+            .map(Self::Socket)
+            .map_err(|_| BindAddressError(value.to_owned()))
+    }
+}
+
+impl fmt::Display for BindAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Disabled => f.write_str("0"),
+            Self::Socket(addr) => addr.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(
+            ":8080".parse::<BindAddress>().unwrap().to_string(),
+            "0.0.0.0:8080"
+        );
+        assert_eq!(
+            "127.0.0.1:9".parse::<BindAddress>().unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            "[::1]:80".parse::<BindAddress>().unwrap().to_string(),
+            "[::1]:80"
+        );
+        assert_eq!("0".parse::<BindAddress>().unwrap(), BindAddress::Disabled);
+        for bad in ["", "8080", ":http", "localhost:80", ":99999"] {
+            assert!(bad.parse::<BindAddress>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_controller_runtime() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.common.metrics_bind_address.to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            cli.common.health_probe_bind_address.to_string(),
+            "0.0.0.0:8081"
+        );
+        assert!(!cli.common.leader_elect);
+        assert_eq!(cli.common.log_format, LogFormat::Text);
+        assert_eq!(cli.common.cluster_id, None);
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--metrics-bind-address=127.0.0.1:18080",
+            "--leader-elect",
+            "--log-format=json",
+            "--cluster-id=cluster1",
+        ])
+        .unwrap();
+        assert!(cli.common.leader_elect);
+        assert_eq!(cli.common.log_format, LogFormat::Json);
+        assert_eq!(cli.common.cluster_id.as_deref(), Some("cluster1"));
+        assert!(Cli::try_parse_from(["x", "--log-format=xml"]).is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Process lifecycle shared by every controller binary.
+
+use std::{future::Future, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{self, AdminAddrs, Readiness},
+    args::CommonArgs,
+    leader,
+    metrics::Metrics,
+    telemetry,
+};
+
+/// How long start-up waits for the API server before giving up with a clear error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a controller needs from its process: a client, metrics, readiness and the
+/// shutdown signal. Built once by [`Runtime::init`], consumed by [`Runtime::run`].
+pub struct Runtime {
+    name: &'static str,
+    args: CommonArgs,
+    client: Client,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    admin_addrs: AdminAddrs,
+    admin_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Initialises logging, connects to the cluster (failing fast when it is unreachable),
+    /// starts the admin endpoints and installs the SIGTERM/SIGINT handler.
+    pub async fn init(name: &'static str, args: CommonArgs) -> anyhow::Result<Self> {
+        // Connect before logging starts: an unreachable cluster is then reported once, by
+        // `main_with`, instead of also through the client's own error log lines.
+        let client = connect().await?;
+        telemetry::init(args.log_format);
+        let metrics = Metrics::new();
+        let readiness = Readiness::default();
+        let shutdown = CancellationToken::new();
+        let (admin_addrs, admin_tasks) = admin::serve(
+            args.metrics_bind_address,
+            args.health_probe_bind_address,
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        tokio::spawn(watch_signals(shutdown.clone()));
+        tracing::info!(
+            controller = name,
+            version = env!("CARGO_PKG_VERSION"),
+            metrics = ?admin_addrs.metrics,
+            probes = ?admin_addrs.probes,
+            "started"
+        );
+        Ok(Self {
+            name,
+            args,
+            client,
+            metrics,
+            readiness,
+            shutdown,
+            admin_addrs,
+            admin_tasks,
+        })
+    }
+
+    /// A client of the cluster the process runs against.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The flags the process was started with.
+    pub fn args(&self) -> &CommonArgs {
+        &self.args
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The readiness handle; the controller marks its caches synced on it.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    /// Where the admin endpoints listen.
+    pub fn admin_addrs(&self) -> AdminAddrs {
+        self.admin_addrs
+    }
+
+    /// Runs `controller` until SIGTERM/SIGINT (or, with `--leader-elect`, while leading), then
+    /// stops the admin endpoints. `controller` gets a token to drain on; it is called again
+    /// each time leadership is regained.
+    pub async fn run<F, Fut>(self, mut controller: F) -> anyhow::Result<()>
+    where
+        F: FnMut(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let leader_gauge = self.metrics.leader_status(self.name);
+        let result = if self.args.leader_elect {
+            leader::run_elected(
+                self.client.clone(),
+                &format!("multivpc-{}", self.name),
+                &self.args.leader_election_namespace,
+                leader_gauge,
+                self.readiness.clone(),
+                self.shutdown.clone(),
+                controller,
+            )
+            .await
+        } else {
+            leader_gauge.set(1);
+            controller(self.shutdown.clone()).await
+        };
+        self.shutdown.cancel();
+        for task in self.admin_tasks {
+            let _ = task.await;
+        }
+        tracing::info!(controller = self.name, "stopped");
+        result
+    }
+}
+
+/// Infers the client configuration (in-cluster, then kubeconfig) and checks the API server
+/// answers, so a wrong or missing cluster is one clear line at start-up, not a retry loop.
+async fn connect() -> anyhow::Result<Client> {
+    // The inferred-config error already names both sources it tried; its source chain would
+    // only repeat them.
+    let config = kube::Config::infer()
+        .await
+        .map_err(|err| anyhow::anyhow!("no usable Kubernetes configuration: {err}"))?;
+    let url = config.cluster_url.clone();
+    let client = Client::try_from(config).context("invalid Kubernetes client configuration")?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(err)) => {
+            Err(err).with_context(|| format!("cannot reach the Kubernetes API server at {url}"))
+        }
+        Err(_) => anyhow::bail!(
+            "cannot reach the Kubernetes API server at {url}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!(
+            "cannot install signal handlers; SIGTERM will kill the process without draining"
+        );
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("shutdown signal received; draining");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second shutdown signal; exiting now");
+    std::process::exit(130);
+}
+
+/// Runs a binary's async `main` on a multi-threaded runtime. A failure is printed as one line
+/// (`<binary>: error: <cause>: <cause>…`) and turns into exit status 1, never a panic trace.
+pub fn main_with(binary: &str, main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{binary}: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{binary}: error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, skipping causes whose text the previous one already
+/// shows (client errors often repeat their source in their own message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if !previous.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_print_on_one_line_without_repeats() {
+        let err = anyhow::anyhow!("tcp connect error: refused")
+            .context("client error (Connect): tcp connect error: refused")
+            .context("client error (Connect)")
+            .context("cannot reach the API server at https://x/");
+        assert_eq!(
+            one_line(&err),
+            "cannot reach the API server at https://x/: client error (Connect): client error (Connect): tcp connect error: refused"
+        );
+        let multi = anyhow::anyhow!("a\nb");
+        assert_eq!(one_line(&multi), "a b");
+    }
+}
