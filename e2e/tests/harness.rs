@@ -29,3 +29,248 @@ async fn each_cluster_reports_the_pinned_server_version() {
         );
     }
 }
+
+/// The message of an API refusal, or a panic when `res` is not one.
+fn refusal(what: &str, res: anyhow::Result<kube::api::DynamicObject>) -> (u16, String) {
+    match res {
+        Ok(o) => panic!("{what} was admitted: {o:?}"),
+        Err(e) => match e.downcast_ref::<kube::Error>() {
+            Some(kube::Error::Api(s)) => (s.code, s.message.clone()),
+            _ => panic!("{what}: expected an API refusal, got {e:#}"),
+        },
+    }
+}
+
+#[tokio::test]
+async fn project_crds_admit_the_seed_yaml_and_refuse_bad_tunnels() {
+    let h = harness_or_skip!(["cluster1"]);
+    let crds = h.install_project_crds("cluster1").await.unwrap();
+    if crds.is_empty() {
+        eprintln!(
+            "\n######## SKIPPED admission test: crds/ is missing or empty in {} ########\n",
+            multivpc_e2e::repo_dir().display()
+        );
+        return;
+    }
+    eprintln!("installed project CRDs: {crds:?}");
+    let c = h.client("cluster1");
+    // The seed's YAML applies unchanged (it uses namespace ns1).
+    apply_yaml(
+        &c,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: ns1\n",
+    )
+    .await
+    .unwrap();
+    let examples = multivpc_e2e::repo_dir().join("examples");
+    let mut seeded = Vec::new();
+    for f in ["dns.yaml", "tunnel.yaml"] {
+        let applied = apply_file(&c, examples.join(f))
+            .await
+            .unwrap_or_else(|e| panic!("seed example {f} refused: {e:#}"));
+        seeded.extend(applied);
+    }
+
+    let ns = h.unique_namespace("cluster1", "admission").await.unwrap();
+    let tunnel = |name: &str, extra: serde_json::Value| {
+        let mut spec = serde_json::json!({
+            "clusterId": "cluster2", "gatewayName": "gw1",
+            "interfaceAddr": "10.100.0.1/24", "natGwDp": "gw1",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        })
+    };
+    // A valid one in the same namespace, so refusals are about the field only.
+    apply_json(&c, tunnel("ok-tunnel", serde_json::json!({})))
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "name of 16 characters",
+            tunnel("abcdefghijklmnop", serde_json::json!({})),
+            "metadata.name",
+        ),
+        (
+            "interfaceAddr with a shell suffix",
+            tunnel(
+                "bad-addr",
+                serde_json::json!({"interfaceAddr": "10.0.0.1/24;reboot"}),
+            ),
+            "spec.interfaceAddr",
+        ),
+        (
+            "type ipip",
+            tunnel("bad-type", serde_json::json!({"type": "ipip"})),
+            "spec.type",
+        ),
+        (
+            "vni on a gre tunnel",
+            tunnel("gre-vni", serde_json::json!({"type": "gre", "vni": 100})),
+            "spec.vni",
+        ),
+    ];
+    for (what, obj, field) in cases {
+        let (code, msg) = refusal(what, apply_json(&c, obj).await);
+        eprintln!("{what}: {code} {msg}");
+        assert_eq!(code, 422, "{what}: {msg}");
+        assert!(
+            msg.contains(field),
+            "{what}: message does not name {field}: {msg}"
+        );
+    }
+
+    // Clean up: the seed objects live in the shared namespace ns1.
+    for o in seeded {
+        let (api, _) = multivpc_e2e::apply::dynamic_api(&c, &o, "ns1")
+            .await
+            .unwrap();
+        let _ = api
+            .delete(o.metadata.name.as_deref().unwrap(), &Default::default())
+            .await;
+    }
+    h.delete_namespace("cluster1", &ns).await.unwrap();
+}
+
+#[tokio::test]
+async fn nat_gateway_statefulset_becomes_available_and_exec_runs_in_its_netns() {
+    let h = harness_or_skip!(["cluster1"]);
+    let spec = NatGatewaySpec::new(&Harness::unique_name("hx"), "hx-vpc");
+    let gw = h.create_nat_gateway("cluster1", spec).await.unwrap();
+    let pod = gw
+        .wait_available(&h, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let ann = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        ann.get("ovn.kubernetes.io/gateway"),
+        Some(&gw.node.ovn_gateway)
+    );
+    assert_eq!(
+        ann.get("ovn.kubernetes.io/ip_address"),
+        Some(&gw.node.lan_ip)
+    );
+    assert_eq!(
+        ann.get("ovn-vpc-external-network.kube-system.kubernetes.io/ip_address"),
+        Some(&gw.node.external_ip)
+    );
+    assert_eq!(
+        pod.spec.as_ref().unwrap().node_name.as_deref(),
+        Some(gw.node.node.as_str())
+    );
+
+    // Through the API server: kube-apiserver -> kwok kubelet API -> netns.
+    let out = gw
+        .exec(&h, &["ip", "-o", "addr"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    eprintln!("ip -o addr in {}:\n{}", gw.pod_name(), out.stdout);
+    let ifaces: std::collections::BTreeSet<&str> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(
+        ifaces,
+        ["eth0", "lo", "net1"].into_iter().collect(),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains(&format!("{}/24", gw.node.lan_ip)),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(&gw.node.external_ip), "{}", out.stdout);
+    // Same view as the host has of that netns, and not the host's own.
+    let host_view = netns_exec(&gw.node.netns, &["ip", "-o", "addr"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    assert_eq!(host_view.stdout, out.stdout);
+    let host_own = host_exec(&["ip", "-o", "addr"]).await.unwrap();
+    assert!(!host_own.stdout.contains(&gw.node.lan_ip));
+
+    // The VPC side answers on eth0 (the OVN gateway is a real next hop).
+    gw.sh(&h, &format!("ping -c 1 -W 2 {}", gw.node.ovn_gateway))
+        .await
+        .unwrap();
+    // Exit codes come back through the API.
+    let failed = gw
+        .exec(&h, &["sh", "-c", "echo oops >&2; exit 3"])
+        .await
+        .unwrap();
+    assert_eq!(failed.exit_code, 3, "{failed}");
+    assert_eq!(failed.stderr.trim(), "oops");
+
+    h.delete_nat_gateway(&gw).await.unwrap();
+}
+
+#[tokio::test]
+async fn gateways_of_two_clusters_reach_each_other_over_net1_and_vxlan() {
+    let h = harness_or_skip!(["cluster1", "cluster2"]);
+    let name = Harness::unique_name("vx");
+    let (g1, g2) = tokio::try_join!(
+        h.create_nat_gateway("cluster1", NatGatewaySpec::new(&name, "vx-vpc")),
+        h.create_nat_gateway("cluster2", NatGatewaySpec::new(&name, "vx-vpc")),
+    )
+    .unwrap();
+    tokio::try_join!(
+        g1.wait_available(&h, Duration::from_secs(90)),
+        g2.wait_available(&h, Duration::from_secs(90)),
+    )
+    .unwrap();
+    // Underlay: net1 to net1 across clusters.
+    g1.sh(&h, &format!("ping -c 2 -W 2 {}", g2.node.external_ip))
+        .await
+        .unwrap();
+    g2.sh(&h, &format!("ping -c 2 -W 2 {}", g1.node.external_ip))
+        .await
+        .unwrap();
+    // Overlay: a VXLAN device created in each gateway by exec.
+    let vxlan = |local: &str, remote: &str, addr: &str| {
+        format!(
+            "set -e; ip link add vxe2e type vxlan id 4242 local {local} remote {remote} dstport 4789 dev net1; \
+             ip addr add {addr}/30 dev vxe2e; ip link set vxe2e up"
+        )
+    };
+    g1.sh(
+        &h,
+        &vxlan(&g1.node.external_ip, &g2.node.external_ip, "192.168.250.1"),
+    )
+    .await
+    .unwrap();
+    g2.sh(
+        &h,
+        &vxlan(&g2.node.external_ip, &g1.node.external_ip, "192.168.250.2"),
+    )
+    .await
+    .unwrap();
+    let ping = g1.sh(&h, "ping -c 3 -W 2 192.168.250.2").await.unwrap();
+    eprintln!("{}", ping.stdout);
+    // The reply really came through the VXLAN device of cluster2's gateway.
+    let rx = netns_exec(
+        &g2.node.netns,
+        &["cat", "/sys/class/net/vxe2e/statistics/rx_packets"],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    assert!(
+        rx.stdout.trim().parse::<u64>().unwrap() >= 3,
+        "rx_packets {}",
+        rx.stdout
+    );
+
+    let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    a.unwrap();
+    b.unwrap();
+}
