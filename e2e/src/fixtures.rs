@@ -769,3 +769,29 @@ impl Harness {
         Ok(())
     }
 }
+
+impl Harness {
+    /// [`Harness::install_submariner`] with the harness's own addressing:
+    /// cluster id = cluster name, Globalnet CIDR and egress IPs from the
+    /// cluster's [`crate::VpcNetwork`] (egress IPs `.0.1`–`.0.4` of the CIDR).
+    /// Returns (globalnet CIDR, egress IPs).
+    pub async fn install_default_submariner(
+        &self,
+        cluster: &str,
+        broker: Option<&str>,
+    ) -> Result<(String, Vec<String>)> {
+        let net = self.vpc_network(cluster)?;
+        let base = net
+            .globalnet_cidr
+            .split('/')
+            .next()
+            .and_then(|a| a.rsplit_once('.'))
+            .and_then(|(prefix, _)| prefix.rsplit_once('.').map(|(p, _)| p.to_string()))
+            .context("bad globalnet CIDR")?;
+        let egress: Vec<String> = (1..=4).map(|i| format!("{base}.0.{i}")).collect();
+        let refs: Vec<&str> = egress.iter().map(String::as_str).collect();
+        self.install_submariner(cluster, cluster, &net.globalnet_cidr, &refs, broker)
+            .await?;
+        Ok((net.globalnet_cidr, egress))
+    }
+}
