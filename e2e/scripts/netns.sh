@@ -111,7 +111,8 @@ ENV
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
-  cidr: 10.$ci.0.0/24
+  # the gateway pod gets podIP = lanIp, as with Kube-OVN
+  cidr: $lan/32
 ---
 # Every container of every pod on this node execs locally, i.e. inside this
 # kwok-controller's network namespace.

@@ -17,5 +17,6 @@ for kcfg in "$RUN_DIR"/*.kubeconfig; do
   done
 done
 echo "netns: $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" | tr '\n' ' ')"
-ps -o pid=,rss=,args= -e | awk '/kube-apiserver|kube-controller-manager|kube-scheduler|etcd |kwok |multivpc-netns-forward/ && !/awk/ {rss+=$2; n++} END {printf "processes: %d, RSS %.0f MiB\n", n, rss/1024}'
+ps -eo rss=,args= | awk -v a="$KWOK_WORKDIR/clusters/" -v b="$MULTIVPC_CACHE/" -v f="$FORWARD_BIN" \
+  'index($2, a) == 1 || index($2, b) == 1 || $2 == f {rss += $1; n++} END {printf "harness processes: %d, RSS %.0f MiB\n", n, rss / 1024}'
 exit $rc
