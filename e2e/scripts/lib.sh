@@ -33,8 +33,12 @@ KWOK_WORKDIR="$RUN_DIR/kwok"
 export KWOK_WORKDIR
 export PATH="$K8S_BIN:$ETCD_BIN:$KWOK_BIN:$HELM_BIN:$PATH"
 FORWARD_BIN="${MULTIVPC_FORWARD_BIN:-$REPO_DIR/target/debug/multivpc-netns-forward}"
-# Prefix of every network namespace the harness creates (e2e-down removes them all).
-NETNS_PREFIX=mvpc-
+# One harness per run dir. Its instance number (20..219, from the run dir's
+# path) keeps two harnesses on one machine (e.g. a developer's and CI's fresh
+# clone) apart: netns names and the 127.<instance>.x.y kubelet addresses.
+HARNESS_INSTANCE=$(( $(printf '%s' "$RUN_DIR" | cksum | cut -d' ' -f1) % 200 + 20 ))
+# Prefix of every network namespace this harness creates (e2e-down removes them all).
+NETNS_PREFIX="mvpc${HARNESS_INSTANCE}-"
 EXT_NETNS=${NETNS_PREFIX}ext
 EXT_CIDR_PREFIX=172.50      # shared external network 172.50.0.0/16 (inside mvpc-ext only)
 KUBELET_PORT=10250          # kwok kubelet API port inside each gateway netns

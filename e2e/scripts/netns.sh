@@ -8,7 +8,8 @@
 #   VPC subnet 10.c.0.0/24, OVN router (VPC netns, br-vpc) 10.c.0.1, gateway lanIp 10.c.0.(255-g)
 #   Globalnet CIDR 242.(c-1).0.0/16 (VPC netns holds 242.(c-1).0.10 on lo)
 #   external network 172.50.0.0/16 (mvpc-ext, br-ext 172.50.0.1), gateway net1 172.50.c.(10+g)
-#   kubelet API of the gateway node: host 127.77.c.g:10250 -> netns 127.0.0.1:10250
+#   kubelet API of the gateway node: host 127.<instance>.c.g:10250 -> netns 127.0.0.1:10250
+#   netns names: mvpc<instance>-ext, mvpc<instance>-<cluster>-vpc, mvpc<instance>-<cluster>-gw-<gw>
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
@@ -67,7 +68,7 @@ gateway_up() {
     while grep -qx "GATEWAY_SLOT=$g" "$RUN_DIR/$c"/gateways/*.env 2>/dev/null; do g=$((g + 1)); done
   fi
   [ "$g" -le 200 ] || die "too many gateways in $c"
-  local lan="10.$ci.0.$((255 - g))" ext="$EXT_CIDR_PREFIX.$ci.$((10 + g))" nodeip="127.77.$ci.$g"
+  local lan="10.$ci.0.$((255 - g))" ext="$EXT_CIDR_PREFIX.$ci.$((10 + g))" nodeip="127.$HARNESS_INSTANCE.$ci.$g"
   local node="gwnode-$gw" vpcns; vpcns=$(vpc_netns "$c")
   local piddir="$RUN_DIR/$c/pids" logdir="$RUN_DIR/logs"
   cat >"$envf" <<ENV

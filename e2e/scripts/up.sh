@@ -14,8 +14,14 @@ for b in "$ETCD_BIN/etcd" "$K8S_BIN/kube-apiserver" "$K8S_BIN/kube-controller-ma
 done
 [ -x "$FORWARD_BIN" ] || die "missing $FORWARD_BIN: run 'make e2e-build' first"
 mkdir -p "$RUN_DIR/logs" "$KWOK_WORKDIR"
-# Forwarders listen on 127.77.x.y; routing to the whole 127/8 is on by default.
-ip netns list >/dev/null
+# A run dir without state but netns of this instance: left by a harness whose
+# run dir was wiped. Remove them so addresses and veth names start clean.
+if [ ! -s "$RUN_DIR/clusters" ]; then
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" || true); do
+    log "removing stale netns $ns"
+    ip netns del "$ns"
+  done
+fi
 
 cluster_healthy() {
   [ -s "$(kubeconfig_of "$1")" ] && kc "$1" get --raw /readyz --request-timeout=5s >/dev/null 2>&1
@@ -109,4 +115,5 @@ for c in "${CLUSTERS[@]}"; do
   for _ in $(seq 120); do kc "$c" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.5; done
   log "cluster $c ready: $(kc "$c" version -o json | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p' | tail -1) at $(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}')"
 done
-printf '%s\n' "${CLUSTERS[@]}" >"$RUN_DIR/clusters"
+{ cat "$RUN_DIR/clusters" 2>/dev/null || true; printf '%s\n' "${CLUSTERS[@]}"; } | sort -u >"$RUN_DIR/clusters.tmp"
+mv "$RUN_DIR/clusters.tmp" "$RUN_DIR/clusters"
