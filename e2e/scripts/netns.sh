@@ -64,10 +64,18 @@ gateway_up() {
   if [ -s "$envf" ]; then
     g=$(sed -n 's/^GATEWAY_SLOT=//p' "$envf")
   else
-    g=1
-    while grep -qx "GATEWAY_SLOT=$g" "$RUN_DIR/$c"/gateways/*.env 2>/dev/null; do g=$((g + 1)); done
+    # Slots are never reused while the harness is up, so no neighbour cache
+    # anywhere holds a stale MAC for a new gateway's addresses.
+    g=$(cat "$RUN_DIR/$c/gateways/.last-slot" 2>/dev/null || echo 0)
+    for f in "$RUN_DIR/$c"/gateways/*.env; do
+      [ -e "$f" ] || continue
+      local s; s=$(sed -n 's/^GATEWAY_SLOT=//p' "$f")
+      [ "$s" -gt "$g" ] && g=$s
+    done
+    g=$((g + 1))
+    echo "$g" >"$RUN_DIR/$c/gateways/.last-slot"
   fi
-  [ "$g" -le 200 ] || die "too many gateways in $c"
+  [ "$g" -le 240 ] || die "more than 240 gateways created in $c since e2e-up: run e2e-down/e2e-up"
   local lan="10.$ci.0.$((255 - g))" ext="$EXT_CIDR_PREFIX.$ci.$((10 + g))" nodeip="127.$HARNESS_INSTANCE.$ci.$g"
   local node="gwnode-$gw" vpcns; vpcns=$(vpc_netns "$c")
   local piddir="$RUN_DIR/$c/pids" logdir="$RUN_DIR/logs"

@@ -270,7 +270,112 @@ async fn gateways_of_two_clusters_reach_each_other_over_net1_and_vxlan() {
         rx.stdout
     );
 
+    // VPC to VPC through both gateways: the Globalnet "workload" address of
+    // cluster1's VPC netns reaches cluster2's, via eth0 -> VXLAN -> eth0.
+    let (v1, v2) = (
+        h.vpc_network("cluster1").unwrap(),
+        h.vpc_network("cluster2").unwrap(),
+    );
+    // VXLAN is L2: the remote CIDR goes via the peer's tunnel address (a bare
+    // `dev vxe2e` route would ARP for every remote host and get no answer).
+    let route = |gw: &NatGateway,
+                 local: &multivpc_e2e::VpcNetwork,
+                 remote: &multivpc_e2e::VpcNetwork,
+                 peer: &str| {
+        format!(
+            "set -e; ip route replace {} via {} dev eth0; ip route replace {} via {peer} dev vxe2e",
+            local.globalnet_cidr, gw.node.ovn_gateway, remote.globalnet_cidr
+        )
+    };
+    g1.sh(&h, &route(&g1, &v1, &v2, "192.168.250.2"))
+        .await
+        .unwrap();
+    g2.sh(&h, &route(&g2, &v2, &v1, "192.168.250.1"))
+        .await
+        .unwrap();
+    for (vpc, remote, gw) in [(&v1, &v2, &g1), (&v2, &v1, &g2)] {
+        netns_exec(
+            &vpc.netns,
+            &[
+                "ip",
+                "route",
+                "replace",
+                &remote.globalnet_cidr,
+                "via",
+                &gw.node.lan_ip,
+            ],
+        )
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    }
+    let vpc_ping = netns_exec(
+        &v1.netns,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "-I",
+            &v1.workload_ip,
+            &v2.workload_ip,
+        ],
+    )
+    .await
+    .unwrap();
+    for (vpc, remote) in [(&v1, &v2), (&v2, &v1)] {
+        let _ = netns_exec(&vpc.netns, &["ip", "route", "del", &remote.globalnet_cidr]).await;
+    }
+    vpc_ping.check().unwrap();
+
     let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    a.unwrap();
+    b.unwrap();
+}
+
+#[tokio::test]
+async fn primary_and_standby_gateways_of_one_vpc_share_its_subnet() {
+    let h = harness_or_skip!(["cluster1"]);
+    let vpc = Harness::unique_name("fo-vpc");
+    let (p, s) = tokio::try_join!(
+        h.create_nat_gateway(
+            "cluster1",
+            NatGatewaySpec::new(&Harness::unique_name("fop"), &vpc)
+        ),
+        h.create_nat_gateway(
+            "cluster1",
+            NatGatewaySpec::new(&Harness::unique_name("fos"), &vpc)
+        ),
+    )
+    .unwrap();
+    tokio::try_join!(
+        p.wait_available(&h, Duration::from_secs(90)),
+        s.wait_available(&h, Duration::from_secs(90)),
+    )
+    .unwrap();
+    assert_ne!(p.node.lan_ip, s.node.lan_ip);
+    assert_eq!(p.node.lan_cidr, s.node.lan_cidr);
+    assert_ne!(p.node.external_ip, s.node.external_ip);
+    let vpc_net = h.vpc_network("cluster1").unwrap();
+    for gw in [&p, &s] {
+        netns_exec(
+            &vpc_net.netns,
+            &["ping", "-c", "1", "-W", "2", &gw.node.lan_ip],
+        )
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+        // Each pod sees only its own addresses.
+        let out = gw
+            .exec(&h, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .await
+            .unwrap();
+        assert!(out.stdout.contains(&gw.node.lan_ip), "{out}");
+    }
+    let (a, b) = tokio::join!(h.delete_nat_gateway(&p), h.delete_nat_gateway(&s));
     a.unwrap();
     b.unwrap();
 }
