@@ -284,6 +284,35 @@ impl Harness {
         Ok(())
     }
 
+    /// Hold an exclusive, named lock across threads and test processes
+    /// (flock on `<run dir>/locks/<name>.lock`) until the guard is dropped.
+    /// Use it around changes to shared state such as a VPC netns' routes or a
+    /// cluster's Submariner singletons: `let _g = h.exclusive("cluster1-vpc").await?;`
+    pub async fn exclusive(&self, name: &str) -> Result<ExclusiveGuard> {
+        let dir = self.run_dir.join("locks");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        let file = tokio::task::spawn_blocking(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock on an fd we own; blocks this blocking-pool thread.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                Ok(file)
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+        .await?
+        .with_context(|| format!("lock {}", path.display()))?;
+        Ok(ExclusiveGuard { _file: file })
+    }
+
     /// Facts about the VPC-side netns of `cluster` (created by `make e2e-up`).
     pub fn vpc_network(&self, cluster: &str) -> Result<VpcNetwork> {
         let path = self.run_dir.join(cluster).join("vpc.env");
@@ -297,6 +326,11 @@ impl Harness {
 /// `rustls-tls` does not pick one). Idempotent; [`Harness::attach`] calls it.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Guard of [`Harness::exclusive`]; the lock is released when it is dropped.
+pub struct ExclusiveGuard {
+    _file: std::fs::File,
 }
 
 /// Node condition Ready=True.

@@ -270,8 +270,10 @@ async fn gateways_of_two_clusters_reach_each_other_over_net1_and_vxlan() {
         rx.stdout
     );
 
-    // VPC to VPC through both gateways: the Globalnet "workload" address of
-    // cluster1's VPC netns reaches cluster2's, via eth0 -> VXLAN -> eth0.
+    // VPC to VPC through both gateways (VPC netns routes are shared state).
+    let _g = h.exclusive("vpc-netns-routes").await.unwrap();
+    // The Globalnet "workload" address of cluster1's VPC netns reaches
+    // cluster2's, via eth0 -> VXLAN -> eth0.
     let (v1, v2) = (
         h.vpc_network("cluster1").unwrap(),
         h.vpc_network("cluster2").unwrap(),
