@@ -1,8 +1,12 @@
-//! Forwards clusterset.local from Kube-OVN vpc-dns to the cluster DNS.
+//! dns-forwarder: lets pods of Kube-OVN custom VPCs resolve Submariner's `clusterset.local` by
+//! forwarding it from vpc-dns to the cluster DNS, and routing vpc-dns there.
+
+mod controller;
+mod corefile;
+mod plan;
+mod routes;
 
 use clap::Parser;
-use kube::Api;
-use multivpc_api::VpcDnsForward;
 use multivpc_runtime::{CommonArgs, Runtime};
 
 /// Forwards clusterset.local from Kube-OVN vpc-dns to the cluster DNS.
@@ -19,15 +23,27 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = Runtime::init("dns-forwarder", args.common).await?;
-    // Registered now so the reconcile families are scraped before the first reconcile.
-    let _reconcile_metrics = runtime.metrics().controller("vpcdnsforward");
-    let api: Api<VpcDnsForward> = Api::all(runtime.client());
+    let runtime = Runtime::init(controller::MANAGER, args.common).await?;
+    let reconcile_metrics = runtime.metrics().controller("vpcdnsforward");
+    let routes_programmed = prometheus::IntGauge::new(
+        "multivpc_dns_routes_programmed",
+        "vpc-dns Deployments carrying the route to the cluster DNS",
+    )?;
+    runtime
+        .metrics()
+        .registry()
+        .register(Box::new(routes_programmed.clone()))?;
+    let client = runtime.client();
     let readiness = runtime.readiness();
-    // The reconciler lands with its own issue; until then the binary runs watch-only.
     runtime
         .run(move |shutdown| {
-            multivpc_runtime::watch_only::run(api.clone(), readiness.clone(), shutdown)
+            controller::run(
+                client.clone(),
+                reconcile_metrics.clone(),
+                routes_programmed.clone(),
+                readiness.clone(),
+                shutdown,
+            )
         })
         .await
 }

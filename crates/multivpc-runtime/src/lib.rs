@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod backoff;
 pub mod leader;
 pub mod metrics;
 pub mod runtime;

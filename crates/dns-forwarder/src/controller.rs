@@ -1,0 +1,478 @@
+//! The VpcDnsForward controller: watches, reconcile, error policy. Decisions live in
+//! [`crate::plan`]; this module only reads the caches and performs the plan's API calls.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Service},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use multivpc_api::{
+    VpcDnsForward, VpcDnsForwardStatus, conditions,
+    foreign::kubeovn::{Subnet, VpcDns},
+    keys::{DNS_FINALIZER, KUBE_SYSTEM, LABEL_VPC_DNS, VPC_DNS_COREFILE},
+};
+use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    plan::{self, COREFILE_KEY, Plan, Snapshot},
+    routes::{self, PatchKind, Route},
+};
+
+/// Name under which this controller writes (field manager, event reporter, metrics label).
+pub const MANAGER: &str = "dns-forwarder";
+const OVN_DEFAULT: &str = "ovn-default";
+const KUBE_DNS: &str = "kube-dns";
+
+/// Errors of one reconcile; all are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Cleanup edited something and must look again (with fresh caches) before the finalizer goes.
+    #[error("cleanup in progress")]
+    CleanupInProgress,
+}
+
+/// The caches the controller decides from.
+#[derive(Clone)]
+pub struct Stores {
+    pub forwards: Store<VpcDnsForward>,
+    pub vpc_dns: Store<VpcDns>,
+    pub deployments: Store<Deployment>,
+    pub corefile: Store<ConfigMap>,
+    pub kube_dns: Store<Service>,
+    pub subnets: Store<Subnet>,
+}
+
+impl Stores {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            forwards: self.forwards.state(),
+            vpc_dns: self.vpc_dns.state(),
+            deployments: self
+                .deployments
+                .state()
+                .into_iter()
+                .map(|d| (d.name_any(), d))
+                .collect::<BTreeMap<_, _>>(),
+            corefile: self.corefile.state().into_iter().next(),
+            kube_dns: self.kube_dns.state().into_iter().next(),
+            ovn_default: self.subnets.state().into_iter().next(),
+        }
+    }
+
+    /// Forwards affected by a change to the vpc-dns objects of `vpc` or to `deployment`.
+    fn affected(
+        &self,
+        vpc: Option<&str>,
+        deployment: Option<&str>,
+    ) -> Vec<ObjectRef<VpcDnsForward>> {
+        self.forwards
+            .state()
+            .iter()
+            .filter(|f| {
+                vpc.is_some_and(|v| f.spec.vpc == v)
+                    || deployment.is_some_and(|d| {
+                        f.status
+                            .as_ref()
+                            .is_some_and(|s| s.deployments.iter().any(|x| x == d))
+                    })
+            })
+            .map(|f| ObjectRef::from_obj(f.as_ref()))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<ObjectRef<VpcDnsForward>> {
+        self.forwards
+            .state()
+            .iter()
+            .map(|f| ObjectRef::from_obj(f.as_ref()))
+            .collect()
+    }
+}
+
+/// Shared state of the reconciles.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub recorder: Recorder,
+    pub reconcile_metrics: ReconcileMetrics,
+    pub routes_programmed: prometheus::IntGauge,
+    pub backoff: ErrorBackoff,
+}
+
+/// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
+pub async fn run(
+    client: Client,
+    reconcile_metrics: ReconcileMetrics,
+    routes_programmed: prometheus::IntGauge,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (c, ns) = (client.clone(), KUBE_SYSTEM);
+
+    let (vpc_dns, vpc_dns_writer) = reflector::store();
+    let vpc_dns_stream = watcher(Api::<VpcDns>::all(c.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(vpc_dns_writer)
+        .touched_objects();
+    let (deployments, deployments_writer) = reflector::store();
+    let deployments_stream = watcher(
+        Api::<Deployment>::namespaced(c.clone(), ns),
+        watcher::Config::default().labels(&format!("{LABEL_VPC_DNS}=true")),
+    )
+    .default_backoff()
+    .reflect(deployments_writer)
+    .touched_objects();
+    let (corefile, corefile_writer) = reflector::store();
+    let corefile_stream = watcher(
+        Api::<ConfigMap>::namespaced(c.clone(), ns),
+        watcher::Config::default().fields(&format!("metadata.name={VPC_DNS_COREFILE}")),
+    )
+    .default_backoff()
+    .reflect(corefile_writer)
+    .touched_objects();
+    let (kube_dns, kube_dns_writer) = reflector::store();
+    let kube_dns_stream = watcher(
+        Api::<Service>::namespaced(c.clone(), ns),
+        watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
+    )
+    .default_backoff()
+    .reflect(kube_dns_writer)
+    .touched_objects();
+    let (subnets, subnets_writer) = reflector::store();
+    let subnets_stream = watcher(
+        Api::<Subnet>::all(c.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={OVN_DEFAULT}")),
+    )
+    .default_backoff()
+    .reflect(subnets_writer)
+    .touched_objects();
+
+    let controller = Controller::new(
+        Api::<VpcDnsForward>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    // The Corefile and the vpc-dns Deployments are shared by all forwards: one reconcile at
+    // a time keeps their edits from racing each other.
+    .with_config(kube::runtime::controller::Config::default().concurrency(1));
+    let stores = Stores {
+        forwards: controller.store(),
+        vpc_dns,
+        deployments,
+        corefile,
+        kube_dns,
+        subnets,
+    };
+    let (s1, s2, s3, s4, s5) = (
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+    );
+    let controller = controller
+        .watches_stream(vpc_dns_stream, move |d: VpcDns| {
+            s1.affected(
+                Some(&d.spec.vpc),
+                Some(&format!("{}{}", plan::DEPLOYMENT_PREFIX, d.name_any())),
+            )
+        })
+        .watches_stream(deployments_stream, move |d: Deployment| {
+            let name = d.name_any();
+            let vpc = name
+                .strip_prefix(plan::DEPLOYMENT_PREFIX)
+                .and_then(|n| s2.vpc_dns.get(&ObjectRef::new(n)))
+                .map(|v| v.spec.vpc.clone());
+            s2.affected(vpc.as_deref(), Some(&name))
+        })
+        .watches_stream(corefile_stream, move |_: ConfigMap| s3.all())
+        .watches_stream(kube_dns_stream, move |_: Service| s4.all())
+        .watches_stream(subnets_stream, move |_: Subnet| s5.all())
+        .graceful_shutdown_on(shutdown.cancelled_owned());
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        reconcile_metrics,
+        routes_programmed,
+        backoff: ErrorBackoff::default(),
+    });
+
+    tokio::spawn(async move {
+        let ready = tokio::try_join!(
+            stores.forwards.wait_until_ready(),
+            stores.vpc_dns.wait_until_ready(),
+            stores.deployments.wait_until_ready(),
+            stores.corefile.wait_until_ready(),
+            stores.kube_dns.wait_until_ready(),
+            stores.subnets.wait_until_ready(),
+        );
+        if ready.is_ok() {
+            tracing::info!("caches synced");
+            readiness.set_synced(true);
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(forward = %obj, "reconciled"),
+                Err(err) => tracing::debug!(%err, "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+fn key(forward: &VpcDnsForward) -> String {
+    format!(
+        "{}/{}",
+        forward.namespace().unwrap_or_default(),
+        forward.name_any()
+    )
+}
+
+async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ctx2 = ctx.clone();
+    ctx.reconcile_metrics
+        .measure(async move {
+            let ns = forward.namespace().unwrap_or_default();
+            let api: Api<VpcDnsForward> = Api::namespaced(ctx2.client.clone(), &ns);
+            let k = key(&forward);
+            let action = finalizer(&api, DNS_FINALIZER, forward, |event| async {
+                match event {
+                    Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
+                    Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))?;
+            ctx2.backoff.reset(&k);
+            Ok(action)
+        })
+        .await
+}
+
+fn error_policy(forward: Arc<VpcDnsForward>, err: &Error, ctx: Arc<Context>) -> Action {
+    if is_cleanup_in_progress(err) {
+        return Action::requeue(Duration::from_secs(1));
+    }
+    let delay = ctx.backoff.next_delay(&key(&forward));
+    tracing::warn!(forward = %key(&forward), %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn is_cleanup_in_progress(err: &Error) -> bool {
+    matches!(err, Error::Finalizer(e) if matches!(**e, kube::runtime::finalizer::Error::CleanupFailed(Error::CleanupInProgress)))
+}
+
+async fn apply(
+    forward: &VpcDnsForward,
+    ctx: &Context,
+    api: &Api<VpcDnsForward>,
+) -> Result<Action, Error> {
+    let snapshot = ctx.stores.snapshot();
+    let plan = plan::plan(forward, &snapshot, false);
+    execute(forward, ctx, &plan).await?;
+    update_gauge(ctx, &snapshot, &plan);
+    write_status(forward, ctx, api, &plan).await?;
+    Ok(Action::await_change())
+}
+
+async fn cleanup(forward: &VpcDnsForward, ctx: &Context) -> Result<Action, Error> {
+    let snapshot = ctx.stores.snapshot();
+    let plan = plan::plan(forward, &snapshot, true);
+    execute(forward, ctx, &plan).await?;
+    update_gauge(ctx, &snapshot, &plan);
+    if !plan.edits.is_empty() || plan.corefile.is_some() {
+        // Edits go one per deployment per pass: look again with the caches updated by the
+        // edits' own watch events, and release the finalizer only when nothing is left.
+        return Err(Error::CleanupInProgress);
+    }
+    Ok(Action::await_change())
+}
+
+async fn execute(forward: &VpcDnsForward, ctx: &Context, plan: &Plan) -> Result<(), Error> {
+    let reference = forward.object_ref(&());
+    if let Some((text, resource_version)) = &plan.corefile {
+        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), KUBE_SYSTEM);
+        let patch = json!({
+            "metadata": { "resourceVersion": resource_version },
+            "data": { COREFILE_KEY: text },
+        });
+        cms.patch(
+            VPC_DNS_COREFILE,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            "CorefileUpdated",
+            "Edit",
+            "updated the clusterset.local section of kube-system/vpc-dns-corefile".into(),
+        )
+        .await;
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), KUBE_SYSTEM);
+    for edit in &plan.edits {
+        let params = PatchParams::default();
+        match edit.kind {
+            PatchKind::Strategic => {
+                deployments
+                    .patch(&edit.deployment, &params, &Patch::Strategic(&edit.patch))
+                    .await?
+            }
+            PatchKind::Merge => {
+                deployments
+                    .patch(&edit.deployment, &params, &Patch::Merge(&edit.patch))
+                    .await?
+            }
+        };
+        let (reason, verb) = if edit.adds {
+            ("RouteAdded", "added")
+        } else {
+            ("RouteRemoved", "removed")
+        };
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            reason,
+            "Edit",
+            format!(
+                "{verb} route {} on Deployment kube-system/{}",
+                edit.route, edit.deployment
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Counts the vpc-dns Deployments carrying the route after the plan's edits.
+fn update_gauge(ctx: &Context, snapshot: &Snapshot, plan: &Plan) {
+    let Ok(route) = plan::route(snapshot) else {
+        return;
+    };
+    let carrying = snapshot
+        .deployments
+        .iter()
+        .filter(|(name, d)| {
+            match plan
+                .edits
+                .iter()
+                .find(|e| &e.deployment == *name && e.route == route)
+            {
+                Some(edit) => edit.adds,
+                None => routes::has_route(d, &route).unwrap_or(false),
+            }
+        })
+        .count();
+    ctx.routes_programmed
+        .set(i64::try_from(carrying).unwrap_or(i64::MAX));
+}
+
+async fn write_status(
+    forward: &VpcDnsForward,
+    ctx: &Context,
+    api: &Api<VpcDnsForward>,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let old = forward.status.clone().unwrap_or_default();
+    let mut status = VpcDnsForwardStatus {
+        observed_generation: forward.metadata.generation,
+        conditions: old.conditions.clone(),
+        vpc_dns: plan.vpc_dns.clone(),
+        deployments: plan.deployments.clone(),
+        route: plan.route.map(|r: Route| r.to_string()),
+    };
+    let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
+    conditions::set_condition(
+        &mut status.conditions,
+        &plan.condition,
+        forward.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    if status == old {
+        return Ok(()); // Steady state: no write.
+    }
+    let changed_reason = old_ready.is_none_or(|c| c.reason != plan.condition.reason);
+    if changed_reason {
+        let kind = if plan.condition.status {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(
+            ctx,
+            &forward.object_ref(&()),
+            kind,
+            plan.condition.reason,
+            "Reconcile",
+            plan.condition.message.clone(),
+        )
+        .await;
+    }
+    let patch = json!({
+        "apiVersion": "kubeovn.ustc.io/v1",
+        "kind": "VpcDnsForward",
+        "status": status,
+    });
+    api.patch_status(
+        &forward.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(%err, reason, "could not publish event");
+    }
+}

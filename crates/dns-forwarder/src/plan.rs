@@ -1,0 +1,554 @@
+//! What the cluster should look like for one VpcDnsForward, decided from a snapshot of the
+//! watched objects. Pure: the controller turns the plan into API calls.
+//!
+//! Routes and the Corefile section are shared: several forwards of one VPC share the route on
+//! that VPC's vpc-dns Deployments, and all forwards share the one Corefile section. A forward
+//! therefore removes something only when no other live forward still wants it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Service},
+};
+use kube::ResourceExt;
+use multivpc_api::{
+    VpcDnsForward,
+    conditions::DesiredCondition,
+    foreign::kubeovn::{Subnet, VpcDns},
+};
+use serde_json::Value;
+
+use crate::{
+    corefile,
+    routes::{self, PatchKind, Route},
+};
+
+/// Key of the Corefile in the vpc-dns ConfigMap.
+pub const COREFILE_KEY: &str = "Corefile";
+/// Prefix of the Deployment Kube-OVN creates for a VpcDns.
+pub const DEPLOYMENT_PREFIX: &str = "vpc-dns-";
+
+/// The watched objects, as the controller's caches hold them.
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    pub forwards: Vec<Arc<VpcDnsForward>>,
+    pub vpc_dns: Vec<Arc<VpcDns>>,
+    /// vpc-dns Deployments in kube-system, by name.
+    pub deployments: BTreeMap<String, Arc<Deployment>>,
+    pub corefile: Option<Arc<ConfigMap>>,
+    pub kube_dns: Option<Arc<Service>>,
+    pub ovn_default: Option<Arc<Subnet>>,
+}
+
+/// One edit of a vpc-dns Deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentEdit {
+    pub deployment: String,
+    pub kind: PatchKind,
+    pub patch: Value,
+    /// True when the edit adds the route, false when it removes one.
+    pub adds: bool,
+    pub route: Route,
+}
+
+/// Everything to do for one forward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// New Corefile text and the ConfigMap resourceVersion it was computed from.
+    pub corefile: Option<(String, Option<String>)>,
+    pub edits: Vec<DeploymentEdit>,
+    pub condition: DesiredCondition,
+    /// Status fields (apply only).
+    pub vpc_dns: Vec<String>,
+    pub deployments: Vec<String>,
+    pub route: Option<Route>,
+}
+
+fn is_live(forward: &VpcDnsForward) -> bool {
+    forward.metadata.deletion_timestamp.is_none()
+}
+
+/// Names of the active VpcDns objects of `vpc`.
+pub fn active_vpc_dns(snapshot: &Snapshot, vpc: &str) -> Vec<String> {
+    let mut names: Vec<String> = snapshot
+        .vpc_dns
+        .iter()
+        .filter(|d| d.spec.vpc == vpc && d.status.as_ref().is_some_and(|s| s.active))
+        .map(|d| d.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+fn deployments_of(snapshot: &Snapshot, vpc: &str) -> BTreeSet<String> {
+    active_vpc_dns(snapshot, vpc)
+        .into_iter()
+        .map(|n| format!("{DEPLOYMENT_PREFIX}{n}"))
+        .collect()
+}
+
+/// The route vpc-dns needs: the kube-dns ClusterIP via the ovn-default gateway.
+pub fn route(snapshot: &Snapshot) -> Result<Route, DesiredCondition> {
+    let dst = snapshot
+        .kube_dns
+        .as_ref()
+        .and_then(|s| {
+            s.spec
+                .as_ref()?
+                .cluster_ip
+                .as_deref()?
+                .parse::<Ipv4Addr>()
+                .ok()
+        })
+        .ok_or_else(|| {
+            DesiredCondition::not_ready(
+                "KubeDnsNotFound",
+                "Service kube-system/kube-dns with an IPv4 ClusterIP not found",
+            )
+        })?;
+    let gw = snapshot
+        .ovn_default
+        .as_ref()
+        .and_then(|s| s.spec.ipv4_gateway())
+        .ok_or_else(|| {
+            DesiredCondition::not_ready(
+                "SubnetNotFound",
+                "Subnet ovn-default with an IPv4 gateway not found",
+            )
+        })?;
+    Ok(Route { dst, gw })
+}
+
+/// Decides what to do for `forward`. `deleting` plans its cleanup.
+pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Plan {
+    let me = (forward.namespace(), forward.name_any());
+    let others: Vec<&Arc<VpcDnsForward>> = snapshot
+        .forwards
+        .iter()
+        .filter(|f| is_live(f) && (f.namespace(), f.name_any()) != me)
+        .collect();
+    let wanted_by_others: BTreeSet<String> = others
+        .iter()
+        .flat_map(|f| deployments_of(snapshot, &f.spec.vpc))
+        .collect();
+    let status = forward.status.clone().unwrap_or_default();
+    let previous_route = status.route.as_deref().and_then(Route::parse_status);
+    let mine = if deleting {
+        BTreeSet::new()
+    } else {
+        deployments_of(snapshot, &forward.spec.vpc)
+    };
+    // Where a route of ours may be: recorded in status, or (adoption of objects that never had
+    // a status) the deployments of the forward's VPC.
+    let mut touched: BTreeSet<String> = status.deployments.iter().cloned().collect();
+    touched.extend(deployments_of(snapshot, &forward.spec.vpc));
+
+    let current_route = route(snapshot);
+    let mut plan = Plan {
+        corefile: None,
+        edits: Vec::new(),
+        condition: DesiredCondition::ready("Programmed", ""),
+        vpc_dns: Vec::new(),
+        deployments: Vec::new(),
+        route: current_route.as_ref().ok().copied(),
+    };
+    let mut problems: Vec<DesiredCondition> = Vec::new();
+
+    let edit = |plan: &mut Plan,
+                problems: &mut Vec<DesiredCondition>,
+                name: &str,
+                route: Route,
+                present: bool| {
+        let Some(deployment) = snapshot.deployments.get(name) else {
+            return;
+        };
+        match routes::route_patch(deployment, &route, present) {
+            Ok(Some((kind, patch))) => plan.edits.push(DeploymentEdit {
+                deployment: name.to_owned(),
+                kind,
+                patch,
+                adds: present,
+                route,
+            }),
+            Ok(None) => {}
+            Err(err) => problems.push(DesiredCondition::not_ready(
+                "RouteFormUnsupported",
+                format!("Deployment kube-system/{name}: {err}"),
+            )),
+        }
+    };
+
+    // Remove routes nobody wants any more: from deployments this forward left, and the old
+    // route everywhere this forward had it when the kube-dns IP or the gateway changed.
+    for name in touched.difference(&mine) {
+        if wanted_by_others.contains(name) {
+            continue;
+        }
+        for route in [current_route.as_ref().ok().copied(), previous_route]
+            .into_iter()
+            .flatten()
+        {
+            edit(&mut plan, &mut problems, name, route, false);
+        }
+    }
+    if let (Some(old), Ok(new)) = (previous_route, &current_route)
+        && old != *new
+    {
+        for name in &mine {
+            edit(&mut plan, &mut problems, name, old, false);
+        }
+    }
+    // Remove-then-add on one deployment would race on its resourceVersion: keep one edit per
+    // deployment per reconcile (the next reconcile, triggered by the change, does the rest).
+    dedupe(&mut plan.edits);
+
+    // Corefile: the section stays while any live forward exists.
+    let keep_section = !deleting || !others.is_empty();
+    match (&snapshot.corefile, &current_route) {
+        (None, _) => {
+            if !deleting {
+                problems.push(DesiredCondition::not_ready(
+                    "CorefileMissing",
+                    "ConfigMap kube-system/vpc-dns-corefile not found; create it as Kube-OVN's vpc-dns documentation shows",
+                ));
+            }
+        }
+        (Some(cm), route) => {
+            let text = cm
+                .data
+                .as_ref()
+                .and_then(|d| d.get(COREFILE_KEY))
+                .cloned()
+                .unwrap_or_default();
+            let edited = match (keep_section, route) {
+                (true, Ok(route)) => corefile::ensure(&text, route.dst).map(Some),
+                (true, Err(_)) => Ok(None),
+                (false, _) => corefile::remove(&text).map(Some),
+            };
+            match edited {
+                Ok(Some(new)) if new != text => {
+                    plan.corefile = Some((new, cm.metadata.resource_version.clone()))
+                }
+                Ok(_) => {}
+                Err(err) => problems.push(DesiredCondition::not_ready(
+                    "CorefileConflict",
+                    err.to_string(),
+                )),
+            }
+        }
+    }
+
+    if deleting {
+        plan.route = None;
+        return plan;
+    }
+
+    let route = match current_route {
+        Ok(route) => route,
+        Err(condition) => {
+            plan.condition = condition;
+            return plan;
+        }
+    };
+    let vpc_dns = active_vpc_dns(snapshot, &forward.spec.vpc);
+    if vpc_dns.is_empty() {
+        problems.push(DesiredCondition::not_ready(
+            "VpcDnsNotFound",
+            format!("no active VpcDns for VPC {}", forward.spec.vpc),
+        ));
+    }
+    let mut missing = Vec::new();
+    for name in &mine {
+        if snapshot.deployments.contains_key(name) {
+            plan.deployments.push(name.clone());
+            if !plan.edits.iter().any(|e| &e.deployment == name) {
+                edit(&mut plan, &mut problems, name, route, true);
+            }
+        } else {
+            missing.push(name.clone());
+        }
+    }
+    if !missing.is_empty() {
+        problems.push(DesiredCondition::not_ready(
+            "DeploymentNotFound",
+            format!(
+                "vpc-dns Deployment(s) not found in kube-system: {}",
+                missing.join(", ")
+            ),
+        ));
+    }
+    plan.vpc_dns = vpc_dns;
+    plan.condition = match problems.into_iter().next() {
+        Some(problem) => problem,
+        None => DesiredCondition::ready(
+            "Programmed",
+            format!(
+                "clusterset.local forwarded to {}; route {route} on {}",
+                route.dst,
+                plan.deployments.join(", ")
+            ),
+        ),
+    };
+    plan
+}
+
+fn dedupe(edits: &mut Vec<DeploymentEdit>) {
+    let mut seen = BTreeSet::new();
+    edits.retain(|e| seen.insert(e.deployment.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ServiceSpec;
+    use multivpc_api::{
+        VpcDnsForwardSpec, VpcDnsForwardStatus,
+        foreign::kubeovn::{SubnetSpec, VpcDnsSpec, VpcDnsStatus},
+    };
+    use serde_json::json;
+
+    use super::*;
+
+    const COREFILE: &str = ".:53 {\n    forward . /etc/resolv.conf\n}\n";
+
+    fn forward(ns: &str, name: &str, vpc: &str) -> Arc<VpcDnsForward> {
+        let mut f = VpcDnsForward::new(name, VpcDnsForwardSpec { vpc: vpc.into() });
+        f.metadata.namespace = Some(ns.into());
+        Arc::new(f)
+    }
+
+    fn vpc_dns(name: &str, vpc: &str, active: bool) -> Arc<VpcDns> {
+        let mut d = VpcDns::new(
+            name,
+            VpcDnsSpec {
+                vpc: vpc.into(),
+                subnet: "s".into(),
+                replicas: None,
+            },
+        );
+        d.status = Some(VpcDnsStatus { active });
+        Arc::new(d)
+    }
+
+    fn deployment(name: &str, script: &str) -> Arc<Deployment> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": { "name": name, "namespace": "kube-system", "resourceVersion": "1" },
+                "spec": { "selector": {}, "template": { "spec": {
+                    "initContainers": [{ "name": "init-route", "command": ["sh", "-c", script] }],
+                    "containers": [{ "name": "coredns" }]
+                }}}
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn snapshot() -> Snapshot {
+        let svc = Service {
+            spec: Some(ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let cm = ConfigMap {
+            metadata: kube::api::ObjectMeta {
+                resource_version: Some("3".into()),
+                ..Default::default()
+            },
+            data: Some([(COREFILE_KEY.to_owned(), COREFILE.to_owned())].into()),
+            ..Default::default()
+        };
+        Snapshot {
+            forwards: vec![],
+            vpc_dns: vec![
+                vpc_dns("dns1", "vpc1", true),
+                vpc_dns("dns1b", "vpc1", false),
+                vpc_dns("dns2", "vpc2", true),
+            ],
+            deployments: [
+                (
+                    "vpc-dns-dns1".to_owned(),
+                    deployment(
+                        "vpc-dns-dns1",
+                        "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1;",
+                    ),
+                ),
+                ("vpc-dns-dns2".to_owned(), deployment("vpc-dns-dns2", "")),
+            ]
+            .into(),
+            corefile: Some(Arc::new(cm)),
+            kube_dns: Some(Arc::new(svc)),
+            ovn_default: Some(Arc::new(Subnet::new(
+                "ovn-default",
+                SubnetSpec {
+                    gateway: "10.244.0.1".into(),
+                    ..Default::default()
+                },
+            ))),
+        }
+    }
+
+    const ROUTE: Route = Route {
+        dst: Ipv4Addr::new(10, 96, 0, 10),
+        gw: Ipv4Addr::new(10, 244, 0, 1),
+    };
+
+    #[test]
+    fn first_forward_programs_route_and_corefile() {
+        let mut s = snapshot();
+        let f = forward("ns1", "dns-1", "vpc1");
+        s.forwards.push(f.clone());
+        let p = plan(&f, &s, false);
+        assert!(p.condition.status, "{:?}", p.condition);
+        assert_eq!(p.vpc_dns, ["dns1"], "inactive VpcDns ignored");
+        assert_eq!(p.deployments, ["vpc-dns-dns1"]);
+        assert_eq!(p.edits.len(), 1);
+        assert!(p.edits[0].adds && p.edits[0].deployment == "vpc-dns-dns1");
+        let (text, rv) = p.corefile.unwrap();
+        assert!(text.starts_with(COREFILE) && text.contains("forward . 10.96.0.10"));
+        assert_eq!(rv.as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn missing_inputs_name_the_reason() {
+        let f = forward("ns1", "dns-1", "nowhere");
+        let mut s = snapshot();
+        assert_eq!(plan(&f, &s, false).condition.reason, "VpcDnsNotFound");
+        s.kube_dns = None;
+        assert_eq!(plan(&f, &s, false).condition.reason, "KubeDnsNotFound");
+        let mut s = snapshot();
+        s.corefile = None;
+        assert_eq!(
+            plan(&forward("ns1", "a", "vpc1"), &s, false)
+                .condition
+                .reason,
+            "CorefileMissing"
+        );
+        let mut s = snapshot();
+        s.deployments.clear();
+        let p = plan(&forward("ns1", "a", "vpc1"), &s, false);
+        assert_eq!(p.condition.reason, "DeploymentNotFound");
+        assert!(p.edits.is_empty());
+    }
+
+    #[test]
+    fn shared_route_is_removed_only_with_the_last_forward() {
+        let mut s = snapshot();
+        s.deployments.insert(
+            "vpc-dns-dns1".into(),
+            deployment(
+                "vpc-dns-dns1",
+                "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
+            ),
+        );
+        let mut with_section = (*s.corefile.clone().unwrap()).clone();
+        with_section.data = Some(
+            [(
+                COREFILE_KEY.to_owned(),
+                corefile::ensure(COREFILE, ROUTE.dst).unwrap(),
+            )]
+            .into(),
+        );
+        s.corefile = Some(Arc::new(with_section));
+        let a = forward("ns1", "a", "vpc1");
+        let b = forward("ns2", "b", "vpc1");
+        s.forwards = vec![a.clone(), b.clone()];
+        let p = plan(&a, &s, true);
+        assert!(p.edits.is_empty(), "b still wants the route: {:?}", p.edits);
+        assert!(p.corefile.is_none(), "b still wants the section");
+
+        s.forwards = vec![a.clone()];
+        let p = plan(&a, &s, true);
+        assert_eq!(p.edits.len(), 1);
+        assert!(!p.edits[0].adds);
+        assert_eq!(
+            p.corefile.unwrap().0,
+            COREFILE,
+            "last forward removes the section exactly"
+        );
+    }
+
+    #[test]
+    fn moving_to_another_vpc_moves_the_route() {
+        let mut s = snapshot();
+        s.deployments.insert(
+            "vpc-dns-dns1".into(),
+            deployment(
+                "vpc-dns-dns1",
+                "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
+            ),
+        );
+        let mut moved = (*forward("ns1", "a", "vpc2")).clone();
+        moved.status = Some(VpcDnsForwardStatus {
+            deployments: vec!["vpc-dns-dns1".into()],
+            route: Some(ROUTE.to_string()),
+            ..Default::default()
+        });
+        let moved = Arc::new(moved);
+        s.forwards = vec![moved.clone()];
+        let p = plan(&moved, &s, false);
+        let summary: Vec<(&str, bool)> = p
+            .edits
+            .iter()
+            .map(|e| (e.deployment.as_str(), e.adds))
+            .collect();
+        assert_eq!(summary, [("vpc-dns-dns1", false), ("vpc-dns-dns2", true)]);
+        assert_eq!(p.deployments, ["vpc-dns-dns2"]);
+    }
+
+    #[test]
+    fn new_kube_dns_ip_replaces_the_old_route_first() {
+        let mut s = snapshot();
+        s.deployments.insert(
+            "vpc-dns-dns1".into(),
+            deployment(
+                "vpc-dns-dns1",
+                "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
+            ),
+        );
+        let mut svc = (*s.kube_dns.clone().unwrap()).clone();
+        svc.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.99".into());
+        s.kube_dns = Some(Arc::new(svc));
+        let mut f = (*forward("ns1", "a", "vpc1")).clone();
+        f.status = Some(VpcDnsForwardStatus {
+            deployments: vec!["vpc-dns-dns1".into()],
+            route: Some(ROUTE.to_string()),
+            ..Default::default()
+        });
+        let p = plan(&f, &s, false);
+        assert_eq!(p.edits.len(), 1, "one edit per deployment per reconcile");
+        assert!(!p.edits[0].adds && p.edits[0].route == ROUTE);
+        assert!(p.corefile.unwrap().0.contains("forward . 10.96.0.99"));
+    }
+
+    #[test]
+    fn steady_state_plans_nothing() {
+        let mut s = snapshot();
+        s.deployments.insert(
+            "vpc-dns-dns1".into(),
+            deployment(
+                "vpc-dns-dns1",
+                "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
+            ),
+        );
+        let mut cm = (*s.corefile.clone().unwrap()).clone();
+        cm.data = Some(
+            [(
+                COREFILE_KEY.to_owned(),
+                corefile::ensure(COREFILE, ROUTE.dst).unwrap(),
+            )]
+            .into(),
+        );
+        s.corefile = Some(Arc::new(cm));
+        let f = forward("ns1", "a", "vpc1");
+        s.forwards = vec![f.clone()];
+        let p = plan(&f, &s, false);
+        assert!(p.edits.is_empty() && p.corefile.is_none());
+        assert!(p.condition.status);
+    }
+}

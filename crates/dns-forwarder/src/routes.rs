@@ -1,0 +1,491 @@
+//! The route vpc-dns needs to reach the cluster DNS, in both forms Kube-OVN uses for vpc-dns
+//! Deployments:
+//!
+//! - v1.12: an `init-route` init container running `sh -c "ip -4 route add <dst> via <gw> dev net1;…"`;
+//! - v1.13+: a pod-template annotation `<nad-provider>.kubernetes.io/routes` holding JSON
+//!   `[{"dst":"10.96.0.1/32","gw":"10.244.0.1"}]`.
+//!
+//! Everything here is pure: it reads a Deployment and returns the patch (if any) that makes it
+//! carry, or stop carrying, one route.
+
+use std::{fmt, net::Ipv4Addr};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::{Value, json};
+
+/// Name of the v1.12 init container that installs routes.
+pub const INIT_ROUTE_CONTAINER: &str = "init-route";
+const ROUTES_SUFFIX: &str = ".kubernetes.io/routes";
+const LOGICAL_SWITCH_SUFFIX: &str = ".kubernetes.io/logical_switch";
+
+/// A host route on vpc-dns's `net1` (the ovn-default attachment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub gw: Ipv4Addr,
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} via {} dev net1", self.dst, self.gw)
+    }
+}
+
+impl Route {
+    /// Parses the form written to status (`<dst> via <gw> dev net1`).
+    pub fn parse_status(text: &str) -> Option<Self> {
+        let mut words = text.split_whitespace();
+        let dst = words.next()?.parse().ok()?;
+        let (Some("via"), Some(gw), Some("dev"), Some("net1"), None) = (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+        ) else {
+            return None;
+        };
+        Some(Self {
+            dst,
+            gw: gw.parse().ok()?,
+        })
+    }
+
+    /// The v1.12 init-route script entry, exactly as Kube-OVN and the original operator write it.
+    fn script_entry(&self) -> String {
+        format!("ip -4 route add {} via {} dev net1", self.dst, self.gw)
+    }
+}
+
+/// How a vpc-dns Deployment carries its routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteForm {
+    /// Kube-OVN v1.12: `init-route` init container.
+    InitContainer,
+    /// Kube-OVN v1.13+: pod-template annotation with this key.
+    Annotation { key: String },
+}
+
+/// A Deployment whose routes this controller cannot edit safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error(
+        "cannot tell how the Deployment carries routes: no init-route init container, no *.kubernetes.io/routes annotation and no NAD provider logical_switch annotation"
+    )]
+    UnknownForm,
+    #[error("the init-route container's command is not [sh, -c, <script>]")]
+    UnexpectedCommand,
+    #[error("annotation {key} is not a JSON list of routes: {reason}")]
+    AnnotationNotJson { key: String, reason: String },
+}
+
+/// Detects the Kube-OVN generation from the Deployment's pod template.
+pub fn detect(deployment: &Deployment) -> Result<RouteForm, RouteError> {
+    let template = deployment.spec.as_ref().map(|s| &s.template);
+    let has_init_route = template
+        .and_then(|t| t.spec.as_ref())
+        .and_then(|s| s.init_containers.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.name == INIT_ROUTE_CONTAINER));
+    if has_init_route {
+        return Ok(RouteForm::InitContainer);
+    }
+    let annotations = template
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref());
+    let Some(annotations) = annotations else {
+        return Err(RouteError::UnknownForm);
+    };
+    if let Some(key) = annotations
+        .keys()
+        .find(|k| k.ends_with(ROUTES_SUFFIX) && !k.starts_with("ovn."))
+    {
+        return Ok(RouteForm::Annotation { key: key.clone() });
+    }
+    // No routes yet: the provider is the one whose logical switch is ovn-default.
+    annotations
+        .iter()
+        .find_map(|(k, v)| {
+            let provider = k.strip_suffix(LOGICAL_SWITCH_SUFFIX)?;
+            (provider != "ovn" && v == "ovn-default").then(|| RouteForm::Annotation {
+                key: format!("{provider}{ROUTES_SUFFIX}"),
+            })
+        })
+        .ok_or(RouteError::UnknownForm)
+}
+
+/// Whether the script holds the route (entries are `;`-separated, spacing tolerated).
+pub fn script_has(script: &str, route: &Route) -> bool {
+    let entry = route.script_entry();
+    script.split(';').any(|e| normalise(e) == entry)
+}
+
+fn normalise(entry: &str) -> String {
+    entry.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The script with the route appended (unchanged if present).
+pub fn script_with(script: &str, route: &Route) -> String {
+    if script_has(script, route) {
+        return script.to_owned();
+    }
+    let separator = if script.trim_end().is_empty() || script.trim_end().ends_with(';') {
+        ""
+    } else {
+        ";"
+    };
+    format!("{script}{separator}{};", route.script_entry())
+}
+
+/// The script without the route (every copy of it).
+pub fn script_without(script: &str, route: &Route) -> String {
+    let entry = route.script_entry();
+    script
+        .split_inclusive(';')
+        .filter(|segment| normalise(segment.strip_suffix(';').unwrap_or(segment)) != entry)
+        .collect()
+}
+
+fn annotation_routes(key: &str, value: Option<&str>) -> Result<Vec<Value>, RouteError> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    serde_json::from_str::<Vec<Value>>(value).map_err(|err| RouteError::AnnotationNotJson {
+        key: key.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+fn annotation_entry_is(entry: &Value, route: &Route) -> bool {
+    let dst = route.dst.to_string();
+    let gw = route.gw.to_string();
+    let dst_matches = entry
+        .get("dst")
+        .and_then(Value::as_str)
+        .is_some_and(|d| d == dst || d.strip_suffix("/32") == Some(dst.as_str()));
+    dst_matches && entry.get("gw").and_then(Value::as_str) == Some(gw.as_str())
+}
+
+fn annotation_value(deployment: &Deployment, key: &str) -> Option<String> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+fn init_route_command(deployment: &Deployment) -> Option<Vec<String>> {
+    deployment
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == INIT_ROUTE_CONTAINER)?
+        .command
+        .clone()
+}
+
+/// Whether the Deployment currently carries the route.
+pub fn has_route(deployment: &Deployment, route: &Route) -> Result<bool, RouteError> {
+    match detect(deployment)? {
+        RouteForm::InitContainer => {
+            let command = init_route_command(deployment).unwrap_or_default();
+            match command.as_slice() {
+                [sh, c, script] if sh == "sh" && c == "-c" => Ok(script_has(script, route)),
+                _ => Err(RouteError::UnexpectedCommand),
+            }
+        }
+        RouteForm::Annotation { key } => {
+            let entries = annotation_routes(&key, annotation_value(deployment, &key).as_deref())?;
+            Ok(entries.iter().any(|e| annotation_entry_is(e, route)))
+        }
+    }
+}
+
+/// The patch that makes the Deployment carry (`present`) or not carry the route, or `None`
+/// when it already is as wanted. The patch carries the Deployment's resourceVersion so that a
+/// concurrent rewrite by Kube-OVN makes it fail (409) rather than be overwritten; it is a
+/// strategic merge patch (init container, merged by name) or a merge patch (annotation), as
+/// told by [`PatchKind`].
+pub fn route_patch(
+    deployment: &Deployment,
+    route: &Route,
+    present: bool,
+) -> Result<Option<(PatchKind, Value)>, RouteError> {
+    let resource_version = deployment.metadata.resource_version.clone();
+    match detect(deployment)? {
+        RouteForm::InitContainer => {
+            let command = init_route_command(deployment).unwrap_or_default();
+            let [sh, c, script] = command.as_slice() else {
+                return Err(RouteError::UnexpectedCommand);
+            };
+            if sh != "sh" || c != "-c" {
+                return Err(RouteError::UnexpectedCommand);
+            }
+            let edited = if present {
+                script_with(script, route)
+            } else {
+                script_without(script, route)
+            };
+            if edited == *script {
+                return Ok(None);
+            }
+            Ok(Some((
+                PatchKind::Strategic,
+                json!({
+                    "metadata": { "resourceVersion": resource_version },
+                    "spec": { "template": { "spec": { "initContainers": [
+                        { "name": INIT_ROUTE_CONTAINER, "command": [sh, c, edited] }
+                    ]}}}
+                }),
+            )))
+        }
+        RouteForm::Annotation { key } => {
+            let current = annotation_value(deployment, &key);
+            let mut entries = annotation_routes(&key, current.as_deref())?;
+            let had = entries.iter().any(|e| annotation_entry_is(e, route));
+            let value = match (present, had) {
+                (true, true) | (false, false) => return Ok(None),
+                (true, false) => {
+                    entries.push(
+                        json!({ "dst": format!("{}/32", route.dst), "gw": route.gw.to_string() }),
+                    );
+                    Value::String(serde_json::to_string(&entries).expect("JSON values serialise"))
+                }
+                (false, true) => {
+                    entries.retain(|e| !annotation_entry_is(e, route));
+                    if entries.is_empty() {
+                        // Only this controller had put routes there: drop the annotation.
+                        Value::Null
+                    } else {
+                        Value::String(
+                            serde_json::to_string(&entries).expect("JSON values serialise"),
+                        )
+                    }
+                }
+            };
+            Ok(Some((
+                PatchKind::Merge,
+                json!({
+                    "metadata": { "resourceVersion": resource_version },
+                    "spec": { "template": { "metadata": { "annotations": { key: value } } } }
+                }),
+            )))
+        }
+    }
+}
+
+/// Which patch type a [`route_patch`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    Strategic,
+    Merge,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ROUTE: Route = Route {
+        dst: Ipv4Addr::new(10, 96, 0, 10),
+        gw: Ipv4Addr::new(10, 244, 0, 1),
+    };
+    /// The seed's init-route script before the forward existed.
+    const SEED_SCRIPT: &str = "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1;ip -4 route add 218.2.2.2 via 10.244.0.1 dev net1;ip -4 route add 114.114.114.114 via 10.244.0.1 dev net1;";
+
+    fn v112(script: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": "vpc-dns-test-dns1", "namespace": "kube-system", "resourceVersion": "7" },
+            "spec": { "selector": {}, "template": {
+                "metadata": { "annotations": {
+                    "k8s.v1.cni.cncf.io/networks": "default/ovn-nad",
+                    "ovn-nad.default.ovn.kubernetes.io/logical_switch": "ovn-default",
+                    "ovn.kubernetes.io/logical_switch": "vpc2-net1"
+                }},
+                "spec": {
+                    "initContainers": [{ "name": "init-route", "image": "kubeovn/vpc-nat-gateway:v1.12.8", "command": ["sh", "-c", script] }],
+                    "containers": [{ "name": "coredns" }]
+                }
+            }}
+        }))
+        .unwrap()
+    }
+
+    fn v113(routes: Option<&str>) -> Deployment {
+        let mut annotations = json!({
+            "k8s.v1.cni.cncf.io/networks": "default/ovn-nad",
+            "ovn-nad.default.ovn.kubernetes.io/logical_switch": "ovn-default",
+            "ovn.kubernetes.io/logical_switch": "vpc2-net1"
+        });
+        if let Some(r) = routes {
+            annotations["ovn-nad.default.ovn.kubernetes.io/routes"] = json!(r);
+        }
+        serde_json::from_value(json!({
+            "metadata": { "name": "vpc-dns-x", "namespace": "kube-system", "resourceVersion": "9" },
+            "spec": { "selector": {}, "template": {
+                "metadata": { "annotations": annotations },
+                "spec": { "containers": [{ "name": "coredns" }] }
+            }}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn seed_v112_gets_the_seed_line() {
+        let d = v112(SEED_SCRIPT);
+        assert_eq!(detect(&d).unwrap(), RouteForm::InitContainer);
+        assert!(!has_route(&d, &ROUTE).unwrap());
+        let (kind, patch) = route_patch(&d, &ROUTE, true).unwrap().unwrap();
+        assert_eq!(kind, PatchKind::Strategic);
+        let script = patch["spec"]["template"]["spec"]["initContainers"][0]["command"][2]
+            .as_str()
+            .unwrap();
+        // Exactly what the seed README shows after `kubectl apply -f dns.yaml`.
+        assert_eq!(
+            script,
+            format!("{SEED_SCRIPT}ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;")
+        );
+        assert_eq!(patch["metadata"]["resourceVersion"], "7");
+        assert_eq!(script_without(script, &ROUTE), SEED_SCRIPT);
+    }
+
+    #[test]
+    fn adopted_route_is_not_duplicated_and_is_removed() {
+        let adopted = format!("{SEED_SCRIPT}ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;");
+        let d = v112(&adopted);
+        assert!(has_route(&d, &ROUTE).unwrap());
+        assert_eq!(route_patch(&d, &ROUTE, true).unwrap(), None);
+        let (_, patch) = route_patch(&d, &ROUTE, false).unwrap().unwrap();
+        assert_eq!(
+            patch["spec"]["template"]["spec"]["initContainers"][0]["command"][2],
+            SEED_SCRIPT
+        );
+    }
+
+    #[test]
+    fn v113_annotation_is_edited_keeping_foreign_entries() {
+        let kube_ovn = r#"[{"dst":"10.96.0.1/32","gw":"10.244.0.1"}]"#;
+        let d = v113(Some(kube_ovn));
+        assert_eq!(
+            detect(&d).unwrap(),
+            RouteForm::Annotation {
+                key: "ovn-nad.default.ovn.kubernetes.io/routes".into()
+            }
+        );
+        let (kind, patch) = route_patch(&d, &ROUTE, true).unwrap().unwrap();
+        assert_eq!(kind, PatchKind::Merge);
+        let value = patch["spec"]["template"]["metadata"]["annotations"]["ovn-nad.default.ovn.kubernetes.io/routes"]
+            .as_str()
+            .unwrap();
+        let entries: Vec<Value> = serde_json::from_str(value).unwrap();
+        assert_eq!(
+            entries,
+            vec![
+                json!({"dst": "10.96.0.1/32", "gw": "10.244.0.1"}),
+                json!({"dst": "10.96.0.10/32", "gw": "10.244.0.1"}),
+            ]
+        );
+        let programmed = v113(Some(value));
+        assert!(has_route(&programmed, &ROUTE).unwrap());
+        assert_eq!(route_patch(&programmed, &ROUTE, true).unwrap(), None);
+        let (_, removal) = route_patch(&programmed, &ROUTE, false).unwrap().unwrap();
+        let left = removal["spec"]["template"]["metadata"]["annotations"]["ovn-nad.default.ovn.kubernetes.io/routes"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(left).unwrap(),
+            serde_json::from_str::<Value>(kube_ovn).unwrap()
+        );
+    }
+
+    #[test]
+    fn v113_without_routes_uses_the_nad_provider() {
+        let d = v113(None);
+        let (_, patch) = route_patch(&d, &ROUTE, true).unwrap().unwrap();
+        let annotations = &patch["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(
+            annotations["ovn-nad.default.ovn.kubernetes.io/routes"],
+            r#"[{"dst":"10.96.0.10/32","gw":"10.244.0.1"}]"#
+        );
+        let programmed = v113(Some(
+            annotations["ovn-nad.default.ovn.kubernetes.io/routes"]
+                .as_str()
+                .unwrap(),
+        ));
+        let (_, removal) = route_patch(&programmed, &ROUTE, false).unwrap().unwrap();
+        assert_eq!(
+            removal["spec"]["template"]["metadata"]["annotations"]["ovn-nad.default.ovn.kubernetes.io/routes"],
+            Value::Null
+        );
+    }
+
+    #[test]
+    fn hostile_deployments_are_refused() {
+        let garbage = v113(Some("not json"));
+        assert!(matches!(
+            route_patch(&garbage, &ROUTE, true),
+            Err(RouteError::AnnotationNotJson { .. })
+        ));
+        let mut odd = v112(SEED_SCRIPT);
+        odd.spec
+            .as_mut()
+            .unwrap()
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .init_containers
+            .as_mut()
+            .unwrap()[0]
+            .command = Some(vec!["/bin/route-helper".into()]);
+        assert_eq!(
+            route_patch(&odd, &ROUTE, true),
+            Err(RouteError::UnexpectedCommand)
+        );
+        let bare: Deployment = serde_json::from_value(
+            json!({"metadata": {"name": "x"}, "spec": {"selector": {}, "template": {}}}),
+        )
+        .unwrap();
+        assert_eq!(detect(&bare), Err(RouteError::UnknownForm));
+    }
+
+    #[test]
+    fn odd_spacing_counts_as_present() {
+        let script = "ip  -4 route add 10.96.0.10   via 10.244.0.1 dev net1 ; echo done;";
+        assert!(script_has(script, &ROUTE));
+        assert_eq!(script_with(script, &ROUTE), script);
+        assert_eq!(script_without(script, &ROUTE), " echo done;");
+    }
+
+    #[test]
+    fn status_form_round_trips() {
+        assert_eq!(Route::parse_status(&ROUTE.to_string()), Some(ROUTE));
+        assert_eq!(Route::parse_status("10.96.0.10 via x dev net1"), None);
+        assert_eq!(
+            Route::parse_status("10.96.0.10 via 10.0.0.1 dev net1; reboot"),
+            None
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn script_round_trip(entries in proptest::collection::vec("[a-z0-9 .-]{0,30}", 0..5)) {
+            let script: String = entries.iter().map(|e| format!("{e};")).collect();
+            prop_assume!(!script_has(&script, &ROUTE));
+            let with = script_with(&script, &ROUTE);
+            prop_assert!(script_has(&with, &ROUTE));
+            prop_assert_eq!(script_with(&with, &ROUTE), with.clone());
+            prop_assert_eq!(script_without(&with, &ROUTE), script);
+        }
+    }
+}
