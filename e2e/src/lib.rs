@@ -178,7 +178,11 @@ impl Harness {
                 panic!("{E2E_ENV} is set but the e2e harness is not usable for {test}: {e:#}")
             }
             Err(e) => {
-                eprintln!(
+                // Written to the stderr handle, not with eprintln!, so that the
+                // test harness does not capture it: a skip must be visible.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
                     "\n##########################################################################\n\
                      ### SKIPPED e2e test {test}: no e2e harness ({e:#})\n\
                      ### run `make e2e-build e2e-up` then `MULTIVPC_E2E=1 cargo test -p multivpc-e2e`\n\

@@ -46,7 +46,9 @@ async fn project_crds_admit_the_seed_yaml_and_refuse_bad_tunnels() {
     let h = harness_or_skip!(["cluster1"]);
     let crds = h.install_project_crds("cluster1").await.unwrap();
     if crds.is_empty() {
-        eprintln!(
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n######## SKIPPED admission test: crds/ is missing or empty in {} ########\n",
             multivpc_e2e::repo_dir().display()
         );
