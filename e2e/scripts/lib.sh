@@ -32,7 +32,7 @@ apt_ensure() {
 KWOK_WORKDIR="$RUN_DIR/kwok"
 export KWOK_WORKDIR
 export PATH="$K8S_BIN:$ETCD_BIN:$KWOK_BIN:$HELM_BIN:$PATH"
-FORWARD_BIN="${MULTIVPC_FORWARD_BIN:-$REPO_DIR/target/debug/multivpc-netns-forward}"
+FORWARD_BIN="${MULTIVPC_FORWARD_BIN:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/multivpc-netns-forward}"
 # One harness per run dir. Its instance number (20..219, from the run dir's
 # path) keeps two harnesses on one machine (e.g. a developer's and CI's fresh
 # clone) apart: netns names and the 127.<instance>.x.y kubelet addresses.
