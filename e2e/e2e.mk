@@ -3,7 +3,7 @@ E2E_DIR := e2e
 CLUSTERS ?= cluster1 cluster2 broker
 E2E_CARGO_TEST_ARGS ?=
 
-.PHONY: e2e-build e2e-up e2e-down e2e-status e2e-run e2e-test e2e-gateway-up e2e-gateway-down
+.PHONY: e2e-build e2e-up e2e-down e2e-status e2e-run e2e-test e2e-gateway-up e2e-gateway-down e2e-logs
 
 e2e-build: ## Build pinned etcd/kube/kwok/helm into $MULTIVPC_CACHE (seconds when warm) + the netns forwarder
 	bash $(E2E_DIR)/scripts/build.sh
@@ -31,4 +31,8 @@ e2e-run: ## Run the e2e cargo tests against the running harness (a missing harne
 e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure; keeps the exit status)
 	@$(MAKE) --no-print-directory e2e-build
 	@rc=0; $(MAKE) --no-print-directory e2e-up && $(MAKE) --no-print-directory e2e-run || rc=$$?; \
+	  if [ $$rc -ne 0 ]; then bash $(E2E_DIR)/scripts/dump-logs.sh || true; fi; \
 	  $(MAKE) --no-print-directory e2e-down || true; exit $$rc
+
+e2e-logs: ## Print the tail of every harness log
+	bash $(E2E_DIR)/scripts/dump-logs.sh

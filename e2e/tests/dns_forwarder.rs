@@ -1,0 +1,331 @@
+//! dns-forwarder against a real API server: the binary runs as a user would run it, with the
+//! vpc-dns Deployments Kube-OVN v1.12 and v1.13+ would build.
+//!
+//! The controller owns cluster singletons (the vpc-dns Corefile ConfigMap), so every test here
+//! holds the `dns-forwarder` lock and leaves no VpcDnsForward behind.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::ConfigMap,
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use multivpc_api::{VpcDnsForward, conditions};
+use multivpc_e2e::{
+    ExclusiveGuard, Harness,
+    controllers::{self, ControllerProcess},
+    fixtures::{self, KUBE_SYSTEM, VpcDnsForm},
+    prelude::*,
+};
+use serde_json::{Value, json};
+
+const CLUSTER: &str = "cluster1";
+const OVN_DEFAULT_GW: &str = "10.244.0.1";
+
+struct Env {
+    h: Harness,
+    c: Client,
+    ns: String,
+    dns_ip: String,
+    ctl: ControllerProcess,
+    _lock: ExclusiveGuard,
+}
+
+async fn setup(h: Harness) -> Env {
+    let lock = h.exclusive("dns-forwarder").await.unwrap();
+    h.install_project_crds(CLUSTER).await.unwrap();
+    let dns_ip = h.install_cluster_network(CLUSTER).await.unwrap();
+    let c = h.client(CLUSTER);
+    let ns = h.unique_namespace(CLUSTER, "dnsfwd").await.unwrap();
+    let ctl = start(&h).await;
+    Env { h, c, ns, dns_ip, ctl, _lock: lock }
+}
+
+async fn start(h: &Harness) -> ControllerProcess {
+    controllers::spawn(h.run_dir(), "dns-forwarder", &h.kubeconfig(CLUSTER), &[], Duration::from_secs(60))
+        .await
+        .unwrap()
+}
+
+impl Env {
+    fn forwards(&self) -> Api<VpcDnsForward> {
+        Api::namespaced(self.c.clone(), &self.ns)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.c.clone(), KUBE_SYSTEM)
+    }
+
+    fn route_line(&self) -> String {
+        format!("ip -4 route add {} via {OVN_DEFAULT_GW} dev net1;", self.dns_ip)
+    }
+
+    fn route_entry(&self) -> Value {
+        json!({ "dst": format!("{}/32", self.dns_ip), "gw": OVN_DEFAULT_GW })
+    }
+
+    async fn apply_forward(&self, name: &str, vpc: &str, finalizers: &[&str]) {
+        apply_json(
+            &self.c,
+            json!({
+                "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
+                "metadata": { "name": name, "namespace": self.ns, "finalizers": finalizers },
+                "spec": { "vpc": vpc },
+            }),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn wait_reason(&self, name: &str, reason: &str) -> VpcDnsForward {
+        let generation_seen = |f: &VpcDnsForward| {
+            let status = f.status.clone().unwrap_or_default();
+            status.observed_generation == f.metadata.generation
+                && conditions::find(&status.conditions, conditions::READY).is_some_and(|c| c.reason == reason)
+        };
+        wait_for_object(&self.forwards(), name, Duration::from_secs(30), generation_seen)
+            .await
+            .unwrap()
+    }
+
+    async fn delete_forward(&self, name: &str) {
+        self.forwards().delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(&self.forwards(), name, Duration::from_secs(30)).await.unwrap();
+    }
+
+    async fn init_script(&self, deployment: &str) -> String {
+        let d = self.deployments().get(deployment).await.unwrap();
+        let init = d.spec.unwrap().template.spec.unwrap().init_containers.unwrap();
+        init.iter().find(|c| c.name == "init-route").unwrap().command.clone().unwrap()[2].clone()
+    }
+
+    async fn annotation_routes(&self, deployment: &str) -> Vec<Value> {
+        let d = self.deployments().get(deployment).await.unwrap();
+        let annotations: BTreeMap<String, String> =
+            d.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default();
+        annotations
+            .get(&format!("{}.kubernetes.io/routes", fixtures::VPC_DNS_NAD_PROVIDER))
+            .map(|v| serde_json::from_str(v).unwrap())
+            .unwrap_or_default()
+    }
+
+    async fn corefile(&self) -> String {
+        let cms: Api<ConfigMap> = Api::namespaced(self.c.clone(), KUBE_SYSTEM);
+        cms.get("vpc-dns-corefile").await.unwrap().data.unwrap()["Corefile"].clone()
+    }
+
+    /// Waits until `check` holds for the Deployment, with the last state in the failure.
+    async fn wait_deployment(&self, name: &str, what: &str, check: impl Fn(&Deployment) -> bool) {
+        wait_for_object(&self.deployments(), name, Duration::from_secs(30), check)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    }
+
+    async fn finish(self) {
+        let _ = self.h.delete_namespace(CLUSTER, &self.ns).await;
+    }
+}
+
+fn script_of(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+        .command
+        .as_ref()
+        .unwrap()[2]
+        .clone()
+}
+
+#[tokio::test]
+async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let (vpc_a, vpc_b) = (Harness::unique_name("vpca"), Harness::unique_name("vpcb"));
+    let (dns_a, dns_b) = (Harness::unique_name("dnsa"), Harness::unique_name("dnsb"));
+    let (dep_a, dep_b) = (format!("vpc-dns-{dns_a}"), format!("vpc-dns-{dns_b}"));
+    env.h.install_vpc_dns(CLUSTER, &dns_a, &vpc_a, "sub-a", VpcDnsForm::V112InitContainer).await.unwrap();
+    env.h.install_vpc_dns(CLUSTER, &dns_b, &vpc_b, "sub-b", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    let corefile_before = env.corefile().await;
+    let script_before = env.init_script(&dep_a).await;
+    let annotation_before = env.annotation_routes(&dep_b).await;
+
+    env.apply_forward("f1", &vpc_a, &[]).await;
+    env.apply_forward("f2", &vpc_b, &[]).await;
+    let f1 = env.wait_reason("f1", "Programmed").await;
+    env.wait_reason("f2", "Programmed").await;
+
+    // v1.12: the route appended to init-route, exactly as the seed shows.
+    assert_eq!(env.init_script(&dep_a).await, format!("{script_before}{}", env.route_line()));
+    // v1.13+: one more JSON route, Kube-OVN's own kept.
+    let mut expected = annotation_before.clone();
+    expected.push(env.route_entry());
+    assert_eq!(env.annotation_routes(&dep_b).await, expected);
+    // Corefile: unchanged byte for byte outside one appended section.
+    let corefile = env.corefile().await;
+    assert_eq!(
+        corefile,
+        format!(
+            "{corefile_before}#multivpc-start\nclusterset.local:53 {{\n    forward . {}\n}}\n#multivpc-end\n",
+            env.dns_ip
+        )
+    );
+    let status = f1.status.unwrap();
+    assert_eq!(status.deployments, vec![dep_a.clone()]);
+    assert_eq!(status.vpc_dns, vec![dns_a]);
+    assert_eq!(status.route.unwrap(), format!("{} via {OVN_DEFAULT_GW} dev net1", env.dns_ip));
+
+    // Move f1 to vpc b: the route leaves a, and b still has it once.
+    env.apply_forward("f1", &vpc_b, &[]).await;
+    env.wait_deployment(&dep_a, "route removed from the VPC f1 left", |d| script_of(d) == script_before).await;
+    let f1 = env.wait_reason("f1", "Programmed").await;
+    assert_eq!(f1.status.unwrap().deployments, vec![dep_b.clone()]);
+    assert_eq!(env.annotation_routes(&dep_b).await, expected, "two forwards share one route");
+
+    // Deleting one of two forwards of a VPC keeps the shared route and the section.
+    env.delete_forward("f2").await;
+    assert_eq!(env.annotation_routes(&dep_b).await, expected);
+    assert_eq!(env.corefile().await, corefile);
+
+    // The last forward takes everything it added with it.
+    env.delete_forward("f1").await;
+    assert_eq!(env.annotation_routes(&dep_b).await, annotation_before);
+    assert_eq!(env.corefile().await, corefile_before, "Corefile restored byte for byte");
+    assert_eq!(env.ctl.metric("multivpc_dns_routes_programmed").await.unwrap(), Some(0.0));
+    let successes = env
+        .ctl
+        .metric("controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(successes >= 4.0, "{successes}");
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
+    let mut env = setup(harness_or_skip!([CLUSTER])).await;
+    let vpc = Harness::unique_name("vpch");
+    let dns = Harness::unique_name("dnsh");
+    let dep = format!("vpc-dns-{dns}");
+    let original = env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-h", VpcDnsForm::V112InitContainer).await.unwrap();
+    env.apply_forward("heal", &vpc, &[]).await;
+    let forward = env.wait_reason("heal", "Programmed").await;
+    let route = env.route_line();
+    assert!(env.init_script(&dep).await.ends_with(&route));
+
+    // Kube-OVN reconciles the VpcDns: a full Update with the Deployment it builds, dropping
+    // the route.
+    let mut rewritten = original.clone();
+    rewritten.metadata.resource_version = env.deployments().get(&dep).await.unwrap().metadata.resource_version;
+    env.deployments().replace(&dep, &PostParams::default(), &rewritten).await.unwrap();
+    env.wait_deployment(&dep, "route re-added after the rewrite", |d| script_of(d).ends_with(&route)).await;
+    assert_eq!(env.init_script(&dep).await.matches(&route).count(), 1);
+    let after_heal = env.forwards().get("heal").await.unwrap();
+    assert_eq!(after_heal.metadata.generation, forward.metadata.generation, "spec untouched");
+
+    // Steady state: a restarted controller re-lists and reconciles everything, and writes nothing.
+    let versions = |f: &VpcDnsForward, d: &Deployment, cm: &ConfigMap| {
+        (f.resource_version(), d.resource_version(), cm.resource_version())
+    };
+    let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
+    let before = versions(
+        &after_heal,
+        &env.deployments().get(&dep).await.unwrap(),
+        &cms.get("vpc-dns-corefile").await.unwrap(),
+    );
+    env.ctl.stop().unwrap();
+    env.ctl = start(&env.h).await;
+    let success = "controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}";
+    wait_for("a reconcile by the restarted controller", Duration::from_secs(30), || async {
+        let n = env.ctl.metric(success).await?.unwrap_or_default();
+        Ok(if n >= 1.0 { Check::Done(()) } else { Check::Pending(format!("{n} reconciles")) })
+    })
+    .await
+    .unwrap();
+    let after = versions(
+        &env.forwards().get("heal").await.unwrap(),
+        &env.deployments().get(&dep).await.unwrap(),
+        &cms.get("vpc-dns-corefile").await.unwrap(),
+    );
+    assert_eq!(before, after, "no writes at steady state");
+
+    env.delete_forward("heal").await;
+    assert!(!env.init_script(&dep).await.contains(&route));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn vpc_dns_created_later_is_picked_up_without_restart() {
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let vpc = Harness::unique_name("vpcl");
+    let dns = Harness::unique_name("dnsl");
+    env.apply_forward("late", &vpc, &[]).await;
+    let waiting = env.wait_reason("late", "VpcDnsNotFound").await;
+    assert!(!conditions::is_true(&waiting.status.unwrap().conditions, conditions::READY));
+    let events: Api<Event> = Api::namespaced(env.c.clone(), &env.ns);
+    wait_for("a VpcDnsNotFound event", Duration::from_secs(15), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(match list.items.iter().find(|e| e.reason.as_deref() == Some("VpcDnsNotFound")) {
+            Some(e) if e.type_.as_deref() == Some("Warning") => Check::Done(()),
+            _ => Check::Pending(format!("{} events", list.items.len())),
+        })
+    })
+    .await
+    .unwrap();
+
+    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-l", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    env.wait_reason("late", "Programmed").await;
+    assert!(env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+    env.delete_forward("late").await;
+    assert!(!env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn original_operator_objects_are_adopted_and_cleaned_up() {
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let vpc = Harness::unique_name("vpco");
+    let dns = Harness::unique_name("dnso");
+    let dep = format!("vpc-dns-{dns}");
+    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-o", VpcDnsForm::V112InitContainer).await.unwrap();
+    let kube_ovn_script = env.init_script(&dep).await;
+    // What the Go operator left: its route appended, its finalizer on the forward.
+    let mut left = env.deployments().get(&dep).await.unwrap();
+    left.spec.as_mut().unwrap().template.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].command =
+        Some(vec!["sh".into(), "-c".into(), format!("{kube_ovn_script}{}", env.route_line())]);
+    env.deployments().replace(&dep, &PostParams::default(), &left).await.unwrap();
+    env.apply_forward("old", &vpc, &[multivpc_api::keys::DNS_FINALIZER]).await;
+
+    let adopted = env.wait_reason("old", "Programmed").await;
+    assert_eq!(adopted.finalizers(), [multivpc_api::keys::DNS_FINALIZER.to_owned()]);
+    assert_eq!(env.init_script(&dep).await.matches(&env.route_line()).count(), 1, "not duplicated");
+    env.delete_forward("old").await;
+    assert_eq!(env.init_script(&dep).await, kube_ovn_script);
+    env.finish().await;
+}
+
+#[tokio::test]
+async fn missing_corefile_is_a_condition_then_recovers() {
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let vpc = Harness::unique_name("vpcm");
+    let dns = Harness::unique_name("dnsm");
+    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-m", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
+    let original = cms.get("vpc-dns-corefile").await.unwrap();
+    let text = original.data.clone().unwrap()["Corefile"].clone();
+    cms.delete("vpc-dns-corefile", &DeleteParams::default()).await.unwrap();
+
+    env.apply_forward("nocore", &vpc, &[]).await;
+    env.wait_reason("nocore", "CorefileMissing").await;
+    // The route is still programmed: only the Corefile is missing.
+    assert!(env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+
+    apply(&env.c, &fixtures::vpc_dns_corefile_configmap(&text)).await.unwrap();
+    env.wait_reason("nocore", "Programmed").await;
+    assert!(env.corefile().await.contains("#multivpc-start"));
+    env.delete_forward("nocore").await;
+    assert_eq!(env.corefile().await, text);
+    env.finish().await;
+}
