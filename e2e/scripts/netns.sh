@@ -3,6 +3,7 @@
 #   netns.sh vpc CLUSTER            ensure the shared external netns and CLUSTER's VPC netns
 #   netns.sh gateway-up CLUSTER GW  ensure a gateway netns + its kwok node (prints its env file)
 #   netns.sh gateway-down CLUSTER GW
+#   netns.sh gateway-reset CLUSTER GW  fresh netns state (as after a pod restart)
 #   netns.sh down-all               stop every gateway daemon and delete every harness netns
 # Addressing (c = cluster index, g = gateway slot in that cluster):
 #   VPC subnet 10.c.0.0/24, OVN router (VPC netns, br-vpc) 10.c.0.1, gateway lanIp 10.c.0.(255-g)
@@ -171,6 +172,26 @@ YAML
   cat "$envf"
 }
 
+# What a pod restart does to a real gateway: its netns starts over. Remove
+# every device but lo/eth0/net1, flush iptables and restore the base routes.
+gateway_reset() {
+  local c=$1 gw=$2 envf ns
+  envf=$(gateway_env "$c" "$gw"); [ -s "$envf" ] || die "no gateway $gw in $c"
+  # shellcheck disable=SC1090
+  ns=$(sed -n 's/^GATEWAY_NETNS=//p' "$envf")
+  local gwip; gwip=$(sed -n 's/^EXTERNAL_GATEWAY=//p' "$envf")
+  for l in $(ip -n "$ns" -o link show | awk -F': ' '{print $2}' | cut -d@ -f1); do
+    case "$l" in lo | eth0 | net1) ;; *) ip -n "$ns" link del "$l" 2>/dev/null || true ;; esac
+  done
+  for t in filter nat mangle raw; do
+    nsx "$ns" iptables -t "$t" -F 2>/dev/null || true
+    nsx "$ns" iptables -t "$t" -X 2>/dev/null || true
+  done
+  ip -n "$ns" route flush table main proto static 2>/dev/null || true
+  ip -n "$ns" route flush table main proto boot 2>/dev/null || true
+  ip -n "$ns" route replace default via "$gwip" dev net1
+}
+
 gateway_down() {
   local c=$1 gw=$2 ns envf
   ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw")
@@ -195,6 +216,7 @@ case "$cmd" in
   vpc) ensure_vpc "$1" ;;
   gateway-up) gateway_up "$1" "$2" ;;
   gateway-down) gateway_down "$1" "$2" ;;
+  gateway-reset) gateway_reset "$1" "$2" ;;
   down-all) down_all ;;
-  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | down-all" ;;
+  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | down-all" ;;
 esac

@@ -277,6 +277,40 @@ impl NatGateway {
         .await
     }
 
+    /// Restart the gateway pod as a crash would: the netns starts over (only
+    /// lo/eth0/net1 with their addresses and the default route; iptables
+    /// empty), the pod is deleted and the StatefulSet recreates it with a new
+    /// UID on the same node. Returns the new pod once Running.
+    pub async fn restart(&self, h: &Harness, timeout: Duration) -> Result<Pod> {
+        let pods: Api<Pod> = Api::namespaced(h.client(&self.cluster), KUBE_SYSTEM);
+        let old_uid = pods.get(&self.pod_name()).await?.metadata.uid;
+        h.reset_gateway_netns(&self.cluster, &self.spec.name)
+            .await?;
+        pods.delete(
+            &self.pod_name(),
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await?;
+        wait_for_object(&pods, &self.pod_name(), timeout, |p| {
+            p.metadata.uid != old_uid
+                && p.metadata.deletion_timestamp.is_none()
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+        })
+        .await
+    }
+
+    /// Scale the gateway's StatefulSet (0 takes the gateway away, 1 brings it back).
+    pub async fn scale(&self, h: &Harness, replicas: i32) -> Result<()> {
+        let sts: Api<StatefulSet> = Api::namespaced(h.client(&self.cluster), KUBE_SYSTEM);
+        sts.patch(
+            &self.statefulset_name(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Exec `sh -c script` in the gateway pod and require exit 0.
     pub async fn sh(&self, h: &Harness, script: &str) -> Result<ExecOutput> {
         self.exec(h, &["sh", "-c", script]).await?.check()
@@ -597,6 +631,56 @@ impl Harness {
             spec,
             node,
         })
+    }
+
+    /// Give a gateway netns the state of a fresh pod (see [`NatGateway::restart`]).
+    pub async fn reset_gateway_netns(&self, cluster: &str, gateway: &str) -> Result<()> {
+        let script = crate::e2e_dir().join("scripts/netns.sh");
+        crate::host_exec(&[
+            "bash",
+            &script.to_string_lossy(),
+            "gateway-reset",
+            cluster,
+            gateway,
+        ])
+        .await?
+        .check()?;
+        Ok(())
+    }
+
+    /// Play OVN for `vpc`: program each `policyDst` static route of the Vpc
+    /// object (`cidr` via `nextHopIP`) into the cluster's VPC netns with
+    /// `ip route replace`, so traffic from the VPC side follows what the
+    /// controllers wrote (e.g. a failover repointing to the standby's lanIp).
+    /// Returns the (cidr, nextHopIP) pairs applied. Hold
+    /// `h.exclusive("vpc-netns-routes")` when other tests may touch those CIDRs.
+    pub async fn apply_vpc_static_routes(
+        &self,
+        cluster: &str,
+        vpc_name: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let obj = vpc(vpc_name, &[]);
+        let (api, _) = crate::apply::dynamic_api(&self.client(cluster), &obj, "default").await?;
+        let current = api.get(vpc_name).await?;
+        let net = self.vpc_network(cluster)?;
+        let mut applied = Vec::new();
+        let routes = current.data["spec"]["staticRoutes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for r in routes {
+            if r["policy"].as_str().unwrap_or("policyDst") != "policyDst" {
+                continue;
+            }
+            let (Some(cidr), Some(nh)) = (r["cidr"].as_str(), r["nextHopIP"].as_str()) else {
+                continue;
+            };
+            crate::netns_exec(&net.netns, &["ip", "route", "replace", cidr, "via", nh])
+                .await?
+                .check()?;
+            applied.push((cidr.to_string(), nh.to_string()));
+        }
+        Ok(applied)
     }
 
     /// Delete a NAT gateway's StatefulSet and VpcNatGateway, then its node and netns.

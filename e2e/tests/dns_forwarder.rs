@@ -6,11 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::ConfigMap,
-    events::v1::Event,
-};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::ConfigMap, events::v1::Event};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
@@ -43,13 +39,26 @@ async fn setup(h: Harness) -> Env {
     let c = h.client(CLUSTER);
     let ns = h.unique_namespace(CLUSTER, "dnsfwd").await.unwrap();
     let ctl = start(&h).await;
-    Env { h, c, ns, dns_ip, ctl, _lock: lock }
+    Env {
+        h,
+        c,
+        ns,
+        dns_ip,
+        ctl,
+        _lock: lock,
+    }
 }
 
 async fn start(h: &Harness) -> ControllerProcess {
-    controllers::spawn(h.run_dir(), "dns-forwarder", &h.kubeconfig(CLUSTER), &[], Duration::from_secs(60))
-        .await
-        .unwrap()
+    controllers::spawn(
+        h.run_dir(),
+        "dns-forwarder",
+        &h.kubeconfig(CLUSTER),
+        &[],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
 }
 
 impl Env {
@@ -62,7 +71,10 @@ impl Env {
     }
 
     fn route_line(&self) -> String {
-        format!("ip -4 route add {} via {OVN_DEFAULT_GW} dev net1;", self.dns_ip)
+        format!(
+            "ip -4 route add {} via {OVN_DEFAULT_GW} dev net1;",
+            self.dns_ip
+        )
     }
 
     fn route_entry(&self) -> Value {
@@ -86,30 +98,63 @@ impl Env {
         let generation_seen = |f: &VpcDnsForward| {
             let status = f.status.clone().unwrap_or_default();
             status.observed_generation == f.metadata.generation
-                && conditions::find(&status.conditions, conditions::READY).is_some_and(|c| c.reason == reason)
+                && conditions::find(&status.conditions, conditions::READY)
+                    .is_some_and(|c| c.reason == reason)
         };
-        wait_for_object(&self.forwards(), name, Duration::from_secs(30), generation_seen)
-            .await
-            .unwrap()
+        wait_for_object(
+            &self.forwards(),
+            name,
+            Duration::from_secs(30),
+            generation_seen,
+        )
+        .await
+        .unwrap()
     }
 
     async fn delete_forward(&self, name: &str) {
-        self.forwards().delete(name, &DeleteParams::default()).await.unwrap();
-        wait_for_deletion(&self.forwards(), name, Duration::from_secs(30)).await.unwrap();
+        self.forwards()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for_deletion(&self.forwards(), name, Duration::from_secs(30))
+            .await
+            .unwrap();
     }
 
     async fn init_script(&self, deployment: &str) -> String {
         let d = self.deployments().get(deployment).await.unwrap();
-        let init = d.spec.unwrap().template.spec.unwrap().init_containers.unwrap();
-        init.iter().find(|c| c.name == "init-route").unwrap().command.clone().unwrap()[2].clone()
+        let init = d
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .init_containers
+            .unwrap();
+        init.iter()
+            .find(|c| c.name == "init-route")
+            .unwrap()
+            .command
+            .clone()
+            .unwrap()[2]
+            .clone()
     }
 
     async fn annotation_routes(&self, deployment: &str) -> Vec<Value> {
         let d = self.deployments().get(deployment).await.unwrap();
-        let annotations: BTreeMap<String, String> =
-            d.spec.unwrap().template.metadata.unwrap().annotations.unwrap_or_default();
+        let annotations: BTreeMap<String, String> = d
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap_or_default();
         annotations
-            .get(&format!("{}.kubernetes.io/routes", fixtures::VPC_DNS_NAD_PROVIDER))
+            .get(&format!(
+                "{}.kubernetes.io/routes",
+                fixtures::VPC_DNS_NAD_PROVIDER
+            ))
             .map(|v| serde_json::from_str(v).unwrap())
             .unwrap_or_default()
     }
@@ -132,7 +177,16 @@ impl Env {
 }
 
 fn script_of(d: &Deployment) -> String {
-    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0]
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .init_containers
+        .as_ref()
+        .unwrap()[0]
         .command
         .as_ref()
         .unwrap()[2]
@@ -145,8 +199,26 @@ async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
     let (vpc_a, vpc_b) = (Harness::unique_name("vpca"), Harness::unique_name("vpcb"));
     let (dns_a, dns_b) = (Harness::unique_name("dnsa"), Harness::unique_name("dnsb"));
     let (dep_a, dep_b) = (format!("vpc-dns-{dns_a}"), format!("vpc-dns-{dns_b}"));
-    env.h.install_vpc_dns(CLUSTER, &dns_a, &vpc_a, "sub-a", VpcDnsForm::V112InitContainer).await.unwrap();
-    env.h.install_vpc_dns(CLUSTER, &dns_b, &vpc_b, "sub-b", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    env.h
+        .install_vpc_dns(
+            CLUSTER,
+            &dns_a,
+            &vpc_a,
+            "sub-a",
+            VpcDnsForm::V112InitContainer,
+        )
+        .await
+        .unwrap();
+    env.h
+        .install_vpc_dns(
+            CLUSTER,
+            &dns_b,
+            &vpc_b,
+            "sub-b",
+            VpcDnsForm::V113RoutesAnnotation,
+        )
+        .await
+        .unwrap();
     let corefile_before = env.corefile().await;
     let script_before = env.init_script(&dep_a).await;
     let annotation_before = env.annotation_routes(&dep_b).await;
@@ -157,7 +229,10 @@ async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
     env.wait_reason("f2", "Programmed").await;
 
     // v1.12: the route appended to init-route, exactly as the seed shows.
-    assert_eq!(env.init_script(&dep_a).await, format!("{script_before}{}", env.route_line()));
+    assert_eq!(
+        env.init_script(&dep_a).await,
+        format!("{script_before}{}", env.route_line())
+    );
     // v1.13+: one more JSON route, Kube-OVN's own kept.
     let mut expected = annotation_before.clone();
     expected.push(env.route_entry());
@@ -174,14 +249,24 @@ async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
     let status = f1.status.unwrap();
     assert_eq!(status.deployments, vec![dep_a.clone()]);
     assert_eq!(status.vpc_dns, vec![dns_a]);
-    assert_eq!(status.route.unwrap(), format!("{} via {OVN_DEFAULT_GW} dev net1", env.dns_ip));
+    assert_eq!(
+        status.route.unwrap(),
+        format!("{} via {OVN_DEFAULT_GW} dev net1", env.dns_ip)
+    );
 
     // Move f1 to vpc b: the route leaves a, and b still has it once.
     env.apply_forward("f1", &vpc_b, &[]).await;
-    env.wait_deployment(&dep_a, "route removed from the VPC f1 left", |d| script_of(d) == script_before).await;
+    env.wait_deployment(&dep_a, "route removed from the VPC f1 left", |d| {
+        script_of(d) == script_before
+    })
+    .await;
     let f1 = env.wait_reason("f1", "Programmed").await;
     assert_eq!(f1.status.unwrap().deployments, vec![dep_b.clone()]);
-    assert_eq!(env.annotation_routes(&dep_b).await, expected, "two forwards share one route");
+    assert_eq!(
+        env.annotation_routes(&dep_b).await,
+        expected,
+        "two forwards share one route"
+    );
 
     // Deleting one of two forwards of a VPC keeps the shared route and the section.
     env.delete_forward("f2").await;
@@ -191,11 +276,23 @@ async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
     // The last forward takes everything it added with it.
     env.delete_forward("f1").await;
     assert_eq!(env.annotation_routes(&dep_b).await, annotation_before);
-    assert_eq!(env.corefile().await, corefile_before, "Corefile restored byte for byte");
-    assert_eq!(env.ctl.metric("multivpc_dns_routes_programmed").await.unwrap(), Some(0.0));
+    assert_eq!(
+        env.corefile().await,
+        corefile_before,
+        "Corefile restored byte for byte"
+    );
+    assert_eq!(
+        env.ctl
+            .metric("multivpc_dns_routes_programmed")
+            .await
+            .unwrap(),
+        Some(0.0)
+    );
     let successes = env
         .ctl
-        .metric("controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}")
+        .metric(
+            "controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}",
+        )
         .await
         .unwrap()
         .unwrap();
@@ -209,7 +306,11 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     let vpc = Harness::unique_name("vpch");
     let dns = Harness::unique_name("dnsh");
     let dep = format!("vpc-dns-{dns}");
-    let original = env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-h", VpcDnsForm::V112InitContainer).await.unwrap();
+    let original = env
+        .h
+        .install_vpc_dns(CLUSTER, &dns, &vpc, "sub-h", VpcDnsForm::V112InitContainer)
+        .await
+        .unwrap();
     env.apply_forward("heal", &vpc, &[]).await;
     let forward = env.wait_reason("heal", "Programmed").await;
     let route = env.route_line();
@@ -218,16 +319,35 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     // Kube-OVN reconciles the VpcDns: a full Update with the Deployment it builds, dropping
     // the route.
     let mut rewritten = original.clone();
-    rewritten.metadata.resource_version = env.deployments().get(&dep).await.unwrap().metadata.resource_version;
-    env.deployments().replace(&dep, &PostParams::default(), &rewritten).await.unwrap();
-    env.wait_deployment(&dep, "route re-added after the rewrite", |d| script_of(d).ends_with(&route)).await;
+    rewritten.metadata.resource_version = env
+        .deployments()
+        .get(&dep)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version;
+    env.deployments()
+        .replace(&dep, &PostParams::default(), &rewritten)
+        .await
+        .unwrap();
+    env.wait_deployment(&dep, "route re-added after the rewrite", |d| {
+        script_of(d).ends_with(&route)
+    })
+    .await;
     assert_eq!(env.init_script(&dep).await.matches(&route).count(), 1);
     let after_heal = env.forwards().get("heal").await.unwrap();
-    assert_eq!(after_heal.metadata.generation, forward.metadata.generation, "spec untouched");
+    assert_eq!(
+        after_heal.metadata.generation, forward.metadata.generation,
+        "spec untouched"
+    );
 
     // Steady state: a restarted controller re-lists and reconciles everything, and writes nothing.
     let versions = |f: &VpcDnsForward, d: &Deployment, cm: &ConfigMap| {
-        (f.resource_version(), d.resource_version(), cm.resource_version())
+        (
+            f.resource_version(),
+            d.resource_version(),
+            cm.resource_version(),
+        )
     };
     let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
     let before = versions(
@@ -237,11 +357,20 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     );
     env.ctl.stop().unwrap();
     env.ctl = start(&env.h).await;
-    let success = "controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}";
-    wait_for("a reconcile by the restarted controller", Duration::from_secs(30), || async {
-        let n = env.ctl.metric(success).await?.unwrap_or_default();
-        Ok(if n >= 1.0 { Check::Done(()) } else { Check::Pending(format!("{n} reconciles")) })
-    })
+    let success =
+        "controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}";
+    wait_for(
+        "a reconcile by the restarted controller",
+        Duration::from_secs(30),
+        || async {
+            let n = env.ctl.metric(success).await?.unwrap_or_default();
+            Ok(if n >= 1.0 {
+                Check::Done(())
+            } else {
+                Check::Pending(format!("{n} reconciles"))
+            })
+        },
+    )
     .await
     .unwrap();
     let after = versions(
@@ -263,23 +392,53 @@ async fn vpc_dns_created_later_is_picked_up_without_restart() {
     let dns = Harness::unique_name("dnsl");
     env.apply_forward("late", &vpc, &[]).await;
     let waiting = env.wait_reason("late", "VpcDnsNotFound").await;
-    assert!(!conditions::is_true(&waiting.status.unwrap().conditions, conditions::READY));
+    assert!(!conditions::is_true(
+        &waiting.status.unwrap().conditions,
+        conditions::READY
+    ));
     let events: Api<Event> = Api::namespaced(env.c.clone(), &env.ns);
-    wait_for("a VpcDnsNotFound event", Duration::from_secs(15), || async {
-        let list = events.list(&ListParams::default()).await?;
-        Ok(match list.items.iter().find(|e| e.reason.as_deref() == Some("VpcDnsNotFound")) {
-            Some(e) if e.type_.as_deref() == Some("Warning") => Check::Done(()),
-            _ => Check::Pending(format!("{} events", list.items.len())),
-        })
-    })
+    wait_for(
+        "a VpcDnsNotFound event",
+        Duration::from_secs(15),
+        || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(
+                match list
+                    .items
+                    .iter()
+                    .find(|e| e.reason.as_deref() == Some("VpcDnsNotFound"))
+                {
+                    Some(e) if e.type_.as_deref() == Some("Warning") => Check::Done(()),
+                    _ => Check::Pending(format!("{} events", list.items.len())),
+                },
+            )
+        },
+    )
     .await
     .unwrap();
 
-    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-l", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    env.h
+        .install_vpc_dns(
+            CLUSTER,
+            &dns,
+            &vpc,
+            "sub-l",
+            VpcDnsForm::V113RoutesAnnotation,
+        )
+        .await
+        .unwrap();
     env.wait_reason("late", "Programmed").await;
-    assert!(env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+    assert!(
+        env.annotation_routes(&format!("vpc-dns-{dns}"))
+            .await
+            .contains(&env.route_entry())
+    );
     env.delete_forward("late").await;
-    assert!(!env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+    assert!(
+        !env.annotation_routes(&format!("vpc-dns-{dns}"))
+            .await
+            .contains(&env.route_entry())
+    );
     env.finish().await;
 }
 
@@ -289,18 +448,48 @@ async fn original_operator_objects_are_adopted_and_cleaned_up() {
     let vpc = Harness::unique_name("vpco");
     let dns = Harness::unique_name("dnso");
     let dep = format!("vpc-dns-{dns}");
-    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-o", VpcDnsForm::V112InitContainer).await.unwrap();
+    env.h
+        .install_vpc_dns(CLUSTER, &dns, &vpc, "sub-o", VpcDnsForm::V112InitContainer)
+        .await
+        .unwrap();
     let kube_ovn_script = env.init_script(&dep).await;
     // What the Go operator left: its route appended, its finalizer on the forward.
     let mut left = env.deployments().get(&dep).await.unwrap();
-    left.spec.as_mut().unwrap().template.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].command =
-        Some(vec!["sh".into(), "-c".into(), format!("{kube_ovn_script}{}", env.route_line())]);
-    env.deployments().replace(&dep, &PostParams::default(), &left).await.unwrap();
-    env.apply_forward("old", &vpc, &[multivpc_api::keys::DNS_FINALIZER]).await;
+    left.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .init_containers
+        .as_mut()
+        .unwrap()[0]
+        .command = Some(vec![
+        "sh".into(),
+        "-c".into(),
+        format!("{kube_ovn_script}{}", env.route_line()),
+    ]);
+    env.deployments()
+        .replace(&dep, &PostParams::default(), &left)
+        .await
+        .unwrap();
+    env.apply_forward("old", &vpc, &[multivpc_api::keys::DNS_FINALIZER])
+        .await;
 
     let adopted = env.wait_reason("old", "Programmed").await;
-    assert_eq!(adopted.finalizers(), [multivpc_api::keys::DNS_FINALIZER.to_owned()]);
-    assert_eq!(env.init_script(&dep).await.matches(&env.route_line()).count(), 1, "not duplicated");
+    assert_eq!(
+        adopted.finalizers(),
+        [multivpc_api::keys::DNS_FINALIZER.to_owned()]
+    );
+    assert_eq!(
+        env.init_script(&dep)
+            .await
+            .matches(&env.route_line())
+            .count(),
+        1,
+        "not duplicated"
+    );
     env.delete_forward("old").await;
     assert_eq!(env.init_script(&dep).await, kube_ovn_script);
     env.finish().await;
@@ -311,18 +500,35 @@ async fn missing_corefile_is_a_condition_then_recovers() {
     let env = setup(harness_or_skip!([CLUSTER])).await;
     let vpc = Harness::unique_name("vpcm");
     let dns = Harness::unique_name("dnsm");
-    env.h.install_vpc_dns(CLUSTER, &dns, &vpc, "sub-m", VpcDnsForm::V113RoutesAnnotation).await.unwrap();
+    env.h
+        .install_vpc_dns(
+            CLUSTER,
+            &dns,
+            &vpc,
+            "sub-m",
+            VpcDnsForm::V113RoutesAnnotation,
+        )
+        .await
+        .unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
     let original = cms.get("vpc-dns-corefile").await.unwrap();
     let text = original.data.clone().unwrap()["Corefile"].clone();
-    cms.delete("vpc-dns-corefile", &DeleteParams::default()).await.unwrap();
+    cms.delete("vpc-dns-corefile", &DeleteParams::default())
+        .await
+        .unwrap();
 
     env.apply_forward("nocore", &vpc, &[]).await;
     env.wait_reason("nocore", "CorefileMissing").await;
     // The route is still programmed: only the Corefile is missing.
-    assert!(env.annotation_routes(&format!("vpc-dns-{dns}")).await.contains(&env.route_entry()));
+    assert!(
+        env.annotation_routes(&format!("vpc-dns-{dns}"))
+            .await
+            .contains(&env.route_entry())
+    );
 
-    apply(&env.c, &fixtures::vpc_dns_corefile_configmap(&text)).await.unwrap();
+    apply(&env.c, &fixtures::vpc_dns_corefile_configmap(&text))
+        .await
+        .unwrap();
     env.wait_reason("nocore", "Programmed").await;
     assert!(env.corefile().await.contains("#multivpc-start"));
     env.delete_forward("nocore").await;

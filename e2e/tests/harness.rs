@@ -220,8 +220,14 @@ async fn gateways_of_two_clusters_reach_each_other_over_net1_and_vxlan() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
     let name = Harness::unique_name("vx");
     let (g1, g2) = tokio::try_join!(
-        h.create_nat_gateway("cluster1", NatGatewaySpec::new(&name, "vx-vpc")),
-        h.create_nat_gateway("cluster2", NatGatewaySpec::new(&name, "vx-vpc")),
+        h.create_nat_gateway(
+            "cluster1",
+            NatGatewaySpec::new(&name, &format!("{name}-vpc"))
+        ),
+        h.create_nat_gateway(
+            "cluster2",
+            NatGatewaySpec::new(&name, &format!("{name}-vpc"))
+        ),
     )
     .unwrap();
     tokio::try_join!(
@@ -297,22 +303,19 @@ async fn gateways_of_two_clusters_reach_each_other_over_net1_and_vxlan() {
     g2.sh(&h, &route(&g2, &v2, &v1, "192.168.250.1"))
         .await
         .unwrap();
-    for (vpc, remote, gw) in [(&v1, &v2, &g1), (&v2, &v1, &g2)] {
-        netns_exec(
-            &vpc.netns,
-            &[
-                "ip",
-                "route",
-                "replace",
-                &remote.globalnet_cidr,
-                "via",
-                &gw.node.lan_ip,
-            ],
-        )
-        .await
-        .unwrap()
-        .check()
-        .unwrap();
+    // The VPC side follows the Vpc object's static routes, as OVN would
+    // (this is what exip-syncer writes in real life).
+    for (cluster, remote, gw) in [("cluster1", &v2, &g1), ("cluster2", &v1, &g2)] {
+        let vpc = fixtures::vpc(&gw.spec.vpc, &[(&remote.globalnet_cidr, &gw.node.lan_ip)]);
+        apply_dynamic(&h.client(cluster), &vpc).await.unwrap();
+        let applied = h
+            .apply_vpc_static_routes(cluster, &gw.spec.vpc)
+            .await
+            .unwrap();
+        assert_eq!(
+            applied,
+            vec![(remote.globalnet_cidr.clone(), gw.node.lan_ip.clone())]
+        );
     }
     let vpc_ping = netns_exec(
         &v1.netns,
@@ -382,4 +385,43 @@ async fn primary_and_standby_gateways_of_one_vpc_share_its_subnet() {
     let (a, b) = tokio::join!(h.delete_nat_gateway(&p), h.delete_nat_gateway(&s));
     a.unwrap();
     b.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_pod_gets_a_new_uid_and_a_fresh_netns() {
+    let h = harness_or_skip!(["cluster1"]);
+    let gw = h
+        .create_nat_gateway(
+            "cluster1",
+            NatGatewaySpec::new(&Harness::unique_name("rs"), "rs-vpc"),
+        )
+        .await
+        .unwrap();
+    let before = gw
+        .wait_available(&h, Duration::from_secs(90))
+        .await
+        .unwrap();
+    gw.sh(
+        &h,
+        "ip link add dummyish type vxlan id 9 dstport 4789 dev net1 && \
+         iptables -t nat -A POSTROUTING -d 10.255.0.0/16 -j MASQUERADE && \
+         ip route add 10.254.0.0/16 via 10.1.0.1 dev eth0 2>/dev/null || ip route add 10.254.0.0/16 dev eth0",
+    )
+    .await
+    .unwrap();
+    let after = gw.restart(&h, Duration::from_secs(60)).await.unwrap();
+    assert_ne!(before.metadata.uid, after.metadata.uid);
+    let links = gw
+        .exec(&h, &["ip", "-o", "link"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(!links.stdout.contains("dummyish"), "{links}");
+    let nat = gw.sh(&h, "iptables -t nat -S POSTROUTING").await.unwrap();
+    assert!(!nat.stdout.contains("MASQUERADE"), "{nat}");
+    let routes = gw.sh(&h, "ip route").await.unwrap();
+    assert!(!routes.stdout.contains("10.254.0.0/16"), "{routes}");
+    assert!(routes.stdout.contains("default via"), "{routes}");
+    h.delete_nat_gateway(&gw).await.unwrap();
 }
