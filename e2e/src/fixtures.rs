@@ -546,6 +546,12 @@ impl Harness {
     /// Apply the Kube-OVN and Submariner CRDs of `e2e/fixtures/crds` to
     /// `cluster` and wait until they are Established. Idempotent.
     pub async fn install_foreign_crds(&self, cluster: &str) -> Result<()> {
+        // Once per cluster and test process: they stay while the harness is up.
+        static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let key = format!("{}#{}", self.cluster(cluster).server, cluster);
+        if DONE.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
         let client = self.client(cluster);
         let dir = crate::e2e_dir().join("fixtures/crds");
         let mut names = Vec::new();
@@ -554,7 +560,9 @@ impl Harness {
                 names.push(o.metadata.name.unwrap_or_default());
             }
         }
-        self.wait_crds_established(cluster, &names).await
+        self.wait_crds_established(cluster, &names).await?;
+        DONE.lock().unwrap().push(key);
+        Ok(())
     }
 
     /// Apply every `*.yaml` in the repository's `crds/` directory (the
