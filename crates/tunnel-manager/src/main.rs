@@ -1,5 +1,10 @@
 //! Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
 
+#[cfg(test)]
+mod netns_tests;
+#[allow(dead_code)]
+mod script;
+
 use clap::Parser;
 use kube::Api;
 use multivpc_api::VpcNatTunnel;
