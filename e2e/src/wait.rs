@@ -88,3 +88,45 @@ where
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn timeout_message_names_the_wait_and_the_last_observation() {
+        let mut n = 0;
+        let err = wait_for("the answer", Duration::from_millis(600), || {
+            n += 1;
+            let seen = n;
+            async move { Ok(Check::<()>::Pending(format!("saw {seen}"))) }
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("timed out after "), "{err}");
+        assert!(
+            err.contains("waiting for the answer; last observed: saw "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn done_returns_the_value_and_errors_count_as_pending() {
+        let mut n = 0;
+        let v = wait_for("three", Duration::from_secs(5), || {
+            n += 1;
+            let k = n;
+            async move {
+                match k {
+                    1 => anyhow::bail!("flaky"),
+                    2 => Ok(Check::Pending("two".into())),
+                    _ => Ok(Check::Done(k)),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+    }
+}
