@@ -4,7 +4,7 @@ E2E_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REPO_DIR="$(cd "$E2E_DIR/.." && pwd)"
 # shellcheck disable=SC1091
 source <(sed -e 's/[[:space:]]*#.*$//' "$E2E_DIR/versions.env")
-MULTIVPC_CACHE="${MULTIVPC_CACHE:-$HOME/.cache/kubeovn-multivpc}"
+MULTIVPC_CACHE="${MULTIVPC_CACHE:-${HOME:-/root}/.cache/kubeovn-multivpc}"
 RUN_DIR="${MULTIVPC_E2E_RUN_DIR:-$E2E_DIR/.run}"
 K8S_BIN="$MULTIVPC_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$MULTIVPC_CACHE/etcd-$ETCD_VERSION/bin"
