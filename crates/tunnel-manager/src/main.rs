@@ -3,6 +3,8 @@
 #[cfg(test)]
 mod netns_tests;
 #[allow(dead_code)]
+mod resolve;
+#[allow(dead_code)]
 mod script;
 
 use clap::Parser;

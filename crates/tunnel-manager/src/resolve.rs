@@ -1,0 +1,904 @@
+//! What one VpcNatTunnel should program, decided from a snapshot of the watched objects (DESIGN
+//! §4 inputs). Pure: a missing or bad input becomes a `Ready=False` reason; everything that goes
+//! into a script leaves here as a typed, validated value.
+
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use multivpc_api::{
+    GatewayExIp, TunnelType, VpcNatTunnel,
+    foreign::submariner::{Cluster, ClusterGlobalEgressIP},
+    keys::{
+        ANNOTATION_OVN_GATEWAY, DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM, LABEL_ACTIVE_GATEWAY,
+        LABEL_VPC_NAT_GW, NAT_GW_PREFIX, external_ip_annotation, gateway_exip_name,
+    },
+    net::{InterfaceName, Ipv4Cidr, parse_ipv4},
+    tunnel::AppliedTunnel,
+};
+
+use crate::script::{EgressRange, Encap, Port, RuleTag, TunnelConfig, Vni};
+
+/// Reasons of `Ready` (besides the controller's own exec outcomes).
+pub mod reason {
+    pub const PROGRAMMED: &str = "Programmed";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const CLUSTER_ID_UNKNOWN: &str = "ClusterIdUnknown";
+    pub const REMOTE_GATEWAY_NOT_FOUND: &str = "RemoteGatewayNotFound";
+    pub const REMOTE_GATEWAY_INVALID: &str = "RemoteGatewayInvalid";
+    pub const GATEWAY_POD_NOT_FOUND: &str = "GatewayPodNotFound";
+    pub const GATEWAY_POD_NOT_READY: &str = "GatewayPodNotReady";
+    pub const GLOBALNET_NOT_CONFIGURED: &str = "GlobalnetNotConfigured";
+    pub const EGRESS_IPS_NOT_ALLOCATED: &str = "EgressIPsNotAllocated";
+    pub const INTERFACE_NAME_CONFLICT: &str = "InterfaceNameConflict";
+    pub const REMOTE_CIDR_CONFLICT: &str = "RemoteCidrConflict";
+    pub const CONVERGE_FAILED: &str = "ConvergeFailed";
+    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+}
+
+/// Kube-OVN's Multus networks annotation on the gateway pod (names the external NAD).
+const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
+/// Submariner's namespace.
+pub const SUBMARINER_NAMESPACE: &str = multivpc_api::foreign::submariner::SUBMARINER_NAMESPACE;
+
+/// The watched objects, as the controller's caches hold them.
+#[derive(Default, Clone)]
+pub struct Snapshot {
+    /// Local cluster ID (flag or ServiceDiscovery).
+    pub cluster_id: Option<String>,
+    pub tunnels: Vec<Arc<VpcNatTunnel>>,
+    /// GatewayExIps of the gateway namespace, by name.
+    pub exips: BTreeMap<String, Arc<GatewayExIp>>,
+    /// VPC NAT gateway pods (kube-system, label `ovn.kubernetes.io/vpc-nat-gw=true`).
+    pub pods: Vec<Arc<Pod>>,
+    /// Submariner Clusters (submariner-operator), by name.
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub egress: Option<Arc<ClusterGlobalEgressIP>>,
+}
+
+/// A gateway pod identified by name and UID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTarget {
+    pub name: String,
+    pub uid: String,
+}
+
+/// The tunnel fully resolved: where and what to program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub local_gateway: String,
+    pub pod: PodTarget,
+    pub config: TunnelConfig,
+    /// Something worth telling the user although the tunnel can be programmed (e.g. egress
+    /// IPs left out of a non-contiguous allocation).
+    pub note: Option<String>,
+}
+
+/// Why the tunnel cannot be programmed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    pub reason: &'static str,
+    pub message: String,
+    /// The local gateway instance, when known.
+    pub local_gateway: Option<String>,
+}
+
+fn not_ready(reason: &'static str, message: impl Into<String>) -> NotReady {
+    NotReady {
+        reason,
+        message: message.into(),
+        local_gateway: None,
+    }
+}
+
+/// The interface name a tunnel programs (its metadata.name).
+pub fn device_of(tunnel: &VpcNatTunnel) -> Result<InterfaceName, NotReady> {
+    tunnel.name_any().parse::<InterfaceName>().map_err(|e| {
+        not_ready(
+            reason::INVALID_SPEC,
+            format!("metadata.name is the tunnel interface name: {e}"),
+        )
+    })
+}
+
+/// The iptables tag of a tunnel.
+pub fn tag_of(tunnel: &VpcNatTunnel) -> Result<RuleTag, NotReady> {
+    let device = device_of(tunnel)?;
+    RuleTag::new(&tunnel.namespace().unwrap_or_default(), &device)
+        .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))
+}
+
+/// The gateway instance that carries `tunnel`: `natGwDp`, or the standby named by the
+/// active-gateway label of the local GatewayExIp `<natGwDp>-<clusterId>` after a failover.
+pub fn local_instance(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> String {
+    let gw = &tunnel.spec.nat_gw_dp;
+    snapshot
+        .cluster_id
+        .as_deref()
+        .and_then(|id| snapshot.exips.get(&gateway_exip_name(gw, id)))
+        .and_then(|e| e.labels().get(LABEL_ACTIVE_GATEWAY).cloned())
+        .filter(|active| is_object_name(active))
+        .unwrap_or_else(|| gw.clone())
+}
+
+fn is_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// The pods of gateway instance `gw` (label `app=vpc-nat-gw-<gw>`).
+pub fn gateway_pods<'a>(snapshot: &'a Snapshot, gw: &str) -> Vec<&'a Arc<Pod>> {
+    let app = format!("{NAT_GW_PREFIX}{gw}");
+    snapshot
+        .pods
+        .iter()
+        .filter(|p| {
+            let labels = p.labels();
+            labels.get("app") == Some(&app)
+                && labels.get(LABEL_VPC_NAT_GW).map(String::as_str) == Some("true")
+                && p.namespace().as_deref() == Some(KUBE_SYSTEM)
+        })
+        .collect()
+}
+
+/// Whether a pod is Running and Ready and not being deleted.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod.status.as_ref().is_some_and(|s| {
+            s.phase.as_deref() == Some("Running")
+                && s.conditions
+                    .as_ref()
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+}
+
+/// Whether a pod may still hold network state (its containers may be running).
+pub fn pod_may_hold_state(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|p| p == "Running" || p == "Unknown")
+}
+
+/// The external network attachment of a gateway pod: `(nad, namespace)` from its Multus
+/// annotation (`ns/name`, `name`, `name@if`, or the JSON list form), else Kube-OVN's default.
+pub fn external_nad(pod: &Pod) -> (String, String) {
+    let default = (DEFAULT_EXTERNAL_NAD.to_owned(), KUBE_SYSTEM.to_owned());
+    let pod_ns = pod.namespace().unwrap_or_else(|| KUBE_SYSTEM.into());
+    let Some(value) = pod.annotations().get(NETWORKS_ANNOTATION) else {
+        return default;
+    };
+    let value = value.trim();
+    if value.starts_with('[') {
+        #[derive(serde::Deserialize)]
+        struct Sel {
+            name: String,
+            namespace: Option<String>,
+        }
+        return serde_json::from_str::<Vec<Sel>>(value)
+            .ok()
+            .and_then(|v| v.into_iter().next())
+            .map(|s| (s.name, s.namespace.unwrap_or(pod_ns)))
+            .unwrap_or(default);
+    }
+    let Some(first) = value.split(',').next().map(str::trim) else {
+        return default;
+    };
+    let first = first.split('@').next().unwrap_or(first);
+    match first.split_once('/') {
+        Some((ns, name)) if !name.is_empty() => (name.to_owned(), ns.to_owned()),
+        None if !first.is_empty() => (first.to_owned(), pod_ns),
+        _ => default,
+    }
+}
+
+/// The SNAT range from the cluster's Globalnet egress IPs.
+///
+/// Submariner allocates `allocatedIPs` as a list in no guaranteed order, and after
+/// reallocation it need not be contiguous, while iptables SNAT takes one range. The addresses
+/// that are valid IPv4 and inside the local Globalnet CIDR are sorted and de-duplicated; the
+/// longest run of consecutive addresses is used (the lowest on a tie), so the tunnel never
+/// SNATs to an address Submariner did not allocate. Addresses left out are reported.
+pub fn egress_range(
+    allocated: &[String],
+    within: Ipv4Cidr,
+) -> Result<(EgressRange, Option<String>), String> {
+    let mut ips: Vec<u32> = Vec::new();
+    let mut ignored: Vec<String> = Vec::new();
+    for raw in allocated {
+        match parse_ipv4(raw.trim()) {
+            Ok(ip) if within.contains(ip) => ips.push(u32::from(ip)),
+            _ => ignored.push(raw.clone()),
+        }
+    }
+    ips.sort_unstable();
+    ips.dedup();
+    if ips.is_empty() {
+        return Err(if allocated.is_empty() {
+            "ClusterGlobalEgressIP cluster-egress.submariner.io has no allocatedIPs yet".into()
+        } else {
+            format!(
+                "none of the allocated egress IPs {allocated:?} is an IPv4 address inside the Globalnet CIDR {within}"
+            )
+        });
+    }
+    let (mut best, mut start) = ((ips[0], ips[0]), ips[0]);
+    for w in ips.windows(2) {
+        if w[1] != w[0] + 1 {
+            start = w[1];
+        }
+        if w[1] - start > best.1 - best.0 {
+            best = (start, w[1]);
+        }
+    }
+    let range = EgressRange::new(Ipv4Addr::from(best.0), Ipv4Addr::from(best.1))
+        .expect("sorted: first <= last");
+    let unused = ips.len() as u64 - range.len();
+    let mut notes = Vec::new();
+    if unused > 0 {
+        notes.push(format!(
+            "egress IPs are not contiguous: SNAT uses {range}, the longest run; {unused} other allocated IP(s) unused"
+        ));
+    }
+    if !ignored.is_empty() {
+        notes.push(format!(
+            "ignored egress IPs outside {within} or invalid: {ignored:?}"
+        ));
+    }
+    Ok((range, (!notes.is_empty()).then(|| notes.join("; "))))
+}
+
+/// The remote Globalnet CIDR of a tunnel, from its remote GatewayExIp.
+fn remote_endpoint(
+    tunnel: &VpcNatTunnel,
+    snapshot: &Snapshot,
+) -> Result<(Ipv4Addr, Ipv4Cidr), NotReady> {
+    let name = gateway_exip_name(&tunnel.spec.gateway_name, &tunnel.spec.cluster_id);
+    let exip = snapshot.exips.get(&name).ok_or_else(|| {
+        not_ready(
+            reason::REMOTE_GATEWAY_NOT_FOUND,
+            format!(
+                "GatewayExIp {name} of gateway {} in cluster {} not found (exip-syncer publishes it through the broker)",
+                tunnel.spec.gateway_name, tunnel.spec.cluster_id
+            ),
+        )
+    })?;
+    let ip = parse_ipv4(&exip.spec.externalip).map_err(|e| {
+        not_ready(
+            reason::REMOTE_GATEWAY_INVALID,
+            format!("GatewayExIp {name}: {e}"),
+        )
+    })?;
+    let cidr = exip
+        .spec
+        .globalnetcidr
+        .parse::<Ipv4Cidr>()
+        .map_err(|e| {
+            not_ready(
+                reason::REMOTE_GATEWAY_INVALID,
+                format!("GatewayExIp {name}: {e}"),
+            )
+        })?
+        .network();
+    Ok((ip, cidr))
+}
+
+fn is_live(t: &VpcNatTunnel) -> bool {
+    t.metadata.deletion_timestamp.is_none()
+}
+
+fn same_object(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
+    a.namespace() == b.namespace() && a.name_any() == b.name_any()
+}
+
+/// Order of precedence among conflicting tunnels: older first, then namespace/name.
+fn precedes(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
+    let key = |t: &VpcNatTunnel| {
+        (
+            t.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            t.namespace().unwrap_or_default(),
+            t.name_any(),
+        )
+    };
+    key(a) < key(b)
+}
+
+/// The conflict, if any, that refuses `tunnel` on gateway instance `instance`: an earlier live
+/// tunnel on the same instance with the same interface name, or an overlapping remote CIDR.
+pub fn conflict(
+    tunnel: &VpcNatTunnel,
+    instance: &str,
+    remote_cidr: Ipv4Cidr,
+    snapshot: &Snapshot,
+) -> Option<NotReady> {
+    let name = tunnel.name_any();
+    for other in &snapshot.tunnels {
+        if same_object(other, tunnel)
+            || !is_live(other)
+            || !precedes(other, tunnel)
+            || local_instance(other, snapshot) != instance
+        {
+            continue;
+        }
+        let other_key = format!(
+            "{}/{}",
+            other.namespace().unwrap_or_default(),
+            other.name_any()
+        );
+        if other.name_any() == name {
+            return Some(not_ready(
+                reason::INTERFACE_NAME_CONFLICT,
+                format!(
+                    "VpcNatTunnel {other_key} already uses interface {name} on gateway {instance}"
+                ),
+            ));
+        }
+        if let Ok((_, other_cidr)) = remote_endpoint(other, snapshot)
+            && other_cidr.overlaps(&remote_cidr)
+        {
+            return Some(not_ready(
+                reason::REMOTE_CIDR_CONFLICT,
+                format!(
+                    "VpcNatTunnel {other_key} already routes {other_cidr} (overlapping {remote_cidr}) on gateway {instance}"
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Resolves every input of `tunnel` (DESIGN §4) into a typed [`TunnelConfig`].
+pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, NotReady> {
+    let spec = &tunnel.spec;
+    let device = device_of(tunnel)?;
+    let tag = tag_of(tunnel)?;
+    let interface_addr = spec
+        .interface_addr
+        .parse::<Ipv4Cidr>()
+        .and_then(Ipv4Cidr::require_host)
+        .map_err(|e| not_ready(reason::INVALID_SPEC, format!("interfaceAddr: {e}")))?;
+    let encap = match spec.tunnel_type {
+        TunnelType::Gre => Encap::Gre,
+        TunnelType::Vxlan => Encap::Vxlan {
+            vni: Vni::new(spec.effective_vni())
+                .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))?,
+            port: Port::new(spec.effective_dst_port())
+                .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))?,
+        },
+    };
+    let cluster_id = snapshot.cluster_id.as_deref().ok_or_else(|| {
+        not_ready(
+            reason::CLUSTER_ID_UNKNOWN,
+            "the local cluster ID is unknown: pass --cluster-id or install Submariner (ServiceDiscovery submariner-operator/service-discovery)",
+        )
+    })?;
+    let instance = local_instance(tunnel, snapshot);
+    let with_gw = |mut n: NotReady| {
+        n.local_gateway = Some(instance.clone());
+        n
+    };
+
+    let (remote_ip, remote_cidr) = remote_endpoint(tunnel, snapshot).map_err(with_gw)?;
+
+    let pods = gateway_pods(snapshot, &instance);
+    let pod = pods.iter().find(|p| pod_ready(p)).ok_or_else(|| {
+        with_gw(if pods.is_empty() {
+            not_ready(
+                reason::GATEWAY_POD_NOT_FOUND,
+                format!(
+                    "no pod of VPC NAT gateway {instance} (kube-system, app={NAT_GW_PREFIX}{instance})"
+                ),
+            )
+        } else {
+            not_ready(
+                reason::GATEWAY_POD_NOT_READY,
+                format!(
+                    "pod {} of VPC NAT gateway {instance} is not running and ready",
+                    pods[0].name_any()
+                ),
+            )
+        })
+    })?;
+    let pod_name = pod.name_any();
+    let annotations = pod.annotations();
+    let ovn_gateway = annotations
+        .get(ANNOTATION_OVN_GATEWAY)
+        .and_then(|v| v.split(',').find_map(|g| parse_ipv4(g.trim()).ok()))
+        .ok_or_else(|| {
+            with_gw(not_ready(
+                reason::GATEWAY_POD_NOT_READY,
+                format!("pod {pod_name} has no IPv4 {ANNOTATION_OVN_GATEWAY} annotation yet"),
+            ))
+        })?;
+    let (nad, nad_ns) = external_nad(pod);
+    let ext_key = external_ip_annotation(&nad, &nad_ns);
+    let local_ip = annotations
+        .get(&ext_key)
+        .and_then(|v| v.split(',').find_map(|g| parse_ipv4(g.trim()).ok()))
+        .ok_or_else(|| {
+            with_gw(not_ready(
+                reason::GATEWAY_POD_NOT_READY,
+                format!("pod {pod_name} has no IPv4 {ext_key} annotation (external IP) yet"),
+            ))
+        })?;
+
+    let cluster = snapshot.clusters.get(cluster_id).ok_or_else(|| {
+        with_gw(not_ready(
+            reason::GLOBALNET_NOT_CONFIGURED,
+            format!("Submariner Cluster {SUBMARINER_NAMESPACE}/{cluster_id} not found"),
+        ))
+    })?;
+    let local_cidr = cluster
+        .spec
+        .global_cidr
+        .iter()
+        .find_map(|c| c.trim().parse::<Ipv4Cidr>().ok())
+        .map(|c| c.network())
+        .ok_or_else(|| {
+            with_gw(not_ready(
+                reason::GLOBALNET_NOT_CONFIGURED,
+                format!(
+                    "Submariner Cluster {SUBMARINER_NAMESPACE}/{cluster_id} has no IPv4 global_cidr (is Globalnet enabled?)"
+                ),
+            ))
+        })?;
+    let allocated = snapshot
+        .egress
+        .as_ref()
+        .and_then(|e| e.status.as_ref())
+        .map(|s| s.allocated_ips.clone())
+        .unwrap_or_default();
+    if snapshot.egress.is_none() {
+        return Err(with_gw(not_ready(
+            reason::EGRESS_IPS_NOT_ALLOCATED,
+            "ClusterGlobalEgressIP cluster-egress.submariner.io not found",
+        )));
+    }
+    let (snat, note) = egress_range(&allocated, local_cidr)
+        .map_err(|m| with_gw(not_ready(reason::EGRESS_IPS_NOT_ALLOCATED, m)))?;
+
+    if let Some(c) = conflict(tunnel, &instance, remote_cidr, snapshot) {
+        return Err(with_gw(c));
+    }
+
+    Ok(Resolved {
+        local_gateway: instance.clone(),
+        pod: PodTarget {
+            name: pod_name,
+            uid: pod.uid().unwrap_or_default(),
+        },
+        config: TunnelConfig {
+            device,
+            tag,
+            encap,
+            local_ip,
+            remote_ip,
+            interface_addr,
+            local_cidr,
+            ovn_gateway,
+            remote_cidr,
+            snat,
+        },
+        note,
+    })
+}
+
+/// The status record of what a config programs.
+pub fn applied_of(cfg: &TunnelConfig) -> AppliedTunnel {
+    let (vni, dst_port) = match cfg.encap {
+        Encap::Gre => (None, None),
+        Encap::Vxlan { vni, port } => (Some(vni.get()), Some(port.get())),
+    };
+    AppliedTunnel {
+        tunnel_type: cfg.encap.tunnel_type(),
+        interface_addr: cfg.interface_addr.to_string(),
+        local_ip: cfg.local_ip.to_string(),
+        remote_ip: cfg.remote_ip.to_string(),
+        vni,
+        dst_port,
+        local_route: cfg.local_cidr.to_string(),
+        remote_route: cfg.remote_cidr.to_string(),
+        snat_range: cfg.snat.to_string(),
+    }
+}
+
+/// Whether another live tunnel programmed into pod `pod_uid` still uses the local route `cidr`
+/// (it must then survive this tunnel's cleanup or change).
+pub fn local_route_shared(
+    tunnel: &VpcNatTunnel,
+    pod_uid: &str,
+    cidr: Ipv4Cidr,
+    snapshot: &Snapshot,
+) -> bool {
+    snapshot.tunnels.iter().any(|other| {
+        !same_object(other, tunnel)
+            && is_live(other)
+            && other.status.as_ref().is_some_and(|s| {
+                s.gateway_pod.as_ref().is_some_and(|p| p.uid == pod_uid)
+                    && s.applied
+                        .as_ref()
+                        .and_then(|a| a.local_route.parse::<Ipv4Cidr>().ok())
+                        == Some(cidr)
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use multivpc_api::{
+        GatewayExIpSpec, VpcNatTunnelSpec,
+        foreign::submariner::{
+            ClusterGlobalEgressIpSpec, ClusterGlobalEgressIpStatus, ClusterSpec,
+        },
+        tunnel::{PodRef, VpcNatTunnelStatus},
+    };
+    use serde_json::json;
+
+    fn ips(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+    fn cidr(s: &str) -> Ipv4Cidr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn egress_range_sorted_contiguous() {
+        let (r, note) = egress_range(
+            &ips(&["242.0.0.3", "242.0.0.1", "242.0.0.2", "242.0.0.4"]),
+            cidr("242.0.0.0/16"),
+        )
+        .unwrap();
+        assert_eq!(r.to_string(), "242.0.0.1-242.0.0.4");
+        assert_eq!(note, None);
+        let (r, _) = egress_range(&ips(&["242.0.0.9"]), cidr("242.0.0.0/16")).unwrap();
+        assert_eq!(r.to_string(), "242.0.0.9-242.0.0.9");
+    }
+
+    #[test]
+    fn egress_range_non_contiguous_takes_the_longest_run() {
+        let (r, note) = egress_range(
+            &ips(&[
+                "242.0.0.9",
+                "242.0.0.1",
+                "242.0.0.10",
+                "242.0.0.11",
+                "242.0.0.2",
+                "242.0.0.11",
+            ]),
+            cidr("242.0.0.0/16"),
+        )
+        .unwrap();
+        assert_eq!(r.to_string(), "242.0.0.9-242.0.0.11");
+        assert!(note.unwrap().contains("2 other allocated IP(s) unused"));
+        // Tie: the lowest run.
+        let (r, _) = egress_range(
+            &ips(&["242.0.0.8", "242.0.0.7", "242.0.0.2", "242.0.0.1"]),
+            cidr("242.0.0.0/16"),
+        )
+        .unwrap();
+        assert_eq!(r.to_string(), "242.0.0.1-242.0.0.2");
+        // Across an octet boundary.
+        let (r, _) =
+            egress_range(&ips(&["242.0.1.0", "242.0.0.255"]), cidr("242.0.0.0/16")).unwrap();
+        assert_eq!(r.to_string(), "242.0.0.255-242.0.1.0");
+    }
+
+    #[test]
+    fn egress_range_refuses_garbage_and_foreign_addresses() {
+        let (r, note) = egress_range(
+            &ips(&["$(reboot)", "10.0.0.1", "242.0.0.5", "::1"]),
+            cidr("242.0.0.0/16"),
+        )
+        .unwrap();
+        assert_eq!(r.to_string(), "242.0.0.5-242.0.0.5");
+        assert!(note.unwrap().contains("$(reboot)"));
+        assert!(
+            egress_range(&[], cidr("242.0.0.0/16"))
+                .unwrap_err()
+                .contains("no allocatedIPs")
+        );
+        assert!(egress_range(&ips(&["10.0.0.1"]), cidr("242.0.0.0/16")).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn egress_range_only_holds_allocated_addresses(raw in proptest::collection::vec(0u32..64, 1..20)) {
+            let allocated: Vec<String> = raw.iter().map(|o| Ipv4Addr::from(0xF200_0000u32 + o).to_string()).collect();
+            let (r, _) = egress_range(&allocated, cidr("242.0.0.0/16")).unwrap();
+            for ip in u32::from(r.first())..=u32::from(r.last()) {
+                proptest::prop_assert!(allocated.contains(&Ipv4Addr::from(ip).to_string()));
+            }
+        }
+    }
+
+    fn tunnel(ns: &str, name: &str, gw: &str, remote_gw: &str, created: i64) -> Arc<VpcNatTunnel> {
+        let mut t = VpcNatTunnel::new(
+            name,
+            VpcNatTunnelSpec {
+                cluster_id: "cluster2".into(),
+                gateway_name: remote_gw.into(),
+                interface_addr: "10.100.0.1/24".into(),
+                nat_gw_dp: gw.into(),
+                tunnel_type: TunnelType::Vxlan,
+                vni: None,
+                dst_port: None,
+            },
+        );
+        t.metadata.namespace = Some(ns.into());
+        t.metadata.creation_timestamp = Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        Arc::new(t)
+    }
+
+    fn exip(name: &str, ip: &str, cidr: &str) -> Arc<GatewayExIp> {
+        Arc::new(GatewayExIp::new(
+            name,
+            GatewayExIpSpec {
+                externalip: ip.into(),
+                globalnetcidr: cidr.into(),
+            },
+        ))
+    }
+
+    fn pod(gw: &str, uid: &str) -> Arc<Pod> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("vpc-nat-gw-{gw}-0"), "namespace": "kube-system", "uid": uid,
+                    "labels": {"app": format!("vpc-nat-gw-{gw}"), "ovn.kubernetes.io/vpc-nat-gw": "true"},
+                    "annotations": {
+                        "ovn.kubernetes.io/gateway": "10.1.0.1",
+                        "k8s.v1.cni.cncf.io/networks": "kube-system/ext-net",
+                        "ext-net.kube-system.kubernetes.io/ip_address": "172.50.1.11",
+                    },
+                },
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot {
+            cluster_id: Some("cluster1".into()),
+            pods: vec![pod("gw1", "uid-1")],
+            ..Default::default()
+        };
+        s.exips.insert(
+            "rgw-cluster2".into(),
+            exip("rgw-cluster2", "172.50.2.11", "242.1.0.0/16"),
+        );
+        s.clusters.insert(
+            "cluster1".into(),
+            Arc::new(Cluster::new(
+                "cluster1",
+                ClusterSpec {
+                    cluster_id: "cluster1".into(),
+                    global_cidr: vec!["242.0.0.0/16".into()],
+                },
+            )),
+        );
+        let mut e = ClusterGlobalEgressIP::new(
+            "cluster-egress.submariner.io",
+            ClusterGlobalEgressIpSpec::default(),
+        );
+        e.status = Some(ClusterGlobalEgressIpStatus {
+            allocated_ips: ips(&["242.0.0.2", "242.0.0.1"]),
+        });
+        s.egress = Some(Arc::new(e));
+        s
+    }
+
+    #[test]
+    fn resolves_everything_from_the_snapshot() {
+        let s = snapshot();
+        let t = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        let r = resolve(&t, &s).unwrap();
+        assert_eq!(r.local_gateway, "gw1");
+        assert_eq!(
+            r.pod,
+            PodTarget {
+                name: "vpc-nat-gw-gw1-0".into(),
+                uid: "uid-1".into()
+            }
+        );
+        let c = &r.config;
+        assert_eq!(c.local_ip.to_string(), "172.50.1.11");
+        assert_eq!(c.remote_ip.to_string(), "172.50.2.11");
+        assert_eq!(c.ovn_gateway.to_string(), "10.1.0.1");
+        assert_eq!(c.local_cidr.to_string(), "242.0.0.0/16");
+        assert_eq!(c.remote_cidr.to_string(), "242.1.0.0/16");
+        assert_eq!(c.snat.to_string(), "242.0.0.1-242.0.0.2");
+        assert_eq!(c.tag.as_str(), "multivpc-tunnel:ns1/vx1");
+        assert_eq!(
+            c.encap,
+            Encap::Vxlan {
+                vni: Vni::new(100).unwrap(),
+                port: Port::new(4789).unwrap()
+            }
+        );
+        let a = applied_of(c);
+        assert_eq!(a.vni, Some(100));
+        assert_eq!(a.snat_range, "242.0.0.1-242.0.0.2");
+    }
+
+    #[test]
+    fn each_missing_input_has_its_reason() {
+        let t = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        type Edit = Box<dyn Fn(&mut Snapshot)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                reason::CLUSTER_ID_UNKNOWN,
+                Box::new(|s| s.cluster_id = None),
+            ),
+            (
+                reason::REMOTE_GATEWAY_NOT_FOUND,
+                Box::new(|s| s.exips.clear()),
+            ),
+            (
+                reason::REMOTE_GATEWAY_INVALID,
+                Box::new(|s| {
+                    s.exips.insert(
+                        "rgw-cluster2".into(),
+                        exip("rgw-cluster2", "1.2.3.4;id", "242.1.0.0/16"),
+                    );
+                }),
+            ),
+            (reason::GATEWAY_POD_NOT_FOUND, Box::new(|s| s.pods.clear())),
+            (
+                reason::GATEWAY_POD_NOT_READY,
+                Box::new(|s| {
+                    let mut p = (*s.pods[0]).clone();
+                    p.status.as_mut().unwrap().phase = Some("Pending".into());
+                    s.pods = vec![Arc::new(p)];
+                }),
+            ),
+            (
+                reason::GATEWAY_POD_NOT_READY,
+                Box::new(|s| {
+                    let mut p = (*s.pods[0]).clone();
+                    p.metadata
+                        .annotations
+                        .as_mut()
+                        .unwrap()
+                        .remove("ovn.kubernetes.io/gateway");
+                    s.pods = vec![Arc::new(p)];
+                }),
+            ),
+            (
+                reason::GLOBALNET_NOT_CONFIGURED,
+                Box::new(|s| s.clusters.clear()),
+            ),
+            (
+                reason::EGRESS_IPS_NOT_ALLOCATED,
+                Box::new(|s| s.egress = None),
+            ),
+            (
+                reason::EGRESS_IPS_NOT_ALLOCATED,
+                Box::new(|s| {
+                    let mut e = (**s.egress.as_ref().unwrap()).clone();
+                    e.status = None;
+                    s.egress = Some(Arc::new(e));
+                }),
+            ),
+        ];
+        for (want, edit) in cases {
+            let mut s = snapshot();
+            edit(&mut s);
+            let err = resolve(&t, &s).unwrap_err();
+            assert_eq!(err.reason, want, "{}", err.message);
+        }
+        let mut bad = (*t).clone();
+        bad.spec.interface_addr = "10.100.0.0/24".into();
+        assert_eq!(
+            resolve(&bad, &snapshot()).unwrap_err().reason,
+            reason::INVALID_SPEC
+        );
+    }
+
+    #[test]
+    fn the_active_gateway_label_moves_the_tunnel() {
+        let mut s = snapshot();
+        s.pods.push(pod("gw1b", "uid-2"));
+        let mut local = (*exip("gw1-cluster1", "172.50.1.11", "242.0.0.0/16")).clone();
+        local
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(LABEL_ACTIVE_GATEWAY.into(), "gw1b".into());
+        s.exips.insert("gw1-cluster1".into(), Arc::new(local));
+        let r = resolve(&tunnel("ns1", "vx1", "gw1", "rgw", 1), &s).unwrap();
+        assert_eq!(r.local_gateway, "gw1b");
+        assert_eq!(r.pod.uid, "uid-2");
+    }
+
+    #[test]
+    fn conflicts_refuse_the_later_tunnel() {
+        let mut s = snapshot();
+        s.exips.insert(
+            "rgw2-cluster2".into(),
+            exip("rgw2-cluster2", "172.50.2.12", "242.1.0.0/24"),
+        );
+        s.exips.insert(
+            "rgw3-cluster2".into(),
+            exip("rgw3-cluster2", "172.50.3.12", "242.2.0.0/16"),
+        );
+        let first = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        let same_name = tunnel("ns2", "vx1", "gw1", "rgw3", 2);
+        let same_cidr = tunnel("ns1", "vx2", "gw1", "rgw2", 3);
+        let other_gw = tunnel("ns3", "vx1", "gw9", "rgw", 4);
+        s.tunnels = vec![
+            first.clone(),
+            same_name.clone(),
+            same_cidr.clone(),
+            other_gw.clone(),
+        ];
+        s.pods.push(pod("gw9", "uid-9"));
+        assert!(resolve(&first, &s).is_ok());
+        assert_eq!(
+            resolve(&same_name, &s).unwrap_err().reason,
+            reason::INTERFACE_NAME_CONFLICT
+        );
+        assert_eq!(
+            resolve(&same_cidr, &s).unwrap_err().reason,
+            reason::REMOTE_CIDR_CONFLICT
+        );
+        assert!(resolve(&other_gw, &s).is_ok(), "other gateway, no conflict");
+        // A deleted earlier tunnel no longer blocks.
+        let mut gone = (*first).clone();
+        gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
+        s.tunnels[0] = Arc::new(gone);
+        assert!(resolve(&same_name, &s).is_ok());
+    }
+
+    #[test]
+    fn networks_annotation_forms() {
+        let mut p = (*pod("g", "u")).clone();
+        let set = |p: &mut Pod, v: &str| {
+            p.metadata
+                .annotations
+                .as_mut()
+                .unwrap()
+                .insert(NETWORKS_ANNOTATION.into(), v.into());
+        };
+        for (v, want) in [
+            ("kube-system/ext", ("ext", "kube-system")),
+            ("ext", ("ext", "kube-system")),
+            ("other/ext@net1, x/y", ("ext", "other")),
+            (r#"[{"name":"ext","namespace":"n"}]"#, ("ext", "n")),
+            ("[bad json", (DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM)),
+        ] {
+            set(&mut p, v);
+            assert_eq!(
+                external_nad(&p),
+                (want.0.to_owned(), want.1.to_owned()),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn local_route_sharing() {
+        let mut s = snapshot();
+        let a = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        let mut b = (*tunnel("ns1", "vx2", "gw1", "rgw2", 2)).clone();
+        b.status = Some(VpcNatTunnelStatus {
+            gateway_pod: Some(PodRef {
+                name: "p".into(),
+                uid: "uid-1".into(),
+            }),
+            applied: Some(AppliedTunnel {
+                local_route: "242.0.0.0/16".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        s.tunnels = vec![a.clone(), Arc::new(b)];
+        assert!(local_route_shared(&a, "uid-1", cidr("242.0.0.0/16"), &s));
+        assert!(!local_route_shared(&a, "uid-2", cidr("242.0.0.0/16"), &s));
+        assert!(!local_route_shared(&a, "uid-1", cidr("242.5.0.0/16"), &s));
+    }
+}
