@@ -1,8 +1,18 @@
-//! Publishes VPC NAT gateway endpoints and syncs them through the Submariner broker.
+//! exip-syncer: publishes VPC NAT gateway endpoints as GatewayExIps, fails a VPC's routes over
+//! to a standby gateway, and syncs GatewayExIps both ways through the Submariner broker.
+
+mod broker;
+mod controller;
+mod failover;
+mod metrics;
+mod model;
+mod publish;
+mod sync;
+
+use std::time::Duration;
 
 use clap::Parser;
-use kube::Api;
-use multivpc_api::GatewayExIp;
+use multivpc_api::keys::KUBE_SYSTEM;
 use multivpc_runtime::{CommonArgs, Runtime};
 
 /// Publishes VPC NAT gateway endpoints and syncs them through the Submariner broker.
@@ -11,23 +21,155 @@ use multivpc_runtime::{CommonArgs, Runtime};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    /// Namespace of the NAT gateway pods and of the GatewayExIps.
+    #[arg(long, env = "GATEWAY_NAMESPACE", default_value = KUBE_SYSTEM)]
+    gateway_namespace: String,
+
+    /// Globalnet CIDR to publish (otherwise the Submariner Cluster's spec.global_cidr[0]).
+    #[arg(long, env = "GLOBALNET_CIDR", value_parser = parse_cidr)]
+    globalnet_cidr: Option<String>,
+
+    /// How long the gateway a VPC's routes point to must be unavailable before failover.
+    #[arg(long, env = "FAILOVER_GRACE_PERIOD", default_value = "5s", value_parser = parse_duration)]
+    failover_grace_period: Duration,
+
+    /// What to do when a failed primary is available again.
+    #[arg(long, env = "FAILBACK", value_enum, default_value_t = failover::FailbackPolicy::Never)]
+    failback: failover::FailbackPolicy,
+
+    /// With --failback=auto: how long the primary must be available again before fail-back.
+    #[arg(long, env = "FAILBACK_DELAY", default_value = "60s", value_parser = parse_duration)]
+    failback_delay: Duration,
+
+    /// Where the broker credentials come from: "service-discovery" (Submariner's), "none", or
+    /// "secret:<namespace>/<name>" (a Secret whose key `kubeconfig` is a broker kubeconfig).
+    #[arg(long, env = "BROKER_CREDENTIALS", default_value = "service-discovery", value_parser = parse_source)]
+    broker_credentials: broker::Source,
+
+    /// Broker namespace (default: ServiceDiscovery's brokerK8sRemoteNamespace, else
+    /// submariner-k8s-broker).
+    #[arg(long, env = "BROKER_NAMESPACE")]
+    broker_namespace: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration {s:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn parse_cidr(s: &str) -> Result<String, String> {
+    s.parse::<multivpc_api::net::Ipv4Cidr>()
+        .map(|c| c.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_source(s: &str) -> Result<broker::Source, String> {
+    match s {
+        "service-discovery" => Ok(broker::Source::ServiceDiscovery),
+        "none" => Ok(broker::Source::Disabled),
+        _ => {
+            let rest = s
+                .strip_prefix("secret:")
+                .ok_or_else(|| format!("invalid broker credentials source {s:?}"))?;
+            let (namespace, name) = rest
+                .split_once('/')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .ok_or_else(|| format!("expected secret:<namespace>/<name>, got {s:?}"))?;
+            Ok(broker::Source::Secret {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    multivpc_runtime::main_with("exip-syncer", run(args))
+    multivpc_runtime::main_with(controller::MANAGER, run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = Runtime::init("exip-syncer", args.common).await?;
-    // Registered now so the reconcile families are scraped before the first reconcile.
-    let _reconcile_metrics = runtime.metrics().controller("gatewayexip");
-    let api: Api<GatewayExIp> = Api::all(runtime.client());
+    let settings = controller::Settings {
+        cluster_id: args.common.cluster_id.clone(),
+        namespace: args.gateway_namespace.clone(),
+        globalnet_cidr: args.globalnet_cidr.clone(),
+        policy: failover::Policy {
+            grace: args.failover_grace_period,
+            failback: args.failback,
+            failback_delay: args.failback_delay,
+        },
+        broker: broker::BrokerSettings {
+            source: args.broker_credentials.clone(),
+            namespace: args.broker_namespace.clone(),
+        },
+    };
+    let runtime = Runtime::init(controller::MANAGER, args.common).await?;
+    let reconcile_metrics = runtime.metrics().controller("gatewayexip");
+    let metrics = metrics::SyncerMetrics::register(runtime.metrics().registry())?;
+    let client = runtime.client();
     let readiness = runtime.readiness();
-    // The reconciler lands with its own issue; until then the binary runs watch-only.
     runtime
         .run(move |shutdown| {
-            multivpc_runtime::watch_only::run(api.clone(), readiness.clone(), shutdown)
+            controller::run(
+                client.clone(),
+                settings.clone(),
+                metrics.clone(),
+                reconcile_metrics.clone(),
+                readiness.clone(),
+                shutdown,
+            )
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let a = Args::try_parse_from([
+            "x",
+            "--failover-grace-period=1500ms",
+            "--failback=auto",
+            "--broker-credentials=secret:ns1/brk",
+            "--globalnet-cidr=242.1.0.0/16",
+        ])
+        .unwrap();
+        assert_eq!(a.failover_grace_period, Duration::from_millis(1500));
+        assert_eq!(a.failback, failover::FailbackPolicy::Auto);
+        assert_eq!(
+            a.broker_credentials,
+            broker::Source::Secret {
+                namespace: "ns1".into(),
+                name: "brk".into()
+            }
+        );
+        let d = Args::try_parse_from(["x"]).unwrap();
+        assert_eq!(d.failover_grace_period, Duration::from_secs(5));
+        assert_eq!(d.failback, failover::FailbackPolicy::Never);
+        assert_eq!(d.broker_credentials, broker::Source::ServiceDiscovery);
+        assert_eq!(d.gateway_namespace, "kube-system");
+        for bad in [
+            "--broker-credentials=secret:x",
+            "--globalnet-cidr=242.1.0.0",
+            "--failover-grace-period=5h",
+        ] {
+            assert!(Args::try_parse_from(["x", bad]).is_err(), "{bad}");
+        }
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+    }
 }

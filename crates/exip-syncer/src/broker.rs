@@ -1,0 +1,454 @@
+//! The broker side: credentials, connection, the broker watch and the sync loop. Runs beside
+//! the local controller and never blocks it: while the broker is unreachable the local work
+//! goes on, `multivpc_broker_connected` is 0, and reconnecting re-lists everything (a full
+//! resync).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    runtime::{reflector::Store, watcher},
+};
+use multivpc_api::{
+    GatewayExIp,
+    foreign::submariner::{
+        DEFAULT_BROKER_NAMESPACE, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery,
+        ServiceDiscoverySpec,
+    },
+};
+use multivpc_runtime::backoff::ErrorBackoff;
+use serde_json::json;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    controller::MANAGER,
+    metrics::SyncerMetrics,
+    sync::{self, Direction, Op},
+};
+
+/// Where the broker credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Submariner's `submariner-operator/service-discovery` (the default).
+    ServiceDiscovery,
+    /// A Secret `<namespace>/<name>` whose key `kubeconfig` holds a kubeconfig for the broker.
+    Secret { namespace: String, name: String },
+    /// Broker sync switched off.
+    Disabled,
+}
+
+/// How to reach the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub source: Source,
+    /// Broker namespace; otherwise ServiceDiscovery's brokerK8sRemoteNamespace, the
+    /// kubeconfig context's namespace, or `submariner-k8s-broker`.
+    pub namespace: Option<String>,
+}
+
+/// The `https://host:port` URL of a ServiceDiscovery's `brokerK8sApiServer`.
+pub fn broker_url(api_server: &str) -> anyhow::Result<String> {
+    let s = api_server.trim().trim_end_matches('/');
+    if s.is_empty() {
+        bail!("brokerK8sApiServer is empty");
+    }
+    if s.starts_with("https://") || s.starts_with("http://") {
+        return Ok(s.to_owned());
+    }
+    Ok(format!("https://{s}"))
+}
+
+/// A kubeconfig for the broker built from a ServiceDiscovery spec: token auth, the base64 CA
+/// as certificate-authority-data, TLS verified unless `brokerK8sInsecure` is set.
+pub fn kubeconfig_from_service_discovery(
+    sd: &ServiceDiscoverySpec,
+    namespace: &str,
+) -> anyhow::Result<Kubeconfig> {
+    let server = broker_url(&sd.broker_k8s_api_server)?;
+    if sd.broker_k8s_api_server_token.is_empty() {
+        bail!("brokerK8sApiServerToken is empty");
+    }
+    let mut cluster = json!({ "server": server });
+    if sd.broker_k8s_insecure {
+        cluster["insecure-skip-tls-verify"] = json!(true);
+    } else if !sd.broker_k8s_ca.trim().is_empty() {
+        cluster["certificate-authority-data"] = json!(sd.broker_k8s_ca.trim());
+    }
+    let value = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{ "name": "broker", "cluster": cluster }],
+        "users": [{ "name": "broker", "user": { "token": sd.broker_k8s_api_server_token } }],
+        "contexts": [{ "name": "broker", "context": { "cluster": "broker", "user": "broker", "namespace": namespace } }],
+        "current-context": "broker",
+    });
+    serde_json::from_value(value).context("build broker kubeconfig")
+}
+
+/// Builds a client for the broker and names its namespace. Never logs the token.
+async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(Client, String)> {
+    let (kubeconfig, namespace) = match &settings.source {
+        Source::Disabled => bail!("broker sync is disabled"),
+        Source::ServiceDiscovery => {
+            let api: Api<ServiceDiscovery> = Api::namespaced(local.clone(), SUBMARINER_NAMESPACE);
+            let sd = api
+                .get_opt(SERVICE_DISCOVERY_NAME)
+                .await
+                .with_context(|| format!("read {SUBMARINER_NAMESPACE}/{SERVICE_DISCOVERY_NAME}"))?
+                .with_context(|| {
+                    format!("no ServiceDiscovery {SUBMARINER_NAMESPACE}/{SERVICE_DISCOVERY_NAME}")
+                })?;
+            let ns = settings
+                .namespace
+                .clone()
+                .or_else(|| {
+                    Some(sd.spec.broker_k8s_remote_namespace.clone()).filter(|n| !n.is_empty())
+                })
+                .unwrap_or_else(|| DEFAULT_BROKER_NAMESPACE.into());
+            (kubeconfig_from_service_discovery(&sd.spec, &ns)?, ns)
+        }
+        Source::Secret { namespace, name } => {
+            let api: Api<Secret> = Api::namespaced(local.clone(), namespace);
+            let secret = api
+                .get(name)
+                .await
+                .with_context(|| format!("read Secret {namespace}/{name}"))?;
+            let data = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("kubeconfig"))
+                .with_context(|| format!("Secret {namespace}/{name} has no key kubeconfig"))?;
+            let text = std::str::from_utf8(&data.0).context("kubeconfig is not UTF-8")?;
+            let kc = Kubeconfig::from_yaml(text).context("parse the broker kubeconfig")?;
+            let context_ns = kc
+                .contexts
+                .iter()
+                .find(|c| Some(&c.name) == kc.current_context.as_ref())
+                .and_then(|c| c.context.as_ref()?.namespace.clone());
+            let ns = settings
+                .namespace
+                .clone()
+                .or(context_ns)
+                .unwrap_or_else(|| DEFAULT_BROKER_NAMESPACE.into());
+            (kc, ns)
+        }
+    };
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("broker client configuration")?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(300));
+    config.write_timeout = Some(Duration::from_secs(10));
+    let client = Client::try_from(config).context("broker client")?;
+    Ok((client, namespace))
+}
+
+/// What the sync loop knows about the broker.
+#[derive(Default)]
+struct BrokerView {
+    /// Client and namespace while connected and listed.
+    connection: Option<(Client, String)>,
+    objects: BTreeMap<String, GatewayExIp>,
+}
+
+/// Runs the broker connection and the sync loop until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    local_client: Client,
+    settings: BrokerSettings,
+    cluster_id: String,
+    local_ns: String,
+    local_exips: Store<GatewayExIp>,
+    sync_notify: Arc<Notify>,
+    metrics: SyncerMetrics,
+    shutdown: CancellationToken,
+) {
+    if settings.source == Source::Disabled {
+        tracing::info!("broker sync disabled");
+        return;
+    }
+    let view = Arc::new(Mutex::new(BrokerView::default()));
+    let watch = tokio::spawn(watch_broker(
+        local_client.clone(),
+        settings,
+        view.clone(),
+        sync_notify.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let mut logged: BTreeSet<(String, String, &'static str)> = BTreeSet::new();
+    let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut retry: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = async {
+            match retry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = sync_notify.notified() => {}
+            _ = wake => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        retry = None;
+        let (connection, broker) = {
+            let v = view.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                v.connection.clone(),
+                v.objects.values().cloned().collect::<Vec<_>>(),
+            )
+        };
+        let Some((client, broker_ns)) = connection else {
+            continue; // Not connected: the watch task pokes us when it is.
+        };
+        if local_exips.wait_until_ready().await.is_err() {
+            break;
+        }
+        let local: Vec<GatewayExIp> = local_exips.state().iter().map(|o| (**o).clone()).collect();
+        let plan = sync::plan(&cluster_id, &local_ns, &broker_ns, &local, &broker);
+        for s in &plan.skipped {
+            // Logged and counted once per object version, not on every pass.
+            let version = format!(
+                "{}/{}",
+                s.name,
+                broker
+                    .iter()
+                    .chain(local.iter())
+                    .find(|o| o.name_any() == s.name)
+                    .and_then(|o| o.resource_version())
+                    .unwrap_or_default()
+            );
+            if logged.insert((version, s.reason.clone(), s.result)) {
+                tracing::warn!(
+                    name = s.name,
+                    direction = s.direction.label(),
+                    result = s.result,
+                    reason = s.reason,
+                    "GatewayExIp not synced"
+                );
+                metrics
+                    .broker_sync
+                    .with_label_values(&[s.direction.label(), s.result])
+                    .inc();
+            }
+        }
+        let broker_api: Api<GatewayExIp> = Api::namespaced(client, &broker_ns);
+        let local_api: Api<GatewayExIp> = Api::namespaced(local_client.clone(), &local_ns);
+        let mut failed = false;
+        for (direction, ops, api) in [
+            (Direction::ToBroker, &plan.to_broker, &broker_api),
+            (Direction::FromBroker, &plan.from_broker, &local_api),
+        ] {
+            for op in ops {
+                let result = execute(api, op).await;
+                let label = if result.is_ok() { "success" } else { "error" };
+                metrics
+                    .broker_sync
+                    .with_label_values(&[direction.label(), label])
+                    .inc();
+                match result {
+                    Ok(()) => tracing::info!(
+                        direction = direction.label(),
+                        op = describe(op),
+                        "synced GatewayExIp"
+                    ),
+                    Err(err) => {
+                        failed = true;
+                        tracing::warn!(direction = direction.label(), op = describe(op), %err, "GatewayExIp sync failed");
+                    }
+                }
+            }
+        }
+        if failed {
+            let delay = backoff.next_delay("sync");
+            retry = Some(tokio::time::Instant::now() + delay);
+        } else {
+            backoff.reset("sync");
+        }
+    }
+    let _ = watch.await;
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::Apply(o) => format!(
+            "apply {}/{} externalip={}",
+            o.namespace().unwrap_or_default(),
+            o.name_any(),
+            o.spec.externalip
+        ),
+        Op::Delete { name, namespace } => format!("delete {namespace}/{name}"),
+    }
+}
+
+async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<(), kube::Error> {
+    match op {
+        Op::Apply(obj) => {
+            api.patch(
+                &obj.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await?;
+        }
+        Op::Delete { name, .. } => match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(err) => return Err(err),
+        },
+    }
+    Ok(())
+}
+
+/// Keeps a list+watch of the broker namespace's GatewayExIps in `view`. Any error drops the
+/// connection (gauge 0), waits with backoff, re-reads the credentials and re-lists.
+async fn watch_broker(
+    local: Client,
+    settings: BrokerSettings,
+    view: Arc<Mutex<BrokerView>>,
+    sync_notify: Arc<Notify>,
+    metrics: SyncerMetrics,
+    shutdown: CancellationToken,
+) {
+    let backoff = ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    metrics.broker_connected.set(0);
+    loop {
+        let attempt = async {
+            let (client, ns) = connect(&local, &settings).await?;
+            let api: Api<GatewayExIp> = Api::namespaced(client.clone(), &ns);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut buffer: Option<BTreeMap<String, GatewayExIp>> = None;
+            while let Some(event) = stream.next().await {
+                match event
+                    .with_context(|| format!("watch GatewayExIps in broker namespace {ns}"))?
+                {
+                    watcher::Event::Init => buffer = Some(BTreeMap::new()),
+                    watcher::Event::InitApply(o) => {
+                        buffer.get_or_insert_default().insert(o.name_any(), o);
+                    }
+                    watcher::Event::InitDone => {
+                        let objects = buffer.take().unwrap_or_default();
+                        let n = objects.len();
+                        {
+                            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+                            v.objects = objects;
+                            v.connection = Some((client.clone(), ns.clone()));
+                        }
+                        if metrics.broker_connected.get() == 0 {
+                            tracing::info!(
+                                namespace = ns,
+                                objects = n,
+                                "connected to the broker; full resync"
+                            );
+                        }
+                        metrics.broker_connected.set(1);
+                        backoff.reset("broker");
+                        sync_notify.notify_one();
+                    }
+                    watcher::Event::Apply(o) => {
+                        view.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .objects
+                            .insert(o.name_any(), o);
+                        sync_notify.notify_one();
+                    }
+                    watcher::Event::Delete(o) => {
+                        view.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .objects
+                            .remove(&o.name_any());
+                        sync_notify.notify_one();
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = attempt => r,
+        };
+        view.lock().unwrap_or_else(|p| p.into_inner()).connection = None;
+        let delay = backoff.next_delay("broker");
+        if metrics.broker_connected.get() == 1 {
+            tracing::warn!(err = result.err().map(|e| format!("{e:#}")), retry_in = ?delay, "lost the broker; local publishing and failover go on");
+        } else {
+            tracing::warn!(err = result.err().map(|e| format!("{e:#}")), retry_in = ?delay, "cannot reach the broker");
+        }
+        metrics.broker_connected.set(0);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    metrics.broker_connected.set(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd(server: &str, insecure: bool) -> ServiceDiscoverySpec {
+        ServiceDiscoverySpec {
+            broker_k8s_api_server: server.into(),
+            broker_k8s_api_server_token: "s3cr3t".into(),
+            broker_k8s_ca: "Q0E=".into(),
+            broker_k8s_remote_namespace: "brk".into(),
+            broker_k8s_insecure: insecure,
+            cluster_id: "c1".into(),
+            globalnet_enabled: true,
+        }
+    }
+
+    #[test]
+    fn broker_url_adds_https_to_host_port() {
+        assert_eq!(
+            broker_url("10.0.0.1:6443").unwrap(),
+            "https://10.0.0.1:6443"
+        );
+        assert_eq!(broker_url("https://b:443/").unwrap(), "https://b:443");
+        assert!(broker_url(" ").is_err());
+    }
+
+    #[test]
+    fn service_discovery_becomes_a_verified_token_kubeconfig() {
+        let kc = kubeconfig_from_service_discovery(&sd("127.0.0.1:6443", false), "brk").unwrap();
+        let cluster = kc.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+        assert_eq!(cluster.certificate_authority_data.as_deref(), Some("Q0E="));
+        assert_ne!(cluster.insecure_skip_tls_verify, Some(true));
+        assert_eq!(
+            kc.contexts[0]
+                .context
+                .as_ref()
+                .unwrap()
+                .namespace
+                .as_deref(),
+            Some("brk")
+        );
+        // The token is kept out of Debug output.
+        assert!(!format!("{kc:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn insecure_only_when_asked() {
+        let kc = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk").unwrap();
+        let cluster = kc.clusters[0].cluster.as_ref().unwrap();
+        assert_eq!(cluster.insecure_skip_tls_verify, Some(true));
+        assert_eq!(cluster.certificate_authority_data, None);
+        let mut no_token = sd("b:6443", false);
+        no_token.broker_k8s_api_server_token.clear();
+        assert!(kubeconfig_from_service_discovery(&no_token, "brk").is_err());
+    }
+}

@@ -1,0 +1,557 @@
+//! The local controller: watches the NAT gateways, their pods, the VPCs, the Submariner Cluster
+//! and the GatewayExIps, and on every change runs one pass over all of them: failover decisions
+//! ([`crate::failover`]), route patches, then publishing ([`crate::publish`]).
+//!
+//! One pass covers every gateway because failover couples the gateways of a VPC, the VPC's
+//! routes and several GatewayExIps; a pass with nothing to change makes no API call.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
+    runtime::{
+        WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use multivpc_api::{
+    GatewayExIp,
+    foreign::{
+        kubeovn::{Vpc, VpcNatGateway},
+        submariner::{Cluster, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery},
+    },
+    keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY, LABEL_VPC_NAT_GW},
+};
+use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{self, BrokerSettings},
+    failover::{self, Health, MoveKind, Policy, RouteMove, VpcRoutes},
+    metrics::SyncerMetrics,
+    model, publish,
+};
+
+/// Field manager, event reporter and log name.
+pub const MANAGER: &str = "exip-syncer";
+/// Bursts of watch events are coalesced into one pass.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// What the controller was configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// From `--cluster-id`; otherwise read from ServiceDiscovery at start.
+    pub cluster_id: Option<String>,
+    /// Namespace of the gateways' pods and of the GatewayExIps.
+    pub namespace: String,
+    pub globalnet_cidr: Option<String>,
+    pub policy: Policy,
+    pub broker: BrokerSettings,
+}
+
+/// Errors of one pass; retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("route patch of Vpc {0}: {1}")]
+    RoutePatch(String, #[source] kube::Error),
+}
+
+/// The caches a pass decides from.
+#[derive(Clone)]
+pub struct Stores {
+    pub gateways: Store<VpcNatGateway>,
+    pub pods: Store<Pod>,
+    pub vpcs: Store<Vpc>,
+    pub clusters: Option<Store<Cluster>>,
+    pub exips: Store<GatewayExIp>,
+}
+
+struct Context {
+    client: Client,
+    settings: Settings,
+    cluster_id: String,
+    stores: Stores,
+    recorder: Recorder,
+    metrics: SyncerMetrics,
+    /// Gateway availability and since when (in memory: a restart restarts the grace period).
+    health: HashMap<String, Health>,
+    /// (vpc, gateway) outages already reported as having no standby.
+    stranded: BTreeSet<(String, String)>,
+}
+
+/// Reads the cluster ID from Submariner's ServiceDiscovery, retrying until it is there.
+async fn resolve_cluster_id(client: &Client, shutdown: &CancellationToken) -> Option<String> {
+    let api: Api<ServiceDiscovery> = Api::namespaced(client.clone(), SUBMARINER_NAMESPACE);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match api.get_opt(SERVICE_DISCOVERY_NAME).await {
+            Ok(Some(sd)) if !sd.spec.cluster_id.is_empty() => return Some(sd.spec.cluster_id),
+            Ok(_) => tracing::warn!(
+                "no --cluster-id and no clusterID in {SUBMARINER_NAMESPACE}/{SERVICE_DISCOVERY_NAME}; waiting for Submariner"
+            ),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read {SUBMARINER_NAMESPACE}/{SERVICE_DISCOVERY_NAME} for the cluster ID")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Spawns a reflector for `api` that pokes `notifies` on every change.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notifies: Vec<Arc<Notify>>,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .map(move |event| match &event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+                for n in &notifies {
+                    n.notify_one();
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(%err, "watch error (retrying)"),
+        });
+    (store, stream)
+}
+
+/// Runs the controller and the broker sync until `shutdown`.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: SyncerMetrics,
+    reconcile_metrics: ReconcileMetrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cluster_id = match &settings.cluster_id {
+        Some(id) => id.clone(),
+        None => match resolve_cluster_id(&client, &shutdown).await {
+            Some(id) => id,
+            None => return Ok(()),
+        },
+    };
+    tracing::info!(cluster_id, namespace = settings.namespace, "starting");
+    let ns = settings.namespace.as_str();
+    let local = Arc::new(Notify::new());
+    let sync = Arc::new(Notify::new());
+    let mut streams = Vec::new();
+
+    let (gateways, s) = reflect(
+        Api::<VpcNatGateway>::all(client.clone()),
+        watcher::Config::default(),
+        vec![local.clone()],
+    );
+    streams.push(s.boxed());
+    let (pods, s) = reflect(
+        Api::<Pod>::namespaced(client.clone(), ns),
+        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+        vec![local.clone()],
+    );
+    streams.push(s.boxed());
+    let (vpcs, s) = reflect(
+        Api::<Vpc>::all(client.clone()),
+        watcher::Config::default(),
+        vec![local.clone()],
+    );
+    streams.push(s.boxed());
+    let clusters = if settings.globalnet_cidr.is_none() {
+        let (clusters, s) = reflect(
+            Api::<Cluster>::namespaced(client.clone(), SUBMARINER_NAMESPACE),
+            watcher::Config::default().fields(&format!("metadata.name={cluster_id}")),
+            vec![local.clone()],
+        );
+        streams.push(s.boxed());
+        Some(clusters)
+    } else {
+        None
+    };
+    let (exips, s) = reflect(
+        Api::<GatewayExIp>::namespaced(client.clone(), ns),
+        watcher::Config::default(),
+        vec![local.clone(), sync.clone()],
+    );
+    streams.push(s.boxed());
+    let stores = Stores {
+        gateways,
+        pods,
+        vpcs,
+        clusters,
+        exips,
+    };
+
+    let watches = tokio::spawn(futures::stream::select_all(streams).for_each(|_| async {}));
+
+    let synced = Arc::new(AtomicBool::new(false));
+    let ready_task = {
+        let stores = stores.clone();
+        let synced = synced.clone();
+        let local = local.clone();
+        tokio::spawn(async move {
+            let cluster_ready = async {
+                match &stores.clusters {
+                    Some(c) => c.wait_until_ready().await,
+                    None => Ok(()),
+                }
+            };
+            let ready = tokio::try_join!(
+                stores.gateways.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+                stores.vpcs.wait_until_ready(),
+                stores.exips.wait_until_ready(),
+                cluster_ready,
+            );
+            if ready.is_ok() {
+                tracing::info!("caches synced");
+                synced.store(true, Ordering::SeqCst);
+                readiness.set_synced(true);
+                local.notify_one();
+            }
+        })
+    };
+
+    let broker_task = tokio::spawn(broker::run(
+        client.clone(),
+        settings.broker.clone(),
+        cluster_id.clone(),
+        settings.namespace.clone(),
+        stores.exips.clone(),
+        sync,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+
+    let mut ctx = Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        client,
+        settings,
+        cluster_id,
+        stores,
+        metrics,
+        health: HashMap::new(),
+        stranded: BTreeSet::new(),
+    };
+    let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(60));
+    let mut next: Option<tokio::time::Instant> = None;
+    loop {
+        let wake = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = local.notified() => {}
+            _ = wake => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        if !synced.load(Ordering::SeqCst) {
+            continue;
+        }
+        let mut next_check = None;
+        let result = reconcile_metrics
+            .measure(async {
+                let n = pass(&mut ctx).await?;
+                next_check = n;
+                Ok::<_, Error>(match n {
+                    Some(at) => Action::requeue(at.saturating_duration_since(Instant::now())),
+                    None => Action::await_change(),
+                })
+            })
+            .await;
+        next = match result {
+            Ok(_) => {
+                backoff.reset("pass");
+                next_check.map(tokio::time::Instant::from_std)
+            }
+            Err(err) => {
+                let delay = backoff.next_delay("pass");
+                tracing::warn!(%err, retry_in = ?delay, "pass failed");
+                Some(tokio::time::Instant::now() + delay)
+            }
+        };
+    }
+    ready_task.abort();
+    let _ = broker_task.await;
+    watches.abort();
+    Ok(())
+}
+
+/// One pass: decide, repoint routes, publish. Returns when to look again without a change.
+async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
+    let now = Instant::now();
+    let ns = ctx.settings.namespace.clone();
+    let gateways = model::gateways(&ctx.stores.gateways.state(), &ctx.stores.pods.state(), &ns);
+    failover::observe(&mut ctx.health, &gateways, now);
+    let vpcs: Vec<VpcRoutes> = ctx
+        .stores
+        .vpcs
+        .state()
+        .iter()
+        .filter(|v| !v.spec.static_routes.is_empty())
+        .map(|v| VpcRoutes {
+            name: v.name_any(),
+            routes: v.spec.static_routes.clone(),
+        })
+        .collect();
+    let existing: Vec<GatewayExIp> = ctx
+        .stores
+        .exips
+        .state()
+        .iter()
+        .map(|o| (**o).clone())
+        .collect();
+    let actives: BTreeMap<String, String> = existing
+        .iter()
+        .filter(|o| publish::is_own(o, &ctx.cluster_id))
+        .filter_map(|o| {
+            Some((
+                o.labels().get(LABEL_GATEWAY)?.clone(),
+                o.labels().get(LABEL_ACTIVE_GATEWAY)?.clone(),
+            ))
+        })
+        .collect();
+    let decisions = failover::decide(
+        &vpcs,
+        &gateways,
+        &ctx.health,
+        &actives,
+        &ctx.settings.policy,
+        now,
+    );
+    report_stranded(ctx, &decisions.stranded).await;
+
+    // Routes first: the GatewayExIp follows the routes (see failover::active_for), so a
+    // failure here leaves the published objects consistent with the routes.
+    for vpc in &vpcs {
+        let moves: Vec<RouteMove> = decisions
+            .moves
+            .iter()
+            .filter(|m| m.vpc == vpc.name)
+            .cloned()
+            .collect();
+        let Some(patch) = failover::route_patch(vpc, &moves) else {
+            continue;
+        };
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).expect("route_patch builds a valid JSON patch");
+        let api: Api<Vpc> = Api::all(ctx.client.clone());
+        if let Err(err) = api
+            .patch(
+                &vpc.name,
+                &PatchParams::default(),
+                &Patch::Json::<()>(patch),
+            )
+            .await
+        {
+            for m in &moves {
+                ctx.metrics
+                    .failovers
+                    .with_label_values(&[kind_label(m.kind), "error"])
+                    .inc();
+            }
+            return Err(Error::RoutePatch(vpc.name.clone(), err));
+        }
+        for m in &moves {
+            tracing::info!(
+                vpc = m.vpc, kind = kind_label(m.kind), from = m.from_gw, from_ip = %m.from_ip,
+                to = m.to_gw, to_ip = %m.to_ip, "repointed static routes"
+            );
+            let reference = vpc_reference(ctx, &m.vpc);
+            let (reason, what) = match m.kind {
+                MoveKind::Failover => ("GatewayFailover", "unavailable"),
+                MoveKind::Failback => ("GatewayFailback", "available again"),
+            };
+            publish_event(
+                ctx,
+                &reference,
+                EventType::Warning,
+                reason,
+                format!(
+                    "NAT gateway {} ({}) {what} for {:.1}s: static routes via {} now via {} ({})",
+                    m.from_gw,
+                    m.from_ip,
+                    now.duration_since(m.since).as_secs_f64(),
+                    m.from_ip,
+                    m.to_ip,
+                    m.to_gw,
+                ),
+            )
+            .await;
+        }
+    }
+
+    let globalnet = ctx.settings.globalnet_cidr.clone().or_else(|| {
+        ctx.stores.clusters.as_ref().and_then(|c| {
+            c.state()
+                .first()
+                .and_then(|c| c.spec.global_cidr.first().cloned())
+        })
+    });
+    if globalnet.is_none() {
+        tracing::warn!(
+            cluster_id = ctx.cluster_id,
+            "no Globalnet CIDR (Submariner Cluster {SUBMARINER_NAMESPACE}/{} has no global_cidr and no --globalnet-cidr): not publishing new GatewayExIps",
+            ctx.cluster_id
+        );
+    }
+    let ops = publish::plan(&publish::Inputs {
+        cluster_id: &ctx.cluster_id,
+        namespace: &ns,
+        gateways: &gateways,
+        vpcs: &vpcs,
+        moves: &decisions.moves,
+        existing: &existing,
+        globalnet_cidr: globalnet.as_deref(),
+    });
+    let api: Api<GatewayExIp> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut published = existing
+        .iter()
+        .filter(|o| publish::is_own(o, &ctx.cluster_id))
+        .count() as i64;
+    for op in ops {
+        match op {
+            publish::Op::Apply { object, created } => {
+                let name = object.name_any();
+                api.patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&object),
+                )
+                .await?;
+                if created {
+                    published += 1;
+                }
+                tracing::info!(
+                    name,
+                    externalip = object.spec.externalip,
+                    active = object
+                        .labels()
+                        .get(LABEL_ACTIVE_GATEWAY)
+                        .map(String::as_str),
+                    created,
+                    "published GatewayExIp"
+                );
+            }
+            publish::Op::Delete { name } => {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(err) => return Err(err.into()),
+                }
+                published -= 1;
+                tracing::info!(name, "unpublished GatewayExIp (gateway deleted)");
+            }
+        }
+    }
+    ctx.metrics.published.set(published.max(0));
+    for m in &decisions.moves {
+        ctx.metrics
+            .failovers
+            .with_label_values(&[kind_label(m.kind), "success"])
+            .inc();
+        if m.kind == MoveKind::Failover {
+            ctx.metrics
+                .failover_duration
+                .observe(Instant::now().duration_since(m.since).as_secs_f64());
+        }
+    }
+    Ok(decisions.next_check)
+}
+
+fn kind_label(kind: MoveKind) -> &'static str {
+    match kind {
+        MoveKind::Failover => "failover",
+        MoveKind::Failback => "failback",
+    }
+}
+
+async fn report_stranded(ctx: &mut Context, stranded: &[(String, String)]) {
+    let now: BTreeSet<(String, String)> = stranded.iter().cloned().collect();
+    for (vpc, gw) in now.difference(&ctx.stranded.clone()) {
+        tracing::warn!(
+            vpc,
+            gateway = gw,
+            "NAT gateway unavailable and no standby of its VPC is ready"
+        );
+        ctx.metrics
+            .failovers
+            .with_label_values(&["failover", "stranded"])
+            .inc();
+        publish_event(
+            ctx,
+            &vpc_reference(ctx, vpc),
+            EventType::Warning,
+            "NoStandbyGateway",
+            format!("NAT gateway {gw} is unavailable and no other ready gateway serves VPC {vpc}"),
+        )
+        .await;
+    }
+    ctx.stranded = now;
+}
+
+fn vpc_reference(ctx: &Context, vpc: &str) -> ObjectReference {
+    match ctx.stores.vpcs.get(&ObjectRef::new(vpc)) {
+        Some(obj) => obj.object_ref(&()),
+        None => Vpc::new(vpc, Default::default()).object_ref(&()),
+    }
+}
+
+async fn publish_event(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Failover".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(%err, reason, "could not publish event");
+    }
+}

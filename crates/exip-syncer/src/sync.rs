@@ -1,0 +1,454 @@
+//! Broker sync, pure: Submariner's broker conventions applied to GatewayExIps.
+//!
+//! - local → broker: own objects (label `multivpc.kubeovn.ustc.io/cluster` = this cluster, no
+//!   foreign `submariner-io/clusterID`) are upserted into the broker namespace under the same
+//!   name with `submariner-io/clusterID=<self>` and `submariner-io/originatingNamespace=<ns>`;
+//!   broker objects carrying this cluster's ID with no local source are deleted.
+//! - broker → local: objects of other clusters are copied into the local namespace (labels and
+//!   spec; nothing else of the metadata); local copies whose broker source is gone are deleted.
+//! - no echo: copies are never exported, own objects are never imported; a local object that
+//!   is not a copy of the same cluster's object is never overwritten; a broker object whose
+//!   clusterID disagrees with its name (or its cluster label) is refused.
+
+use std::collections::BTreeMap;
+
+use kube::{ResourceExt, api::ObjectMeta};
+use multivpc_api::{
+    GatewayExIp,
+    keys::{LABEL_CLUSTER, SUBMARINER_CLUSTER_ID, SUBMARINER_ORIGIN_NAMESPACE},
+};
+
+use crate::publish::{is_own, up_to_date};
+
+/// Which way a write goes (the `direction` label of the sync counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    ToBroker,
+    FromBroker,
+}
+
+impl Direction {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ToBroker => "to_broker",
+            Self::FromBroker => "from_broker",
+        }
+    }
+}
+
+/// One write of a sync pass.
+// Plans are short-lived and small: boxing the objects would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Apply(GatewayExIp),
+    Delete { name: String, namespace: String },
+}
+
+/// An object the pass left alone on purpose, and why (logged once, counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub direction: Direction,
+    pub name: String,
+    /// `refused` (inconsistent foreign object) or `conflict` (would overwrite another's object).
+    pub result: &'static str,
+    pub reason: String,
+}
+
+/// The writes of one sync pass.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    pub to_broker: Vec<Op>,
+    pub from_broker: Vec<Op>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// The broker copy of an own object.
+pub fn export_copy(obj: &GatewayExIp, cluster_id: &str, broker_ns: &str) -> GatewayExIp {
+    let mut labels = obj.labels().clone();
+    labels.insert(SUBMARINER_CLUSTER_ID.into(), cluster_id.into());
+    labels.insert(
+        SUBMARINER_ORIGIN_NAMESPACE.into(),
+        obj.namespace().unwrap_or_default(),
+    );
+    GatewayExIp {
+        metadata: ObjectMeta {
+            name: Some(obj.name_any()),
+            namespace: Some(broker_ns.into()),
+            labels: Some(labels),
+            annotations: obj.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: obj.spec.clone(),
+    }
+}
+
+/// The local copy of another cluster's broker object.
+pub fn import_copy(obj: &GatewayExIp, local_ns: &str) -> GatewayExIp {
+    GatewayExIp {
+        metadata: ObjectMeta {
+            name: Some(obj.name_any()),
+            namespace: Some(local_ns.into()),
+            labels: Some(obj.labels().clone()),
+            annotations: obj.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: obj.spec.clone(),
+    }
+}
+
+/// The cluster a local object is a copy of, if it is a copy (its `submariner-io/clusterID`
+/// names another cluster).
+pub fn copy_origin<'a>(obj: &'a GatewayExIp, cluster_id: &str) -> Option<&'a str> {
+    obj.labels()
+        .get(SUBMARINER_CLUSTER_ID)
+        .map(String::as_str)
+        .filter(|c| *c != cluster_id)
+}
+
+/// How a broker object is treated by this cluster's import.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Remote<'a> {
+    /// Another cluster's object: import it.
+    Import { origin: &'a str },
+    /// Not for import: this cluster's own export, or no clusterID (not synced by Submariner).
+    Ignore,
+    /// Inconsistent: refused.
+    Refuse(String),
+}
+
+/// Classifies a broker object for import.
+pub fn classify<'a>(obj: &'a GatewayExIp, cluster_id: &str) -> Remote<'a> {
+    let Some(origin) = obj.labels().get(SUBMARINER_CLUSTER_ID).map(String::as_str) else {
+        return Remote::Ignore;
+    };
+    if origin == cluster_id || origin.is_empty() {
+        return Remote::Ignore;
+    }
+    let name = obj.name_any();
+    if !name.ends_with(&format!("-{origin}")) {
+        return Remote::Refuse(format!(
+            "its {SUBMARINER_CLUSTER_ID} label {origin:?} disagrees with its name (expected <gateway>-{origin})"
+        ));
+    }
+    if let Some(cluster) = obj.labels().get(LABEL_CLUSTER)
+        && cluster != origin
+    {
+        return Remote::Refuse(format!(
+            "its {LABEL_CLUSTER} label {cluster:?} disagrees with its {SUBMARINER_CLUSTER_ID} label {origin:?}"
+        ));
+    }
+    Remote::Import { origin }
+}
+
+/// One sync pass over the local namespace's objects and the broker namespace's objects.
+pub fn plan(
+    cluster_id: &str,
+    local_ns: &str,
+    broker_ns: &str,
+    local: &[GatewayExIp],
+    broker: &[GatewayExIp],
+) -> Plan {
+    let mut p = Plan::default();
+    let local_by_name: BTreeMap<String, &GatewayExIp> =
+        local.iter().map(|o| (o.name_any(), o)).collect();
+    let broker_by_name: BTreeMap<String, &GatewayExIp> =
+        broker.iter().map(|o| (o.name_any(), o)).collect();
+
+    // local → broker
+    for obj in local.iter().filter(|o| is_own(o, cluster_id)) {
+        let want = export_copy(obj, cluster_id, broker_ns);
+        let name = obj.name_any();
+        match broker_by_name.get(&name) {
+            Some(b)
+                if b.labels().get(SUBMARINER_CLUSTER_ID).map(String::as_str)
+                    != Some(cluster_id) =>
+            {
+                p.skipped.push(Skipped {
+                    direction: Direction::ToBroker,
+                    name,
+                    result: "conflict",
+                    reason: format!(
+                        "the broker already has an object of this name from cluster {:?}",
+                        b.labels()
+                            .get(SUBMARINER_CLUSTER_ID)
+                            .cloned()
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            Some(b) if up_to_date(b, &want) => {}
+            _ => p.to_broker.push(Op::Apply(want)),
+        }
+    }
+    for b in broker
+        .iter()
+        .filter(|b| b.labels().get(SUBMARINER_CLUSTER_ID).map(String::as_str) == Some(cluster_id))
+    {
+        let name = b.name_any();
+        if !local_by_name
+            .get(&name)
+            .is_some_and(|l| is_own(l, cluster_id))
+        {
+            p.to_broker.push(Op::Delete {
+                name,
+                namespace: broker_ns.into(),
+            });
+        }
+    }
+
+    // broker → local
+    let mut imported: BTreeMap<String, &str> = BTreeMap::new();
+    for b in broker {
+        let name = b.name_any();
+        let origin = match classify(b, cluster_id) {
+            Remote::Ignore => continue,
+            Remote::Refuse(reason) => {
+                p.skipped.push(Skipped {
+                    direction: Direction::FromBroker,
+                    name,
+                    result: "refused",
+                    reason,
+                });
+                continue;
+            }
+            Remote::Import { origin } => origin,
+        };
+        imported.insert(name.clone(), origin);
+        let want = import_copy(b, local_ns);
+        match local_by_name.get(&name) {
+            Some(l) if copy_origin(l, cluster_id) != Some(origin) => p.skipped.push(Skipped {
+                direction: Direction::FromBroker,
+                name,
+                result: "conflict",
+                reason: "a local object of this name is not a copy of this cluster's object; it is never overwritten".into(),
+            }),
+            Some(l) if up_to_date(l, &want) => {}
+            _ => p.from_broker.push(Op::Apply(want)),
+        }
+    }
+    for l in local {
+        let name = l.name_any();
+        if let Some(origin) = copy_origin(l, cluster_id)
+            && imported.get(&name) != Some(&origin)
+        {
+            p.from_broker.push(Op::Delete {
+                name,
+                namespace: local_ns.into(),
+            });
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multivpc_api::{GatewayExIpSpec, keys::LABEL_GATEWAY};
+
+    fn obj(name: &str, ns: &str, labels: &[(&str, &str)], ip: &str) -> GatewayExIp {
+        GatewayExIp {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+            spec: GatewayExIpSpec {
+                externalip: ip.into(),
+                globalnetcidr: "242.1.0.0/16".into(),
+            },
+        }
+    }
+
+    fn own(name: &str, ip: &str) -> GatewayExIp {
+        obj(
+            name,
+            "kube-system",
+            &[(LABEL_CLUSTER, "c1"), (LABEL_GATEWAY, "g")],
+            ip,
+        )
+    }
+
+    fn on_broker(name: &str, origin: &str, ip: &str) -> GatewayExIp {
+        obj(
+            name,
+            "brk",
+            &[
+                (LABEL_CLUSTER, origin),
+                (LABEL_GATEWAY, "g"),
+                (SUBMARINER_CLUSTER_ID, origin),
+                (SUBMARINER_ORIGIN_NAMESPACE, "kube-system"),
+            ],
+            ip,
+        )
+    }
+
+    fn run(local: &[GatewayExIp], broker: &[GatewayExIp]) -> Plan {
+        plan("c1", "kube-system", "brk", local, broker)
+    }
+
+    #[test]
+    fn own_objects_are_exported_with_submariner_labels() {
+        let p = run(&[own("g-c1", "172.50.0.2")], &[]);
+        assert_eq!(
+            p.to_broker,
+            vec![Op::Apply(on_broker("g-c1", "c1", "172.50.0.2"))]
+        );
+        assert!(p.from_broker.is_empty() && p.skipped.is_empty());
+        // Once there: no write (no echo back either).
+        let p = run(
+            &[own("g-c1", "172.50.0.2")],
+            &[on_broker("g-c1", "c1", "172.50.0.2")],
+        );
+        assert_eq!(p, Plan::default());
+        // Changed locally: updated on the broker.
+        let p = run(
+            &[own("g-c1", "172.50.0.3")],
+            &[on_broker("g-c1", "c1", "172.50.0.2")],
+        );
+        assert_eq!(
+            p.to_broker,
+            vec![Op::Apply(on_broker("g-c1", "c1", "172.50.0.3"))]
+        );
+    }
+
+    #[test]
+    fn deleted_own_objects_leave_the_broker() {
+        let p = run(&[], &[on_broker("g-c1", "c1", "172.50.0.2")]);
+        assert_eq!(
+            p.to_broker,
+            vec![Op::Delete {
+                name: "g-c1".into(),
+                namespace: "brk".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn remote_objects_are_imported_updated_and_deleted() {
+        let remote = on_broker("g-c2", "c2", "172.50.0.9");
+        let p = run(&[], std::slice::from_ref(&remote));
+        let copy = import_copy(&remote, "kube-system");
+        assert_eq!(p.from_broker, vec![Op::Apply(copy.clone())]);
+        assert!(p.to_broker.is_empty(), "a copy is never exported back");
+        assert_eq!(copy.labels()[SUBMARINER_CLUSTER_ID], "c2");
+        assert_eq!(copy.namespace().as_deref(), Some("kube-system"));
+        // In place: nothing to do; the copy is not exported (no echo).
+        assert_eq!(run(std::slice::from_ref(&copy), &[remote]), Plan::default());
+        // Changed remotely.
+        let moved = on_broker("g-c2", "c2", "172.50.0.10");
+        assert_eq!(
+            run(std::slice::from_ref(&copy), std::slice::from_ref(&moved)).from_broker,
+            vec![Op::Apply(import_copy(&moved, "kube-system"))]
+        );
+        // Gone from the broker: the copy goes.
+        assert_eq!(
+            run(&[copy], &[]).from_broker,
+            vec![Op::Delete {
+                name: "g-c2".into(),
+                namespace: "kube-system".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn own_exports_on_the_broker_are_not_imported() {
+        let p = run(
+            &[own("g-c1", "172.50.0.2")],
+            &[on_broker("g-c1", "c1", "172.50.0.2")],
+        );
+        assert!(p.from_broker.is_empty());
+        // Objects without a clusterID are nobody's export: ignored both ways.
+        let stray = obj("x-c9", "brk", &[], "1.2.3.4");
+        assert_eq!(run(&[], &[stray]), Plan::default());
+    }
+
+    #[test]
+    fn a_local_object_is_never_overwritten_by_a_remote_copy() {
+        // A local own object and a broker object of the same name from c2 (ambiguous names
+        // such as "a-b-c2"): the local one stays, the conflict is reported.
+        let local = obj(
+            "a-c2",
+            "kube-system",
+            &[(LABEL_CLUSTER, "c1")],
+            "172.50.0.2",
+        );
+        let remote = on_broker("a-c2", "c2", "172.50.0.9");
+        let p = run(std::slice::from_ref(&local), &[remote]);
+        assert!(p.from_broker.is_empty());
+        assert!(
+            p.skipped
+                .iter()
+                .any(|s| s.direction == Direction::FromBroker && s.result == "conflict")
+        );
+        // A hand-made object with no labels is not ours to replace either, nor to delete.
+        let hand = obj("g-c2", "kube-system", &[], "9.9.9.9");
+        let p = run(&[hand], &[on_broker("g-c2", "c2", "172.50.0.9")]);
+        assert!(p.from_broker.is_empty());
+        assert_eq!(p.skipped[0].result, "conflict");
+        let p = run(&[obj("h", "kube-system", &[], "9.9.9.9")], &[]);
+        assert_eq!(p, Plan::default());
+        // A copy of c3's object is not replaced by c2's object of the same name.
+        let c3 = obj(
+            "x-c2",
+            "kube-system",
+            &[(SUBMARINER_CLUSTER_ID, "c3")],
+            "1.1.1.1",
+        );
+        let p = run(&[c3], &[on_broker("x-c2", "c2", "2.2.2.2")]);
+        assert!(p.from_broker.iter().all(|op| !matches!(op, Op::Apply(_))));
+    }
+
+    #[test]
+    fn a_broker_name_taken_by_another_cluster_is_not_overwritten() {
+        let theirs = on_broker("g-c1", "c2", "172.50.0.9");
+        let p = run(&[own("g-c1", "172.50.0.2")], &[theirs]);
+        assert!(p.to_broker.is_empty());
+        assert!(
+            p.skipped
+                .iter()
+                .any(|s| s.direction == Direction::ToBroker && s.result == "conflict")
+        );
+    }
+
+    #[test]
+    fn foreign_objects_disagreeing_with_their_name_are_refused() {
+        let liar = on_broker("g-c3", "c2", "172.50.0.9");
+        assert!(matches!(classify(&liar, "c1"), Remote::Refuse(_)));
+        let mut mislabelled = on_broker("g-c2", "c2", "172.50.0.9");
+        mislabelled
+            .labels_mut()
+            .insert(LABEL_CLUSTER.into(), "c3".into());
+        assert!(matches!(classify(&mislabelled, "c1"), Remote::Refuse(_)));
+        let p = run(&[], &[liar]);
+        assert!(p.from_broker.is_empty());
+        assert_eq!(p.skipped[0].result, "refused");
+        assert_eq!(p.skipped[0].direction, Direction::FromBroker);
+        // A stale copy of a now-refused object is removed.
+        let stale = import_copy(&on_broker("g-c3", "c2", "1.1.1.1"), "kube-system");
+        let p = run(
+            &[stale],
+            &[on_broker("g-c3", "c2", "172.50.0.9").tap_label()],
+        );
+        assert!(p.from_broker.contains(&Op::Delete {
+            name: "g-c3".into(),
+            namespace: "kube-system".into()
+        }));
+    }
+
+    trait TapLabel {
+        fn tap_label(self) -> Self;
+    }
+    impl TapLabel for GatewayExIp {
+        fn tap_label(mut self) -> Self {
+            self.labels_mut().insert(LABEL_CLUSTER.into(), "c3".into());
+            self
+        }
+    }
+}
