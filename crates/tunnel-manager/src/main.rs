@@ -1,15 +1,17 @@
-//! Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
+//! tunnel-manager: turns each VpcNatTunnel into a GRE or VXLAN tunnel, routes and SNAT inside
+//! the local Kube-OVN VPC NAT gateway pod (through `pods/exec`), and keeps it that way.
 
+mod controller;
+mod exec;
 #[cfg(test)]
 mod netns_tests;
-#[allow(dead_code)]
 mod resolve;
-#[allow(dead_code)]
 mod script;
 
+use std::time::Duration;
+
 use clap::Parser;
-use kube::Api;
-use multivpc_api::VpcNatTunnel;
+use multivpc_api::keys::KUBE_SYSTEM;
 use multivpc_runtime::{CommonArgs, Runtime};
 
 /// Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
@@ -18,6 +20,48 @@ use multivpc_runtime::{CommonArgs, Runtime};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    /// Namespace of the GatewayExIps (local and synchronised from other clusters).
+    #[arg(long, env = "GATEWAY_NAMESPACE", default_value = KUBE_SYSTEM)]
+    gateway_namespace: String,
+
+    /// Period of the read-only verification that finds and repairs drift in the gateway pods
+    /// (e.g. 300s, 5m, 1h; 0 disables it).
+    #[arg(long, env = "VERIFY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    verify_interval: Duration,
+
+    /// Time limit of one script exec in a gateway pod, including the wait for its turn.
+    #[arg(long, env = "EXEC_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    exec_timeout: Duration,
+
+    /// Execs running at once across all gateway pods (one at a time per pod regardless).
+    #[arg(long, env = "MAX_CONCURRENT_EXECS", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    max_concurrent_execs: u16,
+}
+
+/// Parses `90`, `90s`, `5m`, `1h` or `250ms`.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration such as 30s, 5m or 1h"))?;
+    let secs = |m: u64| {
+        n.checked_mul(m)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{value:?} is too long"))
+    };
+    match unit {
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "ms" => Ok(Duration::from_millis(n)),
+        _ => Err(format!(
+            "{value:?} has unknown unit {unit:?} (use ms, s, m or h)"
+        )),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,15 +70,58 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = Runtime::init("tunnel-manager", args.common).await?;
-    // Registered now so the reconcile families are scraped before the first reconcile.
-    let _reconcile_metrics = runtime.metrics().controller("vpcnattunnel");
-    let api: Api<VpcNatTunnel> = Api::all(runtime.client());
+    let settings = controller::Settings {
+        cluster_id: args.common.cluster_id.clone().filter(|c| !c.is_empty()),
+        exip_namespace: args.gateway_namespace.clone(),
+        verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
+    };
+    if args.exec_timeout.is_zero() {
+        anyhow::bail!("--exec-timeout must be greater than 0");
+    }
+    let runtime = Runtime::init(controller::MANAGER, args.common).await?;
+    let reconcile_metrics = runtime.metrics().controller("vpcnattunnel");
+    let exec_metrics = exec::ExecMetrics::register(runtime.metrics().registry())?;
+    let tunnel_metrics = controller::TunnelMetrics::register(runtime.metrics().registry())?;
+    let client = runtime.client();
     let readiness = runtime.readiness();
-    // The reconciler lands with its own issue; until then the binary runs watch-only.
+    let (timeout, concurrency) = (args.exec_timeout, usize::from(args.max_concurrent_execs));
     runtime
         .run(move |shutdown| {
-            multivpc_runtime::watch_only::run(api.clone(), readiness.clone(), shutdown)
+            controller::run(
+                client.clone(),
+                settings.clone(),
+                reconcile_metrics.clone(),
+                tunnel_metrics.clone(),
+                exec::Executor::new(client.clone(), timeout, concurrency, exec_metrics.clone()),
+                readiness.clone(),
+                shutdown,
+            )
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "5 m", "-1s", "1d", "m", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let a = Args::try_parse_from(["tunnel-manager"]).unwrap();
+        assert_eq!(a.verify_interval, Duration::from_secs(300));
+        assert_eq!(a.exec_timeout, Duration::from_secs(30));
+        assert_eq!(a.max_concurrent_execs, 8);
+        assert_eq!(a.gateway_namespace, "kube-system");
+    }
 }

@@ -116,6 +116,7 @@ impl RuleTag {
         }
         Ok(Self(format!("multivpc-tunnel:{namespace}/{name}")))
     }
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -141,9 +142,11 @@ impl EgressRange {
         }
         Ok(Self { first, last })
     }
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn first(&self) -> Ipv4Addr {
         self.first
     }
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn last(&self) -> Ipv4Addr {
         self.last
     }

@@ -1,0 +1,930 @@
+//! The VpcNatTunnel controller: watches, reconcile, error policy. Decisions live in
+//! [`crate::resolve`] and [`crate::script`]; this module reads the caches, runs the scripts
+//! through [`crate::exec`] and writes status and events.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use multivpc_api::{
+    GatewayExIp, VpcNatTunnel, VpcNatTunnelStatus,
+    conditions::{self, DesiredCondition},
+    foreign::submariner::{
+        CLUSTER_EGRESS_IP_NAME, Cluster, ClusterGlobalEgressIP, SERVICE_DISCOVERY_NAME,
+        SUBMARINER_NAMESPACE, ServiceDiscovery,
+    },
+    keys::{KUBE_SYSTEM, LABEL_VPC_NAT_GW, NAT_GW_PREFIX, TUNNEL_FINALIZER},
+    net::Ipv4Cidr,
+    tunnel::PodRef,
+};
+use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    exec::{ExecError, Executor},
+    resolve::{self, PodTarget, Resolved, Snapshot, reason},
+    script::{self, CleanupConfig, Mode, Stale, TunnelConfig},
+};
+
+/// Name under which this controller writes (field manager, event reporter).
+pub const MANAGER: &str = "tunnel-manager";
+
+/// Errors of one reconcile; all are retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_id: Option<String>,
+    pub exip_namespace: String,
+    /// Period of the read-only drift verification; `None` disables it.
+    pub verify_interval: Option<Duration>,
+}
+
+/// Domain metrics besides the exec ones.
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    tunnels: IntGaugeVec,
+    repairs: IntCounterVec,
+    verifications: IntCounterVec,
+}
+
+/// Every state a tunnel can be in (the `Ready` reasons), pre-created at zero.
+const STATES: [&str; 14] = [
+    reason::PROGRAMMED,
+    reason::INVALID_SPEC,
+    reason::CLUSTER_ID_UNKNOWN,
+    reason::REMOTE_GATEWAY_NOT_FOUND,
+    reason::REMOTE_GATEWAY_INVALID,
+    reason::GATEWAY_POD_NOT_FOUND,
+    reason::GATEWAY_POD_NOT_READY,
+    reason::GLOBALNET_NOT_CONFIGURED,
+    reason::EGRESS_IPS_NOT_ALLOCATED,
+    reason::INTERFACE_NAME_CONFLICT,
+    reason::REMOTE_CIDR_CONFLICT,
+    reason::CONVERGE_FAILED,
+    reason::VERIFICATION_FAILED,
+    "Deleting",
+];
+
+impl TunnelMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let tunnels = IntGaugeVec::new(
+            Opts::new(
+                "multivpc_tunnel_tunnels",
+                "VpcNatTunnels by state (the reason of their Ready condition)",
+            ),
+            &["state"],
+        )?;
+        let repairs = IntCounterVec::new(
+            Opts::new(
+                "multivpc_tunnel_repairs_total",
+                "Tunnels re-programmed after their gateway state was lost or drifted, by cause (drift, pod_replaced)",
+            ),
+            &["cause"],
+        )?;
+        let verifications = IntCounterVec::new(
+            Opts::new(
+                "multivpc_tunnel_verifications_total",
+                "Periodic read-only verifications of programmed tunnels, by result (in_sync, drift, failed)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(tunnels.clone()))?;
+        registry.register(Box::new(repairs.clone()))?;
+        registry.register(Box::new(verifications.clone()))?;
+        for s in STATES {
+            tunnels.with_label_values(&[s]).set(0);
+        }
+        for c in ["drift", "pod_replaced"] {
+            repairs.with_label_values(&[c]);
+        }
+        for r in ["in_sync", "drift", "failed"] {
+            verifications.with_label_values(&[r]);
+        }
+        Ok(Self {
+            tunnels,
+            repairs,
+            verifications,
+        })
+    }
+}
+
+/// The caches the controller decides from.
+#[derive(Clone)]
+pub struct Stores {
+    pub tunnels: Store<VpcNatTunnel>,
+    pub exips: Store<GatewayExIp>,
+    pub pods: Store<Pod>,
+    pub clusters: Store<Cluster>,
+    pub egress: Store<ClusterGlobalEgressIP>,
+    pub service_discovery: Store<ServiceDiscovery>,
+}
+
+impl Stores {
+    fn snapshot(&self, cluster_id_flag: Option<&str>) -> Snapshot {
+        let cluster_id = cluster_id_flag.map(str::to_owned).or_else(|| {
+            self.service_discovery
+                .state()
+                .into_iter()
+                .map(|sd| sd.spec.cluster_id.clone())
+                .find(|id| !id.is_empty())
+        });
+        Snapshot {
+            cluster_id,
+            tunnels: self.tunnels.state(),
+            exips: self
+                .exips
+                .state()
+                .into_iter()
+                .map(|e| (e.name_any(), e))
+                .collect::<BTreeMap<_, _>>(),
+            pods: self.pods.state(),
+            clusters: self
+                .clusters
+                .state()
+                .into_iter()
+                .map(|c| (c.name_any(), c))
+                .collect(),
+            egress: self.egress.state().into_iter().next(),
+        }
+    }
+}
+
+/// What this process last programmed or verified for a tunnel.
+struct Programmed {
+    pod_uid: String,
+    config: TunnelConfig,
+    checked_at: Instant,
+}
+
+/// Shared state of the reconciles.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub settings: Settings,
+    pub recorder: Recorder,
+    pub reconcile_metrics: ReconcileMetrics,
+    pub metrics: TunnelMetrics,
+    pub executor: Executor,
+    pub backoff: ErrorBackoff,
+    programmed: Mutex<HashMap<String, Programmed>>,
+    states: Mutex<HashMap<String, &'static str>>,
+}
+
+impl Context {
+    fn set_state(&self, key: &str, state: Option<&'static str>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        match state {
+            Some(s) => states.insert(key.to_owned(), s),
+            None => states.remove(key),
+        };
+        let mut counts: HashMap<&str, i64> = STATES.iter().map(|s| (*s, 0)).collect();
+        for s in states.values() {
+            *counts.entry(s).or_default() += 1;
+        }
+        for (s, n) in counts {
+            self.metrics.tunnels.with_label_values(&[s]).set(n);
+        }
+    }
+
+    fn programmed_matches(&self, key: &str, resolved: &Resolved) -> Option<Instant> {
+        let map = self.programmed.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key)
+            .filter(|p| p.pod_uid == resolved.pod.uid && p.config == resolved.config)
+            .map(|p| p.checked_at)
+    }
+
+    fn remember(&self, key: &str, resolved: &Resolved) {
+        self.programmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                key.to_owned(),
+                Programmed {
+                    pod_uid: resolved.pod.uid.clone(),
+                    config: resolved.config.clone(),
+                    checked_at: Instant::now(),
+                },
+            );
+    }
+
+    fn forget(&self, key: &str) {
+        self.programmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+fn key(t: &VpcNatTunnel) -> String {
+    format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
+}
+
+fn refs(tunnels: impl IntoIterator<Item = Arc<VpcNatTunnel>>) -> Vec<ObjectRef<VpcNatTunnel>> {
+    tunnels
+        .into_iter()
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+/// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    reconcile_metrics: ReconcileMetrics,
+    metrics: TunnelMetrics,
+    executor: Executor,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let c = client.clone();
+
+    let (exips, w) = reflector::store();
+    let exips_stream = watcher(
+        Api::<GatewayExIp>::namespaced(c.clone(), &settings.exip_namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(w)
+    .touched_objects();
+    let (pods, w) = reflector::store();
+    let pods_stream = watcher(
+        Api::<Pod>::namespaced(c.clone(), KUBE_SYSTEM),
+        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+    )
+    .default_backoff()
+    .reflect(w)
+    .touched_objects();
+    let (clusters, w) = reflector::store();
+    let clusters_stream = watcher(
+        Api::<Cluster>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(w)
+    .touched_objects();
+    let (egress, w) = reflector::store();
+    let egress_stream = watcher(
+        Api::<ClusterGlobalEgressIP>::all(c.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
+    )
+    .default_backoff()
+    .reflect(w)
+    .touched_objects();
+    let (service_discovery, w) = reflector::store();
+    let sd_stream = watcher(
+        Api::<ServiceDiscovery>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+        watcher::Config::default().fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
+    )
+    .default_backoff()
+    .reflect(w)
+    .touched_objects();
+    // Tunnels of one gateway decide conflicts and shared routes together: a change to one
+    // wakes the others of its gateway.
+    let peers_stream = watcher(
+        Api::<VpcNatTunnel>::all(c.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
+    // so a dead gateway's tunnels wait for their pod without holding up other gateways.
+    let controller = Controller::new(
+        Api::<VpcNatTunnel>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let stores = Stores {
+        tunnels: controller.store(),
+        exips,
+        pods,
+        clusters,
+        egress,
+        service_discovery,
+    };
+    let flag = settings.cluster_id.clone();
+    let (s1, s2, s3, s4, s5, s6) = (
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+        stores.clone(),
+    );
+    let (f1, f2) = (flag.clone(), flag.clone());
+    let controller = controller
+        .watches_stream(exips_stream, move |e: GatewayExIp| {
+            let name = e.name_any();
+            let snapshot = s1.snapshot(f1.as_deref());
+            refs(
+                snapshot
+                    .tunnels
+                    .iter()
+                    .filter(|t| {
+                        multivpc_api::keys::gateway_exip_name(
+                            &t.spec.gateway_name,
+                            &t.spec.cluster_id,
+                        ) == name
+                            || snapshot.cluster_id.as_deref().is_some_and(|id| {
+                                multivpc_api::keys::gateway_exip_name(&t.spec.nat_gw_dp, id) == name
+                            })
+                    })
+                    .cloned(),
+            )
+        })
+        .watches_stream(pods_stream, move |p: Pod| {
+            let gw = p
+                .labels()
+                .get("app")
+                .and_then(|a| a.strip_prefix(NAT_GW_PREFIX))
+                .map(str::to_owned);
+            let name = p.name_any();
+            let snapshot = s2.snapshot(f2.as_deref());
+            refs(
+                snapshot
+                    .tunnels
+                    .iter()
+                    .filter(|t| {
+                        gw.as_deref().is_some_and(|gw| {
+                            resolve::local_instance(t, &snapshot) == gw || t.spec.nat_gw_dp == gw
+                        }) || t
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.gateway_pod.as_ref())
+                            .is_some_and(|g| g.name == name)
+                    })
+                    .cloned(),
+            )
+        })
+        .watches_stream(clusters_stream, move |_: Cluster| refs(s3.tunnels.state()))
+        .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
+            refs(s4.tunnels.state())
+        })
+        .watches_stream(sd_stream, move |_: ServiceDiscovery| {
+            refs(s5.tunnels.state())
+        })
+        .watches_stream(peers_stream, move |t: VpcNatTunnel| {
+            let k = key(&t);
+            refs(s6.tunnels.state().into_iter().filter(|o| {
+                key(o) != k
+                    && (o.spec.nat_gw_dp == t.spec.nat_gw_dp || o.name_any() == t.name_any())
+            }))
+        })
+        .graceful_shutdown_on(shutdown.cancelled_owned());
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: stores.clone(),
+        settings,
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        reconcile_metrics,
+        metrics,
+        executor,
+        backoff: ErrorBackoff::default(),
+        programmed: Mutex::new(HashMap::new()),
+        states: Mutex::new(HashMap::new()),
+    });
+
+    tokio::spawn(async move {
+        let ready = tokio::try_join!(
+            stores.tunnels.wait_until_ready(),
+            stores.exips.wait_until_ready(),
+            stores.pods.wait_until_ready(),
+            stores.clusters.wait_until_ready(),
+            stores.egress.wait_until_ready(),
+            stores.service_discovery.wait_until_ready(),
+        );
+        if ready.is_ok() {
+            tracing::info!("caches synced");
+            readiness.set_synced(true);
+        }
+    });
+
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(tunnel = %obj, "reconciled"),
+                Err(err) => tracing::debug!(%err, "reconcile failed"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
+async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ctx2 = ctx.clone();
+    ctx.reconcile_metrics
+        .measure(async move {
+            let ns = tunnel.namespace().unwrap_or_default();
+            let api: Api<VpcNatTunnel> = Api::namespaced(ctx2.client.clone(), &ns);
+            let k = key(&tunnel);
+            let action = finalizer(&api, TUNNEL_FINALIZER, tunnel, |event| async {
+                match event {
+                    Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
+                    Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,
+                }
+            })
+            .await
+            .map_err(|e| Error::Finalizer(Box::new(e)))?;
+            ctx2.backoff.reset(&k);
+            Ok(action)
+        })
+        .await
+}
+
+fn error_policy(tunnel: Arc<VpcNatTunnel>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.next_delay(&key(&tunnel));
+    tracing::warn!(tunnel = %key(&tunnel), %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
+    s.parse().ok()
+}
+
+/// Routes programmed under the previous spec, for the converge script to remove.
+fn stale_of(
+    tunnel: &VpcNatTunnel,
+    old: &VpcNatTunnelStatus,
+    resolved: &Resolved,
+    snapshot: &Snapshot,
+) -> Stale {
+    let Some(applied) = &old.applied else {
+        return Stale::default();
+    };
+    let local_cidr = parse_cidr(&applied.local_route)
+        .filter(|c| !resolve::local_route_shared(tunnel, &resolved.pod.uid, *c, snapshot));
+    Stale {
+        remote_cidr: parse_cidr(&applied.remote_route),
+        local_cidr,
+    }
+}
+
+fn change_summary(stdout: &str) -> String {
+    let lines = script::change_lines(stdout);
+    let shown: Vec<&str> = lines.iter().take(6).copied().collect();
+    let more = lines.len().saturating_sub(shown.len());
+    let mut s = shown.join("; ");
+    if more > 0 {
+        s.push_str(&format!("; and {more} more"));
+    }
+    s
+}
+
+async fn apply(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    api: &Api<VpcNatTunnel>,
+) -> Result<Action, Error> {
+    let k = key(tunnel);
+    let snapshot = ctx.stores.snapshot(ctx.settings.cluster_id.as_deref());
+    let old = tunnel.status.clone().unwrap_or_default();
+    let resolved = match resolve::resolve(tunnel, &snapshot) {
+        Ok(r) => r,
+        Err(nr) => {
+            let mut status = old.clone();
+            if nr.local_gateway.is_some() {
+                status.local_gateway = nr.local_gateway.clone();
+            }
+            write_status(
+                tunnel,
+                ctx,
+                api,
+                status,
+                &DesiredCondition::not_ready(nr.reason, nr.message),
+            )
+            .await?;
+            ctx.set_state(&k, Some(nr.reason));
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Failover: the tunnel moved to another gateway instance; take it out of the old pod.
+    if let Some(prev) = &old.gateway_pod
+        && prev.name != resolved.pod.name
+        && let Some(pod) = snapshot
+            .pods
+            .iter()
+            .find(|p| p.name_any() == prev.name && p.uid().as_deref() == Some(&prev.uid))
+        && resolve::pod_may_hold_state(pod)
+        && let Some(cfg) = cleanup_config(tunnel, &old, &prev.uid, &snapshot)
+    {
+        let target = PodTarget {
+            name: prev.name.clone(),
+            uid: prev.uid.clone(),
+        };
+        match ctx
+            .executor
+            .run(&target, "cleanup", script::cleanup(&cfg))
+            .await
+        {
+            Ok(_) => {
+                publish(
+                    ctx,
+                    tunnel,
+                    EventType::Normal,
+                    "TunnelMoved",
+                    format!(
+                        "removed from pod {} before programming pod {} (gateway {})",
+                        prev.name, resolved.pod.name, resolved.local_gateway
+                    ),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(tunnel = %k, err = %e, "could not clean the previous gateway pod")
+            }
+        }
+    }
+
+    let cfg = &resolved.config;
+    let applied = resolve::applied_of(cfg);
+    let was_programmed = old.applied.as_ref() == Some(&applied)
+        && conditions::is_true(&old.conditions, conditions::READY);
+    let interval = ctx.settings.verify_interval;
+    match ctx.programmed_matches(&k, &resolved) {
+        None => {
+            let stale = stale_of(tunnel, &old, &resolved, &snapshot);
+            let out = match ctx
+                .executor
+                .run(
+                    &resolved.pod,
+                    "converge",
+                    script::converge(cfg, &stale, Mode::Converge),
+                )
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    return Err(
+                        exec_failed(tunnel, ctx, api, &old, reason::CONVERGE_FAILED, e).await,
+                    );
+                }
+            };
+            let changes = script::reported_changes(&out.stdout).unwrap_or(0);
+            if changes > 0 {
+                if was_programmed {
+                    let cause = if old.gateway_pod.as_ref().map(|p| p.uid.as_str())
+                        != Some(resolved.pod.uid.as_str())
+                    {
+                        "pod_replaced"
+                    } else {
+                        "drift"
+                    };
+                    ctx.metrics.repairs.with_label_values(&[cause]).inc();
+                    publish(
+                        ctx,
+                        tunnel,
+                        EventType::Warning,
+                        "Repaired",
+                        format!(
+                            "re-programmed pod {} ({cause}): {}",
+                            resolved.pod.name,
+                            change_summary(&out.stdout)
+                        ),
+                    )
+                    .await;
+                } else {
+                    publish(
+                        ctx,
+                        tunnel,
+                        EventType::Normal,
+                        reason::PROGRAMMED,
+                        format!(
+                            "programmed pod {}: {}",
+                            resolved.pod.name,
+                            change_summary(&out.stdout)
+                        ),
+                    )
+                    .await;
+                }
+            }
+            ctx.remember(&k, &resolved);
+        }
+        Some(checked_at) if interval.is_some_and(|i| checked_at.elapsed() >= i) => {
+            let out = match ctx
+                .executor
+                .run(
+                    &resolved.pod,
+                    "check",
+                    script::converge(cfg, &Stale::default(), Mode::Check),
+                )
+                .await
+            {
+                Ok(out) => out,
+                Err(e) => {
+                    ctx.metrics
+                        .verifications
+                        .with_label_values(&["failed"])
+                        .inc();
+                    ctx.forget(&k);
+                    return Err(exec_failed(
+                        tunnel,
+                        ctx,
+                        api,
+                        &old,
+                        reason::VERIFICATION_FAILED,
+                        e,
+                    )
+                    .await);
+                }
+            };
+            if script::reported_changes(&out.stdout).unwrap_or(0) > 0 {
+                ctx.metrics
+                    .verifications
+                    .with_label_values(&["drift"])
+                    .inc();
+                let stale = stale_of(tunnel, &old, &resolved, &snapshot);
+                if let Err(e) = ctx
+                    .executor
+                    .run(
+                        &resolved.pod,
+                        "converge",
+                        script::converge(cfg, &stale, Mode::Converge),
+                    )
+                    .await
+                {
+                    ctx.forget(&k);
+                    return Err(
+                        exec_failed(tunnel, ctx, api, &old, reason::CONVERGE_FAILED, e).await,
+                    );
+                }
+                ctx.metrics.repairs.with_label_values(&["drift"]).inc();
+                publish(
+                    ctx,
+                    tunnel,
+                    EventType::Warning,
+                    "DriftRepaired",
+                    format!(
+                        "verification found drift in pod {} and repaired it: {}",
+                        resolved.pod.name,
+                        change_summary(&out.stdout)
+                    ),
+                )
+                .await;
+            } else {
+                ctx.metrics
+                    .verifications
+                    .with_label_values(&["in_sync"])
+                    .inc();
+            }
+            ctx.remember(&k, &resolved);
+        }
+        Some(_) => {}
+    }
+
+    let status = VpcNatTunnelStatus {
+        observed_generation: tunnel.metadata.generation,
+        conditions: old.conditions.clone(),
+        local_gateway: Some(resolved.local_gateway.clone()),
+        gateway_pod: Some(PodRef {
+            name: resolved.pod.name.clone(),
+            uid: resolved.pod.uid.clone(),
+        }),
+        local_ip: Some(cfg.local_ip.to_string()),
+        remote_ip: Some(cfg.remote_ip.to_string()),
+        local_globalnet_cidr: Some(cfg.local_cidr.to_string()),
+        remote_globalnet_cidr: Some(cfg.remote_cidr.to_string()),
+        ovn_gateway_ip: Some(cfg.ovn_gateway.to_string()),
+        egress_range: Some(cfg.snat.to_string()),
+        applied: Some(applied),
+    };
+    let mut message = format!(
+        "{} tunnel {} programmed in pod {} (gateway {})",
+        cfg.encap.tunnel_type(),
+        cfg.device,
+        resolved.pod.name,
+        resolved.local_gateway
+    );
+    if let Some(note) = &resolved.note {
+        message.push_str("; ");
+        message.push_str(note);
+    }
+    write_status(
+        tunnel,
+        ctx,
+        api,
+        status,
+        &DesiredCondition::ready(reason::PROGRAMMED, message),
+    )
+    .await?;
+    ctx.set_state(&k, Some(reason::PROGRAMMED));
+
+    // Wake for the next verification (measured from the last one).
+    Ok(match (interval, ctx.programmed_matches(&k, &resolved)) {
+        (Some(i), Some(at)) => {
+            Action::requeue(i.saturating_sub(at.elapsed()).max(Duration::from_secs(1)))
+        }
+        _ => Action::await_change(),
+    })
+}
+
+/// Records a failed exec in the condition and an event; returns the error to retry with.
+async fn exec_failed(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    api: &Api<VpcNatTunnel>,
+    old: &VpcNatTunnelStatus,
+    why: &'static str,
+    err: ExecError,
+) -> Error {
+    let message = err.to_string();
+    if let Err(e) = write_status(
+        tunnel,
+        ctx,
+        api,
+        old.clone(),
+        &DesiredCondition::not_ready(why, message),
+    )
+    .await
+    {
+        tracing::warn!(tunnel = %key(tunnel), err = %e, "could not record the exec failure");
+    }
+    ctx.set_state(&key(tunnel), Some(why));
+    Error::Exec(err)
+}
+
+/// What cleanup removes from pod `pod_uid`, or `None` when the device there belongs to another
+/// live tunnel of the same name (which took the interface over while this one is deleted).
+fn cleanup_config(
+    tunnel: &VpcNatTunnel,
+    old: &VpcNatTunnelStatus,
+    pod_uid: &str,
+    snapshot: &Snapshot,
+) -> Option<CleanupConfig> {
+    let device = resolve::device_of(tunnel).ok()?;
+    let tag = resolve::tag_of(tunnel).ok()?;
+    let taken = snapshot.tunnels.iter().any(|o| {
+        o.metadata.deletion_timestamp.is_none()
+            && o.name_any() == tunnel.name_any()
+            && key(o) != key(tunnel)
+            && o.status
+                .as_ref()
+                .and_then(|s| s.gateway_pod.as_ref())
+                .is_some_and(|p| p.uid == pod_uid)
+    });
+    if taken {
+        return None;
+    }
+    let applied = old.applied.as_ref();
+    Some(CleanupConfig {
+        device,
+        tag,
+        remote_cidr: applied.and_then(|a| parse_cidr(&a.remote_route)),
+        local_cidr: applied
+            .and_then(|a| parse_cidr(&a.local_route))
+            .filter(|c| !resolve::local_route_shared(tunnel, pod_uid, *c, snapshot)),
+    })
+}
+
+async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> {
+    let k = key(tunnel);
+    ctx.set_state(&k, Some("Deleting"));
+    let snapshot = ctx.stores.snapshot(ctx.settings.cluster_id.as_deref());
+    let old = tunnel.status.clone().unwrap_or_default();
+    // Only the pod this tunnel was programmed into holds its state; a pod that is gone (or no
+    // longer running) took that state with it.
+    let target = old.gateway_pod.as_ref().and_then(|prev| {
+        snapshot
+            .pods
+            .iter()
+            .find(|p| p.name_any() == prev.name && resolve::pod_may_hold_state(p))
+            .map(|p| PodTarget {
+                name: prev.name.clone(),
+                uid: p.uid().unwrap_or_default(),
+            })
+    });
+    match target.and_then(|t| cleanup_config(tunnel, &old, &t.uid, &snapshot).map(|c| (t, c))) {
+        Some((target, cfg)) => {
+            let out = ctx
+                .executor
+                .run(&target, "cleanup", script::cleanup(&cfg))
+                .await?;
+            tracing::info!(tunnel = %k, pod = %target.name, changes = ?script::reported_changes(&out.stdout), "tunnel removed");
+            publish(
+                ctx,
+                tunnel,
+                EventType::Normal,
+                "Removed",
+                format!(
+                    "removed from pod {}: {}",
+                    target.name,
+                    change_summary(&out.stdout)
+                ),
+            )
+            .await;
+        }
+        None => {
+            tracing::info!(tunnel = %k, "no gateway pod holds the tunnel; releasing the finalizer")
+        }
+    }
+    ctx.forget(&k);
+    ctx.set_state(&k, None);
+    Ok(Action::await_change())
+}
+
+async fn write_status(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    api: &Api<VpcNatTunnel>,
+    mut status: VpcNatTunnelStatus,
+    condition: &DesiredCondition,
+) -> Result<(), Error> {
+    let old = tunnel.status.clone().unwrap_or_default();
+    status.observed_generation = tunnel.metadata.generation;
+    let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
+    conditions::set_condition(
+        &mut status.conditions,
+        condition,
+        tunnel.metadata.generation,
+        jiff::Timestamp::now(),
+    );
+    if status == old {
+        return Ok(()); // Steady state: no write.
+    }
+    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status {
+        publish(
+            ctx,
+            tunnel,
+            EventType::Warning,
+            condition.reason,
+            condition.message.clone(),
+        )
+        .await;
+    }
+    let patch = json!({
+        "apiVersion": "kubeovn.ustc.io/v1",
+        "kind": "VpcNatTunnel",
+        "status": status,
+    });
+    api.patch_status(
+        &tunnel.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    tunnel: &VpcNatTunnel,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push('…');
+    }
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &tunnel.object_ref(&())).await {
+        tracing::warn!(%err, reason, "could not publish event");
+    }
+}
