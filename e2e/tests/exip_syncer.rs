@@ -1,0 +1,483 @@
+//! exip-syncer against real API servers (cluster1, cluster2 and the broker): the binary runs in
+//! each member cluster as a user would run it, with Submariner's ServiceDiscovery pointing at the
+//! broker cluster.
+//!
+//! exip-syncer owns every GatewayExIp of a cluster, so the tests here hold the `exip-syncer`
+//! lock; the broker outage test also holds the `broker` lock while the broker is stopped.
+
+use std::{collections::BTreeSet, path::PathBuf};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod, events::v1::Event};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use multivpc_api::{
+    GatewayExIp,
+    foreign::kubeovn::Vpc,
+    keys::{
+        LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, SUBMARINER_CLUSTER_ID,
+        SUBMARINER_ORIGIN_NAMESPACE,
+    },
+};
+use multivpc_e2e::{
+    ExclusiveGuard, Harness,
+    controllers::{self, ControllerProcess},
+    fixtures::{self, BROKER_NS, KUBE_SYSTEM},
+    prelude::*,
+};
+
+const C1: &str = "cluster1";
+const C2: &str = "cluster2";
+const BROKER: &str = "broker";
+/// Sync and publishing are event-driven; this only bounds a hung test.
+const CONVERGE: Duration = Duration::from_secs(60);
+
+struct Env {
+    h: Harness,
+    syncers: Vec<ControllerProcess>,
+    _lock: ExclusiveGuard,
+}
+
+async fn setup(h: Harness, args: &[&str]) -> Env {
+    let lock = h.exclusive("exip-syncer").await.unwrap();
+    for c in [C1, C2, BROKER] {
+        h.install_foreign_crds(c).await.unwrap();
+        h.install_project_crds(c).await.unwrap();
+    }
+    {
+        // Submariner's singletons are shared with other tests.
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner(C1, Some(BROKER))
+            .await
+            .unwrap();
+        h.install_default_submariner(C2, Some(BROKER))
+            .await
+            .unwrap();
+    }
+    let mut syncers = Vec::new();
+    for c in [C1, C2] {
+        syncers.push(
+            controllers::spawn(h.run_dir(), "exip-syncer", &h.kubeconfig(c), args, CONVERGE)
+                .await
+                .unwrap(),
+        );
+    }
+    Env {
+        h,
+        syncers,
+        _lock: lock,
+    }
+}
+
+fn exips(c: &Client) -> Api<GatewayExIp> {
+    Api::namespaced(c.clone(), KUBE_SYSTEM)
+}
+
+fn broker_exips(h: &Harness) -> Api<GatewayExIp> {
+    Api::namespaced(h.client(BROKER), BROKER_NS)
+}
+
+async fn wait_exip(
+    api: &Api<GatewayExIp>,
+    name: &str,
+    cond: impl Fn(&GatewayExIp) -> bool,
+) -> GatewayExIp {
+    wait_for_object(api, name, CONVERGE, |o: &GatewayExIp| cond(o))
+        .await
+        .unwrap_or_else(|e| panic!("GatewayExIp {name}: {e:#}"))
+}
+
+fn ext_ip(ip: &str) -> impl Fn(&GatewayExIp) -> bool + '_ {
+    move |o| o.spec.externalip == ip
+}
+
+async fn new_gateway(h: &Harness, cluster: &str, prefix: &str, vpc: &str) -> NatGateway {
+    let gw = h
+        .create_nat_gateway(
+            cluster,
+            NatGatewaySpec::new(&Harness::unique_name(prefix), vpc),
+        )
+        .await
+        .unwrap();
+    gw.wait_available(h, Duration::from_secs(90)).await.unwrap();
+    gw
+}
+
+impl Env {
+    async fn metric(&self, i: usize, series: &str) -> f64 {
+        self.syncers[i].metric(series).await.unwrap().unwrap_or(0.0)
+    }
+
+    async fn wait_metric(&self, i: usize, series: &str, cond: impl Fn(f64) -> bool) {
+        wait_for(series, CONVERGE, || async {
+            let v = self.syncers[i].metric(series).await?.unwrap_or(f64::NAN);
+            Ok(if cond(v) {
+                Check::Done(())
+            } else {
+                Check::Pending(format!("{series} = {v}"))
+            })
+        })
+        .await
+        .unwrap();
+    }
+
+    fn logs(&self) -> String {
+        self.syncers
+            .iter()
+            .map(|s| format!("--- {}\n{}", s.log.display(), s.log_tail(30)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+#[tokio::test]
+async fn gateways_are_published_and_synced_both_ways_and_deletions_propagate() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let (vpc1, vpc2) = (Harness::unique_name("xvpc"), Harness::unique_name("xvpc"));
+    let (a, b) = tokio::join!(
+        new_gateway(h, C1, "xa", &vpc1),
+        new_gateway(h, C2, "xb", &vpc2),
+    );
+    let a_name = format!("{}-{C1}", a.spec.name);
+    let b_name = format!("{}-{C2}", b.spec.name);
+    let globalnet1 = h.vpc_network(C1).unwrap().globalnet_cidr;
+
+    // Published locally with the external-network address and the Globalnet CIDR ...
+    let local = wait_exip(&exips(&c1), &a_name, ext_ip(&a.node.external_ip)).await;
+    assert_eq!(local.spec.globalnetcidr, globalnet1);
+    let labels = local.labels();
+    assert_eq!(labels[LABEL_CLUSTER], C1);
+    assert_eq!(labels[LABEL_GATEWAY], a.spec.name);
+    assert_eq!(labels[LABEL_VPC], a.spec.vpc);
+    assert_eq!(labels[LABEL_ACTIVE_GATEWAY], a.spec.name);
+    assert!(!labels.contains_key(SUBMARINER_CLUSTER_ID), "{labels:?}");
+
+    // ... exported to the broker with Submariner's labels ...
+    let exported = wait_exip(&broker_exips(h), &a_name, ext_ip(&a.node.external_ip)).await;
+    assert_eq!(exported.labels()[SUBMARINER_CLUSTER_ID], C1);
+    assert_eq!(exported.labels()[SUBMARINER_ORIGIN_NAMESPACE], KUBE_SYSTEM);
+
+    // ... and copied into the other cluster; the same the other way round.
+    let copy = wait_exip(&exips(&c2), &a_name, ext_ip(&a.node.external_ip)).await;
+    assert_eq!(copy.labels()[SUBMARINER_CLUSTER_ID], C1);
+    assert_eq!(copy.labels()[LABEL_CLUSTER], C1);
+    assert_eq!(copy.spec, local.spec);
+    wait_exip(&exips(&c1), &b_name, ext_ip(&b.node.external_ip)).await;
+    wait_exip(&exips(&c2), &b_name, |o| {
+        o.labels().get(SUBMARINER_CLUSTER_ID).is_none()
+    })
+    .await;
+    for i in [0, 1] {
+        assert_eq!(env.metric(i, "multivpc_broker_connected").await, 1.0);
+    }
+
+    // Nothing echoes: the broker holds one object per gateway, from its origin only.
+    let on_broker = broker_exips(h).list(&ListParams::default()).await.unwrap();
+    for (name, origin) in [(&a_name, C1), (&b_name, C2)] {
+        let same: Vec<_> = on_broker.iter().filter(|o| &o.name_any() == name).collect();
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0].labels()[SUBMARINER_CLUSTER_ID], origin);
+    }
+
+    // Deleting the gateway at its origin removes its GatewayExIp everywhere.
+    h.delete_nat_gateway(&a).await.unwrap();
+    for api in [exips(&c1), broker_exips(h), exips(&c2)] {
+        wait_for_deletion(&api, &a_name, CONVERGE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    }
+    h.delete_nat_gateway(&b).await.unwrap();
+    wait_for_deletion(&exips(&c1), &b_name, CONVERGE)
+        .await
+        .unwrap();
+}
+
+// ------------------------------------------------------------------ broker outage
+
+/// Runs kwokctl with the harness's environment (e2e/scripts/lib.sh).
+fn kwokctl(run_dir: &std::path::Path, args: &str) -> std::process::Output {
+    let lib: PathBuf = multivpc_e2e::e2e_dir().join("scripts/lib.sh");
+    let script = format!(
+        "export MULTIVPC_E2E_RUN_DIR='{}'; source '{}'; kwokctl {args}",
+        run_dir.display(),
+        lib.display()
+    );
+    std::process::Command::new("bash")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kwokctl")
+}
+
+/// The broker cluster stopped (`kwokctl stop cluster`); started again when dropped, so a failing
+/// test never leaves it down.
+struct BrokerDown {
+    run_dir: PathBuf,
+    up: bool,
+}
+
+impl BrokerDown {
+    fn stop(h: &Harness) -> Self {
+        let out = kwokctl(h.run_dir(), "stop cluster --name broker");
+        assert!(out.status.success(), "kwokctl stop: {out:?}");
+        Self {
+            run_dir: h.run_dir().to_path_buf(),
+            up: false,
+        }
+    }
+
+    async fn start(mut self, h: &Harness) {
+        let run_dir = self.run_dir.clone();
+        let out =
+            tokio::task::spawn_blocking(move || kwokctl(&run_dir, "start cluster --name broker"))
+                .await
+                .unwrap();
+        assert!(out.status.success(), "kwokctl start: {out:?}");
+        self.up = true;
+        let client = h.client(BROKER);
+        wait_for("broker API server", CONVERGE, || async {
+            client.apiserver_version().await?;
+            Ok(Check::Done(()))
+        })
+        .await
+        .unwrap();
+    }
+}
+
+impl Drop for BrokerDown {
+    fn drop(&mut self) {
+        if !self.up {
+            let out = kwokctl(&self.run_dir, "start cluster --name broker");
+            if !out.status.success() {
+                eprintln!("could not restart the broker: {out:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn broker_outage_loses_nothing_and_converges_when_it_returns() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let vpc = Harness::unique_name("ovpc");
+    let (a, b, c) = tokio::join!(
+        new_gateway(h, C1, "oa", &vpc),
+        new_gateway(h, C2, "ob", &vpc),
+        new_gateway(h, C1, "oc", &vpc),
+    );
+    let [a_name, b_name, c_name] =
+        [(&a, C1), (&b, C2), (&c, C1)].map(|(g, c)| format!("{}-{c}", g.spec.name));
+    wait_exip(&exips(&c2), &a_name, ext_ip(&a.node.external_ip)).await;
+    wait_exip(&exips(&c1), &b_name, ext_ip(&b.node.external_ip)).await;
+    // c is published, then deleted again while the broker is down.
+    wait_exip(&exips(&c2), &c_name, ext_ip(&c.node.external_ip)).await;
+
+    let broker_lock = h.exclusive("broker").await.unwrap();
+    let down = BrokerDown::stop(h);
+    for i in [0, 1] {
+        env.wait_metric(i, "multivpc_broker_connected", |v| v == 0.0)
+            .await;
+    }
+    // Changes on both clusters while the broker is away; local work goes on.
+    let d = new_gateway(h, C1, "od", &vpc).await;
+    let d_name = format!("{}-{C1}", d.spec.name);
+    wait_exip(&exips(&c1), &d_name, ext_ip(&d.node.external_ip)).await;
+    h.delete_nat_gateway(&b).await.unwrap();
+    wait_for_deletion(&exips(&c2), &b_name, CONVERGE)
+        .await
+        .unwrap();
+    h.delete_nat_gateway(&c).await.unwrap();
+    wait_for_deletion(&exips(&c1), &c_name, CONVERGE)
+        .await
+        .unwrap();
+    assert!(
+        exips(&c2).get_opt(&c_name).await.unwrap().is_some(),
+        "without the broker, cluster2 cannot know yet"
+    );
+
+    down.start(h).await;
+    for i in [0, 1] {
+        env.wait_metric(i, "multivpc_broker_connected", |v| v == 1.0)
+            .await;
+    }
+    drop(broker_lock);
+    // Everything converges: new objects arrive, deleted ones leave, on every side.
+    wait_exip(&exips(&c2), &d_name, ext_ip(&d.node.external_ip)).await;
+    for (api, name) in [
+        (exips(&c1), &b_name),
+        (exips(&c2), &c_name),
+        (broker_exips(h), &b_name),
+        (broker_exips(h), &c_name),
+    ] {
+        wait_for_deletion(&api, name, CONVERGE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    }
+    // Nothing lost or duplicated: exactly the test's surviving gateways, once each.
+    let ours = |list: Vec<GatewayExIp>| -> BTreeSet<String> {
+        list.into_iter()
+            .filter(|o| o.labels().get(LABEL_VPC) == Some(&vpc))
+            .map(|o| o.name_any())
+            .collect()
+    };
+    let want: BTreeSet<String> = [a_name.clone(), d_name.clone()].into();
+    for api in [exips(&c1), exips(&c2), broker_exips(h)] {
+        let list = api.list(&ListParams::default()).await.unwrap().items;
+        assert_eq!(ours(list), want);
+    }
+    assert!(
+        env.metric(
+            0,
+            "multivpc_broker_sync_total{direction=\"to_broker\",result=\"success\"}"
+        )
+        .await
+            >= 2.0
+    );
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&a), h.delete_nat_gateway(&d));
+    x.unwrap();
+    y.unwrap();
+    wait_for_deletion(&exips(&c2), &a_name, CONVERGE)
+        .await
+        .unwrap();
+    wait_for_deletion(&exips(&c2), &d_name, CONVERGE)
+        .await
+        .unwrap();
+}
+
+// ------------------------------------------------------------------ failover
+
+#[tokio::test]
+async fn failover_repoints_only_the_failed_routes_and_moves_the_gatewayexip() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &["--failover-grace-period=1s"]).await;
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let vpc = Harness::unique_name("fvpc");
+    let (p, s) = tokio::join!(
+        new_gateway(h, C1, "fp", &vpc),
+        new_gateway(h, C1, "fs", &vpc)
+    );
+    let remote_cidr = h.vpc_network(C2).unwrap().globalnet_cidr;
+    let other_hop = h.vpc_network(C1).unwrap().gateway;
+    // The VPC routes the other cluster's Globalnet CIDR through the primary; a second route
+    // through another next hop must be left alone.
+    apply_dynamic(
+        &c1,
+        &fixtures::vpc(
+            &vpc,
+            &[(&remote_cidr, &p.node.lan_ip), ("10.99.0.0/16", &other_hop)],
+        ),
+    )
+    .await
+    .unwrap();
+    let p_name = format!("{}-{C1}", p.spec.name);
+    wait_exip(&exips(&c1), &p_name, ext_ip(&p.node.external_ip)).await;
+    wait_exip(&exips(&c2), &p_name, ext_ip(&p.node.external_ip)).await;
+
+    // The primary is lost: pod deleted and its StatefulSet scaled to 0.
+    let sts: Api<StatefulSet> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    sts.patch(
+        &p.statefulset_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let _ = pods.delete(&p.pod_name(), &DeleteParams::default()).await;
+
+    let vpcs: Api<Vpc> = Api::all(c1.clone());
+    let repointed = wait_for_object(&vpcs, &vpc, CONVERGE, |v: &Vpc| {
+        v.spec.static_routes.first().map(|r| r.next_hop_ip.as_str()) == Some(s.node.lan_ip.as_str())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    assert_eq!(repointed.spec.static_routes[1].next_hop_ip, other_hop);
+    assert_eq!(repointed.spec.static_routes[0].cidr, remote_cidr);
+
+    // The primary's GatewayExIp (what remote tunnels reference) now names the standby, here and
+    // on the other cluster.
+    let moved = wait_exip(&exips(&c1), &p_name, ext_ip(&s.node.external_ip)).await;
+    assert_eq!(moved.labels()[LABEL_ACTIVE_GATEWAY], s.spec.name);
+    assert_eq!(moved.labels()[LABEL_GATEWAY], p.spec.name);
+    let remote = wait_exip(&exips(&c2), &p_name, ext_ip(&s.node.external_ip)).await;
+    assert_eq!(remote.labels()[LABEL_ACTIVE_GATEWAY], s.spec.name);
+    // The standby's own object is unchanged.
+    let s_obj = exips(&c1)
+        .get(&format!("{}-{C1}", s.spec.name))
+        .await
+        .unwrap();
+    assert_eq!(s_obj.spec.externalip, s.node.external_ip);
+
+    // Recorded: metrics and an event on the Vpc.
+    assert!(
+        env.metric(
+            0,
+            "multivpc_gateway_failover_total{kind=\"failover\",result=\"success\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        env.metric(0, "multivpc_gateway_failover_duration_seconds_count")
+            .await
+            >= 1.0
+    );
+    let events: Api<Event> = Api::all(c1.clone());
+    wait_for("GatewayFailover event", CONVERGE, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(
+            match list.items.iter().find(|e| {
+                e.reason.as_deref() == Some("GatewayFailover")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(vpc.as_str())
+            }) {
+                Some(e) => Check::Done(e.note.clone()),
+                None => Check::Pending(format!("{} events, none for the Vpc", list.items.len())),
+            },
+        )
+    })
+    .await
+    .unwrap();
+
+    // Default fail-back policy: the primary coming back does not move the routes again.
+    let passes =
+        "controller_runtime_reconcile_total{controller=\"gatewayexip\",result=\"success\"}";
+    let before = env.metric(0, passes).await;
+    sts.patch(
+        &p.statefulset_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    wait_for_object(&pods, &p.pod_name(), CONVERGE, |pod: &Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await
+    .unwrap();
+    // A pass has seen the primary back (the pod's watch event triggers one) ...
+    env.wait_metric(0, passes, |v| v > before).await;
+    // ... and left the routes and the GatewayExIp on the standby.
+    let after = vpcs.get(&vpc).await.unwrap();
+    assert_eq!(after.spec.static_routes[0].next_hop_ip, s.node.lan_ip);
+    let still = exips(&c1).get(&p_name).await.unwrap();
+    assert_eq!(still.labels()[LABEL_ACTIVE_GATEWAY], s.spec.name);
+    assert_eq!(still.spec.externalip, s.node.external_ip);
+
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&p), h.delete_nat_gateway(&s));
+    x.unwrap();
+    y.unwrap();
+    let _ = vpcs.delete(&vpc, &DeleteParams::default()).await;
+    wait_for_deletion(&exips(&c2), &p_name, CONVERGE)
+        .await
+        .unwrap();
+}
