@@ -26,7 +26,7 @@ e2e-gateway-down: ## Remove a gateway node and its netns: make e2e-gateway-down 
 
 e2e-run: ## Run the e2e cargo tests against the running harness (a missing harness fails)
 	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer
-	MULTIVPC_E2E=1 $(CARGO) test -p multivpc-e2e $(E2E_CARGO_TEST_ARGS)
+	MULTIVPC_E2E=1 $(CARGO) test -p multivpc-e2e --no-fail-fast $(E2E_CARGO_TEST_ARGS)
 
 e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure; keeps the exit status)
 	@$(MAKE) --no-print-directory e2e-build
