@@ -623,4 +623,50 @@ mod tests {
         observe(&mut h, &BTreeMap::new(), t0);
         assert!(h.is_empty());
     }
+
+    proptest::proptest! {
+        /// Applied to any route list, the patch repoints exactly the routes whose next hop was
+        /// the failed lanIp and leaves every other route (and its order) as it was.
+        #[test]
+        fn route_patch_changes_exactly_the_failed_hops(
+            hops in proptest::collection::vec(0u8..4, 0..8),
+        ) {
+            let failed: Ipv4Addr = "10.1.0.1".parse().unwrap();
+            let vpc = VpcRoutes {
+                name: "v1".into(),
+                routes: hops
+                    .iter()
+                    .enumerate()
+                    .map(|(i, h)| route(&format!("10.{i}.0.0/16"), &format!("10.1.0.{h}")))
+                    .collect(),
+            };
+            let m = RouteMove {
+                vpc: "v1".into(),
+                kind: MoveKind::Failover,
+                from_gw: "p".into(),
+                from_ip: failed,
+                to_gw: "s".into(),
+                to_ip: "10.1.0.9".parse().unwrap(),
+                since: Instant::now(),
+            };
+            let mut doc = json!({"spec": {"staticRoutes": vpc.routes}});
+            if let Some(patch) = route_patch(&vpc, std::slice::from_ref(&m)) {
+                let patch: json_patch::Patch = serde_json::from_value(patch).unwrap();
+                json_patch::patch(&mut doc, &patch).unwrap();
+            } else {
+                proptest::prop_assert!(!hops.contains(&1));
+            }
+            let after: Vec<StaticRoute> =
+                serde_json::from_value(doc["spec"]["staticRoutes"].clone()).unwrap();
+            proptest::prop_assert_eq!(&after, &repointed(&vpc, &[m]));
+            for (a, b) in after.iter().zip(&vpc.routes) {
+                proptest::prop_assert_eq!(&a.cidr, &b.cidr);
+                if b.next_hop_ip == "10.1.0.1" {
+                    proptest::prop_assert_eq!(a.next_hop_ip.as_str(), "10.1.0.9");
+                } else {
+                    proptest::prop_assert_eq!(&a.next_hop_ip, &b.next_hop_ip);
+                }
+            }
+        }
+    }
 }

@@ -452,3 +452,167 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod convergence {
+    //! Property: whatever the starting state (stale copies, stale broker objects), repeated
+    //! passes of both clusters reach a fixpoint where the broker holds exactly each cluster's
+    //! own objects once, each cluster holds the other's as copies, and own objects are never
+    //! touched by the sync.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use multivpc_api::{GatewayExIpSpec, keys::LABEL_GATEWAY};
+    use proptest::prelude::*;
+
+    const CLUSTERS: [&str; 2] = ["c1", "c2"];
+    type Ns = BTreeMap<String, GatewayExIp>;
+
+    fn object(gw: u8, cluster: &str, ip: u8, ns: &str, labels: &[(&str, &str)]) -> GatewayExIp {
+        let mut l: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert(LABEL_GATEWAY.into(), format!("g{gw}"));
+        GatewayExIp {
+            metadata: ObjectMeta {
+                name: Some(format!("g{gw}-{cluster}")),
+                namespace: Some(ns.into()),
+                labels: Some(l),
+                ..Default::default()
+            },
+            spec: GatewayExIpSpec {
+                externalip: format!("172.50.0.{ip}"),
+                globalnetcidr: "242.1.0.0/16".into(),
+            },
+        }
+    }
+
+    fn apply(ns: &mut Ns, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::Apply(o) => {
+                    ns.insert(o.name_any(), o.clone());
+                }
+                Op::Delete { name, .. } => {
+                    ns.remove(name);
+                }
+            }
+        }
+    }
+
+    fn arb_state() -> impl Strategy<Value = ([Ns; 2], Ns)> {
+        let own = prop::collection::btree_map(0u8..4, 1u8..6, 0..4);
+        let stale_copies = prop::collection::btree_map(0u8..4, 1u8..6, 0..4);
+        let stale_broker = prop::collection::vec((0u8..4, 0usize..2, 1u8..6), 0..5);
+        (
+            own.clone(),
+            own,
+            stale_copies.clone(),
+            stale_copies,
+            stale_broker,
+        )
+            .prop_map(|(own1, own2, stale1, stale2, broker)| {
+                let mut locals = [Ns::new(), Ns::new()];
+                for (i, (own, stale)) in [(own1, stale1), (own2, stale2)].into_iter().enumerate() {
+                    let me = CLUSTERS[i];
+                    let other = CLUSTERS[1 - i];
+                    for (gw, ip) in stale {
+                        let o = object(
+                            gw,
+                            other,
+                            ip,
+                            "kube-system",
+                            &[(LABEL_CLUSTER, other), (SUBMARINER_CLUSTER_ID, other)],
+                        );
+                        locals[i].insert(o.name_any(), o);
+                    }
+                    for (gw, ip) in own {
+                        let o = object(gw, me, ip, "kube-system", &[(LABEL_CLUSTER, me)]);
+                        locals[i].insert(o.name_any(), o);
+                    }
+                }
+                let mut b = Ns::new();
+                for (gw, c, ip) in broker {
+                    let o = object(
+                        gw,
+                        CLUSTERS[c],
+                        ip,
+                        "brk",
+                        &[
+                            (LABEL_CLUSTER, CLUSTERS[c]),
+                            (SUBMARINER_CLUSTER_ID, CLUSTERS[c]),
+                            (SUBMARINER_ORIGIN_NAMESPACE, "kube-system"),
+                        ],
+                    );
+                    b.insert(o.name_any(), o);
+                }
+                (locals, b)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn both_clusters_converge_without_loss_echo_or_duplicates((mut locals, mut broker) in arb_state()) {
+            let owns: Vec<Ns> = (0..2)
+                .map(|i| {
+                    locals[i]
+                        .iter()
+                        .filter(|(_, o)| crate::publish::is_own(o, CLUSTERS[i]))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .collect();
+            let mut rounds = 0;
+            loop {
+                let mut changed = false;
+                for i in 0..2 {
+                    let local: Vec<_> = locals[i].values().cloned().collect();
+                    let remote: Vec<_> = broker.values().cloned().collect();
+                    let p = plan(CLUSTERS[i], "kube-system", "brk", &local, &remote);
+                    prop_assert!(p.skipped.is_empty(), "{:?}", p.skipped);
+                    changed |= !p.to_broker.is_empty() || !p.from_broker.is_empty();
+                    apply(&mut broker, &p.to_broker);
+                    apply(&mut locals[i], &p.from_broker);
+                }
+                if !changed {
+                    break;
+                }
+                rounds += 1;
+                prop_assert!(rounds <= 2, "no fixpoint after {rounds} rounds");
+            }
+            for i in 0..2 {
+                let me = CLUSTERS[i];
+                let other = CLUSTERS[1 - i];
+                // Own objects untouched by the sync.
+                for (name, o) in &owns[i] {
+                    prop_assert_eq!(locals[i].get(name), Some(o));
+                }
+                // Exactly the other cluster's own objects as copies, nothing else.
+                let copies: BTreeMap<_, _> = locals[i]
+                    .iter()
+                    .filter(|(_, o)| copy_origin(o, me).is_some())
+                    .map(|(k, o)| (k.clone(), o.spec.clone()))
+                    .collect();
+                let want: BTreeMap<_, _> = owns[1 - i]
+                    .iter()
+                    .map(|(k, o)| (k.clone(), o.spec.clone()))
+                    .collect();
+                prop_assert_eq!(copies, want);
+                prop_assert!(locals[i].values().all(|o| copy_origin(o, me).is_none_or(|c| c == other)));
+            }
+            // The broker holds each own object once, from its origin.
+            let mut want = Ns::new();
+            for i in 0..2 {
+                for o in owns[i].values() {
+                    want.insert(o.name_any(), export_copy(o, CLUSTERS[i], "brk"));
+                }
+            }
+            prop_assert_eq!(broker.len(), want.len());
+            for (name, o) in &want {
+                prop_assert!(broker.get(name).is_some_and(|b| up_to_date(b, o)));
+            }
+        }
+    }
+}
