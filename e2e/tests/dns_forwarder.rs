@@ -39,6 +39,16 @@ async fn setup(h: Harness) -> Env {
     let c = h.client(CLUSTER);
     let ns = h.unique_namespace(CLUSTER, "dnsfwd").await.unwrap();
     let ctl = start(&h).await;
+    // A test that failed earlier may have left forwards: the running controller removes
+    // what they added, so every test starts from Kube-OVN's state.
+    let all: Api<VpcDnsForward> = Api::all(c.clone());
+    for f in all.list(&ListParams::default()).await.unwrap() {
+        let api: Api<VpcDnsForward> = Api::namespaced(c.clone(), &f.namespace().unwrap());
+        let _ = api.delete(&f.name_any(), &DeleteParams::default()).await;
+        wait_for_deletion(&api, &f.name_any(), Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
     Env {
         h,
         c,
@@ -169,6 +179,32 @@ impl Env {
         wait_for_object(&self.deployments(), name, Duration::from_secs(30), check)
             .await
             .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    }
+
+    /// A full Update of the Deployment, as Kube-OVN sends, retried when kube-controller-manager
+    /// changed the Deployment's status in between (409).
+    async fn rewrite_deployment(&self, name: &str, edit: impl Fn(&mut Deployment)) {
+        wait_for(
+            "a full update of the Deployment",
+            Duration::from_secs(20),
+            || async {
+                let mut d = self.deployments().get(name).await?;
+                edit(&mut d);
+                match self
+                    .deployments()
+                    .replace(name, &PostParams::default(), &d)
+                    .await
+                {
+                    Ok(_) => Ok(Check::Done(())),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {
+                        Ok(Check::Pending("conflict".into()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            },
+        )
+        .await
+        .unwrap();
     }
 
     async fn finish(self) {
@@ -318,18 +354,11 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
 
     // Kube-OVN reconciles the VpcDns: a full Update with the Deployment it builds, dropping
     // the route.
-    let mut rewritten = original.clone();
-    rewritten.metadata.resource_version = env
-        .deployments()
-        .get(&dep)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version;
-    env.deployments()
-        .replace(&dep, &PostParams::default(), &rewritten)
-        .await
-        .unwrap();
+    env.rewrite_deployment(&dep, |d| {
+        d.spec = original.spec.clone();
+        d.metadata.annotations = original.metadata.annotations.clone();
+    })
+    .await;
     env.wait_deployment(&dep, "route re-added after the rewrite", |d| {
         script_of(d).ends_with(&route)
     })
@@ -345,7 +374,7 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     let versions = |f: &VpcDnsForward, d: &Deployment, cm: &ConfigMap| {
         (
             f.resource_version(),
-            d.resource_version(),
+            d.metadata.generation,
             cm.resource_version(),
         )
     };
@@ -378,7 +407,13 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
         &env.deployments().get(&dep).await.unwrap(),
         &cms.get("vpc-dns-corefile").await.unwrap(),
     );
-    assert_eq!(before, after, "no writes at steady state");
+    assert_eq!(
+        before,
+        after,
+        "no writes at steady state; forward status before {:?}, after {:?}",
+        after_heal.status,
+        env.forwards().get("heal").await.unwrap().status
+    );
 
     env.delete_forward("heal").await;
     assert!(!env.init_script(&dep).await.contains(&route));
@@ -454,26 +489,13 @@ async fn original_operator_objects_are_adopted_and_cleaned_up() {
         .unwrap();
     let kube_ovn_script = env.init_script(&dep).await;
     // What the Go operator left: its route appended, its finalizer on the forward.
-    let mut left = env.deployments().get(&dep).await.unwrap();
-    left.spec
-        .as_mut()
-        .unwrap()
-        .template
-        .spec
-        .as_mut()
-        .unwrap()
-        .init_containers
-        .as_mut()
-        .unwrap()[0]
-        .command = Some(vec![
-        "sh".into(),
-        "-c".into(),
-        format!("{kube_ovn_script}{}", env.route_line()),
-    ]);
-    env.deployments()
-        .replace(&dep, &PostParams::default(), &left)
-        .await
-        .unwrap();
+    let operator_script = format!("{kube_ovn_script}{}", env.route_line());
+    env.rewrite_deployment(&dep, |d| {
+        let spec = d.spec.as_mut().unwrap().template.spec.as_mut().unwrap();
+        spec.init_containers.as_mut().unwrap()[0].command =
+            Some(vec!["sh".into(), "-c".into(), operator_script.clone()]);
+    })
+    .await;
     env.apply_forward("old", &vpc, &[multivpc_api::keys::DNS_FINALIZER])
         .await;
 

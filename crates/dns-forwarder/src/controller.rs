@@ -1,7 +1,14 @@
 //! The VpcDnsForward controller: watches, reconcile, error policy. Decisions live in
 //! [`crate::plan`]; this module only reads the caches and performs the plan's API calls.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -60,6 +67,8 @@ pub struct Stores {
     pub corefile: Store<ConfigMap>,
     pub kube_dns: Store<Service>,
     pub subnets: Store<Subnet>,
+    /// Set once [`Stores::synced`] has resolved.
+    synced: Arc<AtomicBool>,
 }
 
 impl Stores {
@@ -98,6 +107,26 @@ impl Stores {
             })
             .map(|f| ObjectRef::from_obj(f.as_ref()))
             .collect()
+    }
+
+    /// Resolves once every cache has its initial list. Deciding from a partial cache would be
+    /// destructive (a Deployment not yet listed looks like one the forward left), so no
+    /// reconcile acts before this.
+    async fn synced(&self) -> Result<(), reflector::store::WriterDropped> {
+        tokio::try_join!(
+            self.forwards.wait_until_ready(),
+            self.vpc_dns.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.corefile.wait_until_ready(),
+            self.kube_dns.wait_until_ready(),
+            self.subnets.wait_until_ready(),
+        )?;
+        Ok(())
+    }
+
+    /// Whether every cache has had its initial list (non-blocking).
+    fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     fn all(&self) -> Vec<ObjectRef<VpcDnsForward>> {
@@ -181,6 +210,7 @@ pub async fn run(
         corefile,
         kube_dns,
         subnets,
+        synced: Arc::default(),
     };
     let (s1, s2, s3, s4, s5) = (
         stores.clone(),
@@ -225,15 +255,8 @@ pub async fn run(
     });
 
     tokio::spawn(async move {
-        let ready = tokio::try_join!(
-            stores.forwards.wait_until_ready(),
-            stores.vpc_dns.wait_until_ready(),
-            stores.deployments.wait_until_ready(),
-            stores.corefile.wait_until_ready(),
-            stores.kube_dns.wait_until_ready(),
-            stores.subnets.wait_until_ready(),
-        );
-        if ready.is_ok() {
+        if stores.synced().await.is_ok() {
+            stores.synced.store(true, Ordering::Release);
             tracing::info!("caches synced");
             readiness.set_synced(true);
         }
@@ -266,6 +289,11 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let ns = forward.namespace().unwrap_or_default();
             let api: Api<VpcDnsForward> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&forward);
+            // The watch streams only advance while the controller polls them, so a reconcile
+            // must not wait for them: it comes back shortly instead.
+            if !ctx2.stores.is_synced() {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             let action = finalizer(&api, DNS_FINALIZER, forward, |event| async {
                 match event {
                     Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
@@ -300,6 +328,15 @@ async fn apply(
 ) -> Result<Action, Error> {
     let snapshot = ctx.stores.snapshot();
     let plan = plan::plan(forward, &snapshot, false);
+    tracing::debug!(
+        forward = %key(forward),
+        reason = plan.condition.reason,
+        edits = plan.edits.len(),
+        corefile_edit = plan.corefile.is_some(),
+        kube_dns = snapshot.kube_dns.is_some(),
+        deployments = snapshot.deployments.len(),
+        "planned"
+    );
     execute(forward, ctx, &plan).await?;
     update_gauge(ctx, &snapshot, &plan);
     write_status(forward, ctx, api, &plan).await?;
