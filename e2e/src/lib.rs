@@ -83,6 +83,40 @@ pub fn e2e_required() -> bool {
         .unwrap_or(false)
 }
 
+/// A pin from `e2e/versions.env` (e.g. `K8S_VERSION`), as compiled into this crate.
+pub fn pinned_version(key: &str) -> Option<String> {
+    include_str!("../versions.env").lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == key).then(|| v.split_whitespace().next().unwrap_or_default().to_string())
+    })
+}
+
+/// The harness binary cache: `$MULTIVPC_CACHE` or `~/.cache/kubeovn-multivpc`.
+pub fn binary_cache() -> PathBuf {
+    std::env::var_os("MULTIVPC_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/kubeovn-multivpc")
+        })
+}
+
+/// Path of a harness tool built by `make e2e-build`: `kubectl`, `helm`,
+/// `kwokctl`, `kwok`, `etcd`, `kube-apiserver`, ...
+pub fn tool_path(tool: &str) -> PathBuf {
+    let (dir, key) = match tool {
+        "etcd" => ("etcd", "ETCD_VERSION"),
+        "kwok" | "kwokctl" => ("kwok", "KWOK_VERSION"),
+        "helm" => ("helm", "HELM_VERSION"),
+        _ => ("kubernetes", "K8S_VERSION"),
+    };
+    let v = pinned_version(key).unwrap_or_default();
+    binary_cache()
+        .join(format!("{dir}-{v}"))
+        .join("bin")
+        .join(tool)
+}
+
 /// One harness cluster.
 #[derive(Clone)]
 pub struct Cluster {
@@ -316,6 +350,112 @@ impl Harness {
         .await?
         .with_context(|| format!("lock {}", path.display()))?;
         Ok(ExclusiveGuard { _file: file })
+    }
+
+    /// Run the pinned `kubectl` against `cluster` (admin), e.g. to attach
+    /// `kubectl describe` output to a failure message.
+    pub async fn kubectl(&self, cluster: &str, args: &[&str]) -> Result<ExecOutput> {
+        let kc = self.kubeconfig(cluster);
+        let bin = tool_path("kubectl");
+        let mut cmd = vec![
+            bin.to_str().unwrap_or("kubectl"),
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ];
+        cmd.extend_from_slice(args);
+        host_exec(&cmd).await
+    }
+
+    /// Run the pinned `helm` against `cluster` (admin).
+    pub async fn helm(&self, cluster: &str, args: &[&str]) -> Result<ExecOutput> {
+        let kc = self.kubeconfig(cluster);
+        let bin = tool_path("helm");
+        let mut cmd = vec![
+            bin.to_str().unwrap_or("helm"),
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+        ];
+        cmd.extend_from_slice(args);
+        host_exec(&cmd).await
+    }
+
+    /// A bound token (1 h) for ServiceAccount `namespace/name` of `cluster`
+    /// (TokenRequest API); the ServiceAccount must exist.
+    pub async fn service_account_token(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String> {
+        use k8s_openapi::api::authentication::v1::TokenRequest;
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client(cluster), namespace);
+        let tr: TokenRequest = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [], "expirationSeconds": 3600}
+        }))?;
+        let tr = sas
+            .create_token_request(name, &kube::api::PostParams::default(), &tr)
+            .await
+            .with_context(|| format!("token for ServiceAccount {namespace}/{name} in {cluster}"))?;
+        tr.status
+            .map(|s| s.token)
+            .context("TokenRequest without status")
+    }
+
+    /// Write a kubeconfig that authenticates as ServiceAccount
+    /// `namespace/name` of `cluster` (so RBAC is real, as with a chart's
+    /// ServiceAccount) and return its path (under `<run dir>/kubeconfigs/`).
+    pub async fn service_account_kubeconfig(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf> {
+        let token = self.service_account_token(cluster, namespace, name).await?;
+        let kc = Kubeconfig::read_from(self.kubeconfig(cluster))?;
+        let c = kc
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .context("kubeconfig has no cluster")?;
+        let ca = match (c.certificate_authority_data, c.certificate_authority) {
+            (Some(d), _) => d,
+            (None, Some(p)) => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(std::fs::read(&p)?)
+            }
+            (None, None) => bail!("kubeconfig of {cluster} has no CA"),
+        };
+        let server = c.server.context("kubeconfig has no server")?;
+        let user = format!("{namespace}-{name}");
+        let yaml = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": ca}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": cluster, "user": user, "namespace": namespace}}],
+            "current-context": user,
+        });
+        let dir = self.run_dir.join("kubeconfigs");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{cluster}-{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&yaml)?)?;
+        Ok(path)
+    }
+
+    /// A client that authenticates as ServiceAccount `namespace/name` of `cluster`.
+    pub async fn service_account_client(
+        &self,
+        cluster: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Client> {
+        let path = self
+            .service_account_kubeconfig(cluster, namespace, name)
+            .await?;
+        let kc = Kubeconfig::read_from(&path)?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
     }
 
     /// Facts about the VPC-side netns of `cluster` (created by `make e2e-up`).

@@ -5,14 +5,8 @@
 //! run in parallel against one harness.
 use multivpc_e2e::prelude::*;
 
-const PINNED_K8S: &str = include_str!("../versions.env");
-
 fn pinned_k8s_version() -> String {
-    PINNED_K8S
-        .lines()
-        .find_map(|l| l.strip_prefix("K8S_VERSION="))
-        .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
-        .expect("K8S_VERSION in e2e/versions.env")
+    multivpc_e2e::pinned_version("K8S_VERSION").expect("K8S_VERSION in e2e/versions.env")
 }
 
 #[tokio::test]
@@ -424,4 +418,65 @@ async fn a_restarted_gateway_pod_gets_a_new_uid_and_a_fresh_netns() {
     assert!(!routes.stdout.contains("10.254.0.0/16"), "{routes}");
     assert!(routes.stdout.contains("default via"), "{routes}");
     h.delete_nat_gateway(&gw).await.unwrap();
+}
+
+#[tokio::test]
+async fn pinned_tools_and_service_account_identities_work() {
+    let h = harness_or_skip!(["cluster1"]);
+    let helm = multivpc_e2e::pinned_version("HELM_VERSION").unwrap();
+    let out = h
+        .helm("cluster1", &["version", "--short"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(out.stdout.starts_with(&helm), "{out}");
+    h.helm("cluster1", &["list", "-A"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    let out = h
+        .kubectl("cluster1", &["version"])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(
+        out.stdout
+            .contains(&format!("Server Version: {}", pinned_k8s_version())),
+        "{out}"
+    );
+
+    // A ServiceAccount with a namespaced Role: RBAC decides, as for a chart's controller.
+    let ns = h.unique_namespace("cluster1", "rbac").await.unwrap();
+    let c = h.client("cluster1");
+    apply_yaml(
+        &c,
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: reader, namespace: {ns}}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: reader, namespace: {ns}}}\n\
+             rules: [{{apiGroups: [\"\"], resources: [configmaps], verbs: [get, list]}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: reader, namespace: {ns}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}}\n\
+             subjects: [{{kind: ServiceAccount, name: reader, namespace: {ns}}}]\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let sa = h
+        .service_account_client("cluster1", &ns, "reader")
+        .await
+        .unwrap();
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, ListParams};
+    let mine: Api<ConfigMap> = Api::namespaced(sa.clone(), &ns);
+    mine.list(&ListParams::default()).await.unwrap();
+    let theirs: Api<ConfigMap> = Api::namespaced(sa, "kube-system");
+    let err = theirs.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 403),
+        "{err}"
+    );
+    h.delete_namespace("cluster1", &ns).await.unwrap();
 }
