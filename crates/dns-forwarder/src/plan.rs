@@ -527,6 +527,20 @@ mod tests {
     }
 
     #[test]
+    fn every_active_vpc_dns_of_the_vpc_gets_the_route() {
+        let mut s = snapshot();
+        s.vpc_dns.push(vpc_dns("dns1c", "vpc1", true));
+        s.deployments.insert("vpc-dns-dns1c".into(), deployment("vpc-dns-dns1c", ""));
+        let f = forward("ns1", "a", "vpc1");
+        s.forwards = vec![f.clone()];
+        let p = plan(&f, &s, false);
+        assert_eq!(p.vpc_dns, ["dns1", "dns1c"]);
+        assert_eq!(p.deployments, ["vpc-dns-dns1", "vpc-dns-dns1c"]);
+        let edited: Vec<&str> = p.edits.iter().map(|e| e.deployment.as_str()).collect();
+        assert_eq!(edited, ["vpc-dns-dns1", "vpc-dns-dns1c"]);
+    }
+
+    #[test]
     fn steady_state_plans_nothing() {
         let mut s = snapshot();
         s.deployments.insert(
