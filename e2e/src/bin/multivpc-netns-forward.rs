@@ -131,3 +131,44 @@ fn main() {
         let _ = h.join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_with_and_without_netns() {
+        let e = parse_endpoint("mvpc20-c1-gw-a@127.0.0.1:10250").unwrap();
+        assert_eq!(e.netns.as_deref(), Some("mvpc20-c1-gw-a"));
+        assert_eq!(e.addr, "127.0.0.1:10250".parse().unwrap());
+        let e = parse_endpoint("127.20.1.1:10250").unwrap();
+        assert!(e.netns.is_none());
+        assert!(parse_endpoint("../x@127.0.0.1:1").is_err());
+        assert!(parse_endpoint("@127.0.0.1:1").is_err());
+        assert!(parse_endpoint("ns@localhost").is_err());
+    }
+
+    #[test]
+    fn forwards_bytes_both_ways_in_the_own_netns() {
+        let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+        let up_addr = upstream.local_addr().unwrap();
+        thread::spawn(move || {
+            let (mut s, _) = upstream.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf.map(|b| b.to_ascii_uppercase())).unwrap();
+        });
+        let front = TcpListener::bind("127.0.0.1:0").unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let connect = Endpoint {
+            netns: None,
+            addr: up_addr,
+        };
+        thread::spawn(move || serve(front, connect));
+        let mut c = TcpStream::connect(front_addr).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"HELLO");
+    }
+}
