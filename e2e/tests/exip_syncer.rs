@@ -13,7 +13,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use multivpc_api::{
-    GatewayExIp,
+    GatewayExIp, VpcNatTunnel, conditions,
     foreign::kubeovn::Vpc,
     keys::{
         LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, SUBMARINER_CLUSTER_ID,
@@ -480,4 +480,185 @@ async fn failover_repoints_only_the_failed_routes_and_moves_the_gatewayexip() {
     wait_for_deletion(&exips(&c2), &p_name, CONVERGE)
         .await
         .unwrap();
+}
+
+// ------------------------------------------------------------------ failover with tunnels
+
+fn programmed(t: &VpcNatTunnel) -> bool {
+    let Some(s) = &t.status else { return false };
+    s.observed_generation == t.metadata.generation
+        && conditions::find(&s.conditions, conditions::READY)
+            .is_some_and(|c| c.status == "True" && c.reason == "Programmed")
+}
+
+async fn apply_vxlan_tunnel(
+    c: &Client,
+    ns: &str,
+    name: &str,
+    (remote_cluster, remote_gw): (&str, &str),
+    local_gw: &str,
+    addr: &str,
+) {
+    apply_json(
+        c,
+        serde_json::json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "clusterId": remote_cluster, "gatewayName": remote_gw, "interfaceAddr": addr,
+                "natGwDp": local_gw, "type": "vxlan", "vni": 4377,
+            },
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &["--failover-grace-period=1s"]).await;
+    // tunnel-manager reconciles every VpcNatTunnel of a cluster: one test at a time.
+    let _tm = env.h.exclusive("tunnel-manager").await.unwrap();
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let (vpc, remote_vpc) = (Harness::unique_name("tvpc"), Harness::unique_name("tvpc"));
+    let (p, s, r) = tokio::join!(
+        new_gateway(h, C1, "tp", &vpc),
+        new_gateway(h, C1, "ts", &vpc),
+        new_gateway(h, C2, "tr", &remote_vpc),
+    );
+    let remote_cidr = h.vpc_network(C2).unwrap().globalnet_cidr;
+    apply_dynamic(&c1, &fixtures::vpc(&vpc, &[(&remote_cidr, &p.node.lan_ip)]))
+        .await
+        .unwrap();
+    let p_name = format!("{}-{C1}", p.spec.name);
+    wait_exip(&exips(&c2), &p_name, ext_ip(&p.node.external_ip)).await;
+    wait_exip(
+        &exips(&c1),
+        &format!("{}-{C2}", r.spec.name),
+        ext_ip(&r.node.external_ip),
+    )
+    .await;
+
+    let mut managers = Vec::new();
+    for c in [C1, C2] {
+        managers.push(
+            controllers::spawn(
+                h.run_dir(),
+                "tunnel-manager",
+                &h.kubeconfig(c),
+                &[&format!("--cluster-id={c}")],
+                CONVERGE,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let ns1 = h.unique_namespace(C1, "exfo").await.unwrap();
+    let ns2 = h.unique_namespace(C2, "exfo").await.unwrap();
+    let dev = format!("xf{}", std::process::id() % 100_000);
+    apply_vxlan_tunnel(
+        &c1,
+        &ns1,
+        &dev,
+        (C2, &r.spec.name),
+        &p.spec.name,
+        "10.251.0.1/24",
+    )
+    .await;
+    apply_vxlan_tunnel(
+        &c2,
+        &ns2,
+        &dev,
+        (C1, &p.spec.name),
+        &r.spec.name,
+        "10.251.0.2/24",
+    )
+    .await;
+    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+        Api::namespaced(c1.clone(), &ns1),
+        Api::namespaced(c2.clone(), &ns2),
+    );
+    wait_for_object(&t1, &dev, CONVERGE, programmed)
+        .await
+        .unwrap();
+    wait_for_object(&t2, &dev, CONVERGE, programmed)
+        .await
+        .unwrap();
+    r.sh(h, "ping -c 2 -W 2 10.251.0.1").await.unwrap();
+
+    // The primary is lost: pod deleted and its StatefulSet scaled to 0.
+    let lost = std::time::Instant::now();
+    let sts: Api<StatefulSet> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    sts.patch(
+        &p.statefulset_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let _ = pods.delete(&p.pod_name(), &DeleteParams::default()).await;
+
+    let vpcs: Api<Vpc> = Api::all(c1.clone());
+    wait_for_object(&vpcs, &vpc, CONVERGE, |v: &Vpc| {
+        v.spec.static_routes[0].next_hop_ip == s.node.lan_ip
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    wait_exip(&exips(&c1), &p_name, ext_ip(&s.node.external_ip)).await;
+    wait_exip(&exips(&c2), &p_name, ext_ip(&s.node.external_ip)).await;
+    // Both tunnel ends rebuilt: cluster1's in the standby's pod, cluster2's towards it.
+    let s_ip = s.node.external_ip.clone();
+    wait_for_object(&t1, &dev, CONVERGE, |t: &VpcNatTunnel| {
+        programmed(t)
+            && t.status.as_ref().and_then(|s| s.local_ip.as_deref()) == Some(s_ip.as_str())
+    })
+    .await
+    .unwrap();
+    wait_for_object(&t2, &dev, CONVERGE, |t: &VpcNatTunnel| {
+        programmed(t)
+            && t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(s_ip.as_str())
+    })
+    .await
+    .unwrap();
+    // The ping across the tunnel resumes.
+    wait_for(
+        "ping across the tunnel after failover",
+        CONVERGE,
+        || async {
+            let out = r
+                .exec(h, &["ping", "-c", "1", "-W", "1", "10.251.0.1"])
+                .await?;
+            Ok(if out.success() {
+                Check::Done(())
+            } else {
+                Check::Pending(out.to_string())
+            })
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "ping resumed {:?} after the primary was lost",
+        lost.elapsed()
+    );
+
+    for api in [&t1, &t2] {
+        api.delete(&dev, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(api, &dev, CONVERGE).await.unwrap();
+    }
+    drop(managers);
+    let (x, y, z) = tokio::join!(
+        h.delete_nat_gateway(&p),
+        h.delete_nat_gateway(&s),
+        h.delete_nat_gateway(&r)
+    );
+    x.unwrap();
+    y.unwrap();
+    z.unwrap();
+    let _ = vpcs.delete(&vpc, &DeleteParams::default()).await;
+    let _ = h.delete_namespace(C1, &ns1).await;
+    let _ = h.delete_namespace(C2, &ns2).await;
 }
