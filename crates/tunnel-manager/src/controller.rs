@@ -574,8 +574,9 @@ async fn apply(
 
     let cfg = &resolved.config;
     let applied = resolve::applied_of(cfg);
-    let was_programmed = old.applied.as_ref() == Some(&applied)
-        && conditions::is_true(&old.conditions, conditions::READY);
+    // Programmed before with this very configuration (Ready may have dropped meanwhile, e.g.
+    // while the gateway pod was being replaced): changes now are repairs.
+    let was_programmed = old.applied.as_ref() == Some(&applied) && old.gateway_pod.is_some();
     let interval = ctx.settings.verify_interval;
     match ctx.programmed_matches(&k, &resolved) {
         None => {

@@ -381,6 +381,10 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
     };
 
     let (remote_ip, remote_cidr) = remote_endpoint(tunnel, snapshot).map_err(with_gw)?;
+    // A conflict is a configuration error: reported before inputs that may still arrive.
+    if let Some(c) = conflict(tunnel, &instance, remote_cidr, snapshot) {
+        return Err(with_gw(c));
+    }
 
     let pods = gateway_pods(snapshot, &instance);
     let pod = pods.iter().find(|p| pod_ready(p)).ok_or_else(|| {
@@ -458,10 +462,6 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
     }
     let (snat, note) = egress_range(&allocated, local_cidr)
         .map_err(|m| with_gw(not_ready(reason::EGRESS_IPS_NOT_ALLOCATED, m)))?;
-
-    if let Some(c) = conflict(tunnel, &instance, remote_cidr, snapshot) {
-        return Err(with_gw(c));
-    }
 
     Ok(Resolved {
         local_gateway: instance.clone(),

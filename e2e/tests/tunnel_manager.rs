@@ -1,0 +1,640 @@
+//! tunnel-manager against real API servers: the binary runs as a user would run it, one per
+//! cluster, and programs VPC NAT gateway pods whose exec lands in Linux network namespaces, so
+//! the tunnels carry real packets (VXLAN; GRE is covered by the crate's script and netns tests).
+//!
+//! Every test holds the `tunnel-manager` lock: a tunnel-manager reconciles every VpcNatTunnel of
+//! its cluster, so two of them must not run against one cluster at once.
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client, api::DeleteParams};
+use multivpc_api::{GatewayExIp, VpcNatTunnel, conditions};
+use multivpc_e2e::{
+    Harness,
+    controllers::{self, ControllerProcess},
+    fixtures::KUBE_SYSTEM,
+    prelude::*,
+};
+use serde_json::json;
+
+const FLAVOUR: &str = "ipt=iptables; if iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi";
+
+async fn start(h: &Harness, cluster: &str, extra: &[&str]) -> ControllerProcess {
+    let mut args = vec![format!("--cluster-id={cluster}")];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    controllers::spawn(
+        h.run_dir(),
+        "tunnel-manager",
+        &h.kubeconfig(cluster),
+        &args,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+}
+
+async fn prepare(h: &Harness, cluster: &str) {
+    h.install_foreign_crds(cluster).await.unwrap();
+    h.install_project_crds(cluster).await.unwrap();
+}
+
+async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr: &str) {
+    apply_json(
+        c,
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+            "metadata": {"name": format!("{gateway}-{cluster_id}"), "namespace": KUBE_SYSTEM},
+            "spec": {"externalip": ip, "globalnetcidr": cidr},
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_tunnel(
+    c: &Client,
+    ns: &str,
+    name: &str,
+    remote_cluster: &str,
+    remote_gw: &str,
+    local_gw: &str,
+    addr: &str,
+    vni: u32,
+    finalizers: &[&str],
+) {
+    apply_json(
+        c,
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+            "metadata": {"name": name, "namespace": ns, "finalizers": finalizers},
+            "spec": {
+                "clusterId": remote_cluster, "gatewayName": remote_gw, "interfaceAddr": addr,
+                "natGwDp": local_gw, "type": "vxlan", "vni": vni,
+            },
+        }),
+    )
+    .await
+    .unwrap();
+}
+
+fn ready_reason(t: &VpcNatTunnel) -> Option<(String, String)> {
+    let s = t.status.as_ref()?;
+    if s.observed_generation != t.metadata.generation {
+        return None;
+    }
+    conditions::find(&s.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_reason(api: &Api<VpcNatTunnel>, name: &str, reason: &str) -> VpcNatTunnel {
+    wait_for_object(api, name, Duration::from_secs(60), |t| {
+        ready_reason(t).is_some_and(|(_, r)| r == reason)
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_programmed(
+    api: &Api<VpcNatTunnel>,
+    name: &str,
+    check: impl Fn(&VpcNatTunnel) -> bool,
+) -> VpcNatTunnel {
+    wait_for_object(api, name, Duration::from_secs(60), |t| {
+        ready_reason(t).is_some_and(|(s, r)| s == "True" && r == "Programmed") && check(t)
+    })
+    .await
+    .unwrap()
+}
+
+/// `ip -d link`, `ip route` and the nat table of a gateway netns, read from the host.
+async fn state(netns: &str) -> String {
+    netns_exec(
+        netns,
+        &[
+            "sh",
+            "-c",
+            &format!("ip -d link show; ip route; {FLAVOUR}; $ipt -t nat -S"),
+        ],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap()
+    .stdout
+}
+
+async fn metric(ctl: &ControllerProcess, series: &str) -> f64 {
+    ctl.metric(series).await.unwrap().unwrap_or(0.0)
+}
+
+async fn wait_metric_at_least(ctl: &ControllerProcess, series: &str, min: f64) {
+    wait_for(series, Duration::from_secs(60), || async {
+        let v = metric(ctl, series).await;
+        Ok(if v >= min {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{series} = {v}"))
+        })
+    })
+    .await
+    .unwrap();
+}
+
+async fn wait_state(netns: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    wait_for(what, Duration::from_secs(60), || async {
+        let s = state(netns).await;
+        Ok(if ok(&s) {
+            Check::Done(s)
+        } else {
+            Check::Pending(s)
+        })
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
+    let h = harness_or_skip!(["cluster1", "cluster2"]);
+    let _lock = h.exclusive("tunnel-manager").await.unwrap();
+    let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
+    tokio::join!(prepare(&h, "cluster1"), prepare(&h, "cluster2"));
+    let ((gn1, egress1), (gn2, _)) = tokio::try_join!(
+        h.install_default_submariner("cluster1", None),
+        h.install_default_submariner("cluster2", None),
+    )
+    .unwrap();
+    let gw = Harness::unique_name("tm");
+    let (g1, g2) = tokio::try_join!(
+        h.create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tm-vpc")),
+        h.create_nat_gateway("cluster2", NatGatewaySpec::new(&gw, "tm-vpc")),
+    )
+    .unwrap();
+    tokio::try_join!(
+        g1.wait_available(&h, Duration::from_secs(90)),
+        g2.wait_available(&h, Duration::from_secs(90)),
+    )
+    .unwrap();
+    // What exip-syncer would publish through the broker: each side's remote endpoint.
+    apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
+    apply_exip(&c2, &gw, "cluster1", &g1.node.external_ip, &gn1).await;
+
+    let ns1 = h.unique_namespace("cluster1", "tm").await.unwrap();
+    let ns2 = h.unique_namespace("cluster2", "tm").await.unwrap();
+    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+        Api::namespaced(c1.clone(), &ns1),
+        Api::namespaced(c2.clone(), &ns2),
+    );
+    let dev = format!("tmv{}", std::process::id() % 100_000);
+    let started = std::time::Instant::now();
+    let (mut ctl1, ctl2) = tokio::join!(
+        start(&h, "cluster1", &["--verify-interval=2s"]),
+        start(&h, "cluster2", &[]),
+    );
+    apply_tunnel(
+        &c1,
+        &ns1,
+        &dev,
+        "cluster2",
+        &gw,
+        &gw,
+        "10.250.0.1/24",
+        4321,
+        &[],
+    )
+    .await;
+    apply_tunnel(
+        &c2,
+        &ns2,
+        &dev,
+        "cluster1",
+        &gw,
+        &gw,
+        "10.250.0.2/24",
+        4321,
+        &[],
+    )
+    .await;
+    let s1 = wait_programmed(&t1, &dev, |_| true).await.status.unwrap();
+    wait_programmed(&t2, &dev, |_| true).await;
+    eprintln!(
+        "both tunnels programmed {:?} after the controllers started",
+        started.elapsed()
+    );
+    assert_eq!(s1.local_ip.as_deref(), Some(g1.node.external_ip.as_str()));
+    assert_eq!(s1.remote_ip.as_deref(), Some(g2.node.external_ip.as_str()));
+    assert_eq!(
+        s1.ovn_gateway_ip.as_deref(),
+        Some(g1.node.ovn_gateway.as_str())
+    );
+    assert_eq!(
+        s1.egress_range,
+        Some(format!("{}-{}", egress1[0], egress1[egress1.len() - 1]))
+    );
+
+    // The tunnel carries a ping between the interface addresses.
+    g1.sh(&h, "ping -c 2 -W 2 10.250.0.2").await.unwrap();
+
+    // Globalnet traffic leaves through the tunnel SNATed to the egress range: the remote
+    // gateway counts packets from that range arriving on the tunnel.
+    {
+        let _routes = h.exclusive("vpc-netns-routes").await.unwrap();
+        let (v1, v2) = (
+            h.vpc_network("cluster1").unwrap(),
+            h.vpc_network("cluster2").unwrap(),
+        );
+        let src_range = format!("{}-{}", egress1[0], egress1[egress1.len() - 1]);
+        netns_exec(
+            &g2.node.netns,
+            &[
+                "iptables",
+                "-I",
+                "FORWARD",
+                "-i",
+                &dev,
+                "-m",
+                "iprange",
+                "--src-range",
+                &src_range,
+                "-j",
+                "ACCEPT",
+            ],
+        )
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+        for (vpc, remote, g) in [(&v1, &v2, &g1), (&v2, &v1, &g2)] {
+            netns_exec(
+                &vpc.netns,
+                &[
+                    "ip",
+                    "route",
+                    "replace",
+                    &remote.globalnet_cidr,
+                    "via",
+                    &g.node.lan_ip,
+                ],
+            )
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        }
+        let ping = netns_exec(
+            &v1.netns,
+            &[
+                "ping",
+                "-c",
+                "3",
+                "-W",
+                "2",
+                "-I",
+                &v1.workload_ip,
+                &v2.workload_ip,
+            ],
+        )
+        .await
+        .unwrap();
+        for (vpc, remote) in [(&v1, &v2), (&v2, &v1)] {
+            let _ = netns_exec(&vpc.netns, &["ip", "route", "del", &remote.globalnet_cidr]).await;
+        }
+        ping.check().unwrap();
+        let counted = netns_exec(
+            &g2.node.netns,
+            &["iptables", "-L", "FORWARD", "-v", "-n", "-x"],
+        )
+        .await
+        .unwrap()
+        .stdout;
+        let pkts: u64 = counted
+            .lines()
+            .find(|l| l.contains(&src_range))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            pkts >= 3,
+            "packets from {src_range} on {dev} in cluster2:\n{counted}"
+        );
+        let snat = netns_exec(
+            &g1.node.netns,
+            &[
+                "sh",
+                "-c",
+                &format!("{FLAVOUR}; $ipt -t nat -L POSTROUTING -v -n -x"),
+            ],
+        )
+        .await
+        .unwrap()
+        .stdout;
+        let rule = snat
+            .lines()
+            .find(|l| l.contains(&format!("multivpc-tunnel:{ns1}/{dev}")))
+            .unwrap_or_else(|| panic!("no tagged SNAT rule:\n{snat}"));
+        assert!(rule.contains(&format!("to:{src_range}")), "{rule}");
+        assert_ne!(
+            rule.split_whitespace().next(),
+            Some("0"),
+            "SNAT rule never hit: {rule}"
+        );
+    }
+
+    // Converging again (a restarted controller converges every tunnel once) changes nothing.
+    let before = state(&g1.node.netns).await;
+    ctl1.stop().unwrap();
+    let ctl1 = start(&h, "cluster1", &["--verify-interval=2s"]).await;
+    wait_metric_at_least(
+        &ctl1,
+        "multivpc_tunnel_exec_duration_seconds_count{script=\"converge\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        state(&g1.node.netns).await,
+        before,
+        "second converge changed the gateway"
+    );
+    assert_eq!(
+        metric(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}").await,
+        0.0
+    );
+
+    // A route deleted by hand is found by the periodic verification and repaired.
+    netns_exec(&g1.node.netns, &["ip", "route", "del", &gn2])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    wait_metric_at_least(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}", 1.0).await;
+    assert_eq!(state(&g1.node.netns).await, before);
+
+    // interfaceAddr and vni change (both sides), and the remote endpoint moves: no leftovers.
+    apply_tunnel(
+        &c1,
+        &ns1,
+        &dev,
+        "cluster2",
+        &gw,
+        &gw,
+        "10.251.0.1/30",
+        4322,
+        &[],
+    )
+    .await;
+    apply_tunnel(
+        &c2,
+        &ns2,
+        &dev,
+        "cluster1",
+        &gw,
+        &gw,
+        "10.251.0.2/30",
+        4322,
+        &[],
+    )
+    .await;
+    wait_programmed(&t1, &dev, |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.applied.as_ref())
+            .is_some_and(|a| a.vni == Some(4322))
+    })
+    .await;
+    wait_programmed(&t2, &dev, |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.applied.as_ref())
+            .is_some_and(|a| a.vni == Some(4322))
+    })
+    .await;
+    let after = state(&g1.node.netns).await;
+    assert!(after.contains("vxlan id 4322 "), "{after}");
+    assert!(
+        !after.contains("vxlan id 4321 ") && !after.contains("10.250.0."),
+        "{after}"
+    );
+    g1.sh(&h, "ping -c 2 -W 2 10.251.0.2").await.unwrap();
+
+    apply_exip(&c1, &gw, "cluster2", "172.50.9.9", "242.9.0.0/16").await;
+    let moved = wait_state(&g1.node.netns, "remote endpoint change", |s| {
+        s.contains("remote 172.50.9.9 ") && s.contains("242.9.0.0/16 dev")
+    })
+    .await;
+    assert!(!moved.contains(&g2.node.external_ip), "{moved}");
+    assert!(!moved.contains(&gn2), "old remote CIDR left over:\n{moved}");
+    assert_eq!(moved.matches("multivpc-tunnel:").count(), 1, "{moved}");
+    apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
+    wait_programmed(&t1, &dev, |t| {
+        t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(g2.node.external_ip.as_str())
+    })
+    .await;
+    let restored = wait_state(&g1.node.netns, "remote endpoint restored", |s| {
+        s.contains(&format!("{gn2} dev"))
+    })
+    .await;
+    assert!(
+        !restored.contains("242.9.0.0/16") && !restored.contains("172.50.9.9"),
+        "{restored}"
+    );
+
+    // A new gateway pod (new UID, empty netns) gets its tunnel back.
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let old_uid = pods
+        .get(&g1.pod_name())
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let new_pod = g1.restart(&h, Duration::from_secs(90)).await.unwrap();
+    let new_uid = new_pod.metadata.uid.unwrap();
+    assert_ne!(old_uid, new_uid);
+    wait_programmed(&t1, &dev, |t| {
+        t.status
+            .as_ref()
+            .and_then(|s| s.gateway_pod.as_ref())
+            .is_some_and(|p| p.uid == new_uid)
+    })
+    .await;
+    wait_metric_at_least(
+        &ctl1,
+        "multivpc_tunnel_repairs_total{cause=\"pod_replaced\"}",
+        1.0,
+    )
+    .await;
+    g1.sh(&h, "ping -c 2 -W 2 10.251.0.2").await.unwrap();
+
+    // Delete: device, routes and rule go.
+    t1.delete(&dev, &DeleteParams::default()).await.unwrap();
+    wait_for_deletion(&t1, &dev, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let gone = state(&g1.node.netns).await;
+    assert!(!gone.contains(&dev), "{gone}");
+    assert!(
+        !gone.contains(&gn2) && !gone.contains(&gn1),
+        "routes left:\n{gone}"
+    );
+    assert!(!gone.contains("multivpc-tunnel:"), "{gone}");
+
+    // A gateway pod that no longer exists does not block deletion.
+    g2.scale(&h, 0).await.unwrap();
+    wait_for_deletion(&pods_of(&c2), &g2.pod_name(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    t2.delete(&dev, &DeleteParams::default()).await.unwrap();
+    wait_for_deletion(&t2, &dev, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &ctl2,
+            "controller_runtime_reconcile_errors_total{controller=\"vpcnattunnel\"}"
+        )
+        .await,
+        0.0,
+        "{}",
+        ctl2.log_tail(20)
+    );
+
+    drop((ctl1, ctl2));
+    let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    a.unwrap();
+    b.unwrap();
+    let _ = h.delete_namespace("cluster1", &ns1).await;
+    let _ = h.delete_namespace("cluster2", &ns2).await;
+    for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
+        let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+        let _ = exips
+            .delete(&format!("{gw}-{id}"), &DeleteParams::default())
+            .await;
+    }
+}
+
+fn pods_of(c: &Client) -> Api<Pod> {
+    Api::namespaced(c.clone(), KUBE_SYSTEM)
+}
+
+#[tokio::test]
+async fn missing_inputs_conflicts_and_adoption() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _lock = h.exclusive("tunnel-manager").await.unwrap();
+    let c = h.client("cluster1");
+    prepare(&h, "cluster1").await;
+    h.install_default_submariner("cluster1", None)
+        .await
+        .unwrap();
+    let ns = h.unique_namespace("cluster1", "tmr").await.unwrap();
+    let ns_b = h.unique_namespace("cluster1", "tmr").await.unwrap();
+    let (ta, tb): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+        Api::namespaced(c.clone(), &ns),
+        Api::namespaced(c.clone(), &ns_b),
+    );
+    let ctl = start(&h, "cluster1", &[]).await;
+    let local_gw = Harness::unique_name("tmr-absent");
+    let remote_gw = Harness::unique_name("tmr-remote");
+
+    // An object of the original operator (its finalizer already set) is adopted.
+    apply_tunnel(
+        &c,
+        &ns,
+        "tm-a",
+        "cluster9",
+        &remote_gw,
+        &local_gw,
+        "10.252.0.1/24",
+        7,
+        &["tunnel.finalizer.ustc.io"],
+    )
+    .await;
+    wait_reason(&ta, "tm-a", "RemoteGatewayNotFound").await;
+    // The controller wakes when the remote GatewayExIp appears (no polling).
+    apply_exip(&c, &remote_gw, "cluster9", "172.50.9.1", "242.99.0.0/16").await;
+    let t = wait_reason(&ta, "tm-a", "GatewayPodNotFound").await;
+    assert_eq!(
+        t.metadata.finalizers.unwrap_or_default(),
+        ["tunnel.finalizer.ustc.io"],
+        "one finalizer, the original name"
+    );
+
+    // Conflicts on one gateway: same interface name, or the same remote CIDR, later loses.
+    apply_tunnel(
+        &c,
+        &ns_b,
+        "tm-a",
+        "cluster9",
+        &remote_gw,
+        &local_gw,
+        "10.252.1.1/24",
+        8,
+        &[],
+    )
+    .await;
+    wait_reason(&tb, "tm-a", "InterfaceNameConflict").await;
+    apply_tunnel(
+        &c,
+        &ns,
+        "tm-b",
+        "cluster9",
+        &remote_gw,
+        &local_gw,
+        "10.252.2.1/24",
+        9,
+        &[],
+    )
+    .await;
+    let b = wait_reason(&ta, "tm-b", "RemoteCidrConflict").await;
+    let msg = conditions::find(&b.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains(&format!("{ns}/tm-a")), "{msg}");
+    assert!(
+        metric(
+            &ctl,
+            "multivpc_tunnel_tunnels{state=\"InterfaceNameConflict\"}"
+        )
+        .await
+            >= 1.0
+    );
+
+    // Deleting the earlier tunnel lets the later one through (to its next missing input);
+    // no gateway pod ever held it, so nothing blocks the deletion.
+    ta.delete("tm-a", &DeleteParams::default()).await.unwrap();
+    wait_for_deletion(&ta, "tm-a", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // ns_b/tm-a and tm-b still route one remote CIDR: exactly one of them is refused (the later
+    // by creation time; within one second, by namespace/name), the other waits for its pod.
+    let reasons = wait_for(
+        "one of two remote CIDR rivals refused",
+        Duration::from_secs(60),
+        || async {
+            let (a, b) = (tb.get("tm-a").await?, ta.get("tm-b").await?);
+            let mut seen = [ready_reason(&a), ready_reason(&b)]
+                .map(|r| r.map(|(_, reason)| reason).unwrap_or_default());
+            seen.sort();
+            Ok(if seen == ["GatewayPodNotFound", "RemoteCidrConflict"] {
+                Check::Done(seen)
+            } else {
+                Check::Pending(format!("{seen:?}"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("after the first tunnel left: {reasons:?}");
+    for (api, name) in [(&tb, "tm-a"), (&ta, "tm-b")] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(api, name, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+    let _ = exips
+        .delete(&format!("{remote_gw}-cluster9"), &DeleteParams::default())
+        .await;
+    let _ = h.delete_namespace("cluster1", &ns).await;
+    let _ = h.delete_namespace("cluster1", &ns_b).await;
+}
