@@ -93,6 +93,8 @@ struct Context {
     health: HashMap<String, Health>,
     /// (vpc, gateway) outages already reported as having no standby.
     stranded: BTreeSet<(String, String)>,
+    /// The missing Globalnet CIDR was reported (once per absence, not on every pass).
+    warned_no_globalnet: bool,
 }
 
 /// Reads the cluster ID from Submariner's ServiceDiscovery, retrying until it is there.
@@ -269,6 +271,7 @@ pub async fn run(
         metrics,
         health: HashMap::new(),
         stranded: BTreeSet::new(),
+        warned_no_globalnet: false,
     };
     let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut next: Option<tokio::time::Instant> = None;
@@ -428,7 +431,10 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
                 .and_then(|c| c.spec.global_cidr.first().cloned())
         })
     });
-    if globalnet.is_none() {
+    if globalnet.is_some() {
+        ctx.warned_no_globalnet = false;
+    } else if !ctx.warned_no_globalnet {
+        ctx.warned_no_globalnet = true;
         tracing::warn!(
             cluster_id = ctx.cluster_id,
             "no Globalnet CIDR (Submariner Cluster {SUBMARINER_NAMESPACE}/{} has no global_cidr and no --globalnet-cidr): not publishing new GatewayExIps",
