@@ -40,6 +40,11 @@ struct Env {
 }
 
 async fn setup(h: Harness, args: &[&str]) -> Env {
+    setup_with(h, args, args).await
+}
+
+/// Syncers on cluster1 and cluster2 with their own flags.
+async fn setup_with(h: Harness, args1: &[&str], args2: &[&str]) -> Env {
     let lock = h.exclusive("exip-syncer").await.unwrap();
     for c in [C1, C2, BROKER] {
         h.install_foreign_crds(c).await.unwrap();
@@ -56,7 +61,7 @@ async fn setup(h: Harness, args: &[&str]) -> Env {
             .unwrap();
     }
     let mut syncers = Vec::new();
-    for c in [C1, C2] {
+    for (c, args) in [(C1, args1), (C2, args2)] {
         syncers.push(
             controllers::spawn(h.run_dir(), "exip-syncer", &h.kubeconfig(c), args, CONVERGE)
                 .await
@@ -131,10 +136,54 @@ impl Env {
     }
 }
 
+/// A Secret `<ns>/broker-kubeconfig` in `cluster` holding a kubeconfig for the broker (the
+/// alternative to ServiceDiscovery credentials).
+async fn broker_kubeconfig_secret(h: &Harness, cluster: &str) -> String {
+    let access = h
+        .broker_access(BROKER, &format!("{cluster}-secret"))
+        .await
+        .unwrap();
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "broker", "cluster": {
+            "server": format!("https://{}", access.api_server),
+            "certificate-authority-data": access.ca_b64,
+        }}],
+        "users": [{"name": "broker", "user": {"token": access.token}}],
+        "contexts": [{"name": "broker", "context": {"cluster": "broker", "user": "broker", "namespace": access.namespace}}],
+        "current-context": "broker",
+    });
+    let ns = h.unique_namespace(cluster, "exbrk").await.unwrap();
+    apply_json(
+        &h.client(cluster),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "broker-kubeconfig", "namespace": ns},
+            "stringData": {"kubeconfig": serde_yaml::to_string(&kubeconfig).unwrap()},
+        }),
+    )
+    .await
+    .unwrap();
+    format!("--broker-credentials=secret:{ns}/broker-kubeconfig")
+}
+
+fn versions(objs: &[&GatewayExIp]) -> Vec<String> {
+    objs.iter()
+        .map(|o| o.resource_version().unwrap_or_default())
+        .collect()
+}
+
 #[tokio::test]
 async fn gateways_are_published_and_synced_both_ways_and_deletions_propagate() {
     let h = harness_or_skip!([C1, C2, BROKER]);
-    let env = setup(h, &[]).await;
+    // cluster1: cluster ID and broker credentials from Submariner's ServiceDiscovery;
+    // cluster2: --cluster-id and a broker kubeconfig Secret.
+    let secret = {
+        let _g = h.exclusive("exip-syncer").await.unwrap();
+        h.install_foreign_crds(C2).await.unwrap();
+        broker_kubeconfig_secret(&h, C2).await
+    };
+    let env = setup_with(h, &[], &[&format!("--cluster-id={C2}"), &secret]).await;
     let h = &env.h;
     let (c1, c2) = (h.client(C1), h.client(C2));
     let (vpc1, vpc2) = (Harness::unique_name("xvpc"), Harness::unique_name("xvpc"));
@@ -182,6 +231,60 @@ async fn gateways_are_published_and_synced_both_ways_and_deletions_propagate() {
         assert_eq!(same.len(), 1);
         assert_eq!(same[0].labels()[SUBMARINER_CLUSTER_ID], origin);
     }
+
+    // A broker object whose clusterID disagrees with its name is refused, not copied. Its
+    // arrival also makes both sync loops run a pass over the converged state ...
+    let bogus_name = format!("{}-cluster8", Harness::unique_name("bogus"));
+    let mut bogus = copy.clone();
+    bogus.metadata = kube::api::ObjectMeta {
+        name: Some(bogus_name.clone()),
+        namespace: Some(BROKER_NS.into()),
+        labels: Some([(SUBMARINER_CLUSTER_ID.to_string(), "cluster9".to_string())].into()),
+        ..Default::default()
+    };
+    let before = [
+        exips(&c1).get(&a_name).await.unwrap(),
+        broker_exips(h).get(&a_name).await.unwrap(),
+        exips(&c2).get(&a_name).await.unwrap(),
+        exips(&c1).get(&b_name).await.unwrap(),
+    ];
+    let refused = "multivpc_broker_sync_total{direction=\"from_broker\",result=\"refused\"}";
+    let refused_before = [env.metric(0, refused).await, env.metric(1, refused).await];
+    apply(&h.client(BROKER), &bogus).await.unwrap();
+    for i in [0, 1] {
+        env.wait_metric(i, refused, |v| v > refused_before[i]).await;
+    }
+    assert!(exips(&c1).get_opt(&bogus_name).await.unwrap().is_none());
+    assert!(exips(&c2).get_opt(&bogus_name).await.unwrap().is_none());
+    // ... and a pod event makes cluster1's controller run a local pass: steady state writes
+    // nothing anywhere.
+    let passes =
+        "controller_runtime_reconcile_total{controller=\"gatewayexip\",result=\"success\"}";
+    let passes_before = env.metric(0, passes).await;
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    pods.patch(
+        &a.pod_name(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"multivpc.e2e/poke": "1"}}})),
+    )
+    .await
+    .unwrap();
+    env.wait_metric(0, passes, |v| v > passes_before).await;
+    let after = [
+        exips(&c1).get(&a_name).await.unwrap(),
+        broker_exips(h).get(&a_name).await.unwrap(),
+        exips(&c2).get(&a_name).await.unwrap(),
+        exips(&c1).get(&b_name).await.unwrap(),
+    ];
+    assert_eq!(
+        versions(&before.iter().collect::<Vec<_>>()),
+        versions(&after.iter().collect::<Vec<_>>()),
+        "steady state rewrote a GatewayExIp"
+    );
+    broker_exips(h)
+        .delete(&bogus_name, &DeleteParams::default())
+        .await
+        .unwrap();
 
     // Deleting the gateway at its origin removes its GatewayExIp everywhere.
     h.delete_nat_gateway(&a).await.unwrap();

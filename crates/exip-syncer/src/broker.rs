@@ -186,7 +186,8 @@ pub async fn run(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let mut logged: BTreeSet<(String, String, &'static str)> = BTreeSet::new();
+    // (name, direction, result, resource versions) of skips already logged and counted.
+    let mut logged: BTreeSet<(String, &'static str, &'static str, String)> = BTreeSet::new();
     let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut retry: Option<tokio::time::Instant> = None;
     loop {
@@ -218,19 +219,37 @@ pub async fn run(
         }
         let local: Vec<GatewayExIp> = local_exips.state().iter().map(|o| (**o).clone()).collect();
         let plan = sync::plan(&cluster_id, &local_ns, &broker_ns, &local, &broker);
+        // Logged and counted once per object version, not on every pass; forgotten once
+        // resolved.
+        let versions = |name: &str| -> String {
+            broker
+                .iter()
+                .chain(local.iter())
+                .filter(|o| o.name_any() == name)
+                .map(|o| o.resource_version().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let current: BTreeSet<_> = plan
+            .skipped
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.direction.label(),
+                    s.result,
+                    versions(&s.name),
+                )
+            })
+            .collect();
         for s in &plan.skipped {
-            // Logged and counted once per object version, not on every pass.
-            let version = format!(
-                "{}/{}",
-                s.name,
-                broker
-                    .iter()
-                    .chain(local.iter())
-                    .find(|o| o.name_any() == s.name)
-                    .and_then(|o| o.resource_version())
-                    .unwrap_or_default()
+            let key = (
+                s.name.clone(),
+                s.direction.label(),
+                s.result,
+                versions(&s.name),
             );
-            if logged.insert((version, s.reason.clone(), s.result)) {
+            if logged.insert(key) {
                 tracing::warn!(
                     name = s.name,
                     direction = s.direction.label(),
@@ -244,6 +263,7 @@ pub async fn run(
                     .inc();
             }
         }
+        logged.retain(|k| current.contains(k));
         let broker_api: Api<GatewayExIp> = Api::namespaced(client, &broker_ns);
         let local_api: Api<GatewayExIp> = Api::namespaced(local_client.clone(), &local_ns);
         let mut failed = false;
