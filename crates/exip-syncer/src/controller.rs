@@ -365,7 +365,11 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
     report_stranded(ctx, &decisions.stranded).await;
 
     // Routes first: the GatewayExIp follows the routes (see failover::active_for), so a
-    // failure here leaves the published objects consistent with the routes.
+    // failure here leaves the published objects consistent with the routes. A Vpc that cannot
+    // be patched (e.g. a concurrent edit made a `test` op fail) does not hold up the others:
+    // its moves are left out of this pass and the pass is retried.
+    let mut applied: Vec<RouteMove> = Vec::new();
+    let mut route_error = None;
     for vpc in &vpcs {
         let moves: Vec<RouteMove> = decisions
             .moves
@@ -393,22 +397,24 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
                     .with_label_values(&[kind_label(m.kind), "error"])
                     .inc();
             }
-            return Err(Error::RoutePatch(vpc.name.clone(), err));
+            route_error.get_or_insert(Error::RoutePatch(vpc.name.clone(), err));
+            continue;
         }
+        applied.extend(moves.iter().cloned());
         for m in &moves {
             tracing::info!(
                 vpc = m.vpc, kind = kind_label(m.kind), from = m.from_gw, from_ip = %m.from_ip,
                 to = m.to_gw, to_ip = %m.to_ip, "repointed static routes"
             );
             let reference = vpc_reference(ctx, &m.vpc);
-            let (reason, what) = match m.kind {
-                MoveKind::Failover => ("GatewayFailover", "unavailable"),
-                MoveKind::Failback => ("GatewayFailback", "available again"),
+            let (type_, reason, what) = match m.kind {
+                MoveKind::Failover => (EventType::Warning, "GatewayFailover", "unavailable"),
+                MoveKind::Failback => (EventType::Normal, "GatewayFailback", "available again"),
             };
             publish_event(
                 ctx,
                 &reference,
-                EventType::Warning,
+                type_,
                 reason,
                 format!(
                     "NAT gateway {} ({}) {what} for {:.1}s: static routes via {} now via {} ({})",
@@ -446,7 +452,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         namespace: &ns,
         gateways: &gateways,
         vpcs: &vpcs,
-        moves: &decisions.moves,
+        moves: &applied,
         existing: &existing,
         globalnet_cidr: globalnet.as_deref(),
     });
@@ -491,7 +497,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         }
     }
     ctx.metrics.published.set(published.max(0));
-    for m in &decisions.moves {
+    for m in &applied {
         ctx.metrics
             .failovers
             .with_label_values(&[kind_label(m.kind), "success"])
@@ -502,7 +508,10 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
                 .observe(Instant::now().duration_since(m.since).as_secs_f64());
         }
     }
-    Ok(decisions.next_check)
+    match route_error {
+        Some(err) => Err(err),
+        None => Ok(decisions.next_check),
+    }
 }
 
 fn kind_label(kind: MoveKind) -> &'static str {
