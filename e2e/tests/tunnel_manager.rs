@@ -2,14 +2,18 @@
 //! cluster, and programs VPC NAT gateway pods whose exec lands in Linux network namespaces, so
 //! the tunnels carry real packets (VXLAN; GRE is covered by the crate's script and netns tests).
 //!
-//! Every test holds the `tunnel-manager` lock: a tunnel-manager reconciles every VpcNatTunnel of
-//! its cluster, so two of them must not run against one cluster at once.
+//! Every test holds the `tunnel-manager` lock (a tunnel-manager reconciles every VpcNatTunnel of
+//! its cluster, so two of them must not run against one cluster at once) and the `exip-syncer`
+//! lock (a running exip-syncer would rewrite the GatewayExIps these tests write by hand).
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::DeleteParams};
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams},
+};
 use multivpc_api::{GatewayExIp, VpcNatTunnel, conditions};
 use multivpc_e2e::{
-    Harness,
+    ExclusiveGuard, Harness,
     controllers::{self, ControllerProcess},
     fixtures::KUBE_SYSTEM,
     prelude::*,
@@ -31,6 +35,14 @@ async fn start(h: &Harness, cluster: &str, extra: &[&str]) -> ControllerProcess 
     )
     .await
     .unwrap()
+}
+
+/// The `exip-syncer` lock first (exip-syncer tests take it before `tunnel-manager`): a running
+/// exip-syncer rewrites the GatewayExIps these tests write by hand.
+async fn locks(h: &Harness) -> (ExclusiveGuard, ExclusiveGuard) {
+    let syncer = h.exclusive("exip-syncer").await.unwrap();
+    let manager = h.exclusive("tunnel-manager").await.unwrap();
+    (syncer, manager)
 }
 
 async fn prepare(h: &Harness, cluster: &str) {
@@ -156,14 +168,18 @@ async fn wait_state(netns: &str, what: &str, ok: impl Fn(&str) -> bool) -> Strin
 #[tokio::test]
 async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
-    let _lock = h.exclusive("tunnel-manager").await.unwrap();
+    let _locks = locks(&h).await;
     let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
     tokio::join!(prepare(&h, "cluster1"), prepare(&h, "cluster2"));
-    let ((gn1, egress1), (gn2, _)) = tokio::try_join!(
-        h.install_default_submariner("cluster1", None),
-        h.install_default_submariner("cluster2", None),
-    )
-    .unwrap();
+    let ((gn1, egress1), (gn2, _)) = {
+        // Submariner's singletons are shared with other tests.
+        let _g = h.exclusive("submariner").await.unwrap();
+        tokio::try_join!(
+            h.install_default_submariner("cluster1", None),
+            h.install_default_submariner("cluster2", None),
+        )
+        .unwrap()
+    };
     let gw = Harness::unique_name("tm");
     let (g1, g2) = tokio::try_join!(
         h.create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tm-vpc")),
@@ -465,6 +481,53 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     .await;
     g1.sh(&h, "ping -c 2 -W 2 10.251.0.2").await.unwrap();
 
+    // A failing converge: its exit status and stderr reach the condition and an event, and the
+    // tunnel comes back once the input is fixed.
+    let bad_gw = json!({"metadata": {"annotations": {"ovn.kubernetes.io/gateway": "10.99.99.1"}}});
+    pods.patch(
+        &g1.pod_name(),
+        &PatchParams::default(),
+        &Patch::Merge(&bad_gw),
+    )
+    .await
+    .unwrap();
+    let failed = wait_reason(&t1, &dev, "ConvergeFailed").await;
+    let msg = conditions::find(&failed.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains("exited 1") && msg.contains("10.99.99.1"),
+        "{msg}"
+    );
+    let events: Api<Event> = Api::namespaced(c1.clone(), &ns1);
+    wait_for("ConvergeFailed event", Duration::from_secs(30), || async {
+        let list = events.list(&Default::default()).await?;
+        Ok(
+            match list
+                .items
+                .iter()
+                .find(|e| e.reason.as_deref() == Some("ConvergeFailed"))
+            {
+                Some(e) => Check::Done(e.note.clone().unwrap_or_default()),
+                None => Check::Pending(format!("{} events", list.items.len())),
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let good_gw =
+        json!({"metadata": {"annotations": {"ovn.kubernetes.io/gateway": g1.node.ovn_gateway}}});
+    pods.patch(
+        &g1.pod_name(),
+        &PatchParams::default(),
+        &Patch::Merge(&good_gw),
+    )
+    .await
+    .unwrap();
+    wait_programmed(&t1, &dev, |_| true).await;
+    g1.sh(&h, "ping -c 1 -W 2 10.251.0.2").await.unwrap();
+
     // Delete: device, routes and rule go.
     t1.delete(&dev, &DeleteParams::default()).await.unwrap();
     wait_for_deletion(&t1, &dev, Duration::from_secs(60))
@@ -519,12 +582,15 @@ fn pods_of(c: &Client) -> Api<Pod> {
 #[tokio::test]
 async fn missing_inputs_conflicts_and_adoption() {
     let h = harness_or_skip!(["cluster1"]);
-    let _lock = h.exclusive("tunnel-manager").await.unwrap();
+    let _locks = locks(&h).await;
     let c = h.client("cluster1");
     prepare(&h, "cluster1").await;
-    h.install_default_submariner("cluster1", None)
-        .await
-        .unwrap();
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner("cluster1", None)
+            .await
+            .unwrap();
+    }
     let ns = h.unique_namespace("cluster1", "tmr").await.unwrap();
     let ns_b = h.unique_namespace("cluster1", "tmr").await.unwrap();
     let (ta, tb): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
@@ -534,6 +600,25 @@ async fn missing_inputs_conflicts_and_adoption() {
     let ctl = start(&h, "cluster1", &[]).await;
     let local_gw = Harness::unique_name("tmr-absent");
     let remote_gw = Harness::unique_name("tmr-remote");
+
+    // Hostile values never reach the controller: the API server refuses them at admission.
+    for (name, addr) in [
+        ("tm-x", "$(reboot)/24"),
+        ("tm-x", "10.0.0.1/24;id"),
+        ("a-very-long-name-x", "10.0.0.1/24"),
+    ] {
+        let obj: VpcNatTunnel = serde_json::from_value(json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterId": "cluster9", "gatewayName": "g", "interfaceAddr": addr, "natGwDp": "g"},
+        }))
+        .unwrap();
+        let err = ta.create(&Default::default(), &obj).await.unwrap_err();
+        assert!(
+            matches!(&err, kube::Error::Api(s) if s.code == 422),
+            "{name} {addr}: {err}"
+        );
+    }
 
     // An object of the original operator (its finalizer already set) is adopted.
     apply_tunnel(

@@ -765,6 +765,8 @@ async fn exec_failed(
     err: ExecError,
 ) -> Error {
     let message = err.to_string();
+    // Every failed exec is an event (exit status and stderr included); retries back off.
+    publish(ctx, tunnel, EventType::Warning, why, message.clone()).await;
     if let Err(e) = write_status(
         tunnel,
         ctx,
@@ -878,7 +880,9 @@ async fn write_status(
     if status == old {
         return Ok(()); // Steady state: no write.
     }
-    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status {
+    let exec_reason =
+        [reason::CONVERGE_FAILED, reason::VERIFICATION_FAILED].contains(&condition.reason);
+    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status && !exec_reason {
         publish(
             ctx,
             tunnel,

@@ -158,23 +158,7 @@ impl Executor {
         script: String,
     ) -> Result<Output, ExecError> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, async {
-            let lock = self.pod_lock(&pod.uid);
-            let _turn = lock.lock().await;
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
-            exec(&self.client, &pod.name, script).await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ExecError::Timeout {
-                pod: pod.name.clone(),
-                timeout: self.timeout,
-            })
-        });
+        let result = self.gated(pod, exec(&self.client, &pod.name, script)).await;
         self.metrics
             .duration
             .with_label_values(&[kind])
@@ -186,6 +170,31 @@ impl Executor {
                 .inc();
         }
         result
+    }
+
+    /// Runs `work` in `pod`'s turn, holding one permit, within the timeout.
+    async fn gated<T>(
+        &self,
+        pod: &PodTarget,
+        work: impl std::future::Future<Output = Result<T, ExecError>>,
+    ) -> Result<T, ExecError> {
+        tokio::time::timeout(self.timeout, async {
+            let lock = self.pod_lock(&pod.uid);
+            let _turn = lock.lock().await;
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            work.await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ExecError::Timeout {
+                pod: pod.name.clone(),
+                timeout: self.timeout,
+            })
+        })
     }
 }
 
@@ -274,6 +283,74 @@ mod tests {
             Some(3)
         );
         assert_eq!(exit_status_from_message("other"), None);
+    }
+
+    fn target(name: &str) -> PodTarget {
+        PodTarget {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+        }
+    }
+
+    fn executor(timeout: Duration, concurrency: usize) -> Executor {
+        // A client that is never used: the gating is tested with stand-in work.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        let metrics = ExecMetrics::register(&Registry::new()).unwrap();
+        Executor::new(client, timeout, concurrency, metrics)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dead_gateway_times_out_without_blocking_others() {
+        let ex = Arc::new(executor(Duration::from_secs(30), 2));
+        let dead = target("dead");
+        // Three scripts queue on the dead gateway (one at a time per pod) ...
+        let stuck: Vec<_> = (0..3)
+            .map(|_| {
+                let (ex, dead) = (ex.clone(), dead.clone());
+                tokio::spawn(async move {
+                    ex.gated(&dead, std::future::pending::<Result<(), ExecError>>())
+                        .await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // ... while other gateways' scripts run at once.
+        let started = tokio::time::Instant::now();
+        for name in ["a", "b", "c", "d"] {
+            ex.gated(&target(name), async { Ok::<_, ExecError>(()) })
+                .await
+                .unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(1));
+        for s in stuck {
+            let err = s.await.unwrap().unwrap_err();
+            assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_script_at_a_time_per_pod() {
+        let ex = Arc::new(executor(Duration::from_secs(30), 8));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (ex, running) = (ex.clone(), running.clone());
+                tokio::spawn(async move {
+                    ex.gated(&target("gw"), async {
+                        let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert_eq!(now, 0, "two scripts in one pod at once");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok::<_, ExecError>(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
     }
 
     #[test]
