@@ -4,7 +4,7 @@ SHELL := /usr/bin/env bash
 
 CARGO ?= cargo
 # Directories that hold a committed copy of the generated CRDs.
-CRD_DIRS := crds
+CRD_DIRS := crds charts/kubeovn-multivpc/crds
 
 .PHONY: help
 help: ## List targets

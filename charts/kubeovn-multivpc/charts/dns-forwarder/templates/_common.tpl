@@ -1,0 +1,57 @@
+{{/*
+Helpers shared by the three controller subcharts. This file, deployment.yaml, service.yaml,
+serviceaccount.yaml, servicemonitor.yaml and pdb.yaml are byte-identical in every subchart
+(e2e/tests/chart.rs checks it); what differs lives in values.yaml, rbac.yaml and _controller.tpl.
+*/}}
+
+{{- define "multivpc.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of objects outside the release namespace (Roles in kube-system, ClusterRoles):
+the release namespace is part of it, so two releases of one name never collide. */}}
+{{- define "multivpc.globalName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "multivpc.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "multivpc.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "multivpc.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "multivpc.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: kubeovn-multivpc
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "multivpc.image" -}}
+{{- $g := .Values.global.image -}}
+{{- $tag := .Values.image.tag | default $g.tag | default .Chart.AppVersion -}}
+{{- $repo := .Values.image.repository -}}
+{{- if $g.registry -}}{{- $repo = printf "%s/%s" (trimSuffix "/" $g.registry) $repo -}}{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" when the controller runs under leader election: asked for, or forced by replicas > 1. */}}
+{{- define "multivpc.leaderElect" -}}
+{{- if or .Values.global.leaderElection.enabled (gt (int .Values.replicas) 1) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Lease the binary uses: multivpc-<binary> (crates/multivpc-runtime). */}}
+{{- define "multivpc.leaseName" -}}
+multivpc-{{ .Chart.Name }}
+{{- end -}}

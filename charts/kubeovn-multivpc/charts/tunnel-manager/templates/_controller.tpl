@@ -1,0 +1,10 @@
+{{/* tunnel-manager's own flags and environment. */}}
+{{- define "tunnel-manager.args" -}}
+- --verify-interval={{ .Values.verifyInterval }}
+- --exec-timeout={{ .Values.execTimeout }}
+- --max-concurrent-execs={{ .Values.maxConcurrentExecs }}
+{{- end -}}
+{{- define "tunnel-manager.env" -}}
+- name: GATEWAY_NAMESPACE
+  value: {{ .Values.global.gatewayNamespace | quote }}
+{{- end -}}

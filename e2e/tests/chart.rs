@@ -1,0 +1,858 @@
+//! The Helm chart (charts/kubeovn-multivpc) with the harness's pinned helm: lint and render
+//! every combination of enabled controllers (the exact objects), the values schema, install /
+//! upgrade / uninstall on a real API server, and the chart's RBAC proven by running the
+//! controller binaries with tokens of the chart's ServiceAccounts.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    authorization::v1::SelfSubjectAccessReview,
+    core::v1::Secret,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use multivpc_api::{VpcDnsForward, conditions};
+use multivpc_e2e::{Harness, controllers, fixtures::VpcDnsForm, prelude::*, tool_path};
+use serde_json::{Value, json};
+
+const CONTROLLERS: [&str; 3] = ["dns-forwarder", "tunnel-manager", "exip-syncer"];
+const RELEASE: &str = "mv";
+const NAMESPACE: &str = "mvns";
+
+fn chart_dir() -> String {
+    multivpc_e2e::repo_dir()
+        .join("charts/kubeovn-multivpc")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The harness's helm, or None (skip) when it is not built and MULTIVPC_E2E is not set.
+fn helm_or_skip() -> Option<String> {
+    let helm = tool_path("helm");
+    if helm.exists() {
+        return Some(helm.to_string_lossy().into_owned());
+    }
+    assert!(
+        !multivpc_e2e::e2e_required(),
+        "{} missing: run `make e2e-build`",
+        helm.display()
+    );
+    eprintln!(
+        "SKIPPED chart test: no helm at {} (make e2e-build)",
+        helm.display()
+    );
+    None
+}
+
+/// Runs helm with `args`; Ok(stdout) or Err(stderr).
+async fn helm(bin: &str, args: &[&str]) -> Result<String, String> {
+    let mut cmd = vec![bin];
+    cmd.extend_from_slice(args);
+    let out = host_exec(&cmd).await.map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("{}{}", out.stdout, out.stderr))
+    }
+}
+
+/// `--set` arguments for a combination and extra values.
+fn set_args(enabled: &[bool; 3], extra: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (c, on) in CONTROLLERS.iter().zip(enabled) {
+        args.push("--set".into());
+        args.push(format!("{c}.enabled={on}"));
+    }
+    for e in extra {
+        args.push("--set".into());
+        args.push(e.to_string());
+    }
+    args
+}
+
+/// `helm template` of the umbrella chart: the rendered documents.
+async fn render(bin: &str, enabled: &[bool; 3], extra: &[&str]) -> Result<Vec<Value>, String> {
+    let chart = chart_dir();
+    let sets = set_args(enabled, extra);
+    let mut args = vec![
+        "template",
+        RELEASE,
+        &chart,
+        "--namespace",
+        NAMESPACE,
+        "--include-crds",
+    ];
+    args.extend(sets.iter().map(String::as_str));
+    let text = helm(bin, &args).await?;
+    let mut docs = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(d).map_err(|e| e.to_string())?;
+        if !v.is_null() {
+            docs.push(v);
+        }
+    }
+    Ok(docs)
+}
+
+/// (kind, namespace, name) of every rendered object.
+fn identities(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    docs.iter()
+        .map(|d| {
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (
+                s(&d["kind"]),
+                s(&d["metadata"]["namespace"]),
+                s(&d["metadata"]["name"]),
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+/// What the chart must render with its defaults for the enabled controllers, nothing more.
+fn expected(enabled: &[bool; 3]) -> BTreeSet<(String, String, String)> {
+    let mut set = BTreeSet::new();
+    let mut add = |k: &str, ns: &str, n: &str| set.insert((k.into(), ns.into(), n.into()));
+    for crd in [
+        "gatewayexips.kubeovn.ustc.io",
+        "vpcdnsforwards.kubeovn.ustc.io",
+        "vpcnattunnels.kubeovn.ustc.io",
+    ] {
+        add("CustomResourceDefinition", "", crd);
+    }
+    for (c, on) in CONTROLLERS.iter().zip(enabled) {
+        if !on {
+            continue;
+        }
+        let full = format!("{RELEASE}-{c}");
+        let global = format!("{NAMESPACE}-{full}");
+        add("ServiceAccount", NAMESPACE, &full);
+        add("Deployment", NAMESPACE, &full);
+        add("Service", NAMESPACE, &format!("{full}-metrics"));
+        for k in ["Role", "RoleBinding"] {
+            add(k, NAMESPACE, &format!("{full}-leader-election"));
+        }
+        for k in ["ClusterRole", "ClusterRoleBinding"] {
+            add(k, "", &global);
+        }
+        let roles: &[(&str, &str)] = match *c {
+            "dns-forwarder" => &[("kube-system", "")],
+            "tunnel-manager" => &[
+                ("kube-system", "-gateway-pods"),
+                ("kube-system", "-gatewayexips"),
+                ("submariner-operator", "-submariner"),
+            ],
+            _ => &[
+                ("kube-system", "-gateways"),
+                ("submariner-operator", "-submariner"),
+            ],
+        };
+        for (ns, suffix) in roles {
+            for k in ["Role", "RoleBinding"] {
+                add(k, ns, &format!("{global}{suffix}"));
+            }
+        }
+    }
+    set
+}
+
+#[tokio::test]
+async fn every_combination_lints_and_renders_exactly_the_expected_objects() {
+    let Some(bin) = helm_or_skip() else { return };
+    let chart = chart_dir();
+    for mask in 0..8u8 {
+        let enabled = [mask & 1 != 0, mask & 2 != 0, mask & 4 != 0];
+        let sets = set_args(&enabled, &[]);
+        let mut lint = vec!["lint", "--strict", &chart];
+        lint.extend(sets.iter().map(String::as_str));
+        helm(&bin, &lint)
+            .await
+            .unwrap_or_else(|e| panic!("helm lint {enabled:?}: {e}"));
+        let docs = render(&bin, &enabled, &[]).await.unwrap();
+        let got = identities(&docs);
+        let want = expected(&enabled);
+        assert_eq!(
+            got,
+            want,
+            "{enabled:?}: extra {:?}, missing {:?}",
+            got.difference(&want).collect::<Vec<_>>(),
+            want.difference(&got).collect::<Vec<_>>()
+        );
+        // No wildcard anywhere, pods/exec only for tunnel-manager and only in kube-system,
+        // Secrets never (the default broker credentials come from ServiceDiscovery).
+        for d in docs
+            .iter()
+            .filter(|d| matches!(d["kind"].as_str(), Some("Role" | "ClusterRole")))
+        {
+            let name = d["metadata"]["name"].as_str().unwrap();
+            for rule in d["rules"].as_array().unwrap() {
+                let text = rule.to_string();
+                assert!(!text.contains('*'), "wildcard in {name}: {text}");
+                assert!(!text.contains("secrets"), "Secrets in {name}: {text}");
+                if text.contains("pods/exec") {
+                    assert!(name.ends_with("tunnel-manager-gateway-pods"), "{name}");
+                    assert_eq!(d["metadata"]["namespace"], "kube-system");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn deployments_are_restricted_probed_and_scrapable() {
+    let Some(bin) = helm_or_skip() else { return };
+    let all = [true; 3];
+    let docs = render(&bin, &all, &["global.clusterId=cluster1"])
+        .await
+        .unwrap();
+    for c in CONTROLLERS {
+        let full = format!("{RELEASE}-{c}");
+        let d = find(&docs, "Deployment", &full);
+        let pod = &d["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], full.as_str());
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let ctr = &pod["containers"][0];
+        assert_eq!(ctr["image"], format!("ghcr.io/kubeovn-multivpc/{c}:0.1.0"));
+        let sc = &ctr["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(ctr["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(ctr["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(ctr["livenessProbe"]["httpGet"]["port"], "health");
+        assert!(ctr["resources"]["requests"].is_object());
+        let args: Vec<&str> = ctr["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert!(args.contains(&"--leader-elect"), "{args:?}");
+        assert!(
+            args.contains(&"--health-probe-bind-address=:8081"),
+            "{args:?}"
+        );
+        let env = ctr["env"].as_array().unwrap();
+        let var = |n: &str| env.iter().find(|e| e["name"] == n).cloned();
+        assert_eq!(
+            var("POD_NAME").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.name"
+        );
+        assert_eq!(
+            var("POD_NAMESPACE").unwrap()["valueFrom"]["fieldRef"]["fieldPath"],
+            "metadata.namespace"
+        );
+        assert_eq!(
+            var("LEADER_ELECTION_NAMESPACE").unwrap()["value"],
+            NAMESPACE
+        );
+        assert_eq!(var("CLUSTER_ID").unwrap()["value"], "cluster1");
+        let svc = find(&docs, "Service", &format!("{full}-metrics"));
+        let ann = &svc["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/scrape"], "true");
+        assert_eq!(ann["prometheus.io/port"], "8080");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], "metrics");
+    }
+
+    // replicas > 1: a PodDisruptionBudget, and leader election even when switched off.
+    let docs = render(
+        &bin,
+        &all,
+        &[
+            "tunnel-manager.replicas=2",
+            "global.leaderElection.enabled=false",
+        ],
+    )
+    .await
+    .unwrap();
+    let pdbs: Vec<_> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodDisruptionBudget")
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(pdbs, ["mv-tunnel-manager"]);
+    let tm = find(&docs, "Deployment", "mv-tunnel-manager");
+    assert!(tm.to_string().contains("--leader-elect"));
+    assert_eq!(tm["spec"]["strategy"]["type"], "RollingUpdate");
+    let dns = find(&docs, "Deployment", "mv-dns-forwarder");
+    assert!(!dns.to_string().contains("--leader-elect"));
+    // Without leader election an update must never run two controllers at once.
+    assert_eq!(dns["spec"]["strategy"]["type"], "Recreate");
+    assert!(!identities(&docs).contains(&(
+        "Role".into(),
+        NAMESPACE.into(),
+        "mv-dns-forwarder-leader-election".into()
+    )));
+
+    // ServiceMonitor: only when asked for and the cluster serves monitoring.coreos.com/v1.
+    let on = ["dns-forwarder.serviceMonitor.enabled=true"];
+    let count = |docs: &[Value]| {
+        docs.iter()
+            .filter(|d| d["kind"] == "ServiceMonitor")
+            .count()
+    };
+    assert_eq!(count(&render(&bin, &all, &on).await.unwrap()), 0);
+    let chart = chart_dir();
+    let text = helm(
+        &bin,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NAMESPACE,
+            "--api-versions",
+            "monitoring.coreos.com/v1",
+            "--set",
+            on[0],
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(text.matches("kind: ServiceMonitor").count(), 1, "{text}");
+
+    // Broker credentials from a Secret: one Role naming that Secret, in the release namespace.
+    let docs = render(
+        &bin,
+        &all,
+        &[
+            "global.broker.credentials=secret",
+            "global.broker.secretName=brk",
+        ],
+    )
+    .await
+    .unwrap();
+    let role = find(&docs, "Role", "mv-exip-syncer-broker-secret");
+    assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["brk"], "verbs": ["get"]}])
+    );
+    let env = find(&docs, "Deployment", "mv-exip-syncer").to_string();
+    assert!(env.contains("secret:mvns/brk"), "{env}");
+    assert!(
+        render(&bin, &all, &["global.broker.credentials=secret"])
+            .await
+            .unwrap_err()
+            .contains("secretName is required")
+    );
+}
+
+#[tokio::test]
+async fn values_schema_rejects_wrong_types_and_unknown_keys() {
+    let Some(bin) = helm_or_skip() else { return };
+    let all = [true; 3];
+    for (bad, says) in [
+        ("dns-forwarder.replicas=two", "want integer"),
+        ("tunnel-manager.enabled=yes", "enabled"),
+        ("global.logFormat=xml", "logFormat"),
+        ("global.leaderElection.enabled=1", "want boolean"),
+        ("global.clusterId=Cluster_1", "clusterId"),
+        ("exip-syncer.failback=sometimes", "failback"),
+        (
+            "tunnel-manager.maxConcurrentExecs=1000",
+            "maxConcurrentExecs",
+        ),
+        ("dns-forwarder.metrics.port=http", "want integer"),
+        ("dns-forwarder.replica=2", "replica"),
+        ("global.broker.credentials=token", "credentials"),
+    ] {
+        let err = render(&bin, &all, &[bad])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was accepted"));
+        assert!(err.contains("schema") && err.contains(says), "{bad}: {err}");
+        let chart = chart_dir();
+        assert!(
+            helm(&bin, &["lint", &chart, "--set", bad]).await.is_err(),
+            "helm lint accepted {bad}"
+        );
+    }
+}
+
+#[test]
+fn shared_templates_are_identical_in_every_subchart() {
+    let base = multivpc_e2e::repo_dir().join("charts/kubeovn-multivpc/charts");
+    for f in [
+        "_common.tpl",
+        "deployment.yaml",
+        "service.yaml",
+        "serviceaccount.yaml",
+        "servicemonitor.yaml",
+        "pdb.yaml",
+        "leader-election.yaml",
+    ] {
+        let read =
+            |c: &str| std::fs::read_to_string(base.join(c).join("templates").join(f)).unwrap();
+        let first = read(CONTROLLERS[0]);
+        for c in &CONTROLLERS[1..] {
+            assert!(
+                read(c) == first,
+                "charts/{c}/templates/{f} differs from dns-forwarder's"
+            );
+        }
+    }
+}
+
+async fn deployment(c: &Client, ns: &str, name: &str) -> Deployment {
+    Api::<Deployment>::namespaced(c.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+async fn ensure_namespace(h: &Harness, cluster: &str, name: &str) {
+    apply_json(
+        &h.client(cluster),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn install_upgrade_rolls_the_deployment_and_uninstall_keeps_crds_and_objects() {
+    const CLUSTER: &str = "cluster2";
+    let h = harness_or_skip!([CLUSTER]);
+    let Some(_) = helm_or_skip() else { return };
+    let c = h.client(CLUSTER);
+    ensure_namespace(&h, CLUSTER, "submariner-operator").await;
+    let ns = h.unique_namespace(CLUSTER, "chart").await.unwrap();
+    let release = Harness::unique_name("rel");
+    let chart = chart_dir();
+    let install = |extra: &'static str| {
+        let (h, ns, release, chart) = (h.clone(), ns.clone(), release.clone(), chart.clone());
+        async move {
+            h.helm(
+                CLUSTER,
+                &[
+                    "upgrade",
+                    "--install",
+                    &release,
+                    &chart,
+                    "--namespace",
+                    &ns,
+                    "--set",
+                    "global.clusterId=cluster2",
+                    "--set",
+                    extra,
+                    "--wait",
+                    "--timeout",
+                    "120s",
+                ],
+            )
+            .await
+            .unwrap()
+            .check()
+            .unwrap()
+        }
+    };
+    install("global.logLevel=info").await;
+    let deployments = [
+        format!("{release}-dns-forwarder"),
+        format!("{release}-tunnel-manager"),
+        format!("{release}-exip-syncer"),
+    ];
+    for d in &deployments {
+        let dep = deployment(&c, &ns, d).await;
+        assert_eq!(dep.status.unwrap().ready_replicas, Some(1), "{d}");
+    }
+    let crds = h
+        .kubectl(CLUSTER, &["get", "crd", "-o", "name"])
+        .await
+        .unwrap()
+        .stdout;
+    for crd in ["vpcdnsforwards", "vpcnattunnels", "gatewayexips"] {
+        assert!(crds.contains(&format!("{crd}.kubeovn.ustc.io")), "{crds}");
+    }
+    // A user's object, made while the chart is installed.
+    apply_json(
+        &c,
+        json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
+               "metadata": {"name": "users-own", "namespace": ns}, "spec": {"vpc": "vpc-x"}}),
+    )
+    .await
+    .unwrap();
+
+    // Upgrade with a changed value: a new pod template (new ReplicaSet hash), generation + 1.
+    let target = &deployments[0];
+    let before = deployment(&c, &ns, target).await;
+    install("global.logLevel=debug").await;
+    let after = deployment(&c, &ns, target).await;
+    assert_eq!(
+        after.metadata.generation.unwrap(),
+        before.metadata.generation.unwrap() + 1
+    );
+    let status = after.status.clone().unwrap();
+    assert_eq!(status.observed_generation, after.metadata.generation);
+    assert_eq!(status.updated_replicas, Some(1));
+    let env = serde_json::to_string(&after.spec.unwrap().template).unwrap();
+    assert!(env.contains("\"debug\""), "{env}");
+    let rs: Api<ReplicaSet> = Api::namespaced(c.clone(), &ns);
+    let hashes: BTreeSet<String> = rs
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={release},app.kubernetes.io/name=dns-forwarder"
+        )))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.labels().get("pod-template-hash").cloned())
+        .collect();
+    assert_eq!(hashes.len(), 2, "one ReplicaSet per template: {hashes:?}");
+
+    // Uninstall: the chart's objects go, the CRDs and the user's object stay.
+    h.helm(
+        CLUSTER,
+        &["uninstall", &release, "--namespace", &ns, "--wait"],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    let left = Api::<Deployment>::namespaced(c.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "Deployments left after uninstall");
+    let crds = h
+        .kubectl(CLUSTER, &["get", "crd", "-o", "name"])
+        .await
+        .unwrap()
+        .stdout;
+    for crd in ["vpcdnsforwards", "vpcnattunnels", "gatewayexips"] {
+        assert!(crds.contains(&format!("{crd}.kubeovn.ustc.io")), "{crds}");
+    }
+    let forwards: Api<VpcDnsForward> = Api::namespaced(c.clone(), &ns);
+    assert!(forwards.get_opt("users-own").await.unwrap().is_some());
+    h.delete_namespace(CLUSTER, &ns).await.unwrap();
+}
+
+/// SelfSubjectAccessReview with `client`'s credentials.
+async fn can(
+    client: &Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    ns: &str,
+    name: &str,
+) -> bool {
+    let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+    let review: SelfSubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {
+            "verb": verb, "group": group, "resource": resource, "subresource": sub,
+            "namespace": ns, "name": name,
+        }}
+    }))
+    .unwrap();
+    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &review)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+#[tokio::test]
+async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more() {
+    const CLUSTER: &str = "cluster1";
+    let h = harness_or_skip!([CLUSTER]);
+    let Some(_) = helm_or_skip() else { return };
+    let c = h.client(CLUSTER);
+    h.install_project_crds(CLUSTER).await.unwrap();
+    h.install_foreign_crds(CLUSTER).await.unwrap();
+    ensure_namespace(&h, CLUSTER, "submariner-operator").await;
+    let ns = h.unique_namespace(CLUSTER, "rbac").await.unwrap();
+    // GatewayExIps in a namespace of this test, so nothing here touches other tests' gateways.
+    let gw_ns = h.unique_namespace(CLUSTER, "rbacgw").await.unwrap();
+    let release = Harness::unique_name("rbac");
+    let chart = chart_dir();
+    let gw_set = format!("global.gatewayNamespace={gw_ns}");
+    // The chart's objects without pods: the controllers run on the host with the chart's
+    // ServiceAccounts instead.
+    h.helm(
+        CLUSTER,
+        &[
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &ns,
+            "--skip-crds",
+            "--set",
+            "global.clusterId=cluster1",
+            "--set",
+            &gw_set,
+            "--set",
+            "global.broker.credentials=none",
+            "--set",
+            "dns-forwarder.replicas=0",
+            "--set",
+            "tunnel-manager.replicas=0",
+            "--set",
+            "exip-syncer.replicas=0",
+        ],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    let sa = |c: &str| format!("{release}-{c}");
+    let kubeconfig = |c: &'static str| {
+        let (h, ns, name) = (h.clone(), ns.clone(), sa(c));
+        async move {
+            h.service_account_kubeconfig(CLUSTER, &ns, &name)
+                .await
+                .unwrap()
+        }
+    };
+    let client_of = |c: &'static str| {
+        let (h, ns, name) = (h.clone(), ns.clone(), sa(c));
+        async move { h.service_account_client(CLUSTER, &ns, &name).await.unwrap() }
+    };
+    let elect = format!("--leader-election-namespace={ns}");
+
+    // Nothing the chart grants reads Secrets, anywhere.
+    for ctl in CONTROLLERS {
+        let sc = client_of(ctl).await;
+        assert!(
+            !can(&sc, "list", "", "secrets", "", "").await,
+            "{ctl} lists Secrets"
+        );
+        assert!(
+            !can(&sc, "get", "", "secrets", "kube-system", "x").await,
+            "{ctl}"
+        );
+        assert!(!can(&sc, "get", "", "secrets", &ns, "x").await, "{ctl}");
+        let err = Api::<Secret>::all(sc.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, kube::Error::Api(ref s) if s.code == 403),
+            "{ctl}: {err}"
+        );
+        assert!(
+            !can(&sc, "create", "", "pods", "kube-system", "").await,
+            "{ctl}"
+        );
+    }
+
+    // dns-forwarder: its scenario (a forward becomes Programmed, its delete cleans up).
+    {
+        let _lock = h.exclusive("dns-forwarder").await.unwrap();
+        h.install_cluster_network(CLUSTER).await.unwrap();
+        let (vpc, dns) = (
+            Harness::unique_name("rbacvpc"),
+            Harness::unique_name("rbacdns"),
+        );
+        h.install_vpc_dns(
+            CLUSTER,
+            &dns,
+            &vpc,
+            "sub-rbac",
+            VpcDnsForm::V113RoutesAnnotation,
+        )
+        .await
+        .unwrap();
+        let kc = kubeconfig("dns-forwarder").await;
+        let mut ctl = controllers::spawn(
+            h.run_dir(),
+            "dns-forwarder",
+            &kc,
+            &["--leader-elect", &elect],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let forwards: Api<VpcDnsForward> = Api::namespaced(c.clone(), &ns);
+        apply_json(
+            &c,
+            json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
+                   "metadata": {"name": "rbac", "namespace": ns}, "spec": {"vpc": vpc}}),
+        )
+        .await
+        .unwrap();
+        let programmed = |f: &VpcDnsForward| {
+            let status = f.status.clone().unwrap_or_default();
+            conditions::find(&status.conditions, conditions::READY)
+                .is_some_and(|c| c.status == "True" && c.reason == "Programmed")
+        };
+        if let Err(e) =
+            wait_for_object(&forwards, "rbac", Duration::from_secs(30), programmed).await
+        {
+            panic!("{e:#}\nlog:\n{}", ctl.log_tail(40));
+        }
+        let dep: Api<Deployment> = Api::namespaced(c.clone(), "kube-system");
+        let routes = dep.get(&format!("vpc-dns-{dns}")).await.unwrap();
+        assert!(serde_json::to_string(&routes.spec).unwrap().contains("/32"));
+        forwards.delete("rbac", &Default::default()).await.unwrap();
+        wait_for_deletion(&forwards, "rbac", Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\nlog:\n{}", ctl.log_tail(40)));
+        let log = std::fs::read_to_string(&ctl.log).unwrap();
+        assert!(!log.contains("forbidden"), "a call was forbidden:\n{log}");
+        assert!(ctl.stop().unwrap(), "dns-forwarder did not exit cleanly");
+        let sc = client_of("dns-forwarder").await;
+        assert!(!can(&sc, "create", "", "pods/exec", "kube-system", "").await);
+        assert!(!can(&sc, "get", "", "pods/exec", "kube-system", "").await);
+        assert!(!can(&sc, "patch", "", "configmaps", "kube-system", "coredns").await);
+        assert!(
+            can(
+                &sc,
+                "patch",
+                "",
+                "configmaps",
+                "kube-system",
+                "vpc-dns-corefile"
+            )
+            .await
+        );
+        assert!(!can(&sc, "patch", "apps", "deployments", "default", "x").await);
+        assert!(!can(&sc, "patch", "kubeovn.ustc.io", "vpcnattunnels", &ns, "x").await);
+    }
+
+    // tunnel-manager: every cache syncs with the chart's grants (Ready); exec only in kube-system.
+    let kc = kubeconfig("tunnel-manager").await;
+    let gw_env = format!("--gateway-namespace={gw_ns}");
+    let mut tm = controllers::spawn(
+        h.run_dir(),
+        "tunnel-manager",
+        &kc,
+        &["--leader-elect", &elect, "--cluster-id=cluster1", &gw_env],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let sc = client_of("tunnel-manager").await;
+    assert!(
+        can(
+            &sc,
+            "create",
+            "",
+            "pods/exec",
+            "kube-system",
+            "vpc-nat-gw-x-0"
+        )
+        .await
+    );
+    assert!(can(&sc, "get", "", "pods/exec", "kube-system", "vpc-nat-gw-x-0").await);
+    assert!(!can(&sc, "create", "", "pods/exec", "default", "x").await);
+    assert!(!can(&sc, "create", "", "pods/exec", &ns, "x").await);
+    assert!(
+        can(
+            &sc,
+            "patch",
+            "kubeovn.ustc.io",
+            "vpcnattunnels/status",
+            "default",
+            "x"
+        )
+        .await
+    );
+    assert!(!can(&sc, "patch", "kubeovn.ustc.io", "gatewayexips", &gw_ns, "x").await);
+    assert!(!can(&sc, "delete", "", "pods", "kube-system", "x").await);
+    assert!(tm.stop().unwrap(), "tunnel-manager did not exit cleanly");
+    let log = std::fs::read_to_string(&tm.log).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "tunnel-manager: a call was forbidden:\n{log}"
+    );
+
+    // exip-syncer: Ready with the chart's grants; it owns GatewayExIps (server-side apply
+    // needs "create" as well as "patch" for a new one), repoints VPC routes, and reads no Secret.
+    let kc = kubeconfig("exip-syncer").await;
+    let mut es = controllers::spawn(
+        h.run_dir(),
+        "exip-syncer",
+        &kc,
+        &[
+            "--leader-elect",
+            &elect,
+            "--cluster-id=cluster1",
+            &gw_env,
+            "--broker-credentials=none",
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let sc = client_of("exip-syncer").await;
+    let exips: Api<multivpc_api::GatewayExIp> = Api::namespaced(sc.clone(), &gw_ns);
+    let exip = json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+        "metadata": {"name": "rbac-cluster9", "namespace": gw_ns},
+        "spec": {"externalip": "172.50.9.9", "globalnetcidr": "242.9.0.0/16"}});
+    exips
+        .patch(
+            "rbac-cluster9",
+            &PatchParams::apply("rbac-test").force(),
+            &Patch::Apply(&exip),
+        )
+        .await
+        .expect("server-side apply creates a GatewayExIp with the chart's grants");
+    // (exip-syncer may already have removed it: it is no GatewayExIp of this cluster's.)
+    let _ = exips.delete("rbac-cluster9", &Default::default()).await;
+    assert!(can(&sc, "patch", "kubeovn.io", "vpcs", "", "vpc-x").await);
+    assert!(!can(&sc, "delete", "kubeovn.io", "vpcs", "", "vpc-x").await);
+    assert!(
+        !can(
+            &sc,
+            "patch",
+            "kubeovn.ustc.io",
+            "gatewayexips",
+            "kube-system",
+            "x"
+        )
+        .await
+    );
+    assert!(!can(&sc, "create", "", "pods/exec", &gw_ns, "x").await);
+    assert!(
+        can(
+            &sc,
+            "get",
+            "submariner.io",
+            "servicediscoveries",
+            "submariner-operator",
+            "service-discovery"
+        )
+        .await
+    );
+    assert!(
+        !can(
+            &sc,
+            "get",
+            "submariner.io",
+            "servicediscoveries",
+            "submariner-operator",
+            "other"
+        )
+        .await
+    );
+    assert!(es.stop().unwrap(), "exip-syncer did not exit cleanly");
+    let log = std::fs::read_to_string(&es.log).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "exip-syncer: a call was forbidden:\n{log}"
+    );
+
+    h.helm(CLUSTER, &["uninstall", &release, "--namespace", &ns])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    h.delete_namespace(CLUSTER, &ns).await.unwrap();
+    h.delete_namespace(CLUSTER, &gw_ns).await.unwrap();
+}
