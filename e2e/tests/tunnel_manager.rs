@@ -135,6 +135,12 @@ async fn state(netns: &str) -> String {
     .stdout
 }
 
+/// Reconciles that ended without error (success or requeue).
+async fn reconciles(ctl: &ControllerProcess) -> f64 {
+    metric(ctl, "controller_runtime_reconcile_total{controller=\"vpcnattunnel\",result=\"success\"}").await
+        + metric(ctl, "controller_runtime_reconcile_total{controller=\"vpcnattunnel\",result=\"requeue_after\"}").await
+}
+
 async fn metric(ctl: &ControllerProcess, series: &str) -> f64 {
     ctl.metric(series).await.unwrap().unwrap_or(0.0)
 }
@@ -246,6 +252,43 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     assert_eq!(
         s1.egress_range,
         Some(format!("{}-{}", egress1[0], egress1[egress1.len() - 1]))
+    );
+
+    // Steady state: a reconcile of a programmed tunnel (here woken by a label change) makes no
+    // exec and writes nothing (default verification interval on cluster2).
+    let converges = "multivpc_tunnel_exec_duration_seconds_count{script=\"converge\"}";
+    let (rec0, conv0) = (reconciles(&ctl2).await, metric(&ctl2, converges).await);
+    let poked = t2
+        .patch(
+            &dev,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"e2e-poke": "1"}}})),
+        )
+        .await
+        .unwrap();
+    wait_for(
+        "a reconcile after the label change",
+        Duration::from_secs(30),
+        || async {
+            let n = reconciles(&ctl2).await;
+            Ok(if n > rec0 {
+                Check::Done(())
+            } else {
+                Check::Pending(format!("{n} reconciles"))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(&ctl2, converges).await,
+        conv0,
+        "steady state made an exec"
+    );
+    assert_eq!(
+        t2.get(&dev).await.unwrap().metadata.resource_version,
+        poked.metadata.resource_version,
+        "steady state wrote the tunnel"
     );
 
     // The tunnel carries a ping between the interface addresses.
