@@ -933,3 +933,105 @@ async fn publish(
         tracing::warn!(%err, reason, "could not publish event");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use multivpc_api::{TunnelType, VpcNatTunnelSpec, tunnel::AppliedTunnel};
+
+    fn tunnel(ns: &str, name: &str, pod_uid: Option<&str>, local_route: &str) -> VpcNatTunnel {
+        let mut t = VpcNatTunnel::new(
+            name,
+            VpcNatTunnelSpec {
+                cluster_id: "cluster2".into(),
+                gateway_name: "rgw".into(),
+                interface_addr: "10.100.0.1/24".into(),
+                nat_gw_dp: "gw1".into(),
+                tunnel_type: TunnelType::Vxlan,
+                vni: None,
+                dst_port: None,
+            },
+        );
+        t.metadata.namespace = Some(ns.into());
+        t.status = Some(VpcNatTunnelStatus {
+            gateway_pod: pod_uid.map(|uid| PodRef {
+                name: "vpc-nat-gw-gw1-0".into(),
+                uid: uid.into(),
+            }),
+            applied: Some(AppliedTunnel {
+                local_route: local_route.into(),
+                remote_route: "242.1.0.0/16".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        t
+    }
+
+    fn snapshot(tunnels: Vec<VpcNatTunnel>) -> Snapshot {
+        Snapshot {
+            tunnels: tunnels.into_iter().map(Arc::new).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cleanup_keeps_what_others_still_use() {
+        let me = tunnel("ns1", "vx1", Some("u1"), "242.0.0.0/16");
+        let alone = cleanup_config(
+            &me,
+            me.status.as_ref().unwrap(),
+            "u1",
+            &snapshot(vec![me.clone()]),
+        )
+        .unwrap();
+        assert_eq!(alone.local_cidr, Some("242.0.0.0/16".parse().unwrap()));
+        assert_eq!(alone.remote_cidr, Some("242.1.0.0/16".parse().unwrap()));
+        assert_eq!(alone.tag.to_string(), "multivpc-tunnel:ns1/vx1");
+
+        // Another live tunnel of the same pod records the same local route: it stays.
+        let sibling = tunnel("ns1", "vx2", Some("u1"), "242.0.0.0/16");
+        let shared = cleanup_config(
+            &me,
+            me.status.as_ref().unwrap(),
+            "u1",
+            &snapshot(vec![me.clone(), sibling]),
+        )
+        .unwrap();
+        assert_eq!(shared.local_cidr, None);
+
+        // A live tunnel of the same name (another namespace) has taken the device over.
+        let heir = tunnel("ns2", "vx1", Some("u1"), "242.0.0.0/16");
+        assert!(
+            cleanup_config(
+                &me,
+                me.status.as_ref().unwrap(),
+                "u1",
+                &snapshot(vec![me.clone(), heir.clone()])
+            )
+            .is_none()
+        );
+        // ... unless it is being deleted too.
+        let mut leaving = heir;
+        leaving.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(1).unwrap()));
+        assert!(
+            cleanup_config(
+                &me,
+                me.status.as_ref().unwrap(),
+                "u1",
+                &snapshot(vec![me.clone(), leaving])
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn change_summaries_are_bounded() {
+        let out: String = (0..10).map(|i| format!("change: step {i}\n")).collect();
+        let s = change_summary(&out);
+        assert!(s.starts_with("step 0; step 1"), "{s}");
+        assert!(s.ends_with("and 4 more"), "{s}");
+        assert_eq!(change_summary("multivpc-changes=0\n"), "");
+    }
+}
