@@ -34,5 +34,66 @@ unit: ## Tests that need no cluster (harness tests skip, loudly)
 .PHONY: test
 test: lint unit e2e-test ## Everything: lint, unit tests, then the harness tests on real clusters
 
+# --- Images, chart and deploy.yaml (docs/helm.md) -------------------------------------------
+# IMG=<registry>/<prefix>:<tag> names the three images <registry>/<prefix>/<controller>:<tag>
+# (one Dockerfile, one stage per controller). Without a tag: latest.
+IMG ?= ghcr.io/kubeovn-multivpc:0.1.0
+CONTROLLERS := dns-forwarder tunnel-manager exip-syncer
+IMG_NAME = $(lastword $(subst /, ,$(IMG)))
+IMG_TAG = $(if $(findstring :,$(IMG_NAME)),$(lastword $(subst :, ,$(IMG_NAME))),latest)
+IMG_REGISTRY = $(if $(findstring :,$(IMG_NAME)),$(patsubst %:$(IMG_TAG),%,$(IMG)),$(IMG))
+CONTAINER_TOOL ?= docker
+PLATFORMS ?= linux/amd64
+
+CHART := charts/kubeovn-multivpc
+HELM_VERSION := $(shell sed -n 's/^HELM_VERSION=\([^[:space:]]*\).*/\1/p' e2e/versions.env)
+MULTIVPC_CACHE ?= $(HOME)/.cache/kubeovn-multivpc
+# The harness's pinned helm (built from the Go module proxy when missing); HELM=helm for your own.
+HELM ?= $(MULTIVPC_CACHE)/helm-$(HELM_VERSION)/bin/helm
+DEPLOY_NAMESPACE ?= multi-vpc-system
+DEPLOY_FILE ?= deploy.yaml
+CLUSTER_ID ?=
+# More chart values for `make deploy`, e.g. HELM_VALUES="--set tunnel-manager.enabled=false".
+HELM_VALUES ?=
+
+.PHONY: docker-build
+docker-build: ## Build the three controller images: make docker-build IMG=registry/prefix:tag
+	@for c in $(CONTROLLERS); do \
+	  echo "$(CONTAINER_TOOL) build --platform $(PLATFORMS) --target $$c -t $(IMG_REGISTRY)/$$c:$(IMG_TAG) ."; \
+	  $(CONTAINER_TOOL) build --platform $(PLATFORMS) --target $$c -t $(IMG_REGISTRY)/$$c:$(IMG_TAG) . || exit 1; \
+	done
+
+.PHONY: docker-push
+docker-push: ## Push the three controller images built by docker-build (same IMG)
+	@for c in $(CONTROLLERS); do \
+	  echo "$(CONTAINER_TOOL) push $(IMG_REGISTRY)/$$c:$(IMG_TAG)"; \
+	  $(CONTAINER_TOOL) push $(IMG_REGISTRY)/$$c:$(IMG_TAG) || exit 1; \
+	done
+
+.PHONY: helm-bin
+helm-bin:
+	@if [ ! -x "$(HELM)" ] && ! command -v "$(HELM)" >/dev/null 2>&1; then bash e2e/scripts/build.sh helm; fi
+
+.PHONY: helm-lint
+helm-lint: helm-bin ## helm lint --strict the umbrella chart (every on/off combination) and each subchart
+	@for d in true false; do for t in true false; do for e in true false; do \
+	  $(HELM) lint --strict --quiet $(CHART) --set dns-forwarder.enabled=$$d \
+	    --set tunnel-manager.enabled=$$t --set exip-syncer.enabled=$$e >/dev/null \
+	    || { echo "helm lint failed: dns-forwarder=$$d tunnel-manager=$$t exip-syncer=$$e"; \
+	         $(HELM) lint --strict $(CHART) --set dns-forwarder.enabled=$$d \
+	           --set tunnel-manager.enabled=$$t --set exip-syncer.enabled=$$e; exit 1; }; \
+	done; done; done
+	$(HELM) lint --strict $(addprefix $(CHART)/charts/,$(CONTROLLERS))
+	@echo "helm lint: 8 combinations and 3 subcharts passed"
+
+.PHONY: deploy
+deploy: helm-bin ## Render deploy.yaml (Namespace, CRDs, controllers) from the chart: make deploy IMG=... CLUSTER_ID=...
+	@{ printf 'apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n' '$(DEPLOY_NAMESPACE)'; \
+	   $(HELM) template kubeovn-multivpc $(CHART) --namespace $(DEPLOY_NAMESPACE) --include-crds \
+	     --set global.image.registry=$(IMG_REGISTRY) --set global.image.tag=$(IMG_TAG) \
+	     $(if $(CLUSTER_ID),--set global.clusterId=$(CLUSTER_ID)) $(HELM_VALUES); } > $(DEPLOY_FILE).tmp
+	@mv $(DEPLOY_FILE).tmp $(DEPLOY_FILE)
+	@echo "wrote $(DEPLOY_FILE) (images $(IMG_REGISTRY)/<controller>:$(IMG_TAG)); apply with: kubectl apply -f $(DEPLOY_FILE)"
+
 # Harness targets (e2e-build, e2e-up, e2e-down, ...) live beside the harness.
 include e2e/e2e.mk

@@ -856,3 +856,91 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
     h.delete_namespace(CLUSTER, &ns).await.unwrap();
     h.delete_namespace(CLUSTER, &gw_ns).await.unwrap();
 }
+
+#[tokio::test]
+async fn make_deploy_renders_a_deploy_yaml_that_kubectl_applies() {
+    const CLUSTER: &str = "cluster2";
+    let h = harness_or_skip!([CLUSTER]);
+    let Some(_) = helm_or_skip() else { return };
+    ensure_namespace(&h, CLUSTER, "submariner-operator").await;
+    let ns = Harness::unique_name("deploy");
+    let dir = h.run_dir().join("deploy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{ns}.yaml"));
+    let repo = multivpc_e2e::repo_dir();
+    host_exec(&[
+        "make",
+        "-s",
+        "-C",
+        repo.to_str().unwrap(),
+        "deploy",
+        "IMG=registry.example.com:5000/team/multivpc:v1.2.3",
+        "CLUSTER_ID=cluster2",
+        &format!("DEPLOY_NAMESPACE={ns}"),
+        &format!("DEPLOY_FILE={}", file.display()),
+        "HELM_VALUES=--set exip-syncer.enabled=false",
+    ])
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect();
+    // The seed's order: the Namespace, then the CRDs, then everything else.
+    assert_eq!(docs[0]["kind"], "Namespace");
+    assert!(
+        docs[1..4]
+            .iter()
+            .all(|d| d["kind"] == "CustomResourceDefinition")
+    );
+    let images: BTreeSet<&str> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment")
+        .map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        images,
+        BTreeSet::from([
+            "registry.example.com:5000/team/multivpc/dns-forwarder:v1.2.3",
+            "registry.example.com:5000/team/multivpc/tunnel-manager:v1.2.3",
+        ])
+    );
+    let out = h
+        .kubectl(CLUSTER, &["apply", "-f", file.to_str().unwrap()])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(
+        out.stdout
+            .contains("deployment.apps/kubeovn-multivpc-tunnel-manager created"),
+        "{}",
+        out.stdout
+    );
+    let c = h.client(CLUSTER);
+    let dep = deployment(&c, &ns, "kubeovn-multivpc-dns-forwarder").await;
+    assert_eq!(dep.spec.unwrap().replicas, Some(1));
+    // Clean up everything but the CRDs (shared with the other tests, and kept as helm keeps them).
+    let rest: String = text
+        .split("\n---")
+        .filter(|d| !d.contains("kind: CustomResourceDefinition"))
+        .collect::<Vec<_>>()
+        .join("\n---");
+    let rest_file = dir.join(format!("{ns}-rest.yaml"));
+    std::fs::write(&rest_file, rest).unwrap();
+    h.kubectl(
+        CLUSTER,
+        &["delete", "--wait=false", "-f", rest_file.to_str().unwrap()],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+}
