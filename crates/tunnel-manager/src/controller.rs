@@ -473,6 +473,15 @@ fn error_policy(tunnel: Arc<VpcNatTunnel>, err: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
+/// A stable per-tunnel delay in `[0, max)`.
+fn jitter(key: &str, max: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(h.finish().checked_rem(nanos).unwrap_or(0))
+}
+
 fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
     s.parse().ok()
 }
@@ -599,6 +608,9 @@ async fn apply(
             };
             let changes = script::reported_changes(&out.stdout).unwrap_or(0);
             if changes > 0 {
+                tracing::info!(tunnel = %k, pod = %resolved.pod.name, changes, repair = was_programmed, "converged: {}", change_summary(&out.stdout));
+            }
+            if changes > 0 {
                 if was_programmed {
                     let cause = if old.gateway_pod.as_ref().map(|p| p.uid.as_str())
                         != Some(resolved.pod.uid.as_str())
@@ -686,6 +698,7 @@ async fn apply(
                     );
                 }
                 ctx.metrics.repairs.with_label_values(&["drift"]).inc();
+                tracing::warn!(tunnel = %k, pod = %resolved.pod.name, "drift repaired: {}", change_summary(&out.stdout));
                 publish(
                     ctx,
                     tunnel,
@@ -746,11 +759,14 @@ async fn apply(
     .await?;
     ctx.set_state(&k, Some(reason::PROGRAMMED));
 
-    // Wake for the next verification (measured from the last one).
+    // Wake for the next verification (measured from the last one), spread over up to a tenth
+    // of the interval so that tunnels converged together are not all verified together.
     Ok(match (interval, ctx.programmed_matches(&k, &resolved)) {
-        (Some(i), Some(at)) => {
-            Action::requeue(i.saturating_sub(at.elapsed()).max(Duration::from_secs(1)))
-        }
+        (Some(i), Some(at)) => Action::requeue(
+            (i + jitter(&k, i / 10))
+                .saturating_sub(at.elapsed())
+                .max(Duration::from_secs(1)),
+        ),
         _ => Action::await_change(),
     })
 }
@@ -1024,6 +1040,14 @@ mod tests {
             )
             .is_some()
         );
+    }
+
+    #[test]
+    fn jitter_is_bounded_and_stable() {
+        let max = Duration::from_secs(30);
+        assert!(jitter("ns/a", max) < max);
+        assert_eq!(jitter("ns/a", max), jitter("ns/a", max));
+        assert_eq!(jitter("ns/a", Duration::ZERO), Duration::ZERO);
     }
 
     #[test]
