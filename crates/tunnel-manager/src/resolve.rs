@@ -800,6 +800,79 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_in_other_objects_never_reach_a_script() {
+        let t = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        for hostile in [
+            "10.1.0.1; reboot",
+            "$(id)",
+            "10.1.0.1'",
+            "`x`",
+            "10.1.0.1\nip link del net1",
+        ] {
+            for key in [
+                "ovn.kubernetes.io/gateway",
+                "ext-net.kube-system.kubernetes.io/ip_address",
+            ] {
+                let mut s = snapshot();
+                let mut p = (*s.pods[0]).clone();
+                p.metadata
+                    .annotations
+                    .as_mut()
+                    .unwrap()
+                    .insert(key.into(), hostile.into());
+                s.pods = vec![Arc::new(p)];
+                let err = resolve(&t, &s).unwrap_err();
+                assert_eq!(
+                    err.reason,
+                    reason::GATEWAY_POD_NOT_READY,
+                    "{key}={hostile:?}"
+                );
+            }
+            let mut s = snapshot();
+            s.exips.insert(
+                "rgw-cluster2".into(),
+                exip("rgw-cluster2", "172.50.2.11", hostile),
+            );
+            assert_eq!(
+                resolve(&t, &s).unwrap_err().reason,
+                reason::REMOTE_GATEWAY_INVALID
+            );
+            let mut s = snapshot();
+            s.clusters.insert(
+                "cluster1".into(),
+                Arc::new(Cluster::new(
+                    "cluster1",
+                    ClusterSpec {
+                        cluster_id: "cluster1".into(),
+                        global_cidr: vec![hostile.into()],
+                    },
+                )),
+            );
+            assert_eq!(
+                resolve(&t, &s).unwrap_err().reason,
+                reason::GLOBALNET_NOT_CONFIGURED
+            );
+            let mut s = snapshot();
+            let mut e = (**s.egress.as_ref().unwrap()).clone();
+            e.status
+                .as_mut()
+                .unwrap()
+                .allocated_ips
+                .push(hostile.into());
+            s.egress = Some(Arc::new(e));
+            let r = resolve(&t, &s).unwrap();
+            let script = crate::script::converge(
+                &r.config,
+                &Default::default(),
+                crate::script::Mode::Converge,
+            );
+            for marker in ["reboot", "$(id)", "`x`", "del net1", "10.1.0.1''"] {
+                assert!(!script.contains(marker), "{hostile:?} reached the script");
+            }
+        }
+    }
+
+    #[test]
     fn the_active_gateway_label_moves_the_tunnel() {
         let mut s = snapshot();
         s.pods.push(pod("gw1b", "uid-2"));
