@@ -562,7 +562,7 @@ async fn apply(
             .run(&target, "cleanup", script::cleanup(&cfg))
             .await
         {
-            Ok(_) => {
+            Ok(out) if script::reported_changes(&out.stdout).unwrap_or(0) > 0 => {
                 publish(
                     ctx,
                     tunnel,
@@ -575,6 +575,7 @@ async fn apply(
                 )
                 .await
             }
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(tunnel = %k, err = %e, "could not clean the previous gateway pod")
             }
