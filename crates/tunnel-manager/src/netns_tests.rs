@@ -271,3 +271,39 @@ fn two_tunnels_share_the_local_route() {
     let state = ns.state();
     assert!(!state.contains("vx1"), "{state}");
 }
+
+#[test]
+fn the_original_operators_state_is_adopted() {
+    let Some(ns) = Netns::new() else { return };
+    let (ok, _, _) =
+        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
+    if !ok {
+        skip("this kernel has no VXLAN");
+        return;
+    }
+    let cfg = crate::script::tests::vxlan();
+    // What the Go operator left: a device of the same name without our alias, and an untagged
+    // SNAT rule for the same traffic.
+    let (ok, _, err) = ns.sh(&format!(
+        "ip link add {dev} type vxlan id 100 dstport 4789 dev net1 && ip addr add 10.100.0.1/24 dev {dev} && \
+         {FLAVOUR}; $ipt -t nat -A POSTROUTING -d {remote} -j SNAT --to-source {snat}",
+        dev = cfg.device,
+        remote = cfg.remote_cidr,
+        snat = cfg.snat,
+    ));
+    assert!(ok, "{err}");
+    assert!(ns.script(&script::converge(&cfg, &Stale::default(), Mode::Converge)) > 0);
+    let state = ns.state();
+    assert_eq!(state.matches("SNAT").count(), 1, "{state}");
+    assert!(state.contains(cfg.tag.as_str()), "{state}");
+    assert!(
+        state.contains("remote 172.50.2.11"),
+        "device recreated: {state}"
+    );
+    assert_eq!(
+        ns.script(&script::converge(&cfg, &Stale::default(), Mode::Check)),
+        0
+    );
+}
+
+const FLAVOUR: &str = "ipt=iptables; if iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi";
