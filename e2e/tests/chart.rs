@@ -14,7 +14,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use multivpc_api::{VpcDnsForward, conditions};
+use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions};
 use multivpc_e2e::{Harness, controllers, fixtures::VpcDnsForm, prelude::*, tool_path};
 use serde_json::{Value, json};
 
@@ -725,6 +725,11 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
         assert!(!can(&sc, "patch", "kubeovn.ustc.io", "vpcnattunnels", &ns, "x").await);
     }
 
+    // tunnel-manager and exip-syncer act on every object of their kind in the cluster: hold
+    // their locks (in the order their own tests take them) while one runs.
+    let _syncer_lock = h.exclusive("exip-syncer").await.unwrap();
+    let _manager_lock = h.exclusive("tunnel-manager").await.unwrap();
+
     // tunnel-manager: every cache syncs with the chart's grants (Ready); exec only in kube-system.
     let kc = kubeconfig("tunnel-manager").await;
     let gw_env = format!("--gateway-namespace={gw_ns}");
@@ -791,7 +796,7 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
     .await
     .unwrap();
     let sc = client_of("exip-syncer").await;
-    let exips: Api<multivpc_api::GatewayExIp> = Api::namespaced(sc.clone(), &gw_ns);
+    let exips: Api<GatewayExIp> = Api::namespaced(sc.clone(), &gw_ns);
     let exip = json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
         "metadata": {"name": "rbac-cluster9", "namespace": gw_ns},
         "spec": {"externalip": "172.50.9.9", "globalnetcidr": "242.9.0.0/16"}});
@@ -943,4 +948,216 @@ async fn make_deploy_renders_a_deploy_yaml_that_kubectl_applies() {
     .unwrap()
     .check()
     .unwrap();
+}
+
+/// The chart's release on `cluster` without pods (the controllers run on the host with its
+/// ServiceAccounts' tokens): (release namespace, release name).
+async fn install_without_pods(
+    h: &Harness,
+    cluster: &str,
+    prefix: &str,
+    extra: &[&str],
+) -> (String, String) {
+    ensure_namespace(h, cluster, "submariner-operator").await;
+    let ns = h.unique_namespace(cluster, prefix).await.unwrap();
+    let release = Harness::unique_name(prefix);
+    let chart = chart_dir();
+    let cluster_id = format!("global.clusterId={cluster}");
+    let mut args = vec![
+        "install",
+        &release,
+        &chart,
+        "--namespace",
+        &ns,
+        "--skip-crds",
+        "--set",
+        &cluster_id,
+        "--set",
+        "dns-forwarder.replicas=0",
+        "--set",
+        "tunnel-manager.replicas=0",
+        "--set",
+        "exip-syncer.replicas=0",
+    ];
+    for e in extra {
+        args.extend(["--set", e]);
+    }
+    h.helm(cluster, &args).await.unwrap().check().unwrap();
+    (ns, release)
+}
+
+/// Starts `binary` on the host as the chart's ServiceAccount of release `ns/release` on
+/// `cluster`, with the flags the chart's Deployment passes.
+async fn run_as_chart(
+    h: &Harness,
+    cluster: &str,
+    ns: &str,
+    release: &str,
+    binary: &str,
+) -> controllers::ControllerProcess {
+    let kc = h
+        .service_account_kubeconfig(cluster, ns, &format!("{release}-{binary}"))
+        .await
+        .unwrap();
+    let elect = format!("--leader-election-namespace={ns}");
+    let id = format!("--cluster-id={cluster}");
+    controllers::spawn(
+        h.run_dir(),
+        binary,
+        &kc,
+        &["--leader-elect", &elect, &id],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+}
+
+fn assert_never_forbidden(ctl: &controllers::ControllerProcess) {
+    let log = std::fs::read_to_string(&ctl.log).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "{}: a call was forbidden:\n{log}",
+        ctl.binary
+    );
+}
+
+/// exip-syncer and tunnel-manager, each with only its chart ServiceAccount, on two clusters and
+/// a broker: gateways are published, exchanged through the broker (credentials from
+/// Submariner's ServiceDiscovery), a VXLAN tunnel is built both ways and carries a ping, and
+/// deleting tunnels and gateways cleans up — the chart's RBAC is enough for the whole chain.
+#[tokio::test]
+async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rbac() {
+    const C1: &str = "cluster1";
+    const C2: &str = "cluster2";
+    let h = harness_or_skip!([C1, C2, "broker"]);
+    let Some(_) = helm_or_skip() else { return };
+    let _syncer_lock = h.exclusive("exip-syncer").await.unwrap();
+    let _manager_lock = h.exclusive("tunnel-manager").await.unwrap();
+    for c in [C1, C2, "broker"] {
+        h.install_foreign_crds(c).await.unwrap();
+        h.install_project_crds(c).await.unwrap();
+    }
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner(C1, Some("broker"))
+            .await
+            .unwrap();
+        h.install_default_submariner(C2, Some("broker"))
+            .await
+            .unwrap();
+    }
+    let ((ns1, rel1), (ns2, rel2)) = tokio::join!(
+        install_without_pods(&h, C1, "chtun", &[]),
+        install_without_pods(&h, C2, "chtun", &[]),
+    );
+    let gw = Harness::unique_name("ch");
+    let (g1, g2) = tokio::try_join!(
+        h.create_nat_gateway(C1, NatGatewaySpec::new(&gw, &Harness::unique_name("chvpc"))),
+        h.create_nat_gateway(C2, NatGatewaySpec::new(&gw, &Harness::unique_name("chvpc"))),
+    )
+    .unwrap();
+    tokio::try_join!(
+        g1.wait_available(&h, Duration::from_secs(90)),
+        g2.wait_available(&h, Duration::from_secs(90)),
+    )
+    .unwrap();
+
+    let mut procs = vec![
+        run_as_chart(&h, C1, &ns1, &rel1, "exip-syncer").await,
+        run_as_chart(&h, C2, &ns2, &rel2, "exip-syncer").await,
+        run_as_chart(&h, C1, &ns1, &rel1, "tunnel-manager").await,
+        run_as_chart(&h, C2, &ns2, &rel2, "tunnel-manager").await,
+    ];
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    // Each side's endpoint, published by its exip-syncer and copied over by the other's.
+    for (c, name, ip) in [
+        (&c1, format!("{gw}-{C2}"), &g2.node.external_ip),
+        (&c2, format!("{gw}-{C1}"), &g1.node.external_ip),
+    ] {
+        let api: Api<GatewayExIp> = Api::namespaced(c.clone(), "kube-system");
+        if let Err(e) = wait_for_object(&api, &name, Duration::from_secs(60), |o: &GatewayExIp| {
+            &o.spec.externalip == ip
+        })
+        .await
+        {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_tail(20)).collect();
+            panic!("GatewayExIp {name}: {e:#}\n{}", logs.join("\n----\n"));
+        }
+    }
+
+    let dev = format!("chv{}", std::process::id() % 100_000);
+    let vni = 5000 + std::process::id() % 10_000;
+    let (t1, t2) = (
+        h.unique_namespace(C1, "chtun").await.unwrap(),
+        h.unique_namespace(C2, "chtun").await.unwrap(),
+    );
+    for (c, ns, remote, addr) in [
+        (&c1, &t1, C2, "10.251.0.1/24"),
+        (&c2, &t2, C1, "10.251.0.2/24"),
+    ] {
+        apply_json(
+            c,
+            json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+                   "metadata": {"name": dev, "namespace": ns},
+                   "spec": {"clusterId": remote, "gatewayName": gw, "natGwDp": gw,
+                            "interfaceAddr": addr, "type": "vxlan", "vni": vni}}),
+        )
+        .await
+        .unwrap();
+    }
+    let apis: [Api<VpcNatTunnel>; 2] = [
+        Api::namespaced(c1.clone(), &t1),
+        Api::namespaced(c2.clone(), &t2),
+    ];
+    for api in &apis {
+        let programmed = |t: &VpcNatTunnel| {
+            t.status.as_ref().is_some_and(|s| {
+                conditions::find(&s.conditions, conditions::READY)
+                    .is_some_and(|c| c.status == "True" && c.reason == "Programmed")
+            })
+        };
+        if let Err(e) = wait_for_object(api, &dev, Duration::from_secs(60), programmed).await {
+            let logs: Vec<String> = procs.iter().map(|p| p.log_tail(20)).collect();
+            panic!("tunnel {dev}: {e:#}\n{}", logs.join("\n----\n"));
+        }
+    }
+    g1.sh(&h, "ping -c 2 -W 2 10.251.0.2").await.unwrap();
+
+    // Deleting the tunnels removes the devices (an exec per side) and the finalizers.
+    for api in &apis {
+        api.delete(&dev, &Default::default()).await.unwrap();
+    }
+    for api in &apis {
+        wait_for_deletion(api, &dev, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let links = g1.sh(&h, "ip -o link show").await.unwrap().stdout;
+    assert!(!links.contains(&dev), "{links}");
+
+    // Gateways gone: exip-syncer withdraws their GatewayExIps (locally and, through the broker,
+    // on the other side).
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    x.unwrap();
+    y.unwrap();
+    for (c, name) in [(&c1, format!("{gw}-{C1}")), (&c1, format!("{gw}-{C2}"))] {
+        let api: Api<GatewayExIp> = Api::namespaced(c.clone(), "kube-system");
+        wait_for_deletion(&api, &name, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    for p in &mut procs {
+        assert!(p.stop().unwrap(), "{} did not exit cleanly", p.binary);
+        assert_never_forbidden(p);
+    }
+    for (c, ns, rel) in [(C1, &ns1, &rel1), (C2, &ns2, &rel2)] {
+        h.helm(c, &["uninstall", rel, "--namespace", ns])
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        h.delete_namespace(c, ns).await.unwrap();
+    }
+    h.delete_namespace(C1, &t1).await.unwrap();
+    h.delete_namespace(C2, &t2).await.unwrap();
 }
