@@ -994,6 +994,7 @@ async fn run_as_chart(
     ns: &str,
     release: &str,
     binary: &str,
+    extra: &[&str],
 ) -> controllers::ControllerProcess {
     let kc = h
         .service_account_kubeconfig(cluster, ns, &format!("{release}-{binary}"))
@@ -1001,15 +1002,11 @@ async fn run_as_chart(
         .unwrap();
     let elect = format!("--leader-election-namespace={ns}");
     let id = format!("--cluster-id={cluster}");
-    controllers::spawn(
-        h.run_dir(),
-        binary,
-        &kc,
-        &["--leader-elect", &elect, &id],
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap()
+    let mut args = vec!["--leader-elect", &elect, &id];
+    args.extend_from_slice(extra);
+    controllers::spawn(h.run_dir(), binary, &kc, &args, Duration::from_secs(60))
+        .await
+        .unwrap()
 }
 
 fn assert_never_forbidden(ctl: &controllers::ControllerProcess) {
@@ -1046,10 +1043,22 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
             .await
             .unwrap();
     }
+    // cluster1 takes the broker credentials from Submariner's ServiceDiscovery (the default);
+    // cluster2 from a kubeconfig Secret in the release namespace, the one Secret its chart
+    // ServiceAccount may read.
     let ((ns1, rel1), (ns2, rel2)) = tokio::join!(
         install_without_pods(&h, C1, "chtun", &[]),
-        install_without_pods(&h, C2, "chtun", &[]),
+        install_without_pods(
+            &h,
+            C2,
+            "chtun",
+            &[
+                "global.broker.credentials=secret",
+                "global.broker.secretName=broker-kubeconfig"
+            ]
+        ),
     );
+    let secret_arg = broker_kubeconfig_secret(&h, C2, &ns2).await;
     let gw = Harness::unique_name("ch");
     let (g1, g2) = tokio::try_join!(
         h.create_nat_gateway(C1, NatGatewaySpec::new(&gw, &Harness::unique_name("chvpc"))),
@@ -1063,12 +1072,19 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
     .unwrap();
 
     let mut procs = vec![
-        run_as_chart(&h, C1, &ns1, &rel1, "exip-syncer").await,
-        run_as_chart(&h, C2, &ns2, &rel2, "exip-syncer").await,
-        run_as_chart(&h, C1, &ns1, &rel1, "tunnel-manager").await,
-        run_as_chart(&h, C2, &ns2, &rel2, "tunnel-manager").await,
+        run_as_chart(&h, C1, &ns1, &rel1, "exip-syncer", &[]).await,
+        run_as_chart(&h, C2, &ns2, &rel2, "exip-syncer", &[&secret_arg]).await,
+        run_as_chart(&h, C1, &ns1, &rel1, "tunnel-manager", &[]).await,
+        run_as_chart(&h, C2, &ns2, &rel2, "tunnel-manager", &[]).await,
     ];
     let (c1, c2) = (h.client(C1), h.client(C2));
+    let sa2 = h
+        .service_account_client(C2, &ns2, &format!("{rel2}-exip-syncer"))
+        .await
+        .unwrap();
+    assert!(can(&sa2, "get", "", "secrets", &ns2, "broker-kubeconfig").await);
+    assert!(!can(&sa2, "get", "", "secrets", &ns2, "other").await);
+    assert!(!can(&sa2, "list", "", "secrets", &ns2, "").await);
     // Each side's endpoint, published by its exip-syncer and copied over by the other's.
     for (c, name, ip) in [
         (&c1, format!("{gw}-{C2}"), &g2.node.external_ip),
@@ -1160,4 +1176,34 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
     }
     h.delete_namespace(C1, &t1).await.unwrap();
     h.delete_namespace(C2, &t2).await.unwrap();
+}
+
+/// A Secret `<ns>/broker-kubeconfig` on `cluster` holding a kubeconfig for the broker; returns
+/// the exip-syncer flag the chart passes for it (BROKER_CREDENTIALS).
+async fn broker_kubeconfig_secret(h: &Harness, cluster: &str, ns: &str) -> String {
+    let access = h
+        .broker_access("broker", &format!("{cluster}-chart"))
+        .await
+        .unwrap();
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "broker", "cluster": {
+            "server": format!("https://{}", access.api_server),
+            "certificate-authority-data": access.ca_b64,
+        }}],
+        "users": [{"name": "broker", "user": {"token": access.token}}],
+        "contexts": [{"name": "broker", "context": {"cluster": "broker", "user": "broker", "namespace": access.namespace}}],
+        "current-context": "broker",
+    });
+    apply_json(
+        &h.client(cluster),
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "broker-kubeconfig", "namespace": ns},
+            "stringData": {"kubeconfig": serde_yaml::to_string(&kubeconfig).unwrap()},
+        }),
+    )
+    .await
+    .unwrap();
+    format!("--broker-credentials=secret:{ns}/broker-kubeconfig")
 }
