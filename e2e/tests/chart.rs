@@ -6,15 +6,16 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::{
-    apps::v1::{Deployment, ReplicaSet},
+    apps::v1::{Deployment, ReplicaSet, StatefulSet},
     authorization::v1::SelfSubjectAccessReview,
-    core::v1::Secret,
+    core::v1::{Pod, Secret},
+    events::v1::Event,
 };
 use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams, PostParams},
 };
-use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions};
+use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions, foreign::kubeovn::Vpc};
 use multivpc_e2e::{Harness, controllers, fixtures::VpcDnsForm, prelude::*, tool_path};
 use serde_json::{Value, json};
 
@@ -1060,19 +1061,39 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
     );
     let secret_arg = broker_kubeconfig_secret(&h, C2, &ns2).await;
     let gw = Harness::unique_name("ch");
-    let (g1, g2) = tokio::try_join!(
-        h.create_nat_gateway(C1, NatGatewaySpec::new(&gw, &Harness::unique_name("chvpc"))),
+    let standby = Harness::unique_name("chs");
+    let vpc1 = Harness::unique_name("chvpc");
+    let (g1, g2, s1) = tokio::try_join!(
+        h.create_nat_gateway(C1, NatGatewaySpec::new(&gw, &vpc1)),
         h.create_nat_gateway(C2, NatGatewaySpec::new(&gw, &Harness::unique_name("chvpc"))),
+        h.create_nat_gateway(C1, NatGatewaySpec::new(&standby, &vpc1)),
     )
     .unwrap();
     tokio::try_join!(
         g1.wait_available(&h, Duration::from_secs(90)),
         g2.wait_available(&h, Duration::from_secs(90)),
+        s1.wait_available(&h, Duration::from_secs(90)),
     )
+    .unwrap();
+    // cluster1's VPC routes cluster2's Globalnet CIDR through gw (s1 is its standby).
+    let remote_cidr = h.vpc_network(C2).unwrap().globalnet_cidr;
+    apply_dynamic(
+        &h.client(C1),
+        &fixtures::vpc(&vpc1, &[(&remote_cidr, &g1.node.lan_ip)]),
+    )
+    .await
     .unwrap();
 
     let mut procs = vec![
-        run_as_chart(&h, C1, &ns1, &rel1, "exip-syncer", &[]).await,
+        run_as_chart(
+            &h,
+            C1,
+            &ns1,
+            &rel1,
+            "exip-syncer",
+            &["--failover-grace-period=1s"],
+        )
+        .await,
         run_as_chart(&h, C2, &ns2, &rel2, "exip-syncer", &[&secret_arg]).await,
         run_as_chart(&h, C1, &ns1, &rel1, "tunnel-manager", &[]).await,
         run_as_chart(&h, C2, &ns2, &rel2, "tunnel-manager", &[]).await,
@@ -1151,12 +1172,60 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
     let links = g1.sh(&h, "ip -o link show").await.unwrap().stdout;
     assert!(!links.contains(&dev), "{links}");
 
+    // Failover: gw is lost, exip-syncer repoints the VPC's route to the standby (a patch of the
+    // Vpc) and records an event on it.
+    let sts: Api<StatefulSet> = Api::namespaced(c1.clone(), "kube-system");
+    sts.patch(
+        &g1.statefulset_name(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    )
+    .await
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), "kube-system");
+    let _ = pods.delete(&g1.pod_name(), &Default::default()).await;
+    let vpcs: Api<Vpc> = Api::all(c1.clone());
+    if let Err(e) = wait_for_object(&vpcs, &vpc1, Duration::from_secs(60), |v: &Vpc| {
+        v.spec.static_routes.first().map(|r| r.next_hop_ip.as_str())
+            == Some(s1.node.lan_ip.as_str())
+    })
+    .await
+    {
+        panic!("failover: {e:#}\n{}", procs[0].log_tail(30));
+    }
+    let events: Api<Event> = Api::all(c1.clone());
+    wait_for("GatewayFailover event", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(
+            if list.items.iter().any(|e| {
+                e.reason.as_deref() == Some("GatewayFailover")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(vpc1.as_str())
+            }) {
+                Check::Done(())
+            } else {
+                Check::Pending("no GatewayFailover event for the Vpc".into())
+            },
+        )
+    })
+    .await
+    .unwrap();
+
     // Gateways gone: exip-syncer withdraws their GatewayExIps (locally and, through the broker,
     // on the other side).
-    let (x, y) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    let (x, y, z) = tokio::join!(
+        h.delete_nat_gateway(&g1),
+        h.delete_nat_gateway(&g2),
+        h.delete_nat_gateway(&s1)
+    );
     x.unwrap();
     y.unwrap();
-    for (c, name) in [(&c1, format!("{gw}-{C1}")), (&c1, format!("{gw}-{C2}"))] {
+    z.unwrap();
+    for (c, name) in [
+        (&c1, format!("{gw}-{C1}")),
+        (&c1, format!("{gw}-{C2}")),
+        (&c1, format!("{standby}-{C1}")),
+        (&c2, format!("{gw}-{C1}")),
+    ] {
         let api: Api<GatewayExIp> = Api::namespaced(c.clone(), "kube-system");
         wait_for_deletion(&api, &name, Duration::from_secs(60))
             .await
