@@ -893,3 +893,90 @@ async fn gre_pair_where_the_kernel_has_gre() {
             .await;
     }
 }
+
+#[tokio::test]
+async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let c = h.client("cluster1");
+    prepare(&h, "cluster1").await;
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner("cluster1", None)
+            .await
+            .unwrap();
+    }
+    let gw = Harness::unique_name("tw");
+    let g = h
+        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tw-vpc"))
+        .await
+        .unwrap();
+    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
+    let ns = h.unique_namespace("cluster1", "tw").await.unwrap();
+    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let ctl = start(&h, "cluster1", &[]).await;
+    let (early, late) = (
+        Harness::unique_name("tw-early"),
+        Harness::unique_name("tw-late"),
+    );
+
+    // `tw-a` is created first but waits for its remote endpoint; `tw-b`, later, is programmed.
+    apply_tunnel(
+        &c,
+        &ns,
+        "tw-a",
+        "cluster9",
+        &early,
+        &gw,
+        "10.254.0.1/30",
+        11,
+        &[],
+    )
+    .await;
+    wait_reason(&t, "tw-a", "RemoteGatewayNotFound").await;
+    apply_exip(&c, &late, "cluster9", "172.50.9.2", "242.98.0.0/16").await;
+    apply_tunnel(
+        &c,
+        &ns,
+        "tw-b",
+        "cluster9",
+        &late,
+        &gw,
+        "10.254.1.1/30",
+        12,
+        &[],
+    )
+    .await;
+    wait_programmed(&t, "tw-b", |_| true).await;
+    assert!(state(&g.node.netns).await.contains("tw-b"));
+
+    // The earlier tunnel's endpoint appears with an overlapping CIDR: it wins, and the later one
+    // leaves the gateway instead of keeping a second route and SNAT rule for that CIDR.
+    apply_exip(&c, &early, "cluster9", "172.50.9.1", "242.98.0.0/16").await;
+    wait_programmed(&t, "tw-a", |_| true).await;
+    let b = wait_reason(&t, "tw-b", "RemoteCidrConflict").await;
+    assert_eq!(b.status.unwrap().gateway_pod, None);
+    let after = wait_state(&g.node.netns, "tw-b withdrawn", |s| !s.contains("tw-b")).await;
+    assert_eq!(after.matches("multivpc-tunnel:").count(), 1, "{after}");
+    assert!(
+        after.contains(&format!("multivpc-tunnel:{ns}/tw-a")),
+        "{after}"
+    );
+
+    for name in ["tw-b", "tw-a"] {
+        t.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(&t, name, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    assert!(!state(&g.node.netns).await.contains("multivpc-tunnel:"));
+    drop(ctl);
+    h.delete_nat_gateway(&g).await.unwrap();
+    let _ = h.delete_namespace("cluster1", &ns).await;
+    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+    for remote in [&early, &late] {
+        let _ = exips
+            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
+            .await;
+    }
+}

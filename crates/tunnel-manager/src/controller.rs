@@ -530,6 +530,20 @@ async fn apply(
             if nr.local_gateway.is_some() {
                 status.local_gateway = nr.local_gateway.clone();
             }
+            // A refused tunnel keeps nothing in the gateway: when an earlier tunnel claims its
+            // interface name or remote CIDR after it was programmed, it withdraws.
+            if [
+                reason::INTERFACE_NAME_CONFLICT,
+                reason::REMOTE_CIDR_CONFLICT,
+            ]
+            .contains(&nr.reason)
+                && let Some(prev) = &old.gateway_pod
+            {
+                withdraw(tunnel, ctx, &old, prev, &snapshot).await?;
+                status.gateway_pod = None;
+                status.applied = None;
+                ctx.forget(&k);
+            }
             write_status(
                 tunnel,
                 ctx,
@@ -772,6 +786,46 @@ async fn apply(
     })
 }
 
+/// Removes a refused tunnel's state from the pod it was programmed into, if that pod still
+/// holds it.
+async fn withdraw(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    old: &VpcNatTunnelStatus,
+    prev: &PodRef,
+    snapshot: &Snapshot,
+) -> Result<(), Error> {
+    let holds = snapshot.pods.iter().any(|p| {
+        p.name_any() == prev.name
+            && p.uid().as_deref() == Some(&prev.uid)
+            && resolve::pod_may_hold_state(p)
+    });
+    let Some(cfg) = cleanup_config(tunnel, old, &prev.uid, snapshot).filter(|_| holds) else {
+        return Ok(());
+    };
+    let target = PodTarget {
+        name: prev.name.clone(),
+        uid: prev.uid.clone(),
+    };
+    let out = ctx
+        .executor
+        .run(&target, "cleanup", script::cleanup(&cfg))
+        .await?;
+    publish(
+        ctx,
+        tunnel,
+        EventType::Warning,
+        "Withdrawn",
+        format!(
+            "refused by a conflict: removed from pod {}: {}",
+            prev.name,
+            change_summary(&out.stdout)
+        ),
+    )
+    .await;
+    Ok(())
+}
+
 /// Records a failed exec in the condition and an event; returns the error to retry with.
 async fn exec_failed(
     tunnel: &VpcNatTunnel,
@@ -799,8 +853,8 @@ async fn exec_failed(
     Error::Exec(err)
 }
 
-/// What cleanup removes from pod `pod_uid`, or `None` when the device there belongs to another
-/// live tunnel of the same name (which took the interface over while this one is deleted).
+/// What cleanup removes from pod `pod_uid`. When another live tunnel of the same name has taken
+/// the interface over (while this one is deleted or refused), only this tunnel's tagged rules go.
 fn cleanup_config(
     tunnel: &VpcNatTunnel,
     old: &VpcNatTunnelStatus,
@@ -818,14 +872,14 @@ fn cleanup_config(
                 .and_then(|s| s.gateway_pod.as_ref())
                 .is_some_and(|p| p.uid == pod_uid)
     });
-    if taken {
-        return None;
-    }
     let applied = old.applied.as_ref();
     Some(CleanupConfig {
         device,
+        delete_device: !taken,
         tag,
-        remote_cidr: applied.and_then(|a| parse_cidr(&a.remote_route)),
+        remote_cidr: applied
+            .and_then(|a| parse_cidr(&a.remote_route))
+            .filter(|_| !taken),
         local_cidr: applied
             .and_then(|a| parse_cidr(&a.local_route))
             .filter(|c| !resolve::local_route_shared(tunnel, pod_uid, *c, snapshot)),
@@ -1018,17 +1072,19 @@ mod tests {
         .unwrap();
         assert_eq!(shared.local_cidr, None);
 
-        // A live tunnel of the same name (another namespace) has taken the device over.
+        // A live tunnel of the same name (another namespace) has taken the device over: only
+        // this tunnel's rules go (the heir also records the local route).
         let heir = tunnel("ns2", "vx1", Some("u1"), "242.0.0.0/16");
-        assert!(
-            cleanup_config(
-                &me,
-                me.status.as_ref().unwrap(),
-                "u1",
-                &snapshot(vec![me.clone(), heir.clone()])
-            )
-            .is_none()
-        );
+        let rules_only = cleanup_config(
+            &me,
+            me.status.as_ref().unwrap(),
+            "u1",
+            &snapshot(vec![me.clone(), heir.clone()]),
+        )
+        .unwrap();
+        assert!(!rules_only.delete_device);
+        assert_eq!(rules_only.remote_cidr, None);
+        assert_eq!(rules_only.local_cidr, None);
         // ... unless it is being deleted too.
         let mut leaving = heir;
         leaving.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(1).unwrap()));
@@ -1039,7 +1095,8 @@ mod tests {
                 "u1",
                 &snapshot(vec![me.clone(), leaving])
             )
-            .is_some()
+            .unwrap()
+            .delete_device
         );
     }
 

@@ -107,6 +107,7 @@ fn run(cmd: &[&str]) -> (bool, String, String) {
 fn cleanup_of(cfg: &TunnelConfig, keep_local: bool) -> CleanupConfig {
     CleanupConfig {
         device: cfg.device.clone(),
+        delete_device: true,
         tag: cfg.tag.clone(),
         remote_cidr: Some(cfg.remote_cidr),
         local_cidr: (!keep_local).then_some(cfg.local_cidr),

@@ -397,6 +397,9 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CleanupConfig {
     pub device: InterfaceName,
+    /// False when another live tunnel of the same name has taken the device over: only this
+    /// tunnel's tagged rules (and the routes given) go.
+    pub delete_device: bool,
     pub tag: RuleTag,
     /// Remote route through the device, when one was programmed.
     pub remote_cidr: Option<Ipv4Cidr>,
@@ -421,9 +424,11 @@ pub fn cleanup(cfg: &CleanupConfig) -> String {
             "[ -z \"$(ip -4 route show exact {local} dev {VPC_INTERFACE} 2>/dev/null)\" ] || step \"remove route \"{local} ip route del {local} dev {VPC_INTERFACE}\n"
         ));
     }
-    s.push_str(
-        "[ ! -e \"/sys/class/net/$dev\" ] || step \"delete device $dev\" ip link del dev \"$dev\"\n",
-    );
+    if cfg.delete_device {
+        s.push_str(
+            "[ ! -e \"/sys/class/net/$dev\" ] || step \"delete device $dev\" ip link del dev \"$dev\"\n",
+        );
+    }
     s.push_str(&tagged_rules(&cfg.tag));
     s.push_str("for n in $tagged; do step \"remove SNAT rule $n\" $ipt -t nat -D POSTROUTING \"$n\"; done\n");
     s.push_str(&epilogue());
@@ -621,6 +626,7 @@ pub(crate) mod tests {
     fn cleanup_removes_device_routes_and_tagged_rules() {
         let cfg = CleanupConfig {
             device: "vx1".parse().unwrap(),
+            delete_device: true,
             tag: RuleTag::new("ns1", &"vx1".parse().unwrap()).unwrap(),
             remote_cidr: Some("242.1.0.0/16".parse().unwrap()),
             local_cidr: None,
@@ -630,6 +636,16 @@ pub(crate) mod tests {
         assert!(s.contains("ip route del '242.1.0.0/16' dev \"$dev\""));
         assert!(!s.contains("dev eth0"), "shared local route kept: {s}");
         assert!(s.contains("'/* multivpc-tunnel:ns1/vx1 */'"));
+        let kept = cleanup(&CleanupConfig {
+            delete_device: false,
+            remote_cidr: None,
+            ..cfg
+        });
+        assert!(
+            !kept.contains("ip link del") && !kept.contains("ip route del"),
+            "{kept}"
+        );
+        assert!(kept.contains("'/* multivpc-tunnel:ns1/vx1 */'"));
     }
 
     #[test]
@@ -664,6 +680,7 @@ pub(crate) mod tests {
             ),
             cleanup(&CleanupConfig {
                 device: "vx1".parse().unwrap(),
+                delete_device: true,
                 tag: RuleTag::new("ns1", &"vx1".parse().unwrap()).unwrap(),
                 remote_cidr: Some("242.1.0.0/16".parse().unwrap()),
                 local_cidr: Some("242.0.0.0/16".parse().unwrap()),
