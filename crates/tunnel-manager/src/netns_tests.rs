@@ -27,6 +27,16 @@ impl Netns {
             skip("needs root to create network namespaces");
             return None;
         }
+        if !run(&[
+            "sh",
+            "-c",
+            "command -v ip && command -v iptables && command -v awk",
+        ])
+        .0
+        {
+            skip("needs iproute2, iptables and awk on the host (the harness installs them)");
+            return None;
+        }
         let name = format!(
             "tmtest-{}-{}",
             std::process::id(),
