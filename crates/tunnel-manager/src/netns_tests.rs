@@ -19,7 +19,7 @@ fn skip(why: &str) {
     );
 }
 
-struct Netns(String);
+struct Netns(String, Option<String>);
 
 impl Netns {
     fn new() -> Option<Self> {
@@ -46,7 +46,7 @@ impl Netns {
             skip("`ip netns add` failed");
             return None;
         }
-        let ns = Netns(name);
+        let ns = Netns(name, None);
         for cmd in [
             "ip link set lo up",
             "ip link add eth0 type veth peer name eth0p",
@@ -64,8 +64,22 @@ impl Netns {
         Some(ns)
     }
 
+    /// Runs scripts with the shell and tools found first in `dir` (busybox applets).
+    fn with_path(mut self, dir: &str) -> Self {
+        self.1 = Some(dir.to_owned());
+        self
+    }
+
     fn sh(&self, script: &str) -> (bool, String, String) {
-        run(&["ip", "netns", "exec", &self.0, "sh", "-c", script])
+        match &self.1 {
+            None => run(&["ip", "netns", "exec", &self.0, "sh", "-c", script]),
+            Some(dir) => {
+                let path = format!("PATH={dir}:{}", std::env::var("PATH").unwrap_or_default());
+                run(&[
+                    "ip", "netns", "exec", &self.0, "env", &path, "sh", "-c", script,
+                ])
+            }
+        }
     }
 
     /// Runs a generated script; returns the changes it reported.
@@ -318,3 +332,36 @@ fn the_original_operators_state_is_adopted() {
 }
 
 const FLAVOUR: &str = "ipt=iptables; if iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi";
+
+#[test]
+fn vxlan_scripts_run_under_busybox_as_on_alpine() {
+    let Some(busybox) = run(&["sh", "-c", "command -v busybox"])
+        .0
+        .then(|| run(&["sh", "-c", "command -v busybox"]).1.trim().to_owned())
+    else {
+        skip(
+            "no busybox on this host (apt-get install busybox to run the scripts under busybox sh)",
+        );
+        return;
+    };
+    let Some(ns) = Netns::new() else { return };
+    let dir = std::env::temp_dir().join(format!("tm-busybox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The gateway image is alpine: busybox sh and text tools, iproute2 and iptables.
+    for applet in ["sh", "awk", "sort", "wc", "tr", "cat", "echo"] {
+        let link = dir.join(applet);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&busybox, &link).unwrap();
+    }
+    let ns = ns.with_path(dir.to_str().unwrap());
+    let (_, out, _) = ns.sh("readlink -f \"$(command -v sh)\"; awk --version 2>&1 | head -1");
+    assert!(out.contains("busybox") || out.contains("BusyBox"), "{out}");
+    let (ok, _, _) =
+        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
+    if ok {
+        lifecycle(&ns, crate::script::tests::vxlan());
+    } else {
+        skip("this kernel has no VXLAN");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
