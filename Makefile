@@ -32,7 +32,7 @@ unit: ## Tests that need no cluster (harness tests skip, loudly)
 	$(CARGO) test --workspace --all-targets
 
 .PHONY: test
-test: lint unit e2e-test ## Everything: lint, unit tests, then the harness tests on real clusters
+test: e2e-host-deps lint unit e2e-test ## Everything: host tools, lint, unit tests, then the harness tests on real clusters
 
 # --- Images, chart and deploy.yaml (docs/helm.md) -------------------------------------------
 # IMG=<registry>/<prefix>:<tag> names the three images <registry>/<prefix>/<controller>:<tag>

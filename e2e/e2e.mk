@@ -36,3 +36,7 @@ e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure; keeps
 
 e2e-logs: ## Print the tail of every harness log
 	bash $(E2E_DIR)/scripts/dump-logs.sh
+
+.PHONY: e2e-host-deps
+e2e-host-deps: ## Install the host tools the netns tests and the harness use (iproute2, iptables, ping, busybox; root)
+	bash -c 'source $(E2E_DIR)/scripts/lib.sh && host_deps'

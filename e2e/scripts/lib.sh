@@ -85,5 +85,5 @@ stop_daemon() {
 }
 
 host_deps() {
-  apt_ensure ip iproute2 iptables iptables ping iputils-ping flock util-linux setsid util-linux sysctl procps
+  apt_ensure ip iproute2 iptables iptables ping iputils-ping flock util-linux setsid util-linux sysctl procps busybox busybox
 }
