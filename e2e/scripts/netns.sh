@@ -113,7 +113,7 @@ ENV
   local port; port=$(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:##')
   local pki="$KWOK_WORKDIR/clusters/$c/pki" kcfg="$RUN_DIR/$c/gateways/$gw.kwok.yaml"
   if ! pid_alive "$piddir/forward-$gw.pid"; then
-    start_daemon "$piddir/forward-$gw.pid" "$logdir/$c-forward-$gw.log" "$FORWARD_BIN" \
+    start_daemon "$piddir/forward-$gw.pid" "$logdir/$c-forward-$gw.log" "$FORWARD_BIN" "--tag=$RUN_DIR/" \
       "$nodeip:$KUBELET_PORT=$ns@127.0.0.1:$KUBELET_PORT" \
       "$ns@127.0.0.1:$port=127.0.0.1:$port"
   fi

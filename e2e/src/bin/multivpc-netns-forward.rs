@@ -99,7 +99,12 @@ fn serve(listener: TcpListener, connect: Endpoint) {
 }
 
 fn main() {
-    let rules: Vec<String> = std::env::args().skip(1).collect();
+    // `--tag=...` arguments are ignored: the harness marks its processes with
+    // its run dir so that e2e-down can find strays.
+    let rules: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--tag="))
+        .collect();
     if rules.is_empty() || rules.iter().any(|r| r == "-h" || r == "--help") {
         eprintln!("usage: multivpc-netns-forward [NETNS@]IP:PORT=[NETNS@]IP:PORT ...");
         std::process::exit(2);
