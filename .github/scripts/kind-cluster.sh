@@ -25,7 +25,9 @@ k label node --all kube-ovn/role=master --overwrite
 # Kube-OVN, with its own install script at the pinned release.
 curl -fsSL "https://raw.githubusercontent.com/kubeovn/kube-ovn/${KUBE_OVN_VERSION}/dist/images/install.sh" -o /tmp/install-kube-ovn.sh
 kubectl config use-context "$ctx"
-VERSION=$KUBE_OVN_VERSION POD_CIDR=10.$((15 + i)).0.0/16 POD_GATEWAY=10.$((15 + i)).0.1 \
+# As root: the script also installs the kubectl-ko plugin into /usr/local/bin.
+sudo -E env "PATH=$PATH" "KUBECONFIG=${KUBECONFIG:-$HOME/.kube/config}" \
+  VERSION="$KUBE_OVN_VERSION" POD_CIDR=10.$((15 + i)).0.0/16 POD_GATEWAY=10.$((15 + i)).0.1 \
   SVC_CIDR=10.$((95 + i)).0.0/16 JOIN_CIDR=100.$((63 + i)).0.0/16 ENABLE_NAT_GW=true \
   bash /tmp/install-kube-ovn.sh
 k -n kube-system rollout status deploy/kube-ovn-controller --timeout=5m
