@@ -21,7 +21,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -32,7 +32,10 @@ use multivpc_api::{
     foreign::kubeovn::{Subnet, VpcDns},
     keys::{DNS_FINALIZER, KUBE_SYSTEM, LABEL_VPC_DNS, VPC_DNS_COREFILE},
 };
-use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use multivpc_runtime::{
+    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+    status::apply_status,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -142,7 +145,7 @@ impl Stores {
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
-    pub recorder: Recorder,
+    pub events: Events,
     pub reconcile_metrics: ReconcileMetrics,
     pub routes_programmed: prometheus::IntGauge,
     pub backoff: ErrorBackoff,
@@ -242,13 +245,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: Events::new(client, MANAGER),
         reconcile_metrics,
         routes_programmed,
         backoff: ErrorBackoff::default(),
@@ -480,17 +477,7 @@ async fn write_status(
         )
         .await;
     }
-    let patch = json!({
-        "apiVersion": "kubeovn.ustc.io/v1",
-        "kind": "VpcDnsForward",
-        "status": status,
-    });
-    api.patch_status(
-        &forward.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(api, &forward.name_any(), MANAGER, &status).await?;
     Ok(())
 }
 
@@ -502,14 +489,7 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(%err, reason, "could not publish event");
-    }
+    ctx.events
+        .publish(reference, type_, reason, action, note)
+        .await;
 }

@@ -530,7 +530,8 @@ mod tests {
     fn every_active_vpc_dns_of_the_vpc_gets_the_route() {
         let mut s = snapshot();
         s.vpc_dns.push(vpc_dns("dns1c", "vpc1", true));
-        s.deployments.insert("vpc-dns-dns1c".into(), deployment("vpc-dns-dns1c", ""));
+        s.deployments
+            .insert("vpc-dns-dns1c".into(), deployment("vpc-dns-dns1c", ""));
         let f = forward("ns1", "a", "vpc1");
         s.forwards = vec![f.clone()];
         let p = plan(&f, &s, false);

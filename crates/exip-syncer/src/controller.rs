@@ -22,7 +22,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::EventType,
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -35,7 +35,9 @@ use multivpc_api::{
     },
     keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY, LABEL_VPC_NAT_GW},
 };
-use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use multivpc_runtime::{
+    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -87,7 +89,7 @@ struct Context {
     settings: Settings,
     cluster_id: String,
     stores: Stores,
-    recorder: Recorder,
+    events: Events,
     metrics: SyncerMetrics,
     /// Gateway availability and since when (in memory: a restart restarts the grace period).
     health: HashMap<String, Health>,
@@ -257,13 +259,7 @@ pub async fn run(
     ));
 
     let mut ctx = Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: Events::new(client.clone(), MANAGER),
         client,
         settings,
         cluster_id,
@@ -559,14 +555,7 @@ async fn publish_event(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Failover".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, reference).await {
-        tracing::warn!(%err, reason, "could not publish event");
-    }
+    ctx.events
+        .publish(reference, type_, reason, "Failover", note)
+        .await;
 }

@@ -11,9 +11,11 @@
 pub mod admin;
 pub mod args;
 pub mod backoff;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod runtime;
+pub mod status;
 pub mod telemetry;
 pub mod watch_only;
 

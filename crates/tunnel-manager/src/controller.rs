@@ -12,11 +12,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::EventType,
         finalizer::{Event as Finalizer, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -33,9 +32,11 @@ use multivpc_api::{
     net::Ipv4Cidr,
     tunnel::PodRef,
 };
-use multivpc_runtime::{admin::Readiness, backoff::ErrorBackoff, metrics::ReconcileMetrics};
+use multivpc_runtime::{
+    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+    status::apply_status,
+};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -189,7 +190,7 @@ pub struct Context {
     pub client: Client,
     pub stores: Stores,
     pub settings: Settings,
-    pub recorder: Recorder,
+    pub events: Events,
     pub reconcile_metrics: ReconcileMetrics,
     pub metrics: TunnelMetrics,
     pub executor: Executor,
@@ -404,13 +405,7 @@ pub async fn run(
         client: client.clone(),
         stores: stores.clone(),
         settings,
-        recorder: Recorder::new(
-            client,
-            Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
-        ),
+        events: Events::new(client, MANAGER),
         reconcile_metrics,
         metrics,
         executor,
@@ -963,17 +958,7 @@ async fn write_status(
         )
         .await;
     }
-    let patch = json!({
-        "apiVersion": "kubeovn.ustc.io/v1",
-        "kind": "VpcNatTunnel",
-        "status": status,
-    });
-    api.patch_status(
-        &tunnel.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    apply_status(api, &tunnel.name_any(), MANAGER, &status).await?;
     Ok(())
 }
 
@@ -984,25 +969,9 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut cut = 1000;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push('…');
-    }
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &tunnel.object_ref(&())).await {
-        tracing::warn!(%err, reason, "could not publish event");
-    }
+    ctx.events
+        .publish(&tunnel.object_ref(&()), type_, reason, "Reconcile", note)
+        .await;
 }
 
 #[cfg(test)]
