@@ -1,73 +1,13 @@
-//! The binary's command line: flags are documented, and a missing cluster is one clear line.
+//! The command-line contract of every controller (see `multivpc_e2e::cli`).
 
-use assert_cmd::Command;
-
-fn binary() -> Command {
-    Command::cargo_bin("tunnel-manager").unwrap()
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_tunnel-manager");
 
 #[test]
 fn help_lists_the_common_flags() {
-    let out = binary()
-        .arg("--help")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let help = String::from_utf8(out).unwrap();
-    for flag in [
-        "--metrics-bind-address",
-        "--health-probe-bind-address",
-        "--leader-elect",
-        "--log-format",
-        "--cluster-id",
-    ] {
-        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
-    }
+    multivpc_e2e::cli::assert_help_lists_common_flags(BINARY);
 }
 
 #[test]
 fn unreachable_cluster_is_one_line_and_exit_1() {
-    let dir = std::env::temp_dir().join(format!("tunnel-manager-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    // Port 1 on loopback: nothing listens there, the connection is refused at once.
-    std::fs::write(
-        &kubeconfig,
-        concat!(
-            "apiVersion: v1\nkind: Config\n",
-            "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n",
-            "users: [{name: u, user: {token: t}}]\n",
-            "contexts: [{name: c, context: {cluster: c, user: u}}]\n",
-            "current-context: c\n",
-        ),
-    )
-    .unwrap();
-    let out = binary()
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_BACKTRACE", "1")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .args([
-            "--metrics-bind-address=0",
-            "--health-probe-bind-address=127.0.0.1:0",
-        ])
-        .assert()
-        .code(1)
-        .get_output()
-        .clone();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "expected one line, got:\n{stderr}"
-    );
-    assert!(
-        stderr.starts_with(
-            "tunnel-manager: error: cannot reach the Kubernetes API server at https://127.0.0.1:1/"
-        ),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    multivpc_e2e::cli::assert_unreachable_cluster_is_one_line("tunnel-manager", BINARY);
 }
