@@ -1,14 +1,7 @@
 //! The VpcDnsForward controller: watches, reconcile, error policy. Decisions live in
 //! [`crate::plan`]; this module only reads the caches and performs the plan's API calls.
 
-use std::{
-    collections::BTreeMap,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -33,7 +26,10 @@ use multivpc_api::{
     keys::{DNS_FINALIZER, KUBE_SYSTEM, LABEL_VPC_DNS, VPC_DNS_COREFILE},
 };
 use multivpc_runtime::{
-    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+    admin::{CacheSync, Readiness},
+    backoff::ErrorBackoff,
+    events::Events,
+    metrics::ReconcileMetrics,
     status::apply_status,
 };
 use serde_json::json;
@@ -70,8 +66,6 @@ pub struct Stores {
     pub corefile: Store<ConfigMap>,
     pub kube_dns: Store<Service>,
     pub subnets: Store<Subnet>,
-    /// Set once [`Stores::synced`] has resolved.
-    synced: Arc<AtomicBool>,
 }
 
 impl Stores {
@@ -112,9 +106,7 @@ impl Stores {
             .collect()
     }
 
-    /// Resolves once every cache has its initial list. Deciding from a partial cache would be
-    /// destructive (a Deployment not yet listed looks like one the forward left), so no
-    /// reconcile acts before this.
+    /// Resolves once every cache has had its initial list.
     async fn synced(&self) -> Result<(), reflector::store::WriterDropped> {
         tokio::try_join!(
             self.forwards.wait_until_ready(),
@@ -125,11 +117,6 @@ impl Stores {
             self.subnets.wait_until_ready(),
         )?;
         Ok(())
-    }
-
-    /// Whether every cache has had its initial list (non-blocking).
-    fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
     }
 
     fn all(&self) -> Vec<ObjectRef<VpcDnsForward>> {
@@ -145,6 +132,9 @@ impl Stores {
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
+    /// No decision before every cache is synced (a Deployment not yet listed would look like
+    /// one the forward left).
+    pub caches: CacheSync,
     pub events: Events,
     pub reconcile_metrics: ReconcileMetrics,
     pub routes_programmed: prometheus::IntGauge,
@@ -213,8 +203,8 @@ pub async fn run(
         corefile,
         kube_dns,
         subnets,
-        synced: Arc::default(),
     };
+    let caches = CacheSync::new(readiness);
     let (s1, s2, s3, s4, s5) = (
         stores.clone(),
         stores.clone(),
@@ -245,18 +235,16 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
+        caches: caches.clone(),
         events: Events::new(client, MANAGER),
         reconcile_metrics,
         routes_programmed,
         backoff: ErrorBackoff::default(),
     });
 
-    tokio::spawn(async move {
-        if stores.synced().await.is_ok() {
-            stores.synced.store(true, Ordering::Release);
-            tracing::info!("caches synced");
-            readiness.set_synced(true);
-        }
+    tokio::spawn({
+        let caches = caches.clone();
+        async move { caches.wait(stores.synced()).await }
     });
 
     controller
@@ -288,7 +276,7 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let k = key(&forward);
             // The watch streams only advance while the controller polls them, so a reconcile
             // must not wait for them: it comes back shortly instead.
-            if !ctx2.stores.is_synced() {
+            if !ctx2.caches.is_synced() {
                 return Ok(Action::requeue(Duration::from_millis(200)));
             }
             let action = finalizer(&api, DNS_FINALIZER, forward, |event| async {

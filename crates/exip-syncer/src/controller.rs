@@ -7,10 +7,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -36,7 +33,10 @@ use multivpc_api::{
     keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY, LABEL_VPC_NAT_GW},
 };
 use multivpc_runtime::{
-    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+    admin::{CacheSync, Readiness},
+    backoff::ErrorBackoff,
+    events::Events,
+    metrics::ReconcileMetrics,
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -219,10 +219,10 @@ pub async fn run(
 
     let watches = tokio::spawn(futures::stream::select_all(streams).for_each(|_| async {}));
 
-    let synced = Arc::new(AtomicBool::new(false));
+    let caches = CacheSync::new(readiness);
     let ready_task = {
         let stores = stores.clone();
-        let synced = synced.clone();
+        let caches = caches.clone();
         let local = local.clone();
         tokio::spawn(async move {
             let cluster_ready = async {
@@ -231,17 +231,17 @@ pub async fn run(
                     None => Ok(()),
                 }
             };
-            let ready = tokio::try_join!(
-                stores.gateways.wait_until_ready(),
-                stores.pods.wait_until_ready(),
-                stores.vpcs.wait_until_ready(),
-                stores.exips.wait_until_ready(),
-                cluster_ready,
-            );
-            if ready.is_ok() {
-                tracing::info!("caches synced");
-                synced.store(true, Ordering::SeqCst);
-                readiness.set_synced(true);
+            let initial_lists = async {
+                tokio::try_join!(
+                    stores.gateways.wait_until_ready(),
+                    stores.pods.wait_until_ready(),
+                    stores.vpcs.wait_until_ready(),
+                    stores.exips.wait_until_ready(),
+                    cluster_ready,
+                )
+                .map(|_| ())
+            };
+            if caches.wait(initial_lists).await {
                 local.notify_one();
             }
         })
@@ -284,7 +284,7 @@ pub async fn run(
             _ = wake => {}
         }
         tokio::time::sleep(DEBOUNCE).await;
-        if !synced.load(Ordering::SeqCst) {
+        if !caches.is_synced() {
             continue;
         }
         let mut next_check = None;

@@ -2,6 +2,7 @@
 //! probe address (one listener when both addresses are the same).
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
@@ -42,6 +43,43 @@ impl Readiness {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.0.synced.load(Ordering::Acquire) || self.0.standby.load(Ordering::Acquire)
+    }
+}
+
+/// Whether a controller's caches have had their initial lists. A controller must not decide
+/// from a partial cache (an object not yet listed looks deleted), and it must not block a
+/// reconcile waiting for the lists either (the watch streams only advance while the controller
+/// polls them): reconciles check [`CacheSync::is_synced`] and come back shortly when not.
+#[derive(Clone)]
+pub struct CacheSync {
+    synced: Arc<AtomicBool>,
+    readiness: Readiness,
+}
+
+impl CacheSync {
+    /// Not yet synced; `readiness` is marked when it is.
+    pub fn new(readiness: Readiness) -> Self {
+        Self {
+            synced: Arc::default(),
+            readiness,
+        }
+    }
+
+    /// Waits for `initial_lists` (typically the `wait_until_ready` of every store, joined);
+    /// on success marks the caches synced and the process ready, and returns true.
+    pub async fn wait<E>(&self, initial_lists: impl Future<Output = Result<(), E>>) -> bool {
+        if initial_lists.await.is_err() {
+            return false;
+        }
+        self.synced.store(true, Ordering::Release);
+        self.readiness.set_synced(true);
+        tracing::info!("caches synced");
+        true
+    }
+
+    /// Whether every cache has had its initial list (non-blocking).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 }
 
@@ -203,6 +241,17 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn cache_sync_marks_ready_only_after_the_lists() {
+        let readiness = Readiness::default();
+        let sync = CacheSync::new(readiness.clone());
+        assert!(!sync.is_synced() && !readiness.is_ready());
+        assert!(!sync.wait(async { Err::<(), _>("writer dropped") }).await);
+        assert!(!sync.is_synced() && !readiness.is_ready());
+        assert!(sync.wait(async { Ok::<(), ()>(()) }).await);
+        assert!(sync.is_synced() && readiness.is_ready());
     }
 
     #[tokio::test]

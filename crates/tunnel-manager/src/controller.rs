@@ -33,7 +33,10 @@ use multivpc_api::{
     tunnel::PodRef,
 };
 use multivpc_runtime::{
-    admin::Readiness, backoff::ErrorBackoff, events::Events, metrics::ReconcileMetrics,
+    admin::{CacheSync, Readiness},
+    backoff::ErrorBackoff,
+    events::Events,
+    metrics::ReconcileMetrics,
     status::apply_status,
 };
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
@@ -189,6 +192,9 @@ struct Programmed {
 pub struct Context {
     pub client: Client,
     pub stores: Stores,
+    /// No decision before every cache is synced: a gateway pod not yet listed would look gone
+    /// (and a deletion would skip the pod's cleanup).
+    pub caches: CacheSync,
     pub settings: Settings,
     pub events: Events,
     pub reconcile_metrics: ReconcileMetrics,
@@ -401,9 +407,11 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown.cancelled_owned());
 
+    let caches = CacheSync::new(readiness);
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
+        caches: caches.clone(),
         settings,
         events: Events::new(client, MANAGER),
         reconcile_metrics,
@@ -415,18 +423,18 @@ pub async fn run(
     });
 
     tokio::spawn(async move {
-        let ready = tokio::try_join!(
-            stores.tunnels.wait_until_ready(),
-            stores.exips.wait_until_ready(),
-            stores.pods.wait_until_ready(),
-            stores.clusters.wait_until_ready(),
-            stores.egress.wait_until_ready(),
-            stores.service_discovery.wait_until_ready(),
-        );
-        if ready.is_ok() {
-            tracing::info!("caches synced");
-            readiness.set_synced(true);
-        }
+        let initial_lists = async {
+            tokio::try_join!(
+                stores.tunnels.wait_until_ready(),
+                stores.exips.wait_until_ready(),
+                stores.pods.wait_until_ready(),
+                stores.clusters.wait_until_ready(),
+                stores.egress.wait_until_ready(),
+                stores.service_discovery.wait_until_ready(),
+            )
+            .map(|_| ())
+        };
+        caches.wait(initial_lists).await
     });
 
     controller
@@ -448,6 +456,11 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
             let ns = tunnel.namespace().unwrap_or_default();
             let api: Api<VpcNatTunnel> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&tunnel);
+            // The watch streams only advance while the controller polls them: come back
+            // shortly rather than wait inside a reconcile.
+            if !ctx2.caches.is_synced() {
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
             let action = finalizer(&api, TUNNEL_FINALIZER, tunnel, |event| async {
                 match event {
                     Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
