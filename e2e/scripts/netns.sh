@@ -4,6 +4,7 @@
 #   netns.sh gateway-up CLUSTER GW  ensure a gateway netns + its kwok node (prints its env file)
 #   netns.sh gateway-down CLUSTER GW
 #   netns.sh gateway-reset CLUSTER GW  fresh netns state (as after a pod restart)
+#   netns.sh gateway-stop CLUSTER GW   node failure: stop its kwok-controller (gateway-up restarts it)
 #   netns.sh down-all               stop every gateway daemon and delete every harness netns
 # Addressing (c = cluster index, g = gateway slot in that cluster):
 #   VPC subnet 10.c.0.0/24, OVN router (VPC netns, br-vpc) 10.c.0.1, gateway lanIp 10.c.0.(255-g)
@@ -192,6 +193,13 @@ gateway_reset() {
   ip -n "$ns" route replace default via "$gwip" dev net1
 }
 
+# Node failure: stop the gateway node's kwok-controller (its kubelet). The
+# lease stops renewing; kube-controller-manager marks the node NotReady after
+# its grace period and the pods on it not Ready. gateway-up starts it again.
+gateway_stop() {
+  stop_daemon "$RUN_DIR/$1/pids/kwok-$2.pid"
+}
+
 gateway_down() {
   local c=$1 gw=$2 ns envf
   ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw")
@@ -217,6 +225,7 @@ case "$cmd" in
   gateway-up) gateway_up "$1" "$2" ;;
   gateway-down) gateway_down "$1" "$2" ;;
   gateway-reset) gateway_reset "$1" "$2" ;;
+  gateway-stop) gateway_stop "$1" "$2" ;;
   down-all) down_all ;;
-  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | down-all" ;;
+  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | gateway-stop CLUSTER GW | down-all" ;;
 esac

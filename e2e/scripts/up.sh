@@ -48,6 +48,12 @@ options:
   kubectlBinary: ${K8S_BIN}/kubectl
   kwokControllerBinary: ${KWOK_BIN}/kwok
   nodeLeaseDurationSeconds: 40
+  # As a real cluster: a node whose lease stops renewing is NotReady after 40s
+  # (kwokctl's default heartbeat factor 5 makes it 3m20s), so node-failure
+  # tests take about a minute.
+  heartbeatFactor: 1
+  kubeControllerManagerNodeMonitorPeriodMilliseconds: 5000
+  kubeControllerManagerNodeMonitorGracePeriodMilliseconds: 40000
 componentsPatches:
 - name: kwok-controller
   extraArgs:

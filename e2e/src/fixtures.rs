@@ -299,6 +299,56 @@ impl NatGateway {
         .await
     }
 
+    /// Simulate the failure of the gateway's node: its kubelet (kwok-controller)
+    /// stops, so the node lease stops renewing; kube-controller-manager marks
+    /// the node NotReady after its node-monitor grace period (~50 s) and the
+    /// pod not Ready. The netns and its state stay. See [`NatGateway::start_node`].
+    pub async fn stop_node(&self, _h: &Harness) -> Result<()> {
+        let script = crate::e2e_dir().join("scripts/netns.sh");
+        crate::host_exec(&[
+            "bash",
+            &script.to_string_lossy(),
+            "gateway-stop",
+            &self.cluster,
+            &self.spec.name,
+        ])
+        .await?
+        .check()?;
+        Ok(())
+    }
+
+    /// Bring the gateway's node back after [`NatGateway::stop_node`]: its
+    /// kubelet (kwok-controller) restarts, the node turns Ready, and — as a
+    /// returning kubelet reports its still-running containers — the pods on
+    /// it are marked Ready again. The netns state is untouched (a kubelet
+    /// outage, not a reboot; use [`NatGateway::restart`] for that).
+    pub async fn start_node(&self, h: &Harness) -> Result<()> {
+        h.gateway_node(&self.cluster, &self.spec.name).await?;
+        let pods: Api<Pod> = Api::namespaced(h.client(&self.cluster), KUBE_SYSTEM);
+        let on_node = pods
+            .list(
+                &kube::api::ListParams::default()
+                    .fields(&format!("spec.nodeName={}", self.node.node)),
+            )
+            .await?;
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        for p in on_node {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let patch = json!({"status": {"conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            ]}});
+            pods.patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Strategic(patch),
+            )
+            .await
+            .with_context(|| format!("mark pod {name} Ready"))?;
+        }
+        Ok(())
+    }
+
     /// Scale the gateway's StatefulSet (0 takes the gateway away, 1 brings it back).
     pub async fn scale(&self, h: &Harness, replicas: i32) -> Result<()> {
         let sts: Api<StatefulSet> = Api::namespaced(h.client(&self.cluster), KUBE_SYSTEM);

@@ -480,3 +480,48 @@ async fn pinned_tools_and_service_account_identities_work() {
     );
     h.delete_namespace("cluster1", &ns).await.unwrap();
 }
+
+fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> Option<bool> {
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status == "True")
+}
+
+#[tokio::test]
+async fn a_stopped_gateway_node_makes_its_pod_unready_and_recovers() {
+    let h = harness_or_skip!(["cluster1"]);
+    let gw = h
+        .create_nat_gateway(
+            "cluster1",
+            NatGatewaySpec::new(&Harness::unique_name("nf"), "nf-vpc"),
+        )
+        .await
+        .unwrap();
+    gw.wait_available(&h, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::api::Api::namespaced(h.client("cluster1"), gw.namespace());
+    let started = std::time::Instant::now();
+    gw.stop_node(&h).await.unwrap();
+    wait_for_object(&pods, &gw.pod_name(), Duration::from_secs(150), |p| {
+        pod_ready(p) == Some(false)
+    })
+    .await
+    .unwrap();
+    eprintln!(
+        "pod not Ready {:.0}s after its node stopped",
+        started.elapsed().as_secs_f64()
+    );
+    gw.start_node(&h).await.unwrap();
+    wait_for_object(&pods, &gw.pod_name(), Duration::from_secs(90), |p| {
+        pod_ready(p) == Some(true)
+    })
+    .await
+    .unwrap();
+    h.delete_nat_gateway(&gw).await.unwrap();
+}
