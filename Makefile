@@ -97,3 +97,4 @@ deploy: helm-bin ## Render deploy.yaml (Namespace, CRDs, controllers) from the c
 
 # Harness targets (e2e-build, e2e-up, e2e-down, ...) live beside the harness.
 include e2e/e2e.mk
+include e2e/demo.mk

@@ -1,0 +1,19 @@
+# `make demo` / `make bench` (included by the root Makefile). See docs/demo.md, docs/BENCHMARKS.md.
+DEMO_CLUSTERS := cluster1 cluster2 broker
+
+.PHONY: demo demo-report demo-stop demo-down
+
+demo: ## Main job: clusters + the three controllers + a VXLAN tunnel carrying a ping + a DNS forward, and a report
+	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer -p multivpc-e2e --bin multivpc-demo
+	@$(MAKE) --no-print-directory e2e-build
+	@$(MAKE) --no-print-directory e2e-up CLUSTERS="$(DEMO_CLUSTERS)"
+	$(CARGO) run -q -p multivpc-e2e --bin multivpc-demo -- up
+
+demo-report: ## Print the demo's report again (the demo must be up)
+	$(CARGO) run -q -p multivpc-e2e --bin multivpc-demo -- report
+
+demo-stop: ## Stop only the demo's controllers (clusters stay up)
+	$(CARGO) run -q -p multivpc-e2e --bin multivpc-demo -- stop
+
+demo-down: demo-stop ## Stop the demo's controllers, then every harness cluster, gateway and netns (make e2e-down)
+	@$(MAKE) --no-print-directory e2e-down
