@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;
-pub mod watch_only;
 
 pub use args::CommonArgs;
 pub use runtime::{Runtime, main_with};
