@@ -1,0 +1,1061 @@
+//! `make bench`: measures the controllers against the local harness and writes
+//! docs/BENCHMARKS.md. Not a test: it times things, so it runs only when asked.
+//!
+//! ```text
+//! multivpc-bench [--profile release|debug] [--sizes 100,1000] [--gateways 4]
+//!                [--only idle,convergence,failover,dns] [--out docs/BENCHMARKS.md]
+//! ```
+//!
+//! It holds the harness locks of the controllers it runs (exip-syncer, tunnel-manager,
+//! dns-forwarder) for its whole run, so controller tests wait instead of racing it.
+
+#[path = "../demo_support.rs"]
+mod demo_support;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use demo_support::{Controller, chart_args};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, StatefulSet},
+    core::v1::Pod,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions, foreign::kubeovn::Vpc};
+use multivpc_e2e::{fixtures::KUBE_SYSTEM, prelude::*};
+use serde_json::json;
+
+const C1: &str = "cluster1";
+const C2: &str = "cluster2";
+const BROKER: &str = "broker";
+
+struct Opts {
+    profile: String,
+    sizes: Vec<usize>,
+    gateways: usize,
+    only: Vec<String>,
+    out: std::path::PathBuf,
+}
+
+fn parse_opts() -> Result<Opts> {
+    let mut o = Opts {
+        profile: "release".into(),
+        sizes: vec![100, 1000],
+        gateways: 4,
+        only: vec![],
+        out: multivpc_e2e::repo_dir().join("docs/BENCHMARKS.md"),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < args.len() {
+        let v = args.get(i + 1).cloned().unwrap_or_default();
+        match args[i].as_str() {
+            "--profile" => o.profile = v,
+            "--sizes" => o.sizes = v.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+            "--gateways" => o.gateways = v.parse()?,
+            "--only" => o.only = v.split(',').map(String::from).collect(),
+            "--out" => o.out = v.into(),
+            other => bail!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    Ok(o)
+}
+
+fn log(what: &str) {
+    eprintln!("[bench {}] {what}", chrono_now());
+}
+
+fn chrono_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%H:%M:%S"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    multivpc_e2e::install_crypto_provider();
+    let o = parse_opts()?;
+    let h = Harness::attach()
+        .await
+        .context("the harness is not up: make e2e-up")?;
+    let mut locks = Vec::new();
+    for name in ["exip-syncer", "tunnel-manager", "dns-forwarder"] {
+        log(&format!("taking the harness lock {name}"));
+        locks.push(h.exclusive(name).await?);
+    }
+    for c in [C1, C2, BROKER] {
+        h.install_foreign_crds(c).await?;
+        h.install_project_crds(c).await?;
+    }
+    for c in [C1, C2] {
+        h.install_default_submariner(c, Some(BROKER)).await?;
+        h.install_cluster_network(c).await?;
+        apply_json(
+            &h.client(c),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": demo_support::LEADER_NS}}),
+        )
+        .await?;
+    }
+    let want = |s: &str| o.only.is_empty() || o.only.iter().any(|x| x == s);
+    let mut sections = Vec::new();
+    if want("idle") {
+        sections.push(bench_idle(&h, &o).await?);
+    }
+    if want("convergence") {
+        sections.push(bench_convergence(&h, &o).await?);
+    }
+    if want("failover") {
+        sections.push(bench_failover(&h, &o).await?);
+    }
+    if want("dns") {
+        sections.push(bench_dns(&h, &o).await?);
+    }
+    let doc = render(&o, &sections)?;
+    if o.only.is_empty() {
+        std::fs::write(&o.out, &doc)?;
+        log(&format!("wrote {}", o.out.display()));
+    } else {
+        let partial = multivpc_e2e::run_dir().join("bench/BENCHMARKS.partial.md");
+        std::fs::write(&partial, &doc)?;
+        log(&format!("--only given: wrote {}", partial.display()));
+    }
+    print!("{doc}");
+    drop(locks);
+    Ok(())
+}
+
+struct Section {
+    title: String,
+    body: String,
+    /// (target, measured, verdict)
+    targets: Vec<(String, String, String)>,
+}
+
+fn render(o: &Opts, sections: &[Section]) -> Result<String> {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<f64>().ok())
+        .map(|k| format!("{:.1} GiB", k / 1024.0 / 1024.0))
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let mut d = String::new();
+    writeln!(d, "# Benchmarks\n")?;
+    writeln!(
+        d,
+        "Generated by `make bench` ({}), {date}. Refresh with the same command; the harness \
+         must be up (`make e2e-up`) and no test running against it.\n",
+        format_args!(
+            "controllers built with `cargo build --release -p dns-forwarder -p tunnel-manager -p exip-syncer`, then `cargo run -p multivpc-e2e --bin multivpc-bench -- --profile {} --sizes {} --gateways {}`",
+            o.profile,
+            o.sizes
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            o.gateways
+        )
+    )?;
+    writeln!(
+        d,
+        "**Machine:** {cores} cores ({cpu}), {mem} RAM, Linux {}. The three local clusters \
+         (real kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kwok; e2e/README.md) \
+         run on the same 2 cores as the controllers, so every figure includes the control plane's \
+         share of the CPU. Controllers: `{}` profile, started with the Helm chart's flags \
+         (`demo_support::chart_args`). Pod exec goes kube-apiserver → kwok kubelet → `sh` in the \
+         gateway's network namespace, as through a real kubelet.\n",
+        kernel.trim(),
+        o.profile
+    )?;
+    writeln!(d, "## Targets\n")?;
+    writeln!(d, "| target | measured | verdict |\n|---|---|---|")?;
+    for s in sections {
+        for (t, m, v) in &s.targets {
+            writeln!(d, "| {t} | {m} | {v} |")?;
+        }
+    }
+    writeln!(d)?;
+    for s in sections {
+        writeln!(d, "## {}\n\n{}", s.title, s.body)?;
+    }
+    Ok(d)
+}
+
+// ------------------------------------------------------------------ API server metrics
+
+/// apiserver_request_total summed by (verb, resource[/subresource]).
+async fn apiserver_requests(h: &Harness, cluster: &str) -> Result<BTreeMap<(String, String), f64>> {
+    let out = h
+        .kubectl(cluster, &["get", "--raw", "/metrics"])
+        .await?
+        .check()?;
+    let mut m = BTreeMap::new();
+    for l in out.stdout.lines() {
+        let Some(rest) = l.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let resource = label("resource");
+        if resource.is_empty() {
+            continue;
+        }
+        let sub = label("subresource");
+        let code = label("code");
+        let mut res = if sub.is_empty() {
+            resource
+        } else {
+            format!("{resource}/{sub}")
+        };
+        if !code.starts_with('2') && code != "0" && code != "101" {
+            res = format!("{res} (HTTP {code})");
+        }
+        let key = (label("verb"), res);
+        *m.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(m)
+}
+
+fn delta(
+    a: &BTreeMap<(String, String), f64>,
+    b: &BTreeMap<(String, String), f64>,
+) -> BTreeMap<(String, String), f64> {
+    b.iter()
+        .filter_map(|(k, v)| {
+            let d = v - a.get(k).copied().unwrap_or(0.0);
+            (d > 0.0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY")
+}
+
+fn delta_table(d: &BTreeMap<(String, String), f64>, per: f64, per_name: &str) -> String {
+    let mut s = format!("| verb | resource | requests | per {per_name} |\n|---|---|---|---|\n");
+    for ((verb, res), n) in d {
+        let _ = writeln!(s, "| {verb} | {res} | {n} | {:.2} |", n / per);
+    }
+    s
+}
+
+// ------------------------------------------------------------------ 5. idle
+
+async fn bench_idle(h: &Harness, o: &Opts) -> Result<Section> {
+    log("idle RSS and start-to-ready");
+    let dir = multivpc_e2e::run_dir().join("bench");
+    let mut rows = String::from(
+        "| binary | start → /readyz 200 | RSS after 10 s idle | peak RSS (VmHWM) |\n|---|---|---|---|\n",
+    );
+    let mut targets = Vec::new();
+    let mut worst = 0u64;
+    for b in ["dns-forwarder", "tunnel-manager", "exip-syncer"] {
+        let mut times = Vec::new();
+        let mut rss = (0, 0);
+        for _ in 0..3 {
+            let mut c = demo_support::spawn(
+                &o.profile,
+                &dir,
+                C1,
+                b,
+                &h.kubeconfig(C1),
+                &chart_args(b, C1),
+                Duration::from_secs(60),
+            )
+            .await?;
+            times.push(c.start_to_ready);
+            if times.len() == 3 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                rss = c.rss_kib();
+            }
+            c.stop();
+        }
+        times.sort();
+        worst = worst.max(rss.0);
+        writeln!(
+            rows,
+            "| {b} | {} (median of 3; {} – {}) | {} | {} |",
+            secs(times[1]),
+            secs(times[0]),
+            secs(times[2]),
+            mib(rss.0),
+            mib(rss.1)
+        )?;
+    }
+    targets.push((
+        "each binary < 25 MiB RSS idle".into(),
+        format!("largest {}", mib(worst)),
+        if worst < 25 * 1024 { "met" } else { "missed" }.into(),
+    ));
+    Ok(Section {
+        title: "5. Idle RSS and start-to-ready".into(),
+        body: format!(
+            "Each binary alone against cluster1 (whatever objects the harness holds then: a few \
+             gateways, Submariner objects), with the chart's flags including `--leader-elect` \
+             (so ready includes taking the Lease). Start-to-ready: from `spawn` to the first \
+             200 of `/readyz` (polled every 20 ms), i.e. process start, kubeconfig, cache sync \
+             and lease.\n\n{rows}"
+        ),
+        targets,
+    })
+}
+
+// ------------------------------------------------------------------ 1./2. convergence
+
+fn tunnel_ready(t: &VpcNatTunnel) -> bool {
+    let Some(s) = &t.status else { return false };
+    s.observed_generation == t.metadata.generation
+        && conditions::find(&s.conditions, conditions::READY)
+            .is_some_and(|c| c.status == "True" && c.reason == "Programmed")
+}
+
+async fn bench_convergence(h: &Harness, o: &Opts) -> Result<Section> {
+    let mut body = String::new();
+    let mut targets = Vec::new();
+    writeln!(
+        body,
+        "N VpcNatTunnels (VXLAN) in one namespace of cluster1 over {g} VPC NAT gateways \
+         (tunnel i on gateway i mod {g}); tunnel-manager alone on cluster1 (the chart's flags: \
+         `--max-concurrent-execs=8`). Each tunnel has its own interface name (`b<i>`), its own \
+         /30 tunnel address, and a remote GatewayExIp `r-f<k>` of a fake remote cluster `f<k>` \
+         (k = i div {g}) with its own Globalnet CIDR `100.x.y.0/24` (no remote-CIDR conflict \
+         on one gateway) and an external address in 172.50.200.0/21 on the harness's external \
+         bridge (nothing answers; nothing is sent but the devices' own link-local chatter, inside \
+         the harness's namespaces). The remote GatewayExIps exist before the clock starts. Clock: \
+         from the first create to every tunnel Ready=True/Programmed at its generation (listed \
+         every second). API requests: deltas of cluster1's kube-apiserver \
+         `apiserver_request_total` over the run, less the bench's own creates and lists; \
+         kube-controller-manager, kube-scheduler and kwok share that API server, so a few \
+         requests (leases, node status) are theirs.\n",
+        g = o.gateways
+    )?;
+    let mut summary = String::from(
+        "| tunnels | apply → all Ready | tunnels/s | execs (tunnel-manager metric) | execs/tunnel | API writes/tunnel (successful; refused) | API requests/tunnel (all verbs) | tunnel-manager peak RSS |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut details = String::new();
+    let mut steady_done = false;
+    let mut steady = String::new();
+    for &n in &o.sizes {
+        log(&format!("convergence with {n} tunnels"));
+        let r = converge(h, o, n).await?;
+        writeln!(
+            summary,
+            "| {n} | {} | {:.0} | {} | {:.2} | {:.2}; {:.2} | {:.2} | {} |",
+            if r.all_ready {
+                secs(r.elapsed)
+            } else {
+                format!("not all Ready: {} of {n} in {}", r.ready, secs(r.elapsed))
+            },
+            r.ready as f64 / r.elapsed.as_secs_f64(),
+            r.execs,
+            r.execs / n as f64,
+            r.writes / n as f64,
+            r.failed_writes / n as f64,
+            r.all / n as f64,
+            mib(r.hwm_kib)
+        )?;
+        writeln!(
+            details,
+            "<details><summary>{n} tunnels: apiserver_request_total deltas (bench's own requests removed)</summary>\n\n{}\n</details>\n",
+            delta_table(&r.requests, n as f64, "tunnel")
+        )?;
+        if n >= 1000 {
+            targets.push((
+                "≥ 1000 tunnels Ready within 60 s".into(),
+                format!("{n} in {}", secs(r.elapsed)),
+                if r.all_ready && r.elapsed <= Duration::from_secs(60) {
+                    "met".into()
+                } else {
+                    "missed".into()
+                },
+            ));
+        }
+        targets.push((
+            format!("≤ 1 exec and ≤ 3 API writes per tunnel to converge ({n})"),
+            format!(
+                "{:.2} execs, {:.2} writes per tunnel",
+                r.execs / n as f64,
+                r.writes / n as f64
+            ),
+            if r.execs / n as f64 <= 1.0 && r.writes / n as f64 <= 3.0 {
+                "met".into()
+            } else {
+                "missed".into()
+            },
+        ));
+        targets.push((
+            format!("tunnel-manager < 100 MiB with many tunnels ({n})"),
+            mib(r.hwm_kib),
+            if r.hwm_kib < 100 * 1024 {
+                "met"
+            } else {
+                "missed"
+            }
+            .into(),
+        ));
+        if let Some(s) = r.steady
+            && !steady_done
+        {
+            steady_done = true;
+            let writes: f64 = s
+                .iter()
+                .filter(|((v, _), _)| is_write(v))
+                .map(|(_, n)| n)
+                .sum();
+            let tm_writes: f64 = s
+                .iter()
+                .filter(|((v, r), _)| {
+                    (is_write(v) || v == "CONNECT")
+                        && ["vpcnattunnels", "events", "pods/exec"]
+                            .iter()
+                            .any(|p| r.starts_with(p))
+                })
+                .map(|(_, n)| n)
+                .sum();
+            let all: f64 = s.values().sum();
+            targets.push((
+                format!("0 writes per minute at steady state ({n} tunnels)"),
+                format!(
+                    "{tm_writes} writes+execs/min on VpcNatTunnels, events, pods/exec; \
+                     {writes} writes/min from all clients of cluster1 (leases, node status), \
+                     {all} requests/min in all"
+                ),
+                if tm_writes == 0.0 { "met" } else { "missed" }.into(),
+            ));
+            steady = format!(
+                "With {n} tunnels Ready and tunnel-manager idle, one minute of cluster1's \
+                 `apiserver_request_total` deltas (every client of the API server, the \
+                 bench's two scrapes excluded; `--verify-interval=5m`, so no verification \
+                 falls in the minute; exec CONNECTs and tunnel writes would show here):\n\n{}\n\
+                 Writes and execs on VpcNatTunnels, events and pods/exec in that minute: {tm_writes}.\n",
+                delta_table(&s, 1.0, "minute"),
+            );
+        }
+    }
+    Ok(Section {
+        title: "1. Convergence at scale (and 2. steady state)".into(),
+        body: format!(
+            "{body}\n{summary}\n{details}\n### 2. Steady state\n\n{}",
+            if steady.is_empty() {
+                "Not measured (no size ≥ 1000 in this run).\n".to_string()
+            } else {
+                steady
+            }
+        ),
+        targets,
+    })
+}
+
+struct Converged {
+    elapsed: Duration,
+    all_ready: bool,
+    ready: usize,
+    execs: f64,
+    writes: f64,
+    failed_writes: f64,
+    all: f64,
+    hwm_kib: u64,
+    requests: BTreeMap<(String, String), f64>,
+    steady: Option<BTreeMap<(String, String), f64>>,
+}
+
+async fn converge(h: &Harness, o: &Opts, n: usize) -> Result<Converged> {
+    let c1 = h.client(C1);
+    let g = o.gateways;
+    let ns = format!("bench-{n}");
+    let vpc = "bench-vpc";
+    // Gateways (left from an earlier run they are reused).
+    let mut gws = Vec::new();
+    for i in 0..g {
+        gws.push(
+            h.create_nat_gateway(C1, NatGatewaySpec::new(&format!("bgw{i}"), vpc))
+                .await?,
+        );
+    }
+    for gw in &gws {
+        gw.wait_available(h, Duration::from_secs(120)).await?;
+    }
+    apply_json(
+        &c1,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .await?;
+    // Remote GatewayExIps of fake remote clusters.
+    let remotes = n.div_ceil(g);
+    let exips: Api<GatewayExIp> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    stream::iter(0..remotes)
+        .map(|k| {
+            let c1 = c1.clone();
+            async move {
+                apply_json(
+                    &c1,
+                    json!({
+                        "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+                        "metadata": {"name": format!("r-f{k}"), "namespace": KUBE_SYSTEM},
+                        "spec": {
+                            "externalip": format!("172.50.{}.{}", 200 + k / 250, 1 + k % 250),
+                            "globalnetcidr": format!("100.{}.{}.0/24", 64 + k / 256, k % 256),
+                        },
+                    }),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    log(&format!(
+        "{remotes} remote GatewayExIps, {g} gateways ready"
+    ));
+    let dir = multivpc_e2e::run_dir().join("bench");
+    let tm = demo_support::spawn(
+        &o.profile,
+        &dir,
+        C1,
+        "tunnel-manager",
+        &h.kubeconfig(C1),
+        &chart_args("tunnel-manager", C1),
+        Duration::from_secs(120),
+    )
+    .await?;
+    let execs0 = tm
+        .metric_sum("multivpc_tunnel_exec_duration_seconds_count", &[])
+        .await?;
+    let before = apiserver_requests(h, C1).await?;
+    let tunnels: Api<VpcNatTunnel> = Api::namespaced(c1.clone(), &ns);
+    let start = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let tunnels = tunnels.clone();
+            let gw = format!("bgw{}", i % g);
+            let k = i / g;
+            async move {
+                let a = i * 4 + 1;
+                let t: VpcNatTunnel = serde_json::from_value(json!({
+                    "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+                    "metadata": {"name": format!("b{i}")},
+                    "spec": {
+                        "clusterId": format!("f{k}"), "gatewayName": "r", "natGwDp": gw,
+                        "interfaceAddr": format!("10.{}.{}.{}/30", 200 + a / 65536, (a / 256) % 256, a % 256),
+                        "type": "vxlan", "vni": 100 + i as u32,
+                    },
+                }))?;
+                match tunnels.create(&PostParams::default(), &t).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+                    Err(e) => Err(anyhow::Error::from(e)),
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    log(&format!("{n} tunnels created in {}", secs(start.elapsed())));
+    let mut lists = 0.0;
+    let limit = Duration::from_secs(60 + n as u64 / 10);
+    let mut ready;
+    loop {
+        let list = tunnels.list(&ListParams::default()).await?;
+        lists += 1.0;
+        ready = list.items.iter().filter(|t| tunnel_ready(t)).count();
+        if ready >= n || start.elapsed() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let elapsed = start.elapsed();
+    log(&format!("{ready} of {n} Ready after {}", secs(elapsed)));
+    // Let the last status writes land before the snapshot.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let execs = tm
+        .metric_sum("multivpc_tunnel_exec_duration_seconds_count", &[])
+        .await?
+        - execs0;
+    let after = apiserver_requests(h, C1).await?;
+    let mut requests = delta(&before, &after);
+    // The bench's own requests.
+    for (key, own) in [
+        (("POST".to_string(), "vpcnattunnels".to_string()), n as f64),
+        (("LIST".to_string(), "vpcnattunnels".to_string()), lists),
+    ] {
+        if let Some(v) = requests.get_mut(&key) {
+            *v -= own;
+        }
+    }
+    requests.retain(|_, v| *v > 0.0);
+    let writes: f64 = requests
+        .iter()
+        .filter(|((v, r), _)| is_write(v) && !r.starts_with("leases") && !r.contains("(HTTP"))
+        .map(|(_, n)| n)
+        .sum();
+    let failed_writes: f64 = requests
+        .iter()
+        .filter(|((v, r), _)| is_write(v) && r.contains("(HTTP"))
+        .map(|(_, n)| n)
+        .sum();
+    let all: f64 = requests.values().sum();
+    let hwm_kib = tm.rss_kib().1;
+    let steady = if n >= 1000 {
+        log("steady state: one idle minute");
+        let a = apiserver_requests(h, C1).await?;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let b = apiserver_requests(h, C1).await?;
+        Some(delta(&a, &b))
+    } else {
+        None
+    };
+    // Clean up: stop the controller, drop the finalizers, delete the namespace and remotes.
+    drop(tm);
+    log("cleaning up");
+    let list = tunnels.list(&ListParams::default()).await?;
+    stream::iter(list.items)
+        .map(|t| {
+            let tunnels = tunnels.clone();
+            async move {
+                let _ = tunnels
+                    .patch(
+                        &t.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let _ = h.delete_namespace(C1, &ns).await;
+    stream::iter(0..remotes)
+        .map(|k| {
+            let exips = exips.clone();
+            async move {
+                let _ = exips
+                    .delete(&format!("r-f{k}"), &DeleteParams::default())
+                    .await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for gw in &gws {
+        h.delete_nat_gateway(gw).await?;
+    }
+    Ok(Converged {
+        elapsed,
+        all_ready: ready >= n,
+        ready,
+        execs,
+        writes,
+        failed_writes,
+        all,
+        hwm_kib,
+        requests,
+        steady,
+    })
+}
+
+// ------------------------------------------------------------------ 3. failover
+
+async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
+    log("failover");
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let dir = multivpc_e2e::run_dir().join("bench");
+    let vpc = "bench-fo-vpc";
+    let (p, s, r) = (
+        h.create_nat_gateway(C1, NatGatewaySpec::new("bfo-p", vpc))
+            .await?,
+        h.create_nat_gateway(C1, NatGatewaySpec::new("bfo-s", vpc))
+            .await?,
+        h.create_nat_gateway(C2, NatGatewaySpec::new("bfo-r", "bench-fo-rvpc"))
+            .await?,
+    );
+    for gw in [&p, &s, &r] {
+        gw.wait_available(h, Duration::from_secs(120)).await?;
+    }
+    let remote_cidr = h.vpc_network(C2)?.globalnet_cidr;
+    apply_dynamic(&c1, &fixtures::vpc(vpc, &[(&remote_cidr, &p.node.lan_ip)])).await?;
+    let grace = "1s";
+    let mut ctls: Vec<Controller> = Vec::new();
+    for c in [C1, C2] {
+        for b in ["exip-syncer", "tunnel-manager"] {
+            let mut args = chart_args(b, c);
+            if b == "exip-syncer" {
+                args.retain(|a| !a.starts_with("--failover-grace-period"));
+                args.push(format!("--failover-grace-period={grace}"));
+            }
+            ctls.push(
+                demo_support::spawn(
+                    &o.profile,
+                    &dir,
+                    c,
+                    b,
+                    &h.kubeconfig(c),
+                    &args,
+                    Duration::from_secs(60),
+                )
+                .await?,
+            );
+        }
+    }
+    let p_name = format!("{}-{C1}", p.spec.name);
+    let ns = "bench-fo";
+    for c in [&c1, &c2] {
+        apply_json(
+            c,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    let dev = "bfo0";
+    for (c, remote, remote_gw, local_gw, addr) in [
+        (&c1, C2, &r.spec.name, &p.spec.name, "10.252.0.1/24"),
+        (&c2, C1, &p.spec.name, &r.spec.name, "10.252.0.2/24"),
+    ] {
+        apply_json(
+            c,
+            json!({
+                "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+                "metadata": {"name": dev, "namespace": ns},
+                "spec": {"clusterId": remote, "gatewayName": remote_gw, "interfaceAddr": addr,
+                         "natGwDp": local_gw, "type": "vxlan", "vni": 4388},
+            }),
+        )
+        .await?;
+    }
+    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+        Api::namespaced(c1.clone(), ns),
+        Api::namespaced(c2.clone(), ns),
+    );
+    wait_for_object(&t1, dev, Duration::from_secs(90), tunnel_ready).await?;
+    wait_for_object(&t2, dev, Duration::from_secs(90), tunnel_ready).await?;
+    r.sh(h, "ping -c 2 -W 2 10.252.0.1").await?.check()?;
+    log("tunnel up, ping OK; losing the primary");
+
+    let sts: Api<StatefulSet> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let pods: Api<Pod> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let vpcs: Api<Vpc> = Api::all(c1.clone());
+    let ex1: Api<GatewayExIp> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let ex2: Api<GatewayExIp> = Api::namespaced(c2.clone(), KUBE_SYSTEM);
+    let s_ip = s.node.external_ip.clone();
+    let s_lan = s.node.lan_ip.clone();
+    // The ping prober: one 200 ms ping every ~250 ms from the remote gateway.
+    let ping_h = Harness::attach().await?;
+    let r2 = r.clone();
+    let t0 = Instant::now();
+    let prober = tokio::spawn(async move {
+        // Wait for the first failure, then for the first success after it.
+        let mut failed_at = None;
+        loop {
+            let ok = r2
+                .exec(&ping_h, &["ping", "-c", "1", "-W", "1", "10.252.0.1"])
+                .await
+                .map(|o| o.success())
+                .unwrap_or(false);
+            let now = t0.elapsed();
+            if !ok && failed_at.is_none() {
+                failed_at = Some(now);
+            }
+            if ok && failed_at.is_some() {
+                return (failed_at, now);
+            }
+            if now > Duration::from_secs(120) {
+                return (failed_at, now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    sts.patch(
+        &p.statefulset_name(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 0}})),
+    )
+    .await?;
+    let _ = pods.delete(&p.pod_name(), &DeleteParams::default()).await;
+    let mut phases: BTreeMap<&str, Duration> = BTreeMap::new();
+    let names = [
+        "1 pod gone (API)",
+        "2 Vpc route repointed to the standby",
+        "3 local GatewayExIp updated",
+        "4 remote (cluster2) GatewayExIp synced",
+        "5a cluster1 tunnel rebuilt in the standby",
+        "5b cluster2 tunnel rebuilt towards the standby",
+    ];
+    while phases.len() < names.len() && t0.elapsed() < Duration::from_secs(120) {
+        if !phases.contains_key(names[0]) && pods.get_opt(&p.pod_name()).await?.is_none() {
+            phases.insert(names[0], t0.elapsed());
+        }
+        if !phases.contains_key(names[1])
+            && vpcs
+                .get(vpc)
+                .await?
+                .spec
+                .static_routes
+                .first()
+                .map(|r| r.next_hop_ip.clone())
+                == Some(s_lan.clone())
+        {
+            phases.insert(names[1], t0.elapsed());
+        }
+        if !phases.contains_key(names[2])
+            && ex1
+                .get_opt(&p_name)
+                .await?
+                .is_some_and(|e| e.spec.externalip == s_ip)
+        {
+            phases.insert(names[2], t0.elapsed());
+        }
+        if !phases.contains_key(names[3])
+            && ex2
+                .get_opt(&p_name)
+                .await?
+                .is_some_and(|e| e.spec.externalip == s_ip)
+        {
+            phases.insert(names[3], t0.elapsed());
+        }
+        if !phases.contains_key(names[4])
+            && t1.get_opt(dev).await?.is_some_and(|t| {
+                tunnel_ready(&t)
+                    && t.status.as_ref().and_then(|s| s.local_ip.as_deref()) == Some(s_ip.as_str())
+            })
+        {
+            phases.insert(names[4], t0.elapsed());
+        }
+        if !phases.contains_key(names[5])
+            && t2.get_opt(dev).await?.is_some_and(|t| {
+                tunnel_ready(&t)
+                    && t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(s_ip.as_str())
+            })
+        {
+            phases.insert(names[5], t0.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (first_fail, restored) = prober.await?;
+    let gone = phases.get(names[0]).copied().unwrap_or_default();
+    let mut rows = String::from("| phase | since pod delete | since pod gone |\n|---|---|---|\n");
+    let mut all: Vec<(&str, Duration)> = phases.iter().map(|(k, v)| (*k, *v)).collect();
+    if let Some(f) = first_fail {
+        all.push(("0 first failed ping", f));
+    }
+    all.push(("6 ping restored through the standby", restored));
+    all.sort_by_key(|(_, d)| *d);
+    for (k, d) in &all {
+        writeln!(
+            rows,
+            "| {k} | {} | {} |",
+            secs(*d),
+            if *d >= gone {
+                secs(*d - gone)
+            } else {
+                format!("-{}", secs(gone - *d))
+            }
+        )?;
+    }
+    let to_ping = restored.saturating_sub(gone);
+    // Clean up.
+    for api in [&t1, &t2] {
+        let _ = api.delete(dev, &DeleteParams::default()).await;
+        let _ = wait_for_deletion(api, dev, Duration::from_secs(60)).await;
+    }
+    drop(ctls);
+    for gw in [&p, &s, &r] {
+        h.delete_nat_gateway(gw).await?;
+    }
+    let _ = vpcs.delete(vpc, &DeleteParams::default()).await;
+    let _ = h.delete_namespace(C1, ns).await;
+    let _ = h.delete_namespace(C2, ns).await;
+    Ok(Section {
+        title: "3. Failover".into(),
+        body: format!(
+            "exip-syncer and tunnel-manager on cluster1 and cluster2 (chart flags, but \
+             `--failover-grace-period={grace}` instead of the chart's 5s: the grace period is a \
+             deliberate wait before declaring the primary dead, and it adds to every phase after \
+             detection). Primary `bfo-p` and standby `bfo-s` of one VPC on cluster1, `bfo-r` on \
+             cluster2, a VXLAN tunnel pair between `bfo-p` and `bfo-r` carrying a ping. At t=0 the \
+             primary's StatefulSet is scaled to 0 and its pod deleted (pod gone = the API no \
+             longer has it). The phases are the first poll (every ~50 ms, each a GET) that sees \
+             them; the ping prober pings from `bfo-r` every ~100 ms plus the ping itself.\n\n{rows}"
+        ),
+        targets: vec![(
+            "failover to ping restored < 5 s after the pod is gone".into(),
+            format!("{} (grace period {grace})", secs(to_ping)),
+            if to_ping < Duration::from_secs(5) {
+                "met".into()
+            } else {
+                "missed".into()
+            },
+        )],
+    })
+}
+
+// ------------------------------------------------------------------ 4. dns-forwarder
+
+fn init_script(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.init_containers.as_ref())
+        .and_then(|ics| ics.iter().find(|c| c.name == "init-route"))
+        .and_then(|c| c.command.as_ref())
+        .and_then(|c| c.get(2).cloned())
+        .unwrap_or_default()
+}
+
+async fn bench_dns(h: &Harness, o: &Opts) -> Result<Section> {
+    log("dns-forwarder");
+    let c1 = h.client(C1);
+    let dns_ip = h.install_cluster_network(C1).await?;
+    let dir = multivpc_e2e::run_dir().join("bench");
+    let ctl = demo_support::spawn(
+        &o.profile,
+        &dir,
+        C1,
+        "dns-forwarder",
+        &h.kubeconfig(C1),
+        &chart_args("dns-forwarder", C1),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let ns = "bench-dns";
+    apply_json(
+        &c1,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .await?;
+    let route = format!("ip -4 route add {dns_ip} via 10.244.0.1 dev net1;");
+    let deps: Api<Deployment> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let forwards: Api<VpcDnsForward> = Api::namespaced(c1.clone(), ns);
+    let mut applies = Vec::new();
+    let mut repairs = Vec::new();
+    for i in 0..5 {
+        let name = format!("bdns{i}");
+        let vpc = format!("bench-dns-vpc{i}");
+        let original = h
+            .install_vpc_dns(
+                C1,
+                &name,
+                &vpc,
+                &format!("bsub{i}"),
+                VpcDnsForm::V112InitContainer,
+            )
+            .await?;
+        let dep = format!("vpc-dns-{name}");
+        let t = Instant::now();
+        apply_json(
+            &c1,
+            json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
+                   "metadata": {"name": name, "namespace": ns}, "spec": {"vpc": vpc}}),
+        )
+        .await?;
+        wait_poll(&deps, &dep, |d| init_script(d).contains(&route)).await?;
+        applies.push(t.elapsed());
+        // Kube-OVN's full Update without the route.
+        let t = loop {
+            let mut d = deps.get(&dep).await?;
+            d.spec = original.spec.clone();
+            let t = Instant::now();
+            match deps.replace(&dep, &PostParams::default(), &d).await {
+                Ok(_) => break t,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        wait_poll(&deps, &dep, |d| init_script(d).contains(&route)).await?;
+        repairs.push(t.elapsed());
+        forwards.delete(&name, &DeleteParams::default()).await?;
+        wait_for_deletion(&forwards, &name, Duration::from_secs(30)).await?;
+        let _ = deps.delete(&dep, &DeleteParams::default()).await;
+    }
+    drop(ctl);
+    let _ = h.delete_namespace(C1, ns).await;
+    applies.sort();
+    repairs.sort();
+    let row = |v: &[Duration]| {
+        format!(
+            "{} | {} | {}",
+            secs(v[v.len() / 2]),
+            secs(v[0]),
+            secs(v[v.len() - 1])
+        )
+    };
+    Ok(Section {
+        title: "4. dns-forwarder".into(),
+        body: format!(
+            "dns-forwarder alone on cluster1. Five times: a fresh vpc-dns (Kube-OVN v1.12 \
+             init-container form), then a VpcDnsForward for its VPC; apply → the Deployment's \
+             init script routes the kube-dns ClusterIP (polled every 20 ms). Then a full Update \
+             of the Deployment with Kube-OVN's spec (route dropped) → route back.\n\n\
+             | what | median | min | max |\n|---|---|---|---|\n\
+             | apply → Deployment routed | {} |\n| Kube-OVN rewrite → repaired | {} |\n",
+            row(&applies),
+            row(&repairs)
+        ),
+        targets: vec![],
+    })
+}
+
+async fn wait_poll(
+    api: &Api<Deployment>,
+    name: &str,
+    check: impl Fn(&Deployment) -> bool,
+) -> Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if let Some(d) = api.get_opt(name).await?
+            && check(&d)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("Deployment {name}: condition not reached in 30 s")
+}
