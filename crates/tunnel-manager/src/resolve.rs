@@ -294,59 +294,92 @@ fn same_object(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
 }
 
 /// Order of precedence among conflicting tunnels: older first, then namespace/name.
-fn precedes(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
-    let key = |t: &VpcNatTunnel| {
-        (
-            t.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            t.namespace().unwrap_or_default(),
-            t.name_any(),
-        )
-    };
-    key(a) < key(b)
+fn precedence(t: &VpcNatTunnel) -> (Option<jiff::Timestamp>, String, String) {
+    (
+        t.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        t.namespace().unwrap_or_default(),
+        t.name_any(),
+    )
 }
 
-/// The conflict, if any, that refuses `tunnel` on gateway instance `instance`: an earlier live
-/// tunnel on the same instance with the same interface name, or an overlapping remote CIDR.
+fn precedes(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
+    precedence(a) < precedence(b)
+}
+
+/// The conflict, if any, that refuses `tunnel` on gateway instance `instance`: an earlier
+/// *admitted* live tunnel on the same instance with the same interface name, or with an
+/// overlapping remote CIDR. Earlier tunnels are admitted in precedence order, each unless it
+/// clashes with one admitted before it, so a tunnel that is itself refused (and programs
+/// nothing) never blocks a later one, and the tunnel a refusal names is the one that holds the
+/// interface or the CIDR.
 pub fn conflict(
     tunnel: &VpcNatTunnel,
     instance: &str,
     remote_cidr: Ipv4Cidr,
     snapshot: &Snapshot,
 ) -> Option<NotReady> {
-    let name = tunnel.name_any();
-    for other in &snapshot.tunnels {
-        if same_object(other, tunnel)
-            || !is_live(other)
-            || !precedes(other, tunnel)
-            || local_instance(other, snapshot) != instance
-        {
-            continue;
-        }
-        let other_key = format!(
-            "{}/{}",
-            other.namespace().unwrap_or_default(),
-            other.name_any()
-        );
-        if other.name_any() == name {
-            return Some(not_ready(
-                reason::INTERFACE_NAME_CONFLICT,
-                format!(
-                    "VpcNatTunnel {other_key} already uses interface {name} on gateway {instance}"
-                ),
-            ));
-        }
-        if let Ok((_, other_cidr)) = remote_endpoint(other, snapshot)
-            && other_cidr.overlaps(&remote_cidr)
-        {
-            return Some(not_ready(
-                reason::REMOTE_CIDR_CONFLICT,
-                format!(
-                    "VpcNatTunnel {other_key} already routes {other_cidr} (overlapping {remote_cidr}) on gateway {instance}"
-                ),
-            ));
+    let mut earlier: Vec<(&VpcNatTunnel, Option<Ipv4Cidr>)> = snapshot
+        .tunnels
+        .iter()
+        .filter(|other| {
+            !same_object(other, tunnel)
+                && is_live(other)
+                && precedes(other, tunnel)
+                && local_instance(other, snapshot) == instance
+        })
+        .map(|other| {
+            let cidr = remote_endpoint(other, snapshot).ok().map(|(_, cidr)| cidr);
+            (other.as_ref(), cidr)
+        })
+        .collect();
+    earlier.sort_by_key(|(other, _)| precedence(other));
+    let mut admitted: Vec<(&VpcNatTunnel, Option<Ipv4Cidr>)> = Vec::new();
+    for (other, cidr) in earlier {
+        if clash(other, cidr, &admitted).is_none() {
+            admitted.push((other, cidr));
         }
     }
-    None
+    let name = tunnel.name_any();
+    clash(tunnel, Some(remote_cidr), &admitted).map(|(holder, holder_cidr)| {
+        let holder_key = format!(
+            "{}/{}",
+            holder.namespace().unwrap_or_default(),
+            holder.name_any()
+        );
+        match holder_cidr {
+            None => not_ready(
+                reason::INTERFACE_NAME_CONFLICT,
+                format!(
+                    "VpcNatTunnel {holder_key} already uses interface {name} on gateway {instance}"
+                ),
+            ),
+            Some(holder_cidr) => not_ready(
+                reason::REMOTE_CIDR_CONFLICT,
+                format!(
+                    "VpcNatTunnel {holder_key} already routes {holder_cidr} (overlapping {remote_cidr}) on gateway {instance}"
+                ),
+            ),
+        }
+    })
+}
+
+/// The first of `admitted` that `tunnel` clashes with: by interface name (`None`), or by an
+/// overlapping remote CIDR (`Some(the holder's CIDR)`).
+fn clash<'a>(
+    tunnel: &VpcNatTunnel,
+    cidr: Option<Ipv4Cidr>,
+    admitted: &[(&'a VpcNatTunnel, Option<Ipv4Cidr>)],
+) -> Option<(&'a VpcNatTunnel, Option<Ipv4Cidr>)> {
+    let name = tunnel.name_any();
+    admitted.iter().find_map(|&(holder, holder_cidr)| {
+        if holder.name_any() == name {
+            return Some((holder, None));
+        }
+        match (cidr, holder_cidr) {
+            (Some(mine), Some(theirs)) if mine.overlaps(&theirs) => Some((holder, Some(theirs))),
+            _ => None,
+        }
+    })
 }
 
 /// Resolves every input of `tunnel` (DESIGN §4) into a typed [`TunnelConfig`].
@@ -920,6 +953,21 @@ mod tests {
             reason::REMOTE_CIDR_CONFLICT
         );
         assert!(resolve(&other_gw, &s).is_ok(), "other gateway, no conflict");
+        // A refused tunnel programs nothing and blocks nobody: ns2/vx1 (refused for its name)
+        // routes rgw3's CIDR, yet a later tunnel to rgw3 is admitted.
+        let third = tunnel("ns4", "vx3", "gw1", "rgw3", 5);
+        s.tunnels.push(third.clone());
+        assert!(
+            resolve(&third, &s).is_ok(),
+            "{:?}",
+            resolve(&third, &s).err()
+        );
+        // And a later rival of the admitted one is refused naming it, not the refused one.
+        let fourth = tunnel("ns5", "vx4", "gw1", "rgw3", 6);
+        s.tunnels.push(fourth.clone());
+        let refused = resolve(&fourth, &s).unwrap_err();
+        assert_eq!(refused.reason, reason::REMOTE_CIDR_CONFLICT);
+        assert!(refused.message.contains("ns4/vx3"), "{}", refused.message);
         // A deleted earlier tunnel no longer blocks.
         let mut gone = (*first).clone();
         gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
