@@ -1005,7 +1005,9 @@ async fn run_as_chart(
     let id = format!("--cluster-id={cluster}");
     let mut args = vec!["--leader-elect", &elect, &id];
     args.extend_from_slice(extra);
-    controllers::spawn(h.run_dir(), binary, &kc, &args, Duration::from_secs(60))
+    // Generous: a RoleBinding just created may take the API server a moment to honour, and
+    // the watchers back off meanwhile.
+    controllers::spawn(h.run_dir(), binary, &kc, &args, Duration::from_secs(120))
         .await
         .unwrap()
 }

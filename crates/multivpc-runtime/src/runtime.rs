@@ -209,6 +209,30 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Logs one item of a kube `Controller::run` stream. Watch failures (a missing CRD, a
+/// forbidden list) keep the caches from syncing and are otherwise silent, so they are warnings;
+/// reconcile failures are already reported by the controller's `error_policy`.
+pub fn log_controller_result<K, E>(
+    result: &Result<
+        (
+            kube::runtime::reflector::ObjectRef<K>,
+            kube::runtime::controller::Action,
+        ),
+        kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
+    >,
+) where
+    K: kube::Resource,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+    E: std::error::Error,
+{
+    use kube::runtime::controller::Error;
+    match result {
+        Ok((object, _)) => tracing::debug!(%object, "reconciled"),
+        Err(Error::QueueError(err)) => tracing::warn!(%err, "watch failed; retrying with backoff"),
+        Err(err) => tracing::debug!(%err, "reconcile not completed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

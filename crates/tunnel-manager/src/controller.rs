@@ -439,12 +439,7 @@ pub async fn run(
 
     controller
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(tunnel = %obj, "reconciled"),
-                Err(err) => tracing::debug!(%err, "reconcile failed"),
-            }
-        })
+        .for_each(|result| async move { multivpc_runtime::runtime::log_controller_result(&result) })
         .await;
     Ok(())
 }
