@@ -37,6 +37,9 @@ const C1: &str = "cluster1";
 const C2: &str = "cluster2";
 const BROKER: &str = "broker";
 
+/// Text after this line in docs/BENCHMARKS.md is written by hand and kept by `make bench`.
+const ANALYSIS_MARKER: &str = "<!-- analysis below: written by hand, kept by make bench -->";
+
 struct Opts {
     profile: String,
     sizes: Vec<usize>,
@@ -82,6 +85,14 @@ fn chrono_now() -> String {
         .unwrap_or_default()
 }
 
+fn chrono_now_date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -116,34 +127,52 @@ async fn main() -> Result<()> {
         .await?;
     }
     let want = |s: &str| o.only.is_empty() || o.only.iter().any(|x| x == s);
+    // Each section is saved as it completes (run dir, bench/section-<key>.json); a run with
+    // --only renders the others from their last saved result.
+    let saved = |key: &str| multivpc_e2e::run_dir().join(format!("bench/section-{key}.json"));
     let mut sections = Vec::new();
-    if want("idle") {
-        sections.push(bench_idle(&h, &o).await?);
+    for key in ["idle", "convergence", "failover", "dns"] {
+        if !want(key) {
+            if let Ok(text) = std::fs::read_to_string(saved(key)) {
+                sections.push(serde_json::from_str::<Section>(&text)?);
+            }
+            continue;
+        }
+        let mut s = match key {
+            "idle" => bench_idle(&h, &o).await?,
+            "convergence" => bench_convergence(&h, &o).await?,
+            "failover" => bench_failover(&h, &o).await?,
+            _ => bench_dns(&h, &o).await?,
+        };
+        s.key = key.into();
+        s.body = format!(
+            "*Measured {} with `{}`.*\n\n{}",
+            chrono_now_date(),
+            std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+            s.body
+        );
+        std::fs::create_dir_all(multivpc_e2e::run_dir().join("bench"))?;
+        std::fs::write(saved(key), serde_json::to_string(&s)?)?;
+        sections.push(s);
     }
-    if want("convergence") {
-        sections.push(bench_convergence(&h, &o).await?);
+    let mut doc = render(&o, &sections)?;
+    // The hand-written analysis below the marker survives a refresh.
+    if let Some((_, kept)) = std::fs::read_to_string(&o.out)
+        .unwrap_or_default()
+        .split_once(ANALYSIS_MARKER)
+    {
+        doc = format!("{doc}\n{ANALYSIS_MARKER}{kept}");
     }
-    if want("failover") {
-        sections.push(bench_failover(&h, &o).await?);
-    }
-    if want("dns") {
-        sections.push(bench_dns(&h, &o).await?);
-    }
-    let doc = render(&o, &sections)?;
-    if o.only.is_empty() {
-        std::fs::write(&o.out, &doc)?;
-        log(&format!("wrote {}", o.out.display()));
-    } else {
-        let partial = multivpc_e2e::run_dir().join("bench/BENCHMARKS.partial.md");
-        std::fs::write(&partial, &doc)?;
-        log(&format!("--only given: wrote {}", partial.display()));
-    }
+    std::fs::write(&o.out, &doc)?;
+    log(&format!("wrote {}", o.out.display()));
     print!("{doc}");
     drop(locks);
     Ok(())
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Section {
+    key: String,
     title: String,
     body: String,
     /// (target, measured, verdict)
@@ -336,6 +365,7 @@ async fn bench_idle(h: &Harness, o: &Opts) -> Result<Section> {
         if worst < 25 * 1024 { "met" } else { "missed" }.into(),
     ));
     Ok(Section {
+        key: String::new(),
         title: "5. Idle RSS and start-to-ready".into(),
         body: format!(
             "Each binary alone against cluster1 (whatever objects the harness holds then: a few \
@@ -378,17 +408,17 @@ async fn bench_convergence(h: &Harness, o: &Opts) -> Result<Section> {
         g = o.gateways
     )?;
     let mut summary = String::from(
-        "| tunnels | apply → all Ready | tunnels/s | execs (tunnel-manager metric) | execs/tunnel | API writes/tunnel (successful; refused) | API requests/tunnel (all verbs) | tunnel-manager peak RSS |\n|---|---|---|---|---|---|---|---|\n",
+        "| tunnels | apply → all Ready | tunnels/s | exec attempts (tunnel-manager metric; execs that reached the API) | per tunnel | API writes/tunnel (successful; refused) | API requests/tunnel (all verbs) | tunnel-manager peak RSS |\n|---|---|---|---|---|---|---|---|\n",
     );
     let mut details = String::new();
     let mut steady_done = false;
     let mut steady = String::new();
     for &n in &o.sizes {
         log(&format!("convergence with {n} tunnels"));
-        let r = converge(h, o, n).await?;
+        let r = converge(h, o, n, !steady_done).await?;
         writeln!(
             summary,
-            "| {n} | {} | {:.0} | {} | {:.2} | {:.2}; {:.2} | {:.2} | {} |",
+            "| {n} | {} | {:.0} | {}; {} | {:.2}; {:.2} | {:.2}; {:.2} | {:.2} | {} |",
             if r.all_ready {
                 secs(r.elapsed)
             } else {
@@ -396,7 +426,9 @@ async fn bench_convergence(h: &Harness, o: &Opts) -> Result<Section> {
             },
             r.ready as f64 / r.elapsed.as_secs_f64(),
             r.execs,
+            r.connects,
             r.execs / n as f64,
+            r.connects / n as f64,
             r.writes / n as f64,
             r.failed_writes / n as f64,
             r.all / n as f64,
@@ -459,7 +491,8 @@ async fn bench_convergence(h: &Harness, o: &Opts) -> Result<Section> {
                             .any(|p| r.starts_with(p))
                 })
                 .map(|(_, n)| n)
-                .sum();
+                .sum::<f64>()
+                + 0.0; // an empty sum is -0.0
             let all: f64 = s.values().sum();
             targets.push((
                 format!("0 writes per minute at steady state ({n} tunnels)"),
@@ -481,6 +514,7 @@ async fn bench_convergence(h: &Harness, o: &Opts) -> Result<Section> {
         }
     }
     Ok(Section {
+        key: String::new(),
         title: "1. Convergence at scale (and 2. steady state)".into(),
         body: format!(
             "{body}\n{summary}\n{details}\n### 2. Steady state\n\n{}",
@@ -501,13 +535,14 @@ struct Converged {
     execs: f64,
     writes: f64,
     failed_writes: f64,
+    connects: f64,
     all: f64,
     hwm_kib: u64,
     requests: BTreeMap<(String, String), f64>,
     steady: Option<BTreeMap<(String, String), f64>>,
 }
 
-async fn converge(h: &Harness, o: &Opts, n: usize) -> Result<Converged> {
+async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<Converged> {
     let c1 = h.client(C1);
     let g = o.gateways;
     let ns = format!("bench-{n}");
@@ -601,7 +636,7 @@ async fn converge(h: &Harness, o: &Opts, n: usize) -> Result<Converged> {
         .await?;
     log(&format!("{n} tunnels created in {}", secs(start.elapsed())));
     let mut lists = 0.0;
-    let limit = Duration::from_secs(60 + n as u64 / 10);
+    let limit = Duration::from_secs((60 + n as u64 / 10).min(300));
     let mut ready;
     loop {
         let list = tunnels.list(&ListParams::default()).await?;
@@ -644,7 +679,7 @@ async fn converge(h: &Harness, o: &Opts, n: usize) -> Result<Converged> {
         .sum();
     let all: f64 = requests.values().sum();
     let hwm_kib = tm.rss_kib().1;
-    let steady = if n >= 1000 {
+    let steady = if n >= 1000 && want_steady {
         log("steady state: one idle minute");
         let a = apiserver_requests(h, C1).await?;
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -696,6 +731,11 @@ async fn converge(h: &Harness, o: &Opts, n: usize) -> Result<Converged> {
         execs,
         writes,
         failed_writes,
+        connects: requests
+            .iter()
+            .filter(|((v, r), _)| v == "CONNECT" && r.starts_with("pods/exec"))
+            .map(|(_, n)| n)
+            .sum(),
         all,
         hwm_kib,
         requests,
@@ -791,10 +831,14 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
     let ping_h = Harness::attach().await?;
     let r2 = r.clone();
     let t0 = Instant::now();
+    let rebuilt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rebuilt2 = rebuilt.clone();
     let prober = tokio::spawn(async move {
-        // Wait for the first failure, then for the first success after it.
+        // The first failure, then the first success after it (or, with no failure at all,
+        // the first success once the remote end points at the standby).
         let mut failed_at = None;
         loop {
+            let rebuilt = rebuilt2.load(std::sync::atomic::Ordering::SeqCst);
             let ok = r2
                 .exec(&ping_h, &["ping", "-c", "1", "-W", "1", "10.252.0.1"])
                 .await
@@ -804,7 +848,7 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
             if !ok && failed_at.is_none() {
                 failed_at = Some(now);
             }
-            if ok && failed_at.is_some() {
+            if ok && (failed_at.is_some() || rebuilt) {
                 return (failed_at, now);
             }
             if now > Duration::from_secs(120) {
@@ -820,6 +864,10 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
     )
     .await?;
     let _ = pods.delete(&p.pod_name(), &DeleteParams::default()).await;
+    // The harness keeps a deleted pod's netns; a lost gateway sends nothing any more.
+    netns_exec(&p.node.netns, &["ip", "link", "set", "net1", "down"])
+        .await?
+        .check()?;
     let mut phases: BTreeMap<&str, Duration> = BTreeMap::new();
     let names = [
         "1 pod gone (API)",
@@ -876,6 +924,7 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
             })
         {
             phases.insert(names[5], t0.elapsed());
+            rebuilt.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -914,6 +963,7 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
     let _ = h.delete_namespace(C1, ns).await;
     let _ = h.delete_namespace(C2, ns).await;
     Ok(Section {
+        key: String::new(),
         title: "3. Failover".into(),
         body: format!(
             "exip-syncer and tunnel-manager on cluster1 and cluster2 (chart flags, but \
@@ -921,8 +971,9 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
              deliberate wait before declaring the primary dead, and it adds to every phase after \
              detection). Primary `bfo-p` and standby `bfo-s` of one VPC on cluster1, `bfo-r` on \
              cluster2, a VXLAN tunnel pair between `bfo-p` and `bfo-r` carrying a ping. At t=0 the \
-             primary's StatefulSet is scaled to 0 and its pod deleted (pod gone = the API no \
-             longer has it). The phases are the first poll (every ~50 ms, each a GET) that sees \
+             primary's StatefulSet is scaled to 0, its pod deleted (pod gone = the API no \
+             longer has it) and its net1 set down (the harness keeps a deleted pod's netns, \
+             whose old tunnel end would otherwise go on answering). The phases are the first poll (every ~50 ms, each a GET) that sees \
              them; the ping prober pings from `bfo-r` every ~100 ms plus the ping itself.\n\n{rows}"
         ),
         targets: vec![(
@@ -1028,6 +1079,7 @@ async fn bench_dns(h: &Harness, o: &Opts) -> Result<Section> {
         )
     };
     Ok(Section {
+        key: String::new(),
         title: "4. dns-forwarder".into(),
         body: format!(
             "dns-forwarder alone on cluster1. Five times: a fresh vpc-dns (Kube-OVN v1.12 \
