@@ -106,19 +106,6 @@ impl Stores {
             .collect()
     }
 
-    /// Resolves once every cache has had its initial list.
-    async fn synced(&self) -> Result<(), reflector::store::WriterDropped> {
-        tokio::try_join!(
-            self.forwards.wait_until_ready(),
-            self.vpc_dns.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.corefile.wait_until_ready(),
-            self.kube_dns.wait_until_ready(),
-            self.subnets.wait_until_ready(),
-        )?;
-        Ok(())
-    }
-
     fn all(&self) -> Vec<ObjectRef<VpcDnsForward>> {
         self.forwards
             .state()
@@ -150,52 +137,77 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (c, ns) = (client.clone(), KUBE_SYSTEM);
+    // Every watch stream is counted: the caches are synced when all have listed.
+    let caches = CacheSync::new(readiness);
 
     let (vpc_dns, vpc_dns_writer) = reflector::store();
-    let vpc_dns_stream = watcher(Api::<VpcDns>::all(c.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(vpc_dns_writer)
+    let vpc_dns_stream = caches
+        .track(
+            watcher(Api::<VpcDns>::all(c.clone()), watcher::Config::default())
+                .default_backoff()
+                .reflect(vpc_dns_writer),
+        )
         .touched_objects();
     let (deployments, deployments_writer) = reflector::store();
-    let deployments_stream = watcher(
-        Api::<Deployment>::namespaced(c.clone(), ns),
-        watcher::Config::default().labels(&format!("{LABEL_VPC_DNS}=true")),
-    )
-    .default_backoff()
-    .reflect(deployments_writer)
-    .touched_objects();
+    let deployments_stream = caches
+        .track(
+            watcher(
+                Api::<Deployment>::namespaced(c.clone(), ns),
+                watcher::Config::default().labels(&format!("{LABEL_VPC_DNS}=true")),
+            )
+            .default_backoff()
+            .reflect(deployments_writer),
+        )
+        .touched_objects();
     let (corefile, corefile_writer) = reflector::store();
-    let corefile_stream = watcher(
-        Api::<ConfigMap>::namespaced(c.clone(), ns),
-        watcher::Config::default().fields(&format!("metadata.name={VPC_DNS_COREFILE}")),
-    )
-    .default_backoff()
-    .reflect(corefile_writer)
-    .touched_objects();
+    let corefile_stream = caches
+        .track(
+            watcher(
+                Api::<ConfigMap>::namespaced(c.clone(), ns),
+                watcher::Config::default().fields(&format!("metadata.name={VPC_DNS_COREFILE}")),
+            )
+            .default_backoff()
+            .reflect(corefile_writer),
+        )
+        .touched_objects();
     let (kube_dns, kube_dns_writer) = reflector::store();
-    let kube_dns_stream = watcher(
-        Api::<Service>::namespaced(c.clone(), ns),
-        watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
-    )
-    .default_backoff()
-    .reflect(kube_dns_writer)
-    .touched_objects();
+    let kube_dns_stream = caches
+        .track(
+            watcher(
+                Api::<Service>::namespaced(c.clone(), ns),
+                watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
+            )
+            .default_backoff()
+            .reflect(kube_dns_writer),
+        )
+        .touched_objects();
     let (subnets, subnets_writer) = reflector::store();
-    let subnets_stream = watcher(
-        Api::<Subnet>::all(c.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={OVN_DEFAULT}")),
-    )
-    .default_backoff()
-    .reflect(subnets_writer)
-    .touched_objects();
+    let subnets_stream = caches
+        .track(
+            watcher(
+                Api::<Subnet>::all(c.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={OVN_DEFAULT}")),
+            )
+            .default_backoff()
+            .reflect(subnets_writer),
+        )
+        .touched_objects();
 
-    let controller = Controller::new(
-        Api::<VpcDnsForward>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    // The Corefile and the vpc-dns Deployments are shared by all forwards: one reconcile at
-    // a time keeps their edits from racing each other.
-    .with_config(kube::runtime::controller::Config::default().concurrency(1));
+    let (forwards, forwards_writer) = reflector::store();
+    let forwards_stream = caches
+        .track(
+            watcher(
+                Api::<VpcDnsForward>::all(c.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(forwards_writer),
+        )
+        .applied_objects();
+    let controller = Controller::for_stream(forwards_stream, forwards)
+        // The Corefile and the vpc-dns Deployments are shared by all forwards: one reconcile at
+        // a time keeps their edits from racing each other.
+        .with_config(kube::runtime::controller::Config::default().concurrency(1));
     let stores = Stores {
         forwards: controller.store(),
         vpc_dns,
@@ -204,7 +216,6 @@ pub async fn run(
         kube_dns,
         subnets,
     };
-    let caches = CacheSync::new(readiness);
     let (s1, s2, s3, s4, s5) = (
         stores.clone(),
         stores.clone(),
@@ -240,11 +251,6 @@ pub async fn run(
         reconcile_metrics,
         routes_programmed,
         backoff: ErrorBackoff::default(),
-    });
-
-    tokio::spawn({
-        let caches = caches.clone();
-        async move { caches.wait(stores.synced()).await }
     });
 
     controller

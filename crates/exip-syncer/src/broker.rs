@@ -3,6 +3,7 @@
 //! goes on, `multivpc_broker_connected` is 0, and reconnecting re-lists everything (a full
 //! resync).
 
+use multivpc_runtime::admin::CacheSync;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
@@ -169,6 +170,7 @@ pub async fn run(
     cluster_id: String,
     local_ns: String,
     local_exips: Store<GatewayExIp>,
+    local_caches: CacheSync,
     sync_notify: Arc<Notify>,
     metrics: SyncerMetrics,
     shutdown: CancellationToken,
@@ -214,8 +216,12 @@ pub async fn run(
         let Some((client, broker_ns)) = connection else {
             continue; // Not connected: the watch task pokes us when it is.
         };
-        if local_exips.wait_until_ready().await.is_err() {
-            break;
+        // Never sync from a partial local cache: an object not yet listed would look deleted.
+        if !local_caches.is_synced() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = local_caches.synced() => {}
+            }
         }
         let local: Vec<GatewayExIp> = local_exips.state().iter().map(|o| (**o).clone()).collect();
         let plan = sync::plan(&cluster_id, &local_ns, &broker_ns, &local, &broker);

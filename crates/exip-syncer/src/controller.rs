@@ -126,6 +126,7 @@ fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     notifies: Vec<Arc<Notify>>,
+    caches: &CacheSync,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: kube::Resource<DynamicType = ()>
@@ -137,9 +138,8 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .reflect(writer)
+    let stream = caches
+        .track(watcher(api, config).default_backoff().reflect(writer))
         .map(move |event| match &event {
             Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
                 for n in &notifies {
@@ -173,23 +173,28 @@ pub async fn run(
     let local = Arc::new(Notify::new());
     let sync = Arc::new(Notify::new());
     let mut streams = Vec::new();
+    // Every watch stream is counted: the caches are synced when all have listed.
+    let caches = CacheSync::new(readiness);
 
     let (gateways, s) = reflect(
         Api::<VpcNatGateway>::all(client.clone()),
         watcher::Config::default(),
         vec![local.clone()],
+        &caches,
     );
     streams.push(s.boxed());
     let (pods, s) = reflect(
         Api::<Pod>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
         vec![local.clone()],
+        &caches,
     );
     streams.push(s.boxed());
     let (vpcs, s) = reflect(
         Api::<Vpc>::all(client.clone()),
         watcher::Config::default(),
         vec![local.clone()],
+        &caches,
     );
     streams.push(s.boxed());
     let clusters = if settings.globalnet_cidr.is_none() {
@@ -197,6 +202,7 @@ pub async fn run(
             Api::<Cluster>::namespaced(client.clone(), SUBMARINER_NAMESPACE),
             watcher::Config::default().fields(&format!("metadata.name={cluster_id}")),
             vec![local.clone()],
+            &caches,
         );
         streams.push(s.boxed());
         Some(clusters)
@@ -207,6 +213,7 @@ pub async fn run(
         Api::<GatewayExIp>::namespaced(client.clone(), ns),
         watcher::Config::default(),
         vec![local.clone(), sync.clone()],
+        &caches,
     );
     streams.push(s.boxed());
     let stores = Stores {
@@ -219,31 +226,12 @@ pub async fn run(
 
     let watches = tokio::spawn(futures::stream::select_all(streams).for_each(|_| async {}));
 
-    let caches = CacheSync::new(readiness);
     let ready_task = {
-        let stores = stores.clone();
         let caches = caches.clone();
         let local = local.clone();
         tokio::spawn(async move {
-            let cluster_ready = async {
-                match &stores.clusters {
-                    Some(c) => c.wait_until_ready().await,
-                    None => Ok(()),
-                }
-            };
-            let initial_lists = async {
-                tokio::try_join!(
-                    stores.gateways.wait_until_ready(),
-                    stores.pods.wait_until_ready(),
-                    stores.vpcs.wait_until_ready(),
-                    stores.exips.wait_until_ready(),
-                    cluster_ready,
-                )
-                .map(|_| ())
-            };
-            if caches.wait(initial_lists).await {
-                local.notify_one();
-            }
+            caches.synced().await;
+            local.notify_one();
         })
     };
 
@@ -253,6 +241,7 @@ pub async fn run(
         cluster_id.clone(),
         settings.namespace.clone(),
         stores.exips.clone(),
+        caches.clone(),
         sync,
         metrics.clone(),
         shutdown.clone(),

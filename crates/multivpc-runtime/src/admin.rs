@@ -2,13 +2,15 @@
 //! probe address (one listener when both addresses are the same).
 
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
 };
+
+use futures::{Stream, StreamExt};
+use kube::runtime::watcher;
 
 use anyhow::Context as _;
 use axum::{Router, http::StatusCode, routing::get};
@@ -50,36 +52,66 @@ impl Readiness {
 /// from a partial cache (an object not yet listed looks deleted), and it must not block a
 /// reconcile waiting for the lists either (the watch streams only advance while the controller
 /// polls them): reconciles check [`CacheSync::is_synced`] and come back shortly when not.
+///
+/// Readiness is read off the watch streams themselves ([`CacheSync::track`] sees each stream's
+/// first `InitDone`), not from `Store::wait_until_ready`: that future sits on a one-shot channel
+/// that wakes only its latest poller, so a second waiter on the same store (kube's controller
+/// waits on its main store) could hang forever.
 #[derive(Clone)]
 pub struct CacheSync {
-    synced: Arc<AtomicBool>,
+    inner: Arc<CacheSyncState>,
+}
+
+struct CacheSyncState {
+    pending: AtomicUsize,
+    synced: tokio::sync::watch::Sender<bool>,
     readiness: Readiness,
 }
 
 impl CacheSync {
-    /// Not yet synced; `readiness` is marked when it is.
+    /// Not yet synced; `readiness` is marked when every tracked stream has listed.
     pub fn new(readiness: Readiness) -> Self {
         Self {
-            synced: Arc::default(),
-            readiness,
+            inner: Arc::new(CacheSyncState {
+                pending: AtomicUsize::new(0),
+                synced: tokio::sync::watch::Sender::new(false),
+                readiness,
+            }),
         }
     }
 
-    /// Waits for `initial_lists` (typically the `wait_until_ready` of every store, joined);
-    /// on success marks the caches synced and the process ready, and returns true.
-    pub async fn wait<E>(&self, initial_lists: impl Future<Output = Result<(), E>>) -> bool {
-        if initial_lists.await.is_err() {
-            return false;
-        }
-        self.synced.store(true, Ordering::Release);
-        self.readiness.set_synced(true);
-        tracing::info!("caches synced");
-        true
+    /// Counts `stream` (a watcher stream, typically after `.reflect(writer)` so the store has
+    /// the list when it counts) among those that must list before the caches are synced.
+    /// Call it for every stream before the controller starts.
+    pub fn track<K, S>(&self, stream: S) -> impl Stream<Item = S::Item> + Send + use<K, S>
+    where
+        K: Send,
+        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+    {
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        let inner = self.inner.clone();
+        let mut listed = false;
+        stream.inspect(move |event| {
+            if !listed && matches!(event, Ok(watcher::Event::InitDone)) {
+                listed = true;
+                if inner.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    inner.synced.send_replace(true);
+                    inner.readiness.set_synced(true);
+                    tracing::info!("caches synced");
+                }
+            }
+        })
     }
 
-    /// Whether every cache has had its initial list (non-blocking).
+    /// Whether every tracked stream has had its initial list (non-blocking).
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        *self.inner.synced.borrow()
+    }
+
+    /// Resolves once every tracked stream has had its initial list (any number of waiters).
+    pub async fn synced(&self) {
+        let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|synced| *synced).await;
     }
 }
 
@@ -244,14 +276,34 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cache_sync_marks_ready_only_after_the_lists() {
+    async fn cache_sync_marks_ready_once_every_stream_listed() {
+        use k8s_openapi::api::core::v1::ConfigMap;
         let readiness = Readiness::default();
         let sync = CacheSync::new(readiness.clone());
-        assert!(!sync.is_synced() && !readiness.is_ready());
-        assert!(!sync.wait(async { Err::<(), _>("writer dropped") }).await);
-        assert!(!sync.is_synced() && !readiness.is_ready());
-        assert!(sync.wait(async { Ok::<(), ()>(()) }).await);
+        let listed = || {
+            futures::stream::iter(vec![
+                Ok(watcher::Event::<ConfigMap>::Init),
+                Ok(watcher::Event::InitDone),
+                // A later re-list must not count twice.
+                Ok(watcher::Event::Init),
+                Ok(watcher::Event::InitDone),
+            ])
+        };
+        let first = sync.track(listed());
+        let second = sync.track(listed());
+        let waiter = tokio::spawn({
+            let sync = sync.clone();
+            async move { sync.synced().await }
+        });
+        assert_eq!(first.count().await, 4);
+        assert!(
+            !sync.is_synced() && !readiness.is_ready(),
+            "one stream still listing"
+        );
+        assert_eq!(second.count().await, 4);
         assert!(sync.is_synced() && readiness.is_ready());
+        waiter.await.unwrap();
+        sync.synced().await;
     }
 
     #[tokio::test]

@@ -273,47 +273,66 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let c = client.clone();
+    // Every watch stream is counted: the caches are synced when all have listed.
+    let caches = CacheSync::new(readiness);
 
     let (exips, w) = reflector::store();
-    let exips_stream = watcher(
-        Api::<GatewayExIp>::namespaced(c.clone(), &settings.exip_namespace),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(w)
-    .touched_objects();
+    let exips_stream = caches
+        .track(
+            watcher(
+                Api::<GatewayExIp>::namespaced(c.clone(), &settings.exip_namespace),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .touched_objects();
     let (pods, w) = reflector::store();
-    let pods_stream = watcher(
-        Api::<Pod>::namespaced(c.clone(), KUBE_SYSTEM),
-        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
-    )
-    .default_backoff()
-    .reflect(w)
-    .touched_objects();
+    let pods_stream = caches
+        .track(
+            watcher(
+                Api::<Pod>::namespaced(c.clone(), KUBE_SYSTEM),
+                watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .touched_objects();
     let (clusters, w) = reflector::store();
-    let clusters_stream = watcher(
-        Api::<Cluster>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(w)
-    .touched_objects();
+    let clusters_stream = caches
+        .track(
+            watcher(
+                Api::<Cluster>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .touched_objects();
     let (egress, w) = reflector::store();
-    let egress_stream = watcher(
-        Api::<ClusterGlobalEgressIP>::all(c.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
-    )
-    .default_backoff()
-    .reflect(w)
-    .touched_objects();
+    let egress_stream = caches
+        .track(
+            watcher(
+                Api::<ClusterGlobalEgressIP>::all(c.clone()),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .touched_objects();
     let (service_discovery, w) = reflector::store();
-    let sd_stream = watcher(
-        Api::<ServiceDiscovery>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-        watcher::Config::default().fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
-    )
-    .default_backoff()
-    .reflect(w)
-    .touched_objects();
+    let sd_stream = caches
+        .track(
+            watcher(
+                Api::<ServiceDiscovery>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .touched_objects();
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
     // wakes the others of its gateway.
     let peers_stream = watcher(
@@ -325,10 +344,18 @@ pub async fn run(
 
     // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
     // so a dead gateway's tunnels wait for their pod without holding up other gateways.
-    let controller = Controller::new(
-        Api::<VpcNatTunnel>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let (tunnels, w) = reflector::store();
+    let tunnels_stream = caches
+        .track(
+            watcher(
+                Api::<VpcNatTunnel>::all(c.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .reflect(w),
+        )
+        .applied_objects();
+    let controller = Controller::for_stream(tunnels_stream, tunnels);
     let stores = Stores {
         tunnels: controller.store(),
         exips,
@@ -407,7 +434,6 @@ pub async fn run(
         })
         .graceful_shutdown_on(shutdown.cancelled_owned());
 
-    let caches = CacheSync::new(readiness);
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
@@ -420,21 +446,6 @@ pub async fn run(
         backoff: ErrorBackoff::default(),
         programmed: Mutex::new(HashMap::new()),
         states: Mutex::new(HashMap::new()),
-    });
-
-    tokio::spawn(async move {
-        let initial_lists = async {
-            tokio::try_join!(
-                stores.tunnels.wait_until_ready(),
-                stores.exips.wait_until_ready(),
-                stores.pods.wait_until_ready(),
-                stores.clusters.wait_until_ready(),
-                stores.egress.wait_until_ready(),
-                stores.service_discovery.wait_until_ready(),
-            )
-            .map(|_| ())
-        };
-        caches.wait(initial_lists).await
     });
 
     controller
