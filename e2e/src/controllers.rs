@@ -20,23 +20,31 @@ pub struct ControllerProcess {
     pub metrics: SocketAddr,
     pub probes: SocketAddr,
     pub log: PathBuf,
+    /// Time from spawn to the first 200 of `/readyz`.
+    pub start_to_ready: Duration,
     child: Child,
 }
 
 /// Directory of the workspace's debug binaries (`$CARGO_TARGET_DIR/debug` or `target/debug`).
 pub fn binary_dir() -> PathBuf {
+    binary_dir_for("debug")
+}
+
+/// Directory of the workspace's binaries built with `profile` (`debug`, `release`).
+pub fn binary_dir_for(profile: &str) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::repo_dir().join("target"))
-        .join("debug")
+        .join(profile)
 }
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts `binary` with `kubeconfig` and `args`, metrics and probes on free loopback ports,
-/// logs in `<run dir>/logs/`, and waits until `/readyz` answers 200 (at most `ready_within`).
+/// Starts `binary` (debug build) with `kubeconfig` and `args`, metrics and probes on free
+/// loopback ports, logs in `<run dir>/logs/`, and waits until `/readyz` answers 200 (at most
+/// `ready_within`).
 pub async fn spawn(
     run_dir: &Path,
     binary: &str,
@@ -44,7 +52,36 @@ pub async fn spawn(
     args: &[&str],
     ready_within: Duration,
 ) -> Result<ControllerProcess> {
-    let path = binary_dir().join(binary);
+    let log = run_dir.join("logs").join(format!(
+        "{binary}-{}.log",
+        crate::Harness::unique_name("run")
+    ));
+    spawn_binary(
+        &binary_dir().join(binary),
+        log,
+        kubeconfig,
+        &[],
+        args,
+        ready_within,
+    )
+    .await
+}
+
+/// Starts the controller binary at `path` with `kubeconfig`, extra environment `env` and
+/// `args`, metrics and probes on free loopback ports, output in `log`, and waits until
+/// `/readyz` answers 200 (at most `ready_within`).
+pub async fn spawn_binary(
+    path: &Path,
+    log: PathBuf,
+    kubeconfig: &Path,
+    env: &[(&str, String)],
+    args: &[&str],
+    ready_within: Duration,
+) -> Result<ControllerProcess> {
+    let binary = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if !path.exists() {
         bail!(
             "{} not found: run `cargo build -p {binary}` first",
@@ -53,20 +90,19 @@ pub async fn spawn(
     }
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let probes: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let logs = run_dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let log = logs.join(format!(
-        "{binary}-{}.log",
-        crate::Harness::unique_name("run")
-    ));
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let out = std::fs::File::create(&log)?;
-    let child = Command::new(&path)
+    let started = std::time::Instant::now();
+    let child = Command::new(path)
         .env("KUBECONFIG", kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg(format!("--metrics-bind-address={metrics}"))
         .arg(format!("--health-probe-bind-address={probes}"))
         .args(args)
@@ -76,34 +112,44 @@ pub async fn spawn(
         .spawn()
         .with_context(|| format!("start {}", path.display()))?;
     let mut process = ControllerProcess {
-        binary: binary.into(),
+        binary,
         metrics,
         probes,
         log,
+        start_to_ready: Duration::ZERO,
         child,
     };
     let deadline = tokio::time::Instant::now() + ready_within;
     loop {
         if let Some(status) = process.child.try_wait()? {
             bail!(
-                "{binary} exited with {status} before it was ready; log:\n{}",
+                "{} exited with {status} before it was ready; log:\n{}",
+                process.binary,
                 process.log_tail(40)
             );
         }
         if let Ok((200, _)) = http_get(probes, "/readyz").await {
+            process.start_to_ready = started.elapsed();
             return Ok(process);
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
-                "{binary} not ready within {ready_within:?}; log:\n{}",
+                "{} not ready within {ready_within:?}; log:\n{}",
+                process.binary,
                 process.log_tail(40)
             );
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Short: benchmarks read start-to-ready off this loop.
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 impl ControllerProcess {
+    /// The process ID (for RSS readings and teardown).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

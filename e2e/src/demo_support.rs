@@ -3,39 +3,13 @@
 //! running a controller binary detached from the test helpers, with its pid known (RSS,
 //! teardown), and reading Prometheus text.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
-use anyhow::{Context, Result, bail};
-use multivpc_e2e::controllers::http_get;
+use anyhow::{Context, Result};
+use multivpc_e2e::controllers;
 
-/// Which build of the controllers to run.
-pub fn binary_dir(profile: &str) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| multivpc_e2e::repo_dir().join("target"))
-        .join(profile)
-}
-
-pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A running controller; SIGTERM (then kill) on drop.
-pub struct Controller {
-    pub cluster: String,
-    pub binary: String,
-    pub metrics: SocketAddr,
-    pub probes: SocketAddr,
-    pub log: PathBuf,
-    /// Time from spawn to the first 200 of /readyz.
-    pub start_to_ready: Duration,
-    child: Child,
-}
+/// A running controller of the demo or the bench (the support crate's process handle).
+pub use multivpc_e2e::controllers::ControllerProcess as Controller;
 
 /// The flags the Helm chart gives each controller (charts/*/templates/_controller.tpl and
 /// deployment.yaml, default values), less the in-cluster addresses.
@@ -71,7 +45,8 @@ pub fn chart_args(binary: &str, cluster: &str) -> Vec<String> {
 /// The chart's release namespace (leader election Leases live there).
 pub const LEADER_NS: &str = "multi-vpc-system";
 
-#[allow(clippy::too_many_arguments)]
+/// Starts `binary` of the `profile` build for `cluster`, as the chart would run it (pod name
+/// and namespace in the environment), logging to `<log_dir>/<cluster>-<binary>.log`.
 pub async fn spawn(
     profile: &str,
     log_dir: &Path,
@@ -81,112 +56,30 @@ pub async fn spawn(
     args: &[String],
     ready_within: Duration,
 ) -> Result<Controller> {
-    let path = binary_dir(profile).join(binary);
-    if !path.exists() {
-        bail!("{} not found: build it first", path.display());
-    }
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let probes: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-    std::fs::create_dir_all(log_dir)?;
-    let log = log_dir.join(format!("{cluster}-{binary}.log"));
-    let out = std::fs::File::create(&log)?;
-    let started = Instant::now();
-    let child = Command::new(&path)
-        .env("KUBECONFIG", kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env(
+    let env = [
+        (
             "POD_NAME",
             format!("{binary}-{cluster}-{}", std::process::id()),
-        )
-        .env("POD_NAMESPACE", LEADER_NS)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .arg(format!("--metrics-bind-address={metrics}"))
-        .arg(format!("--health-probe-bind-address={probes}"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
-        .with_context(|| format!("start {}", path.display()))?;
-    let mut c = Controller {
-        cluster: cluster.into(),
-        binary: binary.into(),
-        metrics,
-        probes,
-        log,
-        start_to_ready: Duration::ZERO,
-        child,
-    };
-    let deadline = Instant::now() + ready_within;
-    loop {
-        if let Some(status) = c.child.try_wait()? {
-            bail!(
-                "{binary} ({cluster}) exited with {status} before it was ready; see {}",
-                c.log.display()
-            );
-        }
-        if let Ok((200, _)) = http_get(probes, "/readyz").await {
-            c.start_to_ready = started.elapsed();
-            return Ok(c);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "{binary} ({cluster}) not ready within {ready_within:?}; see {}",
-                c.log.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        ),
+        ("POD_NAMESPACE", LEADER_NS.to_owned()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    controllers::spawn_binary(
+        &controllers::binary_dir_for(profile).join(binary),
+        log_dir.join(format!("{cluster}-{binary}.log")),
+        kubeconfig,
+        &env,
+        &args,
+        ready_within,
+    )
+    .await
+    .with_context(|| format!("{binary} on {cluster}"))
 }
 
-impl Controller {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// (VmRSS, VmHWM) in KiB.
-    pub fn rss_kib(&self) -> (u64, u64) {
-        rss_kib(self.pid())
-    }
-
-    pub async fn metrics_text(&self) -> Result<String> {
-        let (code, body) = http_get(self.metrics, "/metrics").await?;
-        if code != 200 {
-            bail!("/metrics answered {code}");
-        }
-        Ok(body)
-    }
-
-    /// Sum of every sample of `name` (any labels) whose labels contain all of `with`.
-    pub async fn metric_sum(&self, name: &str, with: &[&str]) -> Result<f64> {
-        Ok(sum_samples(&self.metrics_text().await?, name, with))
-    }
-
-    pub fn stop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.stop();
-        }
-    }
+/// Sum of every sample of `name` (any labels) whose labels contain all of `with`, as scraped
+/// from `controller` now.
+pub async fn metric_sum(controller: &Controller, name: &str, with: &[&str]) -> Result<f64> {
+    Ok(sum_samples(&controller.metrics_text().await?, name, with))
 }
 
 /// (VmRSS, VmHWM) of a process in KiB, zeros when gone.

@@ -413,7 +413,7 @@ async fn supervise() -> Result<()> {
     eprintln!("stopping the controllers");
     let _ = std::fs::remove_file(state_file());
     for mut c in running {
-        c.stop();
+        let _ = c.stop();
     }
     drop(locks);
     Ok(())
