@@ -275,21 +275,18 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let ns = forward.namespace().unwrap_or_default();
             let api: Api<VpcDnsForward> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&forward);
-            // The watch streams only advance while the controller polls them, so a reconcile
-            // must not wait for them: it comes back shortly instead.
-            if !ctx2.caches.is_synced() {
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
-            let action = finalizer(&api, DNS_FINALIZER, forward, |event| async {
-                match event {
-                    Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
-                    Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
-                }
-            })
-            .await
-            .map_err(|e| Error::Finalizer(Box::new(e)))?;
-            ctx2.backoff.reset(&k);
-            Ok(action)
+            ctx2.caches
+                .reconcile(&ctx2.backoff, &k, async {
+                    finalizer(&api, DNS_FINALIZER, forward, |event| async {
+                        match event {
+                            Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
+                            Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
+                        }
+                    })
+                    .await
+                    .map_err(|e| Error::Finalizer(Box::new(e)))
+                })
+                .await
         })
         .await
 }

@@ -2,6 +2,7 @@
 //! probe address (one listener when both addresses are the same).
 
 use std::{
+    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
@@ -10,7 +11,7 @@ use std::{
 };
 
 use futures::{Stream, StreamExt};
-use kube::runtime::watcher;
+use kube::runtime::{controller::Action, watcher};
 
 use anyhow::Context as _;
 use axum::{Router, http::StatusCode, routing::get};
@@ -106,6 +107,23 @@ impl CacheSync {
     /// Whether every tracked stream has had its initial list (non-blocking).
     pub fn is_synced(&self) -> bool {
         *self.inner.synced.borrow()
+    }
+
+    /// Runs one reconcile of the object `key` once the caches are synced; before that it comes
+    /// back 200 ms later without deciding anything. A success forgets the object's failures in
+    /// `backoff`.
+    pub async fn reconcile<E>(
+        &self,
+        backoff: &crate::backoff::ErrorBackoff,
+        key: &str,
+        reconcile: impl Future<Output = Result<Action, E>>,
+    ) -> Result<Action, E> {
+        if !self.is_synced() {
+            return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+        }
+        let action = reconcile.await?;
+        backoff.reset(key);
+        Ok(action)
     }
 
     /// Resolves once every tracked stream has had its initial list (any number of waiters).
@@ -215,6 +233,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -304,6 +324,38 @@ mod tests {
         assert!(sync.is_synced() && readiness.is_ready());
         waiter.await.unwrap();
         sync.synced().await;
+    }
+
+    #[tokio::test]
+    async fn reconcile_waits_for_the_caches_and_resets_backoff() {
+        use crate::backoff::ErrorBackoff;
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let sync = CacheSync::new(Readiness::default());
+        let backoff = ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        backoff.next_delay("k");
+        let ran = std::sync::atomic::AtomicBool::new(false);
+        let run = || async {
+            ran.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, ()>(Action::await_change())
+        };
+        let early = sync.reconcile(&backoff, "k", run()).await.unwrap();
+        assert_eq!(early, Action::requeue(Duration::from_millis(200)));
+        assert!(
+            !ran.load(std::sync::atomic::Ordering::SeqCst),
+            "nothing decided before sync"
+        );
+        let listed = futures::stream::iter(vec![Ok(watcher::Event::<ConfigMap>::InitDone)]);
+        sync.track(listed).count().await;
+        assert_eq!(
+            sync.reconcile(&backoff, "k", run()).await,
+            Ok(Action::await_change())
+        );
+        assert!(ran.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(
+            backoff.next_delay("k"),
+            Duration::from_secs(1),
+            "success reset the backoff"
+        );
     }
 
     #[tokio::test]

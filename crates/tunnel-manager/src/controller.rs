@@ -462,21 +462,18 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
             let ns = tunnel.namespace().unwrap_or_default();
             let api: Api<VpcNatTunnel> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&tunnel);
-            // The watch streams only advance while the controller polls them: come back
-            // shortly rather than wait inside a reconcile.
-            if !ctx2.caches.is_synced() {
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
-            let action = finalizer(&api, TUNNEL_FINALIZER, tunnel, |event| async {
-                match event {
-                    Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
-                    Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,
-                }
-            })
-            .await
-            .map_err(|e| Error::Finalizer(Box::new(e)))?;
-            ctx2.backoff.reset(&k);
-            Ok(action)
+            ctx2.caches
+                .reconcile(&ctx2.backoff, &k, async {
+                    finalizer(&api, TUNNEL_FINALIZER, tunnel, |event| async {
+                        match event {
+                            Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
+                            Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,
+                        }
+                    })
+                    .await
+                    .map_err(|e| Error::Finalizer(Box::new(e)))
+                })
+                .await
         })
         .await
 }
