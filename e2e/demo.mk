@@ -3,8 +3,10 @@ DEMO_CLUSTERS := cluster1 cluster2 broker
 
 .PHONY: demo demo-report demo-stop demo-down
 
+# `--bins`, not `--bin multivpc-demo`: a `--bin` filter applies to every `-p`, and would leave the
+# controllers unbuilt on a fresh clone.
 demo: ## Main job: clusters + the three controllers + a VXLAN tunnel carrying a ping + a DNS forward, and a report
-	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer -p multivpc-e2e --bin multivpc-demo
+	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer -p multivpc-e2e --bins
 	@$(MAKE) --no-print-directory e2e-build
 	@$(MAKE) --no-print-directory e2e-up CLUSTERS="$(DEMO_CLUSTERS)"
 	$(CARGO) run -q -p multivpc-e2e --bin multivpc-demo -- up

@@ -14,6 +14,24 @@ HELM_BIN="$MULTIVPC_CACHE/helm-$HELM_VERSION/bin"
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
+# apt_locked ARGS...: apt-get ARGS, waiting (up to MULTIVPC_APT_LOCK_TIMEOUT s, default 600) while
+# another apt or unattended-upgrades holds the dpkg or lists lock, instead of failing at once.
+# DPkg::Lock::Timeout covers the dpkg lock; `update`'s lists lock needs the retry.
+apt_locked() {
+  local deadline=$(( $(date +%s) + ${MULTIVPC_APT_LOCK_TIMEOUT:-600} )) err
+  err=$(mktemp)
+  until apt-get -o DPkg::Lock::Timeout="${MULTIVPC_APT_LOCK_TIMEOUT:-600}" "$@" </dev/null >/dev/null 2>"$err"; do
+    if grep -qi 'could not get lock\|unable to acquire\|is another process using it' "$err" \
+        && [ "$(date +%s)" -lt "$deadline" ]; then
+      log "apt-get $1: another apt holds the lock; waiting"
+      sleep 5
+    else
+      cat "$err" >&2; rm -f "$err"; die "apt-get $* failed"
+    fi
+  done
+  rm -f "$err"
+}
+
 # apt_ensure CMD PKG [CMD PKG ...]: install Debian packages for missing commands.
 apt_ensure() {
   local missing=()
@@ -25,8 +43,8 @@ apt_ensure() {
   [ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq </dev/null >/dev/null
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >/dev/null
+  apt_locked update -qq
+  apt_locked install -y -qq --no-install-recommends "${missing[@]}"
 }
 
 KWOK_WORKDIR="$RUN_DIR/kwok"

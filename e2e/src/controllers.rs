@@ -38,6 +38,19 @@ pub fn binary_dir_for(profile: &str) -> PathBuf {
         .join(profile)
 }
 
+/// The last non-empty line of the file at `path` (a log), or a note that there is none.
+pub fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "nothing logged".into())
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -84,7 +97,7 @@ pub async fn spawn_binary(
         .unwrap_or_default();
     if !path.exists() {
         bail!(
-            "{} not found: run `cargo build -p {binary}` first",
+            "{} not found: run `cargo build -p {binary}` first (make demo and make e2e-run do)",
             path.display()
         );
     }
@@ -123,9 +136,10 @@ pub async fn spawn_binary(
     loop {
         if let Some(status) = process.child.try_wait()? {
             bail!(
-                "{} exited with {status} before it was ready; log:\n{}",
+                "{} exited with {status} before it was ready: {} (log: {})",
                 process.binary,
-                process.log_tail(40)
+                last_line(&process.log),
+                process.log.display()
             );
         }
         if let Ok((200, _)) = http_get(probes, "/readyz").await {
@@ -134,9 +148,10 @@ pub async fn spawn_binary(
         }
         if tokio::time::Instant::now() > deadline {
             bail!(
-                "{} not ready within {ready_within:?}; log:\n{}",
+                "{} not ready within {ready_within:?}: {} (log: {})",
                 process.binary,
-                process.log_tail(40)
+                last_line(&process.log),
+                process.log.display()
             );
         }
         // Short: benchmarks read start-to-ready off this loop.

@@ -101,9 +101,12 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     multivpc_e2e::install_crypto_provider();
+    multivpc_runtime::main_with("multivpc-bench", bench())
+}
+
+async fn bench() -> Result<()> {
     let o = parse_opts()?;
     let h = Harness::attach()
         .await

@@ -56,17 +56,24 @@ fn state_file() -> PathBuf {
     demo_dir().join("state.tsv")
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     multivpc_e2e::install_crypto_provider();
-    let cmd = std::env::args().nth(1).unwrap_or_default();
-    match cmd.as_str() {
-        "up" => up().await,
-        "report" => report(&Harness::attach().await?).await,
-        "stop" => stop(),
-        "supervise" => supervise().await,
-        _ => bail!("usage: multivpc-demo up | report | stop"),
-    }
+    multivpc_runtime::main_with("multivpc-demo", async {
+        let cmd = std::env::args().nth(1).unwrap_or_default();
+        match cmd.as_str() {
+            "up" => up().await,
+            "report" => report(&attach().await?).await,
+            "stop" => stop(),
+            "supervise" => supervise().await,
+            _ => bail!("usage: multivpc-demo up | report | stop"),
+        }
+    })
+}
+
+async fn attach() -> Result<Harness> {
+    Harness::attach()
+        .await
+        .context("the harness is not up: run `make demo` (or `make e2e-up`)")
 }
 
 fn step(what: &str) {
@@ -77,9 +84,7 @@ fn step(what: &str) {
 
 async fn up() -> Result<()> {
     let t0 = Instant::now();
-    let h = Harness::attach()
-        .await
-        .context("the harness is not up: run `make e2e-up` (make demo does)")?;
+    let h = attach().await?;
     step("CRDs (Kube-OVN, Submariner fixtures; crds/) on cluster1, cluster2, broker");
     for c in [C1, C2, BROKER] {
         h.install_foreign_crds(c).await?;
@@ -347,9 +352,11 @@ async fn ensure_supervisor() -> Result<()> {
     std::fs::write(pid_file(), child.id().to_string())?;
     wait_for("the demo's six controllers ready", WAIT, || async {
         if supervisor_pid().is_none() {
+            let log = demo_dir().join("supervisor.log");
             bail!(
-                "the demo supervisor exited; its log:\n{}",
-                std::fs::read_to_string(demo_dir().join("supervisor.log")).unwrap_or_default()
+                "the demo supervisor exited ({}; full log: {})",
+                multivpc_e2e::controllers::last_line(&log),
+                log.display()
             );
         }
         Ok(if state_file().exists() {
