@@ -16,7 +16,7 @@ use kube::{
         controller::Action,
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -31,6 +31,7 @@ use multivpc_runtime::{
     events::Events,
     metrics::ReconcileMetrics,
     status::apply_status,
+    watch::{self, Decoded, WatchMetrics},
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -134,76 +135,56 @@ pub async fn run(
     reconcile_metrics: ReconcileMetrics,
     routes_programmed: prometheus::IntGauge,
     readiness: Readiness,
+    watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (c, ns) = (client.clone(), KUBE_SYSTEM);
     // Every watch stream is counted: the caches are synced when all have listed.
     let caches = CacheSync::new(readiness);
 
-    let (vpc_dns, vpc_dns_writer) = reflector::store();
-    let vpc_dns_stream = caches
-        .track(
-            watcher(Api::<VpcDns>::all(c.clone()), watcher::Config::default())
-                .default_backoff()
-                .reflect(vpc_dns_writer),
-        )
-        .touched_objects();
-    let (deployments, deployments_writer) = reflector::store();
-    let deployments_stream = caches
-        .track(
-            watcher(
-                Api::<Deployment>::namespaced(c.clone(), ns),
-                watcher::Config::default().labels(&format!("{LABEL_VPC_DNS}=true")),
-            )
-            .default_backoff()
-            .reflect(deployments_writer),
-        )
-        .touched_objects();
-    let (corefile, corefile_writer) = reflector::store();
-    let corefile_stream = caches
-        .track(
-            watcher(
-                Api::<ConfigMap>::namespaced(c.clone(), ns),
-                watcher::Config::default().fields(&format!("metadata.name={VPC_DNS_COREFILE}")),
-            )
-            .default_backoff()
-            .reflect(corefile_writer),
-        )
-        .touched_objects();
-    let (kube_dns, kube_dns_writer) = reflector::store();
-    let kube_dns_stream = caches
-        .track(
-            watcher(
-                Api::<Service>::namespaced(c.clone(), ns),
-                watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
-            )
-            .default_backoff()
-            .reflect(kube_dns_writer),
-        )
-        .touched_objects();
-    let (subnets, subnets_writer) = reflector::store();
-    let subnets_stream = caches
-        .track(
-            watcher(
-                Api::<Subnet>::all(c.clone()),
-                watcher::Config::default().fields(&format!("metadata.name={OVN_DEFAULT}")),
-            )
-            .default_backoff()
-            .reflect(subnets_writer),
-        )
-        .touched_objects();
+    let (vpc_dns, vpc_dns_stream) = watch::reflect(
+        Api::<Decoded<VpcDns>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let vpc_dns_stream = vpc_dns_stream.touched_objects();
+    let (deployments, deployments_stream) = watch::reflect(
+        Api::<Decoded<Deployment>>::namespaced(c.clone(), ns),
+        watcher::Config::default().labels(&format!("{LABEL_VPC_DNS}=true")),
+        &caches,
+        &watch_metrics,
+    );
+    let deployments_stream = deployments_stream.touched_objects();
+    let (corefile, corefile_stream) = watch::reflect(
+        Api::<Decoded<ConfigMap>>::namespaced(c.clone(), ns),
+        watcher::Config::default().fields(&format!("metadata.name={VPC_DNS_COREFILE}")),
+        &caches,
+        &watch_metrics,
+    );
+    let corefile_stream = corefile_stream.touched_objects();
+    let (kube_dns, kube_dns_stream) = watch::reflect(
+        Api::<Decoded<Service>>::namespaced(c.clone(), ns),
+        watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
+        &caches,
+        &watch_metrics,
+    );
+    let kube_dns_stream = kube_dns_stream.touched_objects();
+    let (subnets, subnets_stream) = watch::reflect(
+        Api::<Decoded<Subnet>>::all(c.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={OVN_DEFAULT}")),
+        &caches,
+        &watch_metrics,
+    );
+    let subnets_stream = subnets_stream.touched_objects();
 
-    let (forwards, forwards_writer) = reflector::store();
-    let forwards_stream = caches
-        .track(
-            watcher(
-                Api::<VpcDnsForward>::all(c.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(forwards_writer),
-        )
-        .applied_objects();
+    let (forwards, forwards_stream) = watch::reflect(
+        Api::<Decoded<VpcDnsForward>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let forwards_stream = forwards_stream.applied_objects();
     let controller = Controller::for_stream(forwards_stream, forwards)
         // The Corefile and the vpc-dns Deployments are shared by all forwards: one reconcile at
         // a time keeps their edits from racing each other.

@@ -35,6 +35,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .register(Box::new(routes_programmed.clone()))?;
     let client = runtime.client();
     let readiness = runtime.readiness();
+    let watch_metrics = runtime.metrics().watch();
     runtime
         .run(move |shutdown| {
             controller::run(
@@ -42,6 +43,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 reconcile_metrics.clone(),
                 routes_programmed.clone(),
                 readiness.clone(),
+                watch_metrics.clone(),
                 shutdown,
             )
         })

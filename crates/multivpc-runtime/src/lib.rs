@@ -5,6 +5,7 @@
 //! - [`telemetry`]: text or JSON logs;
 //! - [`metrics`]: the Prometheus registry with controller-runtime-compatible reconcile metrics;
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` endpoints;
+//! - [`watch`]: caches fed by watches that one undecodable object cannot stop;
 //! - [`leader`]: Lease-based leader election that starts and stops the controller;
 //! - [`Runtime`]: ties them together with graceful shutdown on SIGTERM.
 
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;
+pub mod watch;
 
 pub use args::CommonArgs;
 pub use runtime::{Runtime, main_with};

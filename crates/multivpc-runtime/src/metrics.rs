@@ -27,6 +27,7 @@ pub struct Metrics {
     reconcile_time: HistogramVec,
     active_workers: IntGaugeVec,
     leader: IntGaugeVec,
+    watch: crate::watch::WatchMetrics,
 }
 
 impl Metrics {
@@ -86,8 +87,10 @@ impl Metrics {
                 .register(collector)
                 .expect("metric names are unique");
         }
+        let watch = crate::watch::WatchMetrics::new(&registry).expect("metric names are unique");
         Self {
             registry,
+            watch,
             reconcile_total,
             reconcile_errors,
             reconcile_time,
@@ -115,6 +118,11 @@ impl Metrics {
             reconcile_time: self.reconcile_time.with_label_values(&[controller]),
             active_workers: self.active_workers.with_label_values(&[controller]),
         }
+    }
+
+    /// The counters every watch of the process reports skipped objects in.
+    pub fn watch(&self) -> crate::watch::WatchMetrics {
+        self.watch.clone()
     }
 
     /// The `leader_election_master_status` gauge of one lease.

@@ -17,7 +17,7 @@ use kube::{
         controller::Action,
         events::EventType,
         finalizer::{Event as Finalizer, finalizer},
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
@@ -38,6 +38,7 @@ use multivpc_runtime::{
     events::Events,
     metrics::ReconcileMetrics,
     status::apply_status,
+    watch::{self, Decoded, WatchMetrics},
 };
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
@@ -270,91 +271,70 @@ pub async fn run(
     metrics: TunnelMetrics,
     executor: Executor,
     readiness: Readiness,
+    watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let c = client.clone();
     // Every watch stream is counted: the caches are synced when all have listed.
     let caches = CacheSync::new(readiness);
 
-    let (exips, w) = reflector::store();
-    let exips_stream = caches
-        .track(
-            watcher(
-                Api::<GatewayExIp>::namespaced(c.clone(), &settings.exip_namespace),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .touched_objects();
-    let (pods, w) = reflector::store();
-    let pods_stream = caches
-        .track(
-            watcher(
-                Api::<Pod>::namespaced(c.clone(), KUBE_SYSTEM),
-                watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .touched_objects();
-    let (clusters, w) = reflector::store();
-    let clusters_stream = caches
-        .track(
-            watcher(
-                Api::<Cluster>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .touched_objects();
-    let (egress, w) = reflector::store();
-    let egress_stream = caches
-        .track(
-            watcher(
-                Api::<ClusterGlobalEgressIP>::all(c.clone()),
-                watcher::Config::default()
-                    .fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .touched_objects();
-    let (service_discovery, w) = reflector::store();
-    let sd_stream = caches
-        .track(
-            watcher(
-                Api::<ServiceDiscovery>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-                watcher::Config::default()
-                    .fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .touched_objects();
+    let (exips, exips_stream) = watch::reflect(
+        Api::<Decoded<GatewayExIp>>::namespaced(c.clone(), &settings.exip_namespace),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let exips_stream = exips_stream.touched_objects();
+    let (pods, pods_stream) = watch::reflect(
+        Api::<Decoded<Pod>>::namespaced(c.clone(), KUBE_SYSTEM),
+        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+        &caches,
+        &watch_metrics,
+    );
+    let pods_stream = pods_stream.touched_objects();
+    let (clusters, clusters_stream) = watch::reflect(
+        Api::<Decoded<Cluster>>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let clusters_stream = clusters_stream.touched_objects();
+    let (egress, egress_stream) = watch::reflect(
+        Api::<Decoded<ClusterGlobalEgressIP>>::all(c.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
+        &caches,
+        &watch_metrics,
+    );
+    let egress_stream = egress_stream.touched_objects();
+    let (service_discovery, sd_stream) = watch::reflect(
+        Api::<Decoded<ServiceDiscovery>>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+        watcher::Config::default().fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
+        &caches,
+        &watch_metrics,
+    );
+    let sd_stream = sd_stream.touched_objects();
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
     // wakes the others of its gateway.
-    let peers_stream = watcher(
-        Api::<VpcNatTunnel>::all(c.clone()),
-        watcher::Config::default(),
+    let peers_stream = watch::skip_undecodable(
+        watcher(
+            Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+        watch_metrics.clone(),
+        |_| None,
     )
-    .default_backoff()
     .touched_objects();
 
     // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
     // so a dead gateway's tunnels wait for their pod without holding up other gateways.
-    let (tunnels, w) = reflector::store();
-    let tunnels_stream = caches
-        .track(
-            watcher(
-                Api::<VpcNatTunnel>::all(c.clone()),
-                watcher::Config::default(),
-            )
-            .default_backoff()
-            .reflect(w),
-        )
-        .applied_objects();
+    let (tunnels, tunnels_stream) = watch::reflect(
+        Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let tunnels_stream = tunnels_stream.applied_objects();
     let controller = Controller::for_stream(tunnels_stream, tunnels);
     let stores = Stores {
         tunnels: controller.store(),

@@ -84,6 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tunnel_metrics = controller::TunnelMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
     let readiness = runtime.readiness();
+    let watch_metrics = runtime.metrics().watch();
     let (timeout, concurrency) = (args.exec_timeout, usize::from(args.max_concurrent_execs));
     runtime
         .run(move |shutdown| {
@@ -94,6 +95,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 tunnel_metrics.clone(),
                 exec::Executor::new(client.clone(), timeout, concurrency, exec_metrics.clone()),
                 readiness.clone(),
+                watch_metrics.clone(),
                 shutdown,
             )
         })
