@@ -3,8 +3,8 @@ SHELL := /usr/bin/env bash
 .DEFAULT_GOAL := help
 
 CARGO ?= cargo
-# Directories that hold a committed copy of the generated CRDs.
-CRD_DIRS := crds charts/kubeovn-multivpc/crds
+# Directories that hold a committed copy of the generated CRDs (`:plural` = only that one).
+CRD_DIRS := crds charts/kubeovn-multivpc/crds charts/kubeovn-multivpc-broker/crds:gatewayexips
 
 .PHONY: help
 help: ## List targets
@@ -84,7 +84,8 @@ helm-lint: helm-bin ## helm lint --strict the umbrella chart (every on/off combi
 	           --set tunnel-manager.enabled=$$t --set exip-syncer.enabled=$$e; exit 1; }; \
 	done; done; done
 	$(HELM) lint --strict $(addprefix $(CHART)/charts/,$(CONTROLLERS))
-	@echo "helm lint: 8 combinations and 3 subcharts passed"
+	$(HELM) lint --strict $(BROKER_CHART) --namespace $(BROKER_NAMESPACE)
+	@echo "helm lint: 8 combinations, 3 subcharts and the broker chart passed"
 
 .PHONY: deploy
 deploy: helm-bin ## Render deploy.yaml (Namespace, CRDs, controllers) from the chart: make deploy IMG=... CLUSTER_ID=...
@@ -94,6 +95,20 @@ deploy: helm-bin ## Render deploy.yaml (Namespace, CRDs, controllers) from the c
 	     $(if $(CLUSTER_ID),--set global.clusterId=$(CLUSTER_ID)) $(HELM_VALUES); } > $(DEPLOY_FILE).tmp
 	@mv $(DEPLOY_FILE).tmp $(DEPLOY_FILE)
 	@echo "wrote $(DEPLOY_FILE) (images $(IMG_REGISTRY)/<controller>:$(IMG_TAG)); apply with: kubectl apply -f $(DEPLOY_FILE)"
+
+BROKER_CHART := charts/kubeovn-multivpc-broker
+# Submariner's broker namespace (subctl deploy-broker's default); the broker chart goes there.
+BROKER_NAMESPACE ?= submariner-k8s-broker
+BROKER_FILE ?= broker.yaml
+# More broker chart values, e.g. BROKER_HELM_VALUES="--set members.allServiceAccounts=false --set members.clusterIds={c1,c2}".
+BROKER_HELM_VALUES ?=
+
+.PHONY: deploy-broker
+deploy-broker: helm-bin ## Render broker.yaml for the broker cluster (GatewayExIp CRD, Role + RoleBinding for Submariner's members, ownership policy)
+	@$(HELM) template kubeovn-multivpc-broker $(BROKER_CHART) --namespace $(BROKER_NAMESPACE) --include-crds \
+	   $(BROKER_HELM_VALUES) > $(BROKER_FILE).tmp
+	@mv $(BROKER_FILE).tmp $(BROKER_FILE)
+	@echo "wrote $(BROKER_FILE) (namespace $(BROKER_NAMESPACE)); apply it on the broker cluster: kubectl apply -f $(BROKER_FILE)"
 
 # Harness targets (e2e-build, e2e-up, e2e-down, ...) live beside the harness.
 include e2e/e2e.mk

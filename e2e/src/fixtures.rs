@@ -9,7 +9,7 @@ use base64::Engine;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::config::Kubeconfig;
@@ -30,6 +30,17 @@ pub const NAT_GW_CONTAINER: &str = "vpc-nat-gw";
 pub const SUBMARINER_NS: &str = "submariner-operator";
 /// Default broker namespace.
 pub const BROKER_NS: &str = "submariner-k8s-broker";
+/// Submariner's CRDs, verbatim in `e2e/fixtures/upstream/submariner/`.
+pub const SUBMARINER_CRDS: [&str; 4] = [
+    "submariner.io_brokers.yaml",
+    "submariner.io_clusterglobalegressips.yaml",
+    "submariner.io_clusters.yaml",
+    "submariner.io_servicediscoveries.yaml",
+];
+/// Submariner's broker-client Role, verbatim in `e2e/fixtures/upstream/submariner/`.
+pub const BROKER_CLIENT_ROLE: &str = "submariner-k8s-broker-cluster";
+/// The release name of the broker chart in the harness.
+pub const BROKER_RELEASE: &str = "multivpc-broker";
 
 fn dynamic(value: serde_json::Value) -> DynamicObject {
     serde_json::from_value(value).expect("fixture builders produce valid objects")
@@ -580,6 +591,7 @@ pub fn service_discovery(cluster_id: &str, broker: &BrokerAccess) -> DynamicObje
             "brokerK8sRemoteNamespace": broker.namespace,
             "brokerK8sInsecure": false,
             "clusterID": cluster_id,
+            "debug": false,
             "globalnetEnabled": true,
             "namespace": SUBMARINER_NS,
         }
@@ -593,8 +605,9 @@ fn namespace(name: &str) -> Namespace {
 // ---------------------------------------------------------------- harness helpers
 
 impl Harness {
-    /// Apply the Kube-OVN and Submariner CRDs of `e2e/fixtures/crds` to
-    /// `cluster` and wait until they are Established. Idempotent.
+    /// Apply the Kube-OVN CRDs of `e2e/fixtures/crds` and Submariner's real CRDs
+    /// (`e2e/fixtures/upstream/submariner`, verbatim) to `cluster` and wait until they are
+    /// Established. Idempotent.
     pub async fn install_foreign_crds(&self, cluster: &str) -> Result<()> {
         // Once per cluster and test process: they stay while the harness is up.
         static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
@@ -603,10 +616,16 @@ impl Harness {
             return Ok(());
         }
         let client = self.client(cluster);
-        let dir = crate::e2e_dir().join("fixtures/crds");
+        let fixtures = crate::e2e_dir().join("fixtures");
+        let mut files = vec![fixtures.join("crds/kubeovn.io.yaml")];
+        files.extend(
+            SUBMARINER_CRDS
+                .iter()
+                .map(|f| fixtures.join("upstream/submariner").join(f)),
+        );
         let mut names = Vec::new();
-        for f in ["kubeovn.io.yaml", "submariner.io.yaml"] {
-            for o in apply_file(&client, dir.join(f)).await? {
+        for f in files {
+            for o in apply_file(&client, f).await? {
                 names.push(o.metadata.name.unwrap_or_default());
             }
         }
@@ -820,28 +839,66 @@ impl Harness {
         .await
     }
 
-    /// Credentials for a member cluster to use the broker cluster: a
-    /// ServiceAccount `<client_id>-broker-client` in the broker namespace with
-    /// full rights there, a bound token, the CA and `host:port`.
-    pub async fn broker_access(&self, broker: &str, client_id: &str) -> Result<BrokerAccess> {
+    /// The broker cluster as `subctl deploy-broker` leaves it, plus this project's broker chart:
+    /// the broker namespace, Submariner's CRDs, its broker-client Role (verbatim), and
+    /// `helm upgrade --install` of `charts/kubeovn-multivpc-broker` into that namespace.
+    /// Idempotent; once per broker and test process.
+    pub async fn install_broker(&self, broker: &str) -> Result<()> {
+        static DONE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let key = format!("{}#{}", self.cluster(broker).server, broker);
+        if DONE.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
         let client = self.client(broker);
+        self.install_foreign_crds(broker).await?;
         apply(&client, &namespace(BROKER_NS)).await?;
-        let sa_name = format!("{client_id}-broker-client");
+        let role_file =
+            crate::e2e_dir().join("fixtures/upstream/submariner/broker-client-role.yaml");
+        let text = std::fs::read_to_string(&role_file)
+            .with_context(|| format!("read {}", role_file.display()))?;
+        for mut role in crate::apply::parse_yaml(&text)? {
+            role.metadata.namespace = Some(BROKER_NS.into());
+            apply_dynamic(&client, &role).await?;
+        }
+        // One helm operation on a release at a time, across test processes too.
+        let _lock = self.exclusive(&format!("{broker}-broker-chart")).await?;
+        let chart = crate::repo_dir().join("charts/kubeovn-multivpc-broker");
+        self.helm(
+            broker,
+            &[
+                "upgrade",
+                "--install",
+                BROKER_RELEASE,
+                chart.to_str().context("chart path is not UTF-8")?,
+                "--namespace",
+                BROKER_NS,
+            ],
+        )
+        .await?
+        .check()
+        .context("helm install of the broker chart")?;
+        DONE.lock().unwrap().push(key);
+        Ok(())
+    }
+
+    /// Credentials of member `cluster_id` on the broker cluster, set up the way `subctl
+    /// deploy-broker` and `subctl join` set them up: Submariner's broker-client Role
+    /// (verbatim) in the broker namespace, a ServiceAccount `cluster-<id>` bound to it, and
+    /// nothing more than what the broker chart (`charts/kubeovn-multivpc-broker`, installed
+    /// with helm) grants; a token of that ServiceAccount, the CA and `host:port`.
+    pub async fn broker_access(&self, broker: &str, cluster_id: &str) -> Result<BrokerAccess> {
+        let client = self.client(broker);
+        self.install_broker(broker).await?;
+        let sa_name = format!("cluster-{cluster_id}");
         let sa: ServiceAccount = typed(json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": {"name": sa_name, "namespace": BROKER_NS}
         }));
         apply(&client, &sa).await?;
-        let role: Role = typed(json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "multivpc-broker-client", "namespace": BROKER_NS},
-            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]
-        }));
-        apply(&client, &role).await?;
         let rb: RoleBinding = typed(json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": sa_name, "namespace": BROKER_NS},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "multivpc-broker-client"},
+            "metadata": {"name": format!("{sa_name}-{BROKER_CLIENT_ROLE}"), "namespace": BROKER_NS},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": BROKER_CLIENT_ROLE},
             "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": BROKER_NS}]
         }));
         apply(&client, &rb).await?;
@@ -907,6 +964,18 @@ impl Harness {
         if let Some(b) = broker {
             let access = self.broker_access(b, cluster_id).await?;
             apply_dynamic(&client, &service_discovery(cluster_id, &access)).await?;
+            // Submariner's gateway syncs its Cluster to the broker namespace (admiral's
+            // clusterID label): the Globalnet CIDR the importers check others' objects against.
+            let mut on_broker = submariner_cluster(cluster_id, &[global_cidr]);
+            on_broker.metadata.namespace = Some(BROKER_NS.into());
+            on_broker.metadata.labels = Some(
+                [(
+                    multivpc_api::keys::SUBMARINER_CLUSTER_ID.to_string(),
+                    cluster_id.to_string(),
+                )]
+                .into(),
+            );
+            apply_dynamic(&self.client(b), &on_broker).await?;
         }
         Ok(())
     }

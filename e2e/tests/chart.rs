@@ -1252,10 +1252,7 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
 /// A Secret `<ns>/broker-kubeconfig` on `cluster` holding a kubeconfig for the broker; returns
 /// the exip-syncer flag the chart passes for it (BROKER_CREDENTIALS).
 async fn broker_kubeconfig_secret(h: &Harness, cluster: &str, ns: &str) -> String {
-    let access = h
-        .broker_access("broker", &format!("{cluster}-chart"))
-        .await
-        .unwrap();
+    let access = h.broker_access("broker", cluster).await.unwrap();
     let kubeconfig = json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "broker", "cluster": {

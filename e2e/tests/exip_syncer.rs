@@ -139,10 +139,7 @@ impl Env {
 /// A Secret `<ns>/broker-kubeconfig` in `cluster` holding a kubeconfig for the broker (the
 /// alternative to ServiceDiscovery credentials).
 async fn broker_kubeconfig_secret(h: &Harness, cluster: &str) -> String {
-    let access = h
-        .broker_access(BROKER, &format!("{cluster}-secret"))
-        .await
-        .unwrap();
+    let access = h.broker_access(BROKER, cluster).await.unwrap();
     let kubeconfig = serde_json::json!({
         "apiVersion": "v1", "kind": "Config",
         "clusters": [{"name": "broker", "cluster": {

@@ -195,3 +195,37 @@ fn pem_to_der(pem: &[u8]) -> Vec<u8> {
     let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
     base64_decode(&body)
 }
+
+/// The upstream objects under `e2e/fixtures/upstream/` are byte-for-byte the shared verbatim
+/// copies (`../shared/upstream/`, beside the repository on the project's machines and in CI).
+#[test]
+fn upstream_fixtures_equal_the_shared_verbatim_copies() {
+    let ours = multivpc_e2e::e2e_dir().join("fixtures/upstream");
+    let shared = multivpc_e2e::repo_dir().join("../shared/upstream");
+    if !shared.is_dir() {
+        eprintln!(
+            "\n### SKIPPED upstream_fixtures_equal_the_shared_verbatim_copies: no {}\n",
+            shared.display()
+        );
+        return;
+    }
+    let mut compared = 0;
+    for dir in std::fs::read_dir(&ours).unwrap() {
+        let dir = dir.unwrap().path();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            let rel = file.strip_prefix(&ours).unwrap();
+            let theirs = shared.join(rel);
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                std::fs::read(&theirs)
+                    .unwrap_or_else(|e| panic!("{}: {e}", theirs.display())),
+                "{} differs from {}",
+                file.display(),
+                theirs.display()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 5, "only {compared} upstream fixtures");
+}

@@ -6,6 +6,13 @@ use crate::{GatewayExIp, VpcDnsForward, VpcNatTunnel};
 
 /// Every CRD of the project: (file name, YAML document). File names follow kubebuilder's
 /// `<group>_<plural>.yaml` so users of the original operator find them where they expect.
+/// Whether `file` (a name from [`all`]) holds the CRD of resource `plural`.
+pub fn is_of(file: &str, plural: &str) -> bool {
+    file.strip_suffix(".yaml")
+        .and_then(|f| f.split_once('_'))
+        .is_some_and(|(_, p)| p == plural)
+}
+
 pub fn all() -> Vec<(String, String)> {
     [
         VpcDnsForward::crd(),
