@@ -15,26 +15,32 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{reflector::Store, watcher},
+    runtime::watcher,
 };
 use multivpc_api::{
     GatewayExIp,
     foreign::submariner::{
-        DEFAULT_BROKER_NAMESPACE, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery,
-        ServiceDiscoverySpec,
+        Cluster, DEFAULT_BROKER_NAMESPACE, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE,
+        ServiceDiscovery, ServiceDiscoverySpec,
     },
+    keys::SUBMARINER_CLUSTER_ID,
+    net::Ipv4Cidr,
 };
-use multivpc_runtime::backoff::ErrorBackoff;
+use multivpc_runtime::{
+    backoff::ErrorBackoff,
+    watch::{self, Decoded, WatchMetrics},
+};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    controller::MANAGER,
+    controller::{MANAGER, Stores},
     metrics::SyncerMetrics,
     sync::{self, Direction, Op},
+    trust::ImportPolicy,
 };
 
 /// Where the broker credentials come from.
@@ -55,6 +61,9 @@ pub struct BrokerSettings {
     /// Broker namespace; otherwise ServiceDiscovery's brokerK8sRemoteNamespace, the
     /// kubeconfig context's namespace, or `submariner-k8s-broker`.
     pub namespace: Option<String>,
+    /// Import caps: objects per origin cluster, and in all.
+    pub max_imported_per_cluster: usize,
+    pub max_imported: usize,
 }
 
 /// The `https://host:port` URL of a ServiceDiscovery's `brokerK8sApiServer`.
@@ -160,6 +169,34 @@ struct BrokerView {
     /// Client and namespace while connected and listed.
     connection: Option<(Client, String)>,
     objects: BTreeMap<String, GatewayExIp>,
+    /// Submariner's Cluster objects in the broker namespace, by name.
+    clusters: BTreeMap<String, Cluster>,
+}
+
+/// The Globalnet CIDRs Submariner records on the broker, by cluster ID. Any member may write a
+/// Cluster object, so a cluster ID claimed by objects that disagree (or whose clusterID label
+/// disagrees with their spec) is left out: its imports are refused until that is resolved.
+fn recorded_globalnet(clusters: &BTreeMap<String, Cluster>) -> BTreeMap<String, Vec<Ipv4Cidr>> {
+    let mut by_id: BTreeMap<String, Option<Vec<Ipv4Cidr>>> = BTreeMap::new();
+    for c in clusters.values() {
+        let id = &c.spec.cluster_id;
+        let label = c.labels().get(SUBMARINER_CLUSTER_ID);
+        let cidrs: Option<Vec<Ipv4Cidr>> = c
+            .spec
+            .global_cidr
+            .iter()
+            .map(|g| g.trim().parse::<Ipv4Cidr>().ok())
+            .collect();
+        let consistent = !id.is_empty() && label.is_none_or(|l| l == id);
+        let entry = by_id.entry(id.clone()).or_insert_with(|| cidrs.clone());
+        if !consistent || *entry != cidrs {
+            *entry = None;
+        }
+    }
+    by_id
+        .into_iter()
+        .filter_map(|(id, cidrs)| Some((id, cidrs?)))
+        .collect()
 }
 
 /// Runs the broker connection and the sync loop until `shutdown`.
@@ -169,10 +206,12 @@ pub async fn run(
     settings: BrokerSettings,
     cluster_id: String,
     local_ns: String,
-    local_exips: Store<GatewayExIp>,
+    local: Stores,
+    globalnet_flag: Option<String>,
     local_caches: CacheSync,
     sync_notify: Arc<Notify>,
     metrics: SyncerMetrics,
+    watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
     if settings.source == Source::Disabled {
@@ -182,10 +221,11 @@ pub async fn run(
     let view = Arc::new(Mutex::new(BrokerView::default()));
     let watch = tokio::spawn(watch_broker(
         local_client.clone(),
-        settings,
+        settings.clone(),
         view.clone(),
         sync_notify.clone(),
         metrics.clone(),
+        watch_metrics,
         shutdown.clone(),
     ));
     // (name, direction, result, resource versions) of skips already logged and counted.
@@ -206,11 +246,12 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         retry = None;
-        let (connection, broker) = {
+        let (connection, broker, broker_globalnet) = {
             let v = view.lock().unwrap_or_else(|p| p.into_inner());
             (
                 v.connection.clone(),
                 v.objects.values().cloned().collect::<Vec<_>>(),
+                recorded_globalnet(&v.clusters),
             )
         };
         let Some((client, broker_ns)) = connection else {
@@ -223,14 +264,28 @@ pub async fn run(
                 _ = local_caches.synced() => {}
             }
         }
-        let local: Vec<GatewayExIp> = local_exips.state().iter().map(|o| (**o).clone()).collect();
-        let plan = sync::plan(&cluster_id, &local_ns, &broker_ns, &local, &broker);
+        let policy = ImportPolicy {
+            broker_globalnet,
+            local_ranges: local.local_ranges(globalnet_flag.as_deref()),
+            max_per_cluster: settings.max_imported_per_cluster,
+            max_total: settings.max_imported,
+        };
+        let local_objects: Vec<GatewayExIp> =
+            local.exips.state().iter().map(|o| (**o).clone()).collect();
+        let plan = sync::plan(
+            &cluster_id,
+            &local_ns,
+            &broker_ns,
+            &local_objects,
+            &broker,
+            &policy,
+        );
         // Logged and counted once per object version, not on every pass; forgotten once
         // resolved.
         let versions = |name: &str| -> String {
             broker
                 .iter()
-                .chain(local.iter())
+                .chain(local_objects.iter())
                 .filter(|o| o.name_any() == name)
                 .map(|o| o.resource_version().unwrap_or_default())
                 .collect::<Vec<_>>()
@@ -309,8 +364,13 @@ pub async fn run(
 
 fn describe(op: &Op) -> String {
     match op {
-        Op::Apply(o) => format!(
-            "apply {}/{} externalip={}",
+        Op::Apply(o) | Op::Create(o) => format!(
+            "{} {}/{} externalip={}",
+            if matches!(op, Op::Create(_)) {
+                "create"
+            } else {
+                "apply"
+            },
             o.namespace().unwrap_or_default(),
             o.name_any(),
             o.spec.externalip
@@ -321,6 +381,13 @@ fn describe(op: &Op) -> String {
 
 async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<(), kube::Error> {
     match op {
+        Op::Create(obj) => {
+            let params = PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..Default::default()
+            };
+            api.create(&params, obj).await?;
+        }
         Op::Apply(obj) => {
             api.patch(
                 &obj.name_any(),
@@ -338,6 +405,32 @@ async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<(), kube::Error> {
     Ok(())
 }
 
+/// Applies one watch event to `map` (by name); a relist is buffered and replaces it whole.
+/// True when the event completes a list.
+fn apply_event<K: ResourceExt>(
+    map: &mut BTreeMap<String, K>,
+    buffer: &mut Option<BTreeMap<String, K>>,
+    event: watcher::Event<K>,
+) -> bool {
+    match event {
+        watcher::Event::Init => *buffer = Some(BTreeMap::new()),
+        watcher::Event::InitApply(o) => {
+            buffer.get_or_insert_default().insert(o.name_any(), o);
+        }
+        watcher::Event::InitDone => {
+            *map = buffer.take().unwrap_or_default();
+            return true;
+        }
+        watcher::Event::Apply(o) => {
+            map.insert(o.name_any(), o);
+        }
+        watcher::Event::Delete(o) => {
+            map.remove(&o.name_any());
+        }
+    }
+    false
+}
+
 /// Keeps a list+watch of the broker namespace's GatewayExIps in `view`. Any error drops the
 /// connection (gauge 0), waits with backoff, re-reads the credentials and re-lists.
 async fn watch_broker(
@@ -346,6 +439,7 @@ async fn watch_broker(
     view: Arc<Mutex<BrokerView>>,
     sync_notify: Arc<Notify>,
     metrics: SyncerMetrics,
+    watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
     let backoff = ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
@@ -353,51 +447,88 @@ async fn watch_broker(
     loop {
         let attempt = async {
             let (client, ns) = connect(&local, &settings).await?;
-            let api: Api<GatewayExIp> = Api::namespaced(client.clone(), &ns);
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
-            let mut buffer: Option<BTreeMap<String, GatewayExIp>> = None;
-            while let Some(event) = stream.next().await {
-                match event
-                    .with_context(|| format!("watch GatewayExIps in broker namespace {ns}"))?
-                {
-                    watcher::Event::Init => buffer = Some(BTreeMap::new()),
-                    watcher::Event::InitApply(o) => {
-                        buffer.get_or_insert_default().insert(o.name_any(), o);
+            let api: Api<Decoded<GatewayExIp>> = Api::namespaced(client.clone(), &ns);
+            // Another cluster's object that does not decode is skipped, never a stuck watch.
+            let known = {
+                let view = view.clone();
+                move |meta: &kube::api::ObjectMeta| {
+                    let name = meta.name.as_deref().unwrap_or_default();
+                    view.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .objects
+                        .get(name)
+                        .cloned()
+                }
+            };
+            let mut stream = watch::skip_undecodable(
+                watcher(api, watcher::Config::default()),
+                watch_metrics.clone(),
+                known,
+            )
+            .boxed();
+            // Submariner's Cluster objects: the Globalnet CIDR each member really has.
+            let clusters_api: Api<Decoded<Cluster>> = Api::namespaced(client.clone(), &ns);
+            let known_cluster = {
+                let view = view.clone();
+                move |meta: &kube::api::ObjectMeta| {
+                    let name = meta.name.as_deref().unwrap_or_default();
+                    view.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clusters
+                        .get(name)
+                        .cloned()
+                }
+            };
+            let mut clusters = watch::skip_undecodable(
+                watcher(clusters_api, watcher::Config::default()),
+                watch_metrics.clone(),
+                known_cluster,
+            )
+            .boxed();
+            let mut exips_buffer: Option<BTreeMap<String, GatewayExIp>> = None;
+            let mut clusters_buffer: Option<BTreeMap<String, Cluster>> = None;
+            // Not connected (no sync pass) before both have listed: a pass without the
+            // Clusters would refuse, and so delete, every copy.
+            let (mut exips_listed, mut clusters_listed) = (false, false);
+            loop {
+                tokio::select! {
+                    event = stream.next() => {
+                        let Some(event) = event else { break };
+                        let event = event
+                            .with_context(|| format!("watch GatewayExIps in broker namespace {ns}"))?;
+                        let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+                        exips_listed |= apply_event(&mut v.objects, &mut exips_buffer, event);
                     }
-                    watcher::Event::InitDone => {
-                        let objects = buffer.take().unwrap_or_default();
-                        let n = objects.len();
-                        {
-                            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
-                            v.objects = objects;
-                            v.connection = Some((client.clone(), ns.clone()));
-                        }
-                        if metrics.broker_connected.get() == 0 {
-                            tracing::info!(
-                                namespace = ns,
-                                objects = n,
-                                "connected to the broker; full resync"
-                            );
-                        }
-                        metrics.broker_connected.set(1);
-                        backoff.reset("broker");
-                        sync_notify.notify_one();
-                    }
-                    watcher::Event::Apply(o) => {
-                        view.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .objects
-                            .insert(o.name_any(), o);
-                        sync_notify.notify_one();
-                    }
-                    watcher::Event::Delete(o) => {
-                        view.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .objects
-                            .remove(&o.name_any());
-                        sync_notify.notify_one();
+                    event = clusters.next() => {
+                        let Some(event) = event else { break };
+                        let event = event
+                            .with_context(|| format!("watch Submariner Clusters in broker namespace {ns}"))?;
+                        let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+                        clusters_listed |= apply_event(&mut v.clusters, &mut clusters_buffer, event);
                     }
                 }
+                let connected = view
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .connection
+                    .is_some();
+                if !connected && exips_listed && clusters_listed {
+                    let n = {
+                        let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+                        v.connection = Some((client.clone(), ns.clone()));
+                        v.objects.len()
+                    };
+                    if metrics.broker_connected.get() == 0 {
+                        tracing::info!(
+                            namespace = ns,
+                            objects = n,
+                            "connected to the broker; full resync"
+                        );
+                    }
+                    metrics.broker_connected.set(1);
+                    backoff.reset("broker");
+                }
+                sync_notify.notify_one();
             }
             anyhow::Ok(())
         };

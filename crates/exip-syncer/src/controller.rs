@@ -17,26 +17,27 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
     runtime::{
-        WatchStreamExt,
         controller::Action,
         events::EventType,
-        reflector::{self, ObjectRef, Store},
+        reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use multivpc_api::{
     GatewayExIp,
     foreign::{
-        kubeovn::{Vpc, VpcNatGateway},
+        kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery},
     },
     keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY, LABEL_VPC_NAT_GW},
+    net::Ipv4Cidr,
 };
 use multivpc_runtime::{
     admin::{CacheSync, Readiness},
     backoff::ErrorBackoff,
     events::Events,
     metrics::ReconcileMetrics,
+    watch::{self, Decoded, WatchMetrics},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +82,49 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub vpcs: Store<Vpc>,
     pub clusters: Option<Store<Cluster>>,
+    pub subnets: Store<Subnet>,
     pub exips: Store<GatewayExIp>,
+}
+
+impl Stores {
+    /// This cluster's own ranges, which no imported GatewayExIp may overlap: its Globalnet,
+    /// Service and Pod CIDRs (Submariner's Cluster, or `--globalnet-cidr`) and its overlay
+    /// subnets. Underlay attachment subnets (a provider `<nad>.<namespace>`, such as the NAT
+    /// gateways' external network) are left out: other clusters' gateways live there too.
+    pub fn local_ranges(&self, globalnet_flag: Option<&str>) -> Vec<(String, Ipv4Cidr)> {
+        let mut ranges = Vec::new();
+        let mut add = |what: &str, text: &str| {
+            for part in text.split(',') {
+                if let Ok(cidr) = part.trim().parse::<Ipv4Cidr>() {
+                    ranges.push((what.to_owned(), cidr.network()));
+                }
+            }
+        };
+        if let Some(flag) = globalnet_flag {
+            add("Globalnet CIDR", flag);
+        }
+        for cluster in self.clusters.iter().flat_map(|c| c.state()) {
+            for c in &cluster.spec.global_cidr {
+                add("Globalnet CIDR", c);
+            }
+            for c in &cluster.spec.service_cidr {
+                add("Service CIDR", c);
+            }
+            for c in &cluster.spec.cluster_cidr {
+                add("Pod CIDR", c);
+            }
+        }
+        for subnet in self.subnets.state() {
+            let provider = subnet.spec.provider.as_deref().unwrap_or("ovn");
+            if provider == "ovn" || provider.ends_with(".ovn") {
+                add(
+                    &format!("subnet {}", subnet.name_any()),
+                    &subnet.spec.cidr_block,
+                );
+            }
+        }
+        ranges
+    }
 }
 
 struct Context {
@@ -121,12 +164,13 @@ async fn resolve_cluster_id(client: &Client, shutdown: &CancellationToken) -> Op
     }
 }
 
-/// Spawns a reflector for `api` that pokes `notifies` on every change.
+/// A cache of `api`'s objects and its stream, which pokes `notifies` on every change.
 fn reflect<K>(
-    api: Api<K>,
+    api: Api<Decoded<K>>,
     config: watcher::Config,
     notifies: Vec<Arc<Notify>>,
     caches: &CacheSync,
+    watch_metrics: &WatchMetrics,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: kube::Resource<DynamicType = ()>
@@ -137,18 +181,16 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let stream = caches
-        .track(watcher(api, config).default_backoff().reflect(writer))
-        .map(move |event| match &event {
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
-                for n in &notifies {
-                    n.notify_one();
-                }
+    let (store, stream) = watch::reflect(api, config, caches, watch_metrics);
+    let stream = stream.map(move |event| match &event {
+        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => {
+            for n in &notifies {
+                n.notify_one();
             }
-            Ok(_) => {}
-            Err(err) => tracing::debug!(%err, "watch error (retrying)"),
-        });
+        }
+        Ok(_) => {}
+        Err(err) => tracing::debug!(%err, "watch error (retrying)"),
+    });
     (store, stream)
 }
 
@@ -159,6 +201,7 @@ pub async fn run(
     metrics: SyncerMetrics,
     reconcile_metrics: ReconcileMetrics,
     readiness: Readiness,
+    watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let cluster_id = match &settings.cluster_id {
@@ -177,43 +220,57 @@ pub async fn run(
     let caches = CacheSync::new(readiness);
 
     let (gateways, s) = reflect(
-        Api::<VpcNatGateway>::all(client.clone()),
+        Api::<Decoded<VpcNatGateway>>::all(client.clone()),
         watcher::Config::default(),
         vec![local.clone()],
         &caches,
+        &watch_metrics,
     );
     streams.push(s.boxed());
     let (pods, s) = reflect(
-        Api::<Pod>::namespaced(client.clone(), ns),
+        Api::<Decoded<Pod>>::namespaced(client.clone(), ns),
         watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
         vec![local.clone()],
         &caches,
+        &watch_metrics,
     );
     streams.push(s.boxed());
     let (vpcs, s) = reflect(
-        Api::<Vpc>::all(client.clone()),
+        Api::<Decoded<Vpc>>::all(client.clone()),
         watcher::Config::default(),
         vec![local.clone()],
         &caches,
+        &watch_metrics,
     );
     streams.push(s.boxed());
     let clusters = if settings.globalnet_cidr.is_none() {
         let (clusters, s) = reflect(
-            Api::<Cluster>::namespaced(client.clone(), SUBMARINER_NAMESPACE),
+            Api::<Decoded<Cluster>>::namespaced(client.clone(), SUBMARINER_NAMESPACE),
             watcher::Config::default().fields(&format!("metadata.name={cluster_id}")),
             vec![local.clone()],
             &caches,
+            &watch_metrics,
         );
         streams.push(s.boxed());
         Some(clusters)
     } else {
         None
     };
+    // Only for the import checks (this cluster's overlay ranges): no pass needs waking.
+    let (subnets, s) = reflect(
+        Api::<Decoded<Subnet>>::all(client.clone()),
+        watcher::Config::default(),
+        vec![sync.clone()],
+        &caches,
+        &watch_metrics,
+    );
+    streams.push(s.boxed());
     let (exips, s) = reflect(
-        Api::<GatewayExIp>::namespaced(client.clone(), ns),
+        Api::<Decoded<GatewayExIp>>::namespaced(client.clone(), ns),
         watcher::Config::default(),
         vec![local.clone(), sync.clone()],
         &caches,
+        &watch_metrics,
     );
     streams.push(s.boxed());
     let stores = Stores {
@@ -221,6 +278,7 @@ pub async fn run(
         pods,
         vpcs,
         clusters,
+        subnets,
         exips,
     };
 
@@ -240,10 +298,12 @@ pub async fn run(
         settings.broker.clone(),
         cluster_id.clone(),
         settings.namespace.clone(),
-        stores.exips.clone(),
+        stores.clone(),
+        settings.globalnet_cidr.clone(),
         caches.clone(),
         sync,
         metrics.clone(),
+        watch_metrics.clone(),
         shutdown.clone(),
     ));
 
@@ -331,7 +391,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         .collect();
     let actives: BTreeMap<String, String> = existing
         .iter()
-        .filter(|o| publish::is_own(o, &ctx.cluster_id))
+        .filter(|o| o.is_own(&ctx.cluster_id))
         .filter_map(|o| {
             Some((
                 o.labels().get(LABEL_GATEWAY)?.clone(),
@@ -444,7 +504,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
     let api: Api<GatewayExIp> = Api::namespaced(ctx.client.clone(), &ns);
     let mut published = existing
         .iter()
-        .filter(|o| publish::is_own(o, &ctx.cluster_id))
+        .filter(|o| o.is_own(&ctx.cluster_id))
         .count() as i64;
     for op in ops {
         match op {

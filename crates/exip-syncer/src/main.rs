@@ -8,6 +8,7 @@ mod metrics;
 mod model;
 mod publish;
 mod sync;
+mod trust;
 
 use std::time::Duration;
 
@@ -51,6 +52,15 @@ struct Args {
     /// submariner-k8s-broker).
     #[arg(long, env = "BROKER_NAMESPACE")]
     broker_namespace: Option<String>,
+
+    /// Most GatewayExIps imported from any one other cluster (the rest are refused, counted and
+    /// logged): a flood from one member cannot crowd out the others.
+    #[arg(long, env = "MAX_IMPORTED_PER_CLUSTER", default_value_t = trust::DEFAULT_MAX_PER_CLUSTER)]
+    max_imported_per_cluster: usize,
+
+    /// Most GatewayExIps imported from the broker in all.
+    #[arg(long, env = "MAX_IMPORTED", default_value_t = trust::DEFAULT_MAX_TOTAL)]
+    max_imported: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -113,6 +123,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         broker: broker::BrokerSettings {
             source: args.broker_credentials.clone(),
             namespace: args.broker_namespace.clone(),
+            max_imported_per_cluster: args.max_imported_per_cluster,
+            max_imported: args.max_imported,
         },
     };
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
@@ -120,6 +132,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = metrics::SyncerMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
     let readiness = runtime.readiness();
+    let watch_metrics = runtime.metrics().watch();
     runtime
         .run(move |shutdown| {
             controller::run(
@@ -128,6 +141,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 metrics.clone(),
                 reconcile_metrics.clone(),
                 readiness.clone(),
+                watch_metrics.clone(),
                 shutdown,
             )
         })

@@ -5,10 +5,7 @@ use std::collections::BTreeMap;
 use kube::{ResourceExt, api::ObjectMeta};
 use multivpc_api::{
     GatewayExIp, GatewayExIpSpec,
-    keys::{
-        LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, SUBMARINER_CLUSTER_ID,
-        gateway_exip_name,
-    },
+    keys::{LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, gateway_exip_name},
 };
 
 use crate::{
@@ -29,15 +26,6 @@ pub enum Op {
     Delete {
         name: String,
     },
-}
-
-/// True for a GatewayExIp this cluster publishes itself (not a copy of a remote one).
-pub fn is_own(obj: &GatewayExIp, cluster_id: &str) -> bool {
-    let labels = obj.labels();
-    labels.get(LABEL_CLUSTER).map(String::as_str) == Some(cluster_id)
-        && labels
-            .get(SUBMARINER_CLUSTER_ID)
-            .is_none_or(|c| c == cluster_id)
 }
 
 /// Inputs of one publishing pass.
@@ -121,7 +109,7 @@ pub fn plan(inputs: &Inputs) -> Vec<Op> {
     for gw in inputs.gateways.values() {
         let name = gateway_exip_name(&gw.name, inputs.cluster_id);
         let existing = by_name.get(&name).copied();
-        let own = existing.filter(|e| is_own(e, inputs.cluster_id));
+        let own = existing.filter(|e| e.is_own(inputs.cluster_id));
         let Some(want) = desired(inputs, gw, own) else {
             continue;
         };
@@ -136,7 +124,7 @@ pub fn plan(inputs: &Inputs) -> Vec<Op> {
     for obj in inputs
         .existing
         .iter()
-        .filter(|o| is_own(o, inputs.cluster_id))
+        .filter(|o| o.is_own(inputs.cluster_id))
     {
         let name = obj.name_any();
         let gateway = obj.labels().get(LABEL_GATEWAY).cloned().or_else(|| {
@@ -237,7 +225,10 @@ mod tests {
         let g = gws(vec![gw("p", "v1", "10.1.0.254", Some("172.50.0.7"))]);
         let copy = exip(
             "r-c2",
-            &[(LABEL_CLUSTER, "c2"), (SUBMARINER_CLUSTER_ID, "c2")],
+            &[
+                (LABEL_CLUSTER, "c2"),
+                (multivpc_api::keys::SUBMARINER_CLUSTER_ID, "c2"),
+            ],
             "172.50.0.9",
         );
         let existing = [

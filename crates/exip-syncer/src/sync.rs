@@ -7,18 +7,37 @@
 //! - broker → local: objects of other clusters are copied into the local namespace (labels and
 //!   spec; nothing else of the metadata); local copies whose broker source is gone are deleted.
 //! - no echo: copies are never exported, own objects are never imported; a local object that
-//!   is not a copy of the same cluster's object is never overwritten; a broker object whose
-//!   clusterID disagrees with its name (or its cluster label) is refused.
+//!   is not a copy of the same cluster's object is never overwritten.
+//! - broker objects are untrusted: one whose name, labels and clusterID do not agree without
+//!   ambiguity is refused, and so is one whose values [`crate::trust`] refuses or that is
+//!   beyond an import cap. A copy carries only the labels in [`IMPORTED_LABELS`], no
+//!   annotations.
 
 use std::collections::BTreeMap;
 
 use kube::{ResourceExt, api::ObjectMeta};
 use multivpc_api::{
     GatewayExIp,
-    keys::{LABEL_CLUSTER, SUBMARINER_CLUSTER_ID, SUBMARINER_ORIGIN_NAMESPACE},
+    keys::{
+        LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, SUBMARINER_CLUSTER_ID,
+        SUBMARINER_ORIGIN_NAMESPACE, gateway_exip_name,
+    },
 };
 
-use crate::publish::{is_own, up_to_date};
+use crate::{
+    publish::up_to_date,
+    trust::{Caps, ImportPolicy},
+};
+
+/// The labels a copy of another cluster's object keeps (everything else is dropped).
+pub const IMPORTED_LABELS: [&str; 6] = [
+    SUBMARINER_CLUSTER_ID,
+    SUBMARINER_ORIGIN_NAMESPACE,
+    LABEL_CLUSTER,
+    LABEL_GATEWAY,
+    LABEL_VPC,
+    LABEL_ACTIVE_GATEWAY,
+];
 
 /// Which way a write goes (the `direction` label of the sync counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -41,8 +60,14 @@ impl Direction {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
+    /// Create a new object; fails (and the next pass re-plans) if the name was taken meanwhile,
+    /// so an export never overwrites another cluster's object.
+    Create(GatewayExIp),
     Apply(GatewayExIp),
-    Delete { name: String, namespace: String },
+    Delete {
+        name: String,
+        namespace: String,
+    },
 }
 
 /// An object the pass left alone on purpose, and why (logged once, counted).
@@ -83,14 +108,19 @@ pub fn export_copy(obj: &GatewayExIp, cluster_id: &str, broker_ns: &str) -> Gate
     }
 }
 
-/// The local copy of another cluster's broker object.
+/// The local copy of another cluster's broker object: its spec and the allowed labels.
 pub fn import_copy(obj: &GatewayExIp, local_ns: &str) -> GatewayExIp {
+    let labels = obj
+        .labels()
+        .iter()
+        .filter(|(k, _)| IMPORTED_LABELS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     GatewayExIp {
         metadata: ObjectMeta {
             name: Some(obj.name_any()),
             namespace: Some(local_ns.into()),
-            labels: Some(obj.labels().clone()),
-            annotations: obj.metadata.annotations.clone(),
+            labels: Some(labels),
             ..Default::default()
         },
         spec: obj.spec.clone(),
@@ -117,7 +147,9 @@ pub enum Remote<'a> {
     Refuse(String),
 }
 
-/// Classifies a broker object for import.
+/// Classifies a broker object for import: its name must be `<gateway label>-<clusterID>`, its
+/// cluster label (when set) its clusterID, and its name must not also read as one of this
+/// cluster's own (`…-<this cluster>`), so that no broker object can stand in for a local one.
 pub fn classify<'a>(obj: &'a GatewayExIp, cluster_id: &str) -> Remote<'a> {
     let Some(origin) = obj.labels().get(SUBMARINER_CLUSTER_ID).map(String::as_str) else {
         return Remote::Ignore;
@@ -126,16 +158,25 @@ pub fn classify<'a>(obj: &'a GatewayExIp, cluster_id: &str) -> Remote<'a> {
         return Remote::Ignore;
     }
     let name = obj.name_any();
-    if !name.ends_with(&format!("-{origin}")) {
-        return Remote::Refuse(format!(
-            "its {SUBMARINER_CLUSTER_ID} label {origin:?} disagrees with its name (expected <gateway>-{origin})"
-        ));
-    }
     if let Some(cluster) = obj.labels().get(LABEL_CLUSTER)
         && cluster != origin
     {
         return Remote::Refuse(format!(
             "its {LABEL_CLUSTER} label {cluster:?} disagrees with its {SUBMARINER_CLUSTER_ID} label {origin:?}"
+        ));
+    }
+    let Some(gateway) = obj.labels().get(LABEL_GATEWAY).filter(|g| !g.is_empty()) else {
+        return Remote::Refuse(format!("it has no {LABEL_GATEWAY} label"));
+    };
+    if name != gateway_exip_name(gateway, origin) {
+        return Remote::Refuse(format!(
+            "its name disagrees with its labels (expected {})",
+            gateway_exip_name(gateway, origin)
+        ));
+    }
+    if name.ends_with(&format!("-{cluster_id}")) {
+        return Remote::Refuse(format!(
+            "its name also reads as a gateway of this cluster ({cluster_id:?}): ambiguous"
         ));
     }
     Remote::Import { origin }
@@ -148,6 +189,7 @@ pub fn plan(
     broker_ns: &str,
     local: &[GatewayExIp],
     broker: &[GatewayExIp],
+    policy: &ImportPolicy,
 ) -> Plan {
     let mut p = Plan::default();
     let local_by_name: BTreeMap<String, &GatewayExIp> =
@@ -156,7 +198,7 @@ pub fn plan(
         broker.iter().map(|o| (o.name_any(), o)).collect();
 
     // local → broker
-    for obj in local.iter().filter(|o| is_own(o, cluster_id)) {
+    for obj in local.iter().filter(|o| o.is_own(cluster_id)) {
         let want = export_copy(obj, cluster_id, broker_ns);
         let name = obj.name_any();
         match broker_by_name.get(&name) {
@@ -178,7 +220,8 @@ pub fn plan(
                 });
             }
             Some(b) if up_to_date(b, &want) => {}
-            _ => p.to_broker.push(Op::Apply(want)),
+            Some(_) => p.to_broker.push(Op::Apply(want)),
+            None => p.to_broker.push(Op::Create(want)),
         }
     }
     for b in broker
@@ -188,7 +231,7 @@ pub fn plan(
         let name = b.name_any();
         if !local_by_name
             .get(&name)
-            .is_some_and(|l| is_own(l, cluster_id))
+            .is_some_and(|l| l.is_own(cluster_id))
         {
             p.to_broker.push(Op::Delete {
                 name,
@@ -197,8 +240,11 @@ pub fn plan(
         }
     }
 
-    // broker → local
+    // broker → local, in name order (so the caps keep the same objects from pass to pass)
     let mut imported: BTreeMap<String, &str> = BTreeMap::new();
+    let mut caps = Caps::new(policy);
+    let mut broker: Vec<&GatewayExIp> = broker.iter().collect();
+    broker.sort_by_key(|b| b.name_any());
     for b in broker {
         let name = b.name_any();
         let origin = match classify(b, cluster_id) {
@@ -214,6 +260,18 @@ pub fn plan(
             }
             Remote::Import { origin } => origin,
         };
+        if let Some(reason) = policy
+            .refusal(b, origin)
+            .or_else(|| caps.take(origin).err())
+        {
+            p.skipped.push(Skipped {
+                direction: Direction::FromBroker,
+                name,
+                result: "refused",
+                reason,
+            });
+            continue;
+        }
         imported.insert(name.clone(), origin);
         let want = import_copy(b, local_ns);
         match local_by_name.get(&name) {
@@ -276,12 +334,13 @@ mod tests {
     }
 
     fn on_broker(name: &str, origin: &str, ip: &str) -> GatewayExIp {
+        let gateway = name.strip_suffix(&format!("-{origin}")).unwrap_or("g");
         obj(
             name,
             "brk",
             &[
                 (LABEL_CLUSTER, origin),
-                (LABEL_GATEWAY, "g"),
+                (LABEL_GATEWAY, gateway),
                 (SUBMARINER_CLUSTER_ID, origin),
                 (SUBMARINER_ORIGIN_NAMESPACE, "kube-system"),
             ],
@@ -289,8 +348,99 @@ mod tests {
         )
     }
 
+    /// Every test cluster's Globalnet CIDR recorded on the broker; no local ranges; wide caps.
+    fn policy() -> ImportPolicy {
+        let cidr: multivpc_api::net::Ipv4Cidr = "242.1.0.0/16".parse().unwrap();
+        ImportPolicy {
+            broker_globalnet: ["c2", "c3", "c8", "c9"]
+                .map(|c| (c.to_string(), vec![cidr]))
+                .into(),
+            local_ranges: vec![],
+            max_per_cluster: 100,
+            max_total: 100,
+        }
+    }
+
     fn run(local: &[GatewayExIp], broker: &[GatewayExIp]) -> Plan {
-        plan("c1", "kube-system", "brk", local, broker)
+        plan("c1", "kube-system", "brk", local, broker, &policy())
+    }
+
+    fn refused(p: &Plan, name: &str) -> String {
+        p.skipped
+            .iter()
+            .find(|s| s.name == name && s.result == "refused")
+            .map(|s| s.reason.clone())
+            .unwrap_or_else(|| panic!("{name} not refused: {p:?}"))
+    }
+
+    #[test]
+    fn names_that_could_stand_for_a_local_gateway_are_refused() {
+        // Cluster "gw-c1" publishes gateway "vpc1": "vpc1-gw-c1" also reads as c1's gateway
+        // "vpc1-gw". It must never be imported under that name.
+        let mut forged = on_broker("vpc1-gw-c1", "gw-c1", "172.50.0.9");
+        forged
+            .labels_mut()
+            .insert(LABEL_ACTIVE_GATEWAY.into(), "victim-gw".into());
+        let mut p = policy();
+        p.broker_globalnet
+            .insert("gw-c1".into(), vec!["242.1.0.0/16".parse().unwrap()]);
+        let plan = plan("c1", "kube-system", "brk", &[], &[forged], &p);
+        assert!(plan.from_broker.is_empty(), "{plan:?}");
+        assert!(refused(&plan, "vpc1-gw-c1").contains("ambiguous"));
+        // A name that disagrees with the gateway label, or no gateway label at all.
+        let mut wrong = on_broker("a-b-c2", "c2", "172.50.0.9");
+        wrong.labels_mut().insert(LABEL_GATEWAY.into(), "a".into());
+        let mut unlabelled = on_broker("x-c2", "c2", "172.50.0.9");
+        unlabelled.labels_mut().remove(LABEL_GATEWAY);
+        let plan = run(&[], &[wrong, unlabelled]);
+        assert!(plan.from_broker.is_empty(), "{plan:?}");
+        assert!(refused(&plan, "a-b-c2").contains("expected a-c2"));
+        assert!(refused(&plan, "x-c2").contains("no multivpc.kubeovn.ustc.io/gateway"));
+    }
+
+    #[test]
+    fn copies_carry_only_allowed_labels_and_no_annotations() {
+        let mut remote = on_broker("g-c2", "c2", "172.50.0.9");
+        remote.labels_mut().insert("evil.io/x".into(), "1".into());
+        remote
+            .annotations_mut()
+            .insert("big".into(), "x".repeat(200_000));
+        let copy = import_copy(&remote, "kube-system");
+        assert!(copy.metadata.annotations.is_none());
+        assert!(!copy.labels().contains_key("evil.io/x"));
+        assert_eq!(copy.labels()[LABEL_GATEWAY], "g");
+    }
+
+    #[test]
+    fn refused_values_and_floods_produce_no_copy_and_stale_copies_go() {
+        let mut p = policy();
+        p.max_per_cluster = 2;
+        // 0.0.0.0/0, a CIDR the broker does not record for c2, then a flood from c3.
+        let mut wide = on_broker("wide-c2", "c2", "172.50.0.9");
+        wide.spec.globalnetcidr = "0.0.0.0/0".into();
+        let mut other = on_broker("other-c2", "c2", "172.50.0.9");
+        other.spec.globalnetcidr = "242.7.0.0/16".into();
+        let mut broker = vec![wide, other, on_broker("good-c2", "c2", "172.50.0.9")];
+        broker.extend((0..5).map(|i| on_broker(&format!("f{i}-c3"), "c3", "172.50.0.8")));
+        // A copy imported earlier whose source is now refused is deleted.
+        let stale = import_copy(&on_broker("wide-c2", "c2", "172.50.0.9"), "kube-system");
+        let plan = plan("c1", "kube-system", "brk", &[stale], &broker, &p);
+        let applied: Vec<String> = plan
+            .from_broker
+            .iter()
+            .filter_map(|op| match op {
+                Op::Apply(o) | Op::Create(o) => Some(o.name_any()),
+                Op::Delete { .. } => None,
+            })
+            .collect();
+        assert_eq!(applied, ["f0-c3", "f1-c3", "good-c2"]);
+        assert!(refused(&plan, "wide-c2").contains("default route"));
+        assert!(refused(&plan, "other-c2").contains("not the Globalnet CIDR"));
+        assert!(refused(&plan, "f2-c3").contains("--max-imported-per-cluster"));
+        assert!(plan.from_broker.contains(&Op::Delete {
+            name: "wide-c2".into(),
+            namespace: "kube-system".into()
+        }));
     }
 
     #[test]
@@ -298,7 +448,7 @@ mod tests {
         let p = run(&[own("g-c1", "172.50.0.2")], &[]);
         assert_eq!(
             p.to_broker,
-            vec![Op::Apply(on_broker("g-c1", "c1", "172.50.0.2"))]
+            vec![Op::Create(on_broker("g-c1", "c1", "172.50.0.2"))]
         );
         assert!(p.from_broker.is_empty() && p.skipped.is_empty());
         // Once there: no write (no echo back either).
@@ -492,7 +642,7 @@ mod convergence {
     fn apply(ns: &mut Ns, ops: &[Op]) {
         for op in ops {
             match op {
-                Op::Apply(o) => {
+                Op::Apply(o) | Op::Create(o) => {
                     ns.insert(o.name_any(), o.clone());
                 }
                 Op::Delete { name, .. } => {
@@ -559,7 +709,7 @@ mod convergence {
                 .map(|i| {
                     locals[i]
                         .iter()
-                        .filter(|(_, o)| crate::publish::is_own(o, CLUSTERS[i]))
+                        .filter(|(_, o)| o.is_own(CLUSTERS[i]))
                         .map(|(k, v)| (k.clone(), v.clone()))
                         .collect()
                 })
@@ -570,7 +720,15 @@ mod convergence {
                 for i in 0..2 {
                     let local: Vec<_> = locals[i].values().cloned().collect();
                     let remote: Vec<_> = broker.values().cloned().collect();
-                    let p = plan(CLUSTERS[i], "kube-system", "brk", &local, &remote);
+                    let policy = ImportPolicy {
+                        broker_globalnet: CLUSTERS
+                            .map(|c| (c.to_string(), vec!["242.1.0.0/16".parse().unwrap()]))
+                            .into(),
+                        local_ranges: vec![],
+                        max_per_cluster: 100,
+                        max_total: 100,
+                    };
+                    let p = plan(CLUSTERS[i], "kube-system", "brk", &local, &remote, &policy);
                     prop_assert!(p.skipped.is_empty(), "{:?}", p.skipped);
                     changed |= !p.to_broker.is_empty() || !p.from_broker.is_empty();
                     apply(&mut broker, &p.to_broker);

@@ -109,13 +109,20 @@ pub fn tag_of(tunnel: &VpcNatTunnel) -> Result<RuleTag, NotReady> {
 }
 
 /// The gateway instance that carries `tunnel`: `natGwDp`, or the standby named by the
-/// active-gateway label of the local GatewayExIp `<natGwDp>-<clusterId>` after a failover.
+/// active-gateway label of the local GatewayExIp `<natGwDp>-<clusterId>` after a failover —
+/// only when that object is this cluster's own one for that gateway (never a broker copy that
+/// happens to bear the name).
 pub fn local_instance(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> String {
     let gw = &tunnel.spec.nat_gw_dp;
     snapshot
         .cluster_id
         .as_deref()
-        .and_then(|id| snapshot.exips.get(&gateway_exip_name(gw, id)))
+        .and_then(|id| {
+            snapshot
+                .exips
+                .get(&gateway_exip_name(gw, id))
+                .filter(|e| e.is_own(id) && e.describes(gw, id))
+        })
         .and_then(|e| e.labels().get(LABEL_ACTIVE_GATEWAY).cloned())
         .filter(|active| is_object_name(active))
         .unwrap_or_else(|| gw.clone())
@@ -265,6 +272,15 @@ fn remote_endpoint(
             ),
         )
     })?;
+    if !exip.is_copy_of(&tunnel.spec.gateway_name, &tunnel.spec.cluster_id) {
+        return Err(not_ready(
+            reason::REMOTE_GATEWAY_INVALID,
+            format!(
+                "GatewayExIp {name} is not exip-syncer's copy of gateway {} of cluster {} (its labels say otherwise)",
+                tunnel.spec.gateway_name, tunnel.spec.cluster_id
+            ),
+        ));
+    }
     let ip = parse_ipv4(&exip.spec.externalip).map_err(|e| {
         not_ready(
             reason::REMOTE_GATEWAY_INVALID,
@@ -282,6 +298,15 @@ fn remote_endpoint(
             )
         })?
         .network();
+    // exip-syncer refuses such imports; a hand-written object does not get through either.
+    if cidr.prefix() == 0 {
+        return Err(not_ready(
+            reason::REMOTE_GATEWAY_INVALID,
+            format!(
+                "GatewayExIp {name}: globalnetcidr {cidr} would replace the gateway's default route"
+            ),
+        ));
+    }
     Ok((ip, cidr))
 }
 
@@ -666,14 +691,25 @@ mod tests {
         Arc::new(t)
     }
 
+    use multivpc_api::keys::{LABEL_CLUSTER, LABEL_GATEWAY, SUBMARINER_CLUSTER_ID};
+
+    /// `<gw>-<cluster>` with exip-syncer's labels: this cluster's own (cluster1) or a copy.
     fn exip(name: &str, ip: &str, cidr: &str) -> Arc<GatewayExIp> {
-        Arc::new(GatewayExIp::new(
+        let (gw, cluster) = name.rsplit_once('-').unwrap();
+        let mut o = GatewayExIp::new(
             name,
             GatewayExIpSpec {
                 externalip: ip.into(),
                 globalnetcidr: cidr.into(),
             },
-        ))
+        );
+        let labels = o.metadata.labels.get_or_insert_default();
+        labels.insert(LABEL_GATEWAY.into(), gw.into());
+        labels.insert(LABEL_CLUSTER.into(), cluster.into());
+        if cluster != "cluster1" {
+            labels.insert(SUBMARINER_CLUSTER_ID.into(), cluster.into());
+        }
+        Arc::new(o)
     }
 
     fn pod(gw: &str, uid: &str) -> Arc<Pod> {
@@ -711,6 +747,7 @@ mod tests {
                 ClusterSpec {
                     cluster_id: "cluster1".into(),
                     global_cidr: vec!["242.0.0.0/16".into()],
+                    ..Default::default()
                 },
             )),
         );
@@ -878,6 +915,7 @@ mod tests {
                     ClusterSpec {
                         cluster_id: "cluster1".into(),
                         global_cidr: vec![hostile.into()],
+                        ..Default::default()
                     },
                 )),
             );

@@ -31,6 +31,10 @@ pub struct ClusterSpec {
     pub cluster_id: String,
     #[serde(default)]
     pub global_cidr: Vec<String>,
+    #[serde(default)]
+    pub service_cidr: Vec<String>,
+    #[serde(default)]
+    pub cluster_cidr: Vec<String>,
 }
 
 /// The cluster's Globalnet egress IPs (cluster-scoped, `cluster-egress.submariner.io`).
