@@ -762,3 +762,196 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     let _ = h.delete_namespace(C1, &ns1).await;
     let _ = h.delete_namespace(C2, &ns2).await;
 }
+
+// ------------------------------------------------------------------ hostile broker objects
+
+/// A broker object as another member would write it (the admin writes it here, past the broker
+/// chart's ownership policy, as a compromised member of a broker without that policy could).
+fn forged(name: &str, origin: &str, gateway: &str, ip: &str, cidr: &str) -> GatewayExIp {
+    let mut o = GatewayExIp::new(
+        name,
+        multivpc_api::GatewayExIpSpec {
+            externalip: ip.into(),
+            globalnetcidr: cidr.into(),
+        },
+    );
+    o.metadata.namespace = Some(BROKER_NS.into());
+    o.metadata.labels = Some(
+        [
+            (SUBMARINER_CLUSTER_ID, origin),
+            (LABEL_CLUSTER, origin),
+            (LABEL_GATEWAY, gateway),
+            (SUBMARINER_ORIGIN_NAMESPACE, KUBE_SYSTEM),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into(),
+    );
+    o
+}
+
+/// Submariner's record of a (fake) member on the broker, as its gateway would sync it.
+async fn broker_cluster(h: &Harness, id: &str, cidr: &str) {
+    let mut c = fixtures::submariner_cluster(id, &[cidr]);
+    c.metadata.namespace = Some(BROKER_NS.into());
+    c.metadata.labels = Some([(SUBMARINER_CLUSTER_ID.to_string(), id.to_string())].into());
+    apply_dynamic(&h.client(BROKER), &c).await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_broker_objects_are_refused_counted_and_legitimate_ones_keep_syncing() {
+    use futures::StreamExt;
+    const FLOOD: usize = 20_000;
+    const CAP: usize = 50;
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup_with(h, &[&format!("--max-imported-per-cluster={CAP}")], &[]).await;
+    let h = &env.h;
+    let c1 = h.client(C1);
+    let globalnet1 = h.vpc_network(C1).unwrap().globalnet_cidr;
+    // Fake members, each recorded on the broker as Submariner would: cluster5 (242.55/16),
+    // cluster6 (the flood, 242.66/16), cluster7 (claims cluster1's own Globalnet CIDR) and
+    // gw-cluster1 (whose names can read as cluster1's).
+    for (id, cidr) in [
+        ("cluster5", "242.55.0.0/16"),
+        ("cluster6", "242.66.0.0/16"),
+        ("cluster7", globalnet1.as_str()),
+        ("gw-cluster1", "242.77.0.0/16"),
+    ] {
+        broker_cluster(h, id, cidr).await;
+    }
+    let refused = "multivpc_broker_sync_total{direction=\"from_broker\",result=\"refused\"}";
+    let refused_before = env.metric(0, refused).await;
+
+    let mut big = forged(
+        "big-cluster5",
+        "cluster5",
+        "big",
+        "172.50.55.1",
+        "242.55.0.0/16",
+    );
+    big.metadata.annotations = Some([("x".to_string(), "y".repeat(200_000))].into());
+    let hostile = [
+        forged(
+            "wide-cluster5",
+            "cluster5",
+            "wide",
+            "172.50.55.2",
+            "0.0.0.0/0",
+        ),
+        forged(
+            "other-cluster5",
+            "cluster5",
+            "other",
+            "172.50.55.3",
+            "242.99.0.0/16",
+        ),
+        forged(
+            "ovl-cluster7",
+            "cluster7",
+            "ovl",
+            "172.50.77.1",
+            &globalnet1,
+        ),
+        forged(
+            "vpcx-gw-cluster1",
+            "gw-cluster1",
+            "vpcx",
+            "172.50.77.2",
+            "242.77.0.0/16",
+        ),
+        big,
+    ];
+    let broker = broker_exips(h);
+    for o in &hostile {
+        apply(&h.client(BROKER), o).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let created = futures::stream::iter(0..FLOOD)
+        .map(|i| {
+            let o = forged(
+                &format!("f{i}-cluster6"),
+                "cluster6",
+                &format!("f{i}"),
+                &format!("172.50.{}.{}", 100 + i / 250, 1 + i % 250),
+                "242.66.0.0/16",
+            );
+            let broker = broker.clone();
+            async move { broker.create(&Default::default(), &o).await.map(|_| ()) }
+        })
+        .buffer_unordered(16)
+        .filter(|r| futures::future::ready(r.is_ok()))
+        .count()
+        .await;
+    assert_eq!(created, FLOOD);
+    eprintln!(
+        "{FLOOD} flood objects on the broker in {:?}",
+        started.elapsed()
+    );
+
+    // Every hostile object and everything of the flood beyond the cap is refused and counted.
+    let want = (hostile.len() + FLOOD - CAP) as f64;
+    wait_for("refusals counted", Duration::from_secs(300), || async {
+        let v = env.metric(0, refused).await - refused_before;
+        Ok(if v >= want {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{v} of {want} refusals"))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    let local = exips(&c1).list(&ListParams::default()).await.unwrap();
+    for o in &hostile {
+        assert!(
+            !local.iter().any(|l| l.name_any() == o.name_any()),
+            "{} was imported",
+            o.name_any()
+        );
+    }
+    let flood_copies = local
+        .iter()
+        .filter(|l| l.labels().get(SUBMARINER_CLUSTER_ID).map(String::as_str) == Some("cluster6"))
+        .count();
+    assert_eq!(flood_copies, CAP, "the per-cluster cap holds");
+    assert!(
+        local.iter().all(|l| l.metadata.annotations.is_none()),
+        "copies carry no annotations"
+    );
+
+    // A legitimate gateway published now still reaches cluster1.
+    let b = new_gateway(h, C2, "xh", &Harness::unique_name("xvpc")).await;
+    let b_name = format!("{}-{C2}", b.spec.name);
+    wait_exip(&exips(&c1), &b_name, ext_ip(&b.node.external_ip)).await;
+
+    // Clean up: the forged objects and records go, and with them every copy.
+    broker
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels(&format!("{SUBMARINER_CLUSTER_ID}=cluster6")),
+        )
+        .await
+        .unwrap();
+    for o in &hostile {
+        let _ = broker.delete(&o.name_any(), &DeleteParams::default()).await;
+    }
+    let clusters = kube::api::ApiResource::erase::<multivpc_api::foreign::submariner::Cluster>(&());
+    let clusters: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(h.client(BROKER), BROKER_NS, &clusters);
+    for id in ["cluster5", "cluster6", "cluster7", "gw-cluster1"] {
+        let _ = clusters.delete(id, &DeleteParams::default()).await;
+    }
+    h.delete_nat_gateway(&b).await.unwrap();
+    wait_for("flood copies gone", CONVERGE, || async {
+        let n = exips(&c1)
+            .list(&ListParams::default().labels(&format!("{SUBMARINER_CLUSTER_ID}=cluster6")))
+            .await?
+            .items
+            .len();
+        Ok(if n == 0 {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{n} copies left"))
+        })
+    })
+    .await
+    .unwrap();
+}

@@ -173,16 +173,33 @@ async fn submariner_fixtures_point_at_the_broker_with_working_credentials() {
     );
     let broker_client = kube::Client::try_from(cfg).unwrap();
     let ns = spec["brokerK8sRemoteNamespace"].as_str().unwrap();
-    let cms: Api<ConfigMap> = Api::namespaced(broker_client.clone(), ns);
-    cms.list(&ListParams::default())
+    // Exactly what Submariner's broker-client Role and the broker chart grant: GatewayExIps and
+    // Submariner's Clusters in the broker namespace, nothing else there or anywhere else.
+    let exips: Api<multivpc_api::GatewayExIp> = Api::namespaced(broker_client.clone(), ns);
+    exips
+        .list(&ListParams::default())
         .await
-        .expect("broker token can list in the broker namespace");
-    let other: Api<ConfigMap> = Api::namespaced(broker_client, "kube-system");
-    let denied = other.list(&ListParams::default()).await.unwrap_err();
-    assert!(
-        matches!(denied, kube::Error::Api(ref s) if s.code == 403),
-        "{denied}"
+        .expect("the member token lists GatewayExIps in the broker namespace");
+    let clusters: Api<DynamicObject> = Api::namespaced_with(
+        broker_client.clone(),
+        ns,
+        &gvk("submariner.io", "v1", "Cluster", "clusters"),
     );
+    clusters
+        .list(&ListParams::default())
+        .await
+        .expect("the member token lists Submariner's Clusters in the broker namespace");
+    for (namespace, what) in [
+        (ns, "ConfigMaps of the broker namespace"),
+        ("kube-system", "ConfigMaps of kube-system"),
+    ] {
+        let cms: Api<ConfigMap> = Api::namespaced(broker_client.clone(), namespace);
+        let denied = cms.list(&ListParams::default()).await.unwrap_err();
+        assert!(
+            matches!(denied, kube::Error::Api(ref s) if s.code == 403),
+            "{what}: {denied}"
+        );
+    }
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -218,8 +235,7 @@ fn upstream_fixtures_equal_the_shared_verbatim_copies() {
             let theirs = shared.join(rel);
             assert_eq!(
                 std::fs::read(&file).unwrap(),
-                std::fs::read(&theirs)
-                    .unwrap_or_else(|e| panic!("{}: {e}", theirs.display())),
+                std::fs::read(&theirs).unwrap_or_else(|e| panic!("{}: {e}", theirs.display())),
                 "{} differs from {}",
                 file.display(),
                 theirs.display()

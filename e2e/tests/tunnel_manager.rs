@@ -50,12 +50,21 @@ async fn prepare(h: &Harness, cluster: &str) {
     h.install_project_crds(cluster).await.unwrap();
 }
 
+/// Gateway `gateway` of cluster `cluster_id` as exip-syncer imports it from the broker (its
+/// labels are what tunnel-manager trusts; see multivpc_api's GatewayExIp::is_copy_of).
 async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr: &str) {
     apply_json(
         c,
         json!({
             "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
-            "metadata": {"name": format!("{gateway}-{cluster_id}"), "namespace": KUBE_SYSTEM},
+            "metadata": {
+                "name": format!("{gateway}-{cluster_id}"), "namespace": KUBE_SYSTEM,
+                "labels": {
+                    multivpc_api::keys::LABEL_CLUSTER: cluster_id,
+                    multivpc_api::keys::LABEL_GATEWAY: gateway,
+                    multivpc_api::keys::SUBMARINER_CLUSTER_ID: cluster_id,
+                },
+            },
             "spec": {"externalip": ip, "globalnetcidr": cidr},
         }),
     )

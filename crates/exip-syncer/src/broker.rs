@@ -282,15 +282,17 @@ pub async fn run(
         );
         // Logged and counted once per object version, not on every pass; forgotten once
         // resolved.
-        let versions = |name: &str| -> String {
-            broker
-                .iter()
-                .chain(local_objects.iter())
-                .filter(|o| o.name_any() == name)
-                .map(|o| o.resource_version().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        // The resource versions behind each name (broker, then local), built once per pass: a
+        // flood of refused objects must not cost a scan of everything per refusal.
+        let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+        for o in broker.iter().chain(local_objects.iter()) {
+            let entry = by_name.entry(o.name_any()).or_default();
+            if !entry.is_empty() {
+                entry.push(',');
+            }
+            entry.push_str(o.resource_version().as_deref().unwrap_or_default());
+        }
+        let versions = |name: &str| by_name.get(name).cloned().unwrap_or_default();
         let current: BTreeSet<_> = plan
             .skipped
             .iter()

@@ -21,6 +21,10 @@ use multivpc_api::{
 pub const DEFAULT_MAX_PER_CLUSTER: usize = 256;
 /// Default of `--max-imported`.
 pub const DEFAULT_MAX_TOTAL: usize = 2048;
+/// Most bytes of labels and annotations a broker object may carry. exip-syncer's own exports
+/// carry a few hundred; anything near the API server's 256 KiB annotation limit is an attack on
+/// every member's memory and logs.
+pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 /// What imports are checked against.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -36,6 +40,17 @@ pub struct ImportPolicy {
 impl ImportPolicy {
     /// Why `obj` (from cluster `origin`) may not be imported, if it may not.
     pub fn refusal(&self, obj: &GatewayExIp, origin: &str) -> Option<String> {
+        let size: usize = [&obj.metadata.labels, &obj.metadata.annotations]
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.iter())
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if size > MAX_METADATA_BYTES {
+            return Some(format!(
+                "its labels and annotations hold {size} bytes (at most {MAX_METADATA_BYTES})"
+            ));
+        }
         let cidr = match obj.spec.globalnetcidr.parse::<Ipv4Cidr>() {
             Ok(c) => c,
             Err(err) => return Some(format!("globalnetcidr {:?}: {err}", obj.spec.globalnetcidr)),
@@ -216,6 +231,10 @@ mod tests {
             let reason = p.refusal(&exip(ip, cidr), origin).unwrap_or_default();
             assert!(reason.contains(why), "{ip} {cidr} {origin}: {reason:?}");
         }
+        // Oversized metadata (a 200 KB annotation).
+        let mut big = exip("172.50.2.11", "242.1.0.0/16");
+        big.metadata.annotations = Some([("x".to_string(), "y".repeat(200_000))].into());
+        assert!(p.refusal(&big, "c2").unwrap().contains("200001 bytes"));
         // A CIDR Submariner records that overlaps a local range (a misconfigured fleet).
         let mut p = policy();
         p.broker_globalnet
