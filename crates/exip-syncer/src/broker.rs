@@ -64,18 +64,91 @@ pub struct BrokerSettings {
     /// Import caps: objects per origin cluster, and in all.
     pub max_imported_per_cluster: usize,
     pub max_imported: usize,
+    /// `--allow-insecure-broker`: accept `http://` and unverified TLS (`brokerK8sInsecure`,
+    /// `insecure-skip-tls-verify`). Off by default: the broker token would travel exposed.
+    pub allow_insecure: bool,
 }
 
-/// The `https://host:port` URL of a ServiceDiscovery's `brokerK8sApiServer`.
-pub fn broker_url(api_server: &str) -> anyhow::Result<String> {
+/// The `https://host:port` URL of a ServiceDiscovery's `brokerK8sApiServer`. `http://` only
+/// when `allow_insecure`.
+pub fn broker_url(api_server: &str, allow_insecure: bool) -> anyhow::Result<String> {
     let s = api_server.trim().trim_end_matches('/');
     if s.is_empty() {
         bail!("brokerK8sApiServer is empty");
     }
-    if s.starts_with("https://") || s.starts_with("http://") {
+    if s.starts_with("http://") {
+        if !allow_insecure {
+            bail!(
+                "the broker URL {s} is plain http (the token would travel in clear); refused without --allow-insecure-broker"
+            );
+        }
+        tracing::warn!(
+            url = s,
+            "--allow-insecure-broker: talking to the broker over plain http"
+        );
+        return Ok(s.to_owned());
+    }
+    if s.starts_with("https://") {
         return Ok(s.to_owned());
     }
     Ok(format!("https://{s}"))
+}
+
+/// Refuses what a broker kubeconfig from a Secret may not do inside this controller: run a
+/// program (`exec`, `auth-provider`), read this pod's files (`tokenFile`, certificate and key
+/// paths), go through a proxy, or skip TLS verification (unless `allow_insecure`). Whoever can
+/// write that Secret must not get code execution or file reads in exip-syncer's pod.
+pub fn check_secret_kubeconfig(kc: &Kubeconfig, allow_insecure: bool) -> anyhow::Result<()> {
+    for named in &kc.auth_infos {
+        let Some(user) = &named.auth_info else {
+            continue;
+        };
+        let user_name = &named.name;
+        if user.exec.is_some() {
+            bail!("user {user_name:?} runs a program (exec): refused");
+        }
+        if user.auth_provider.is_some() {
+            bail!("user {user_name:?} uses an auth-provider plugin: refused");
+        }
+        for (field, value) in [
+            ("tokenFile", &user.token_file),
+            ("client-certificate", &user.client_certificate),
+            ("client-key", &user.client_key),
+        ] {
+            if value.is_some() {
+                bail!("user {user_name:?} reads a file ({field}): use the *-data fields");
+            }
+        }
+    }
+    for named in &kc.clusters {
+        let Some(cluster) = &named.cluster else {
+            continue;
+        };
+        let cluster_name = &named.name;
+        if cluster.certificate_authority.is_some() {
+            bail!(
+                "cluster {cluster_name:?} reads a file (certificate-authority): use certificate-authority-data"
+            );
+        }
+        if cluster.proxy_url.is_some() {
+            bail!("cluster {cluster_name:?} sets proxy-url: refused");
+        }
+        if let Some(server) = &cluster.server {
+            broker_url(server, allow_insecure)?;
+        }
+        if cluster.insecure_skip_tls_verify == Some(true) {
+            if !allow_insecure {
+                bail!(
+                    "cluster {cluster_name:?} skips TLS verification; refused without --allow-insecure-broker"
+                );
+            }
+            tracing::warn!(
+                cluster = cluster_name,
+                "--allow-insecure-broker: broker TLS not verified"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A kubeconfig for the broker built from a ServiceDiscovery spec: token auth, the base64 CA
@@ -83,13 +156,20 @@ pub fn broker_url(api_server: &str) -> anyhow::Result<String> {
 pub fn kubeconfig_from_service_discovery(
     sd: &ServiceDiscoverySpec,
     namespace: &str,
+    allow_insecure: bool,
 ) -> anyhow::Result<Kubeconfig> {
-    let server = broker_url(&sd.broker_k8s_api_server)?;
+    let server = broker_url(&sd.broker_k8s_api_server, allow_insecure)?;
     if sd.broker_k8s_api_server_token.is_empty() {
         bail!("brokerK8sApiServerToken is empty");
     }
     let mut cluster = json!({ "server": server });
     if sd.broker_k8s_insecure {
+        if !allow_insecure {
+            bail!(
+                "ServiceDiscovery sets brokerK8sInsecure (broker TLS unverified); refused without --allow-insecure-broker"
+            );
+        }
+        tracing::warn!("--allow-insecure-broker: brokerK8sInsecure, broker TLS not verified");
         cluster["insecure-skip-tls-verify"] = json!(true);
     } else if !sd.broker_k8s_ca.trim().is_empty() {
         cluster["certificate-authority-data"] = json!(sd.broker_k8s_ca.trim());
@@ -124,7 +204,10 @@ async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(C
                     Some(sd.spec.broker_k8s_remote_namespace.clone()).filter(|n| !n.is_empty())
                 })
                 .unwrap_or_else(|| DEFAULT_BROKER_NAMESPACE.into());
-            (kubeconfig_from_service_discovery(&sd.spec, &ns)?, ns)
+            (
+                kubeconfig_from_service_discovery(&sd.spec, &ns, settings.allow_insecure)?,
+                ns,
+            )
         }
         Source::Secret { namespace, name } => {
             let api: Api<Secret> = Api::namespaced(local.clone(), namespace);
@@ -139,6 +222,8 @@ async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(C
                 .with_context(|| format!("Secret {namespace}/{name} has no key kubeconfig"))?;
             let text = std::str::from_utf8(&data.0).context("kubeconfig is not UTF-8")?;
             let kc = Kubeconfig::from_yaml(text).context("parse the broker kubeconfig")?;
+            check_secret_kubeconfig(&kc, settings.allow_insecure)
+                .with_context(|| format!("the broker kubeconfig in Secret {namespace}/{name}"))?;
             let context_ns = kc
                 .contexts
                 .iter()
@@ -573,16 +658,23 @@ mod tests {
     #[test]
     fn broker_url_adds_https_to_host_port() {
         assert_eq!(
-            broker_url("10.0.0.1:6443").unwrap(),
+            broker_url("10.0.0.1:6443", false).unwrap(),
             "https://10.0.0.1:6443"
         );
-        assert_eq!(broker_url("https://b:443/").unwrap(), "https://b:443");
-        assert!(broker_url(" ").is_err());
+        assert_eq!(
+            broker_url("https://b:443/", false).unwrap(),
+            "https://b:443"
+        );
+        assert!(broker_url(" ", false).is_err());
+        // Plain http only when explicitly allowed.
+        assert!(broker_url("http://b:80", false).is_err());
+        assert_eq!(broker_url("http://b:80", true).unwrap(), "http://b:80");
     }
 
     #[test]
     fn service_discovery_becomes_a_verified_token_kubeconfig() {
-        let kc = kubeconfig_from_service_discovery(&sd("127.0.0.1:6443", false), "brk").unwrap();
+        let kc =
+            kubeconfig_from_service_discovery(&sd("127.0.0.1:6443", false), "brk", false).unwrap();
         let cluster = kc.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
         assert_eq!(cluster.certificate_authority_data.as_deref(), Some("Q0E="));
@@ -602,12 +694,64 @@ mod tests {
 
     #[test]
     fn insecure_only_when_asked() {
-        let kc = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk").unwrap();
+        let refused = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk", false)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("--allow-insecure-broker"), "{refused}");
+        let kc = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk", true).unwrap();
         let cluster = kc.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(cluster.insecure_skip_tls_verify, Some(true));
         assert_eq!(cluster.certificate_authority_data, None);
         let mut no_token = sd("b:6443", false);
         no_token.broker_k8s_api_server_token.clear();
-        assert!(kubeconfig_from_service_discovery(&no_token, "brk").is_err());
+        assert!(kubeconfig_from_service_discovery(&no_token, "brk", false).is_err());
+    }
+
+    #[test]
+    fn secret_kubeconfigs_may_not_run_programs_or_read_files() {
+        let base = |user: &str, cluster: &str| {
+            Kubeconfig::from_yaml(&format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: b, cluster: {{server: 'https://b:6443'{cluster}}}}}]\nusers: [{{name: u, user: {{{user}}}}}]\ncontexts: [{{name: b, context: {{cluster: b, user: u}}}}]\ncurrent-context: b\n"
+            ))
+            .unwrap()
+        };
+        assert!(check_secret_kubeconfig(&base("token: t", ""), false).is_ok());
+        for (user, cluster, why) in [
+            (
+                "exec: {apiVersion: client.authentication.k8s.io/v1, command: /bin/sh}",
+                "",
+                "exec",
+            ),
+            ("auth-provider: {name: gcp}", "", "auth-provider"),
+            (
+                "tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token",
+                "",
+                "tokenFile",
+            ),
+            ("client-certificate: /etc/x.crt", "", "client-certificate"),
+            ("client-key: /etc/x.key", "", "client-key"),
+            (
+                "token: t",
+                ", certificate-authority: /etc/ca.crt",
+                "certificate-authority",
+            ),
+            ("token: t", ", proxy-url: 'http://p:3128'", "proxy-url"),
+            (
+                "token: t",
+                ", insecure-skip-tls-verify: true",
+                "TLS verification",
+            ),
+        ] {
+            let err = check_secret_kubeconfig(&base(user, cluster), false)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        let plain = Kubeconfig::from_yaml(
+            "apiVersion: v1\nkind: Config\nclusters: [{name: b, cluster: {server: 'http://b:80'}}]\nusers: []\ncontexts: []\n",
+        )
+        .unwrap();
+        assert!(check_secret_kubeconfig(&plain, false).is_err());
+        assert!(check_secret_kubeconfig(&plain, true).is_ok());
     }
 }

@@ -58,6 +58,12 @@ struct Args {
     #[arg(long, env = "MAX_IMPORTED_PER_CLUSTER", default_value_t = trust::DEFAULT_MAX_PER_CLUSTER)]
     max_imported_per_cluster: usize,
 
+    /// Accept a plain-http broker URL and unverified broker TLS (ServiceDiscovery's
+    /// brokerK8sInsecure, a kubeconfig's insecure-skip-tls-verify), with a warning. Refused
+    /// without it: the broker token would be exposed.
+    #[arg(long, env = "ALLOW_INSECURE_BROKER")]
+    allow_insecure_broker: bool,
+
     /// Most GatewayExIps imported from the broker in all.
     #[arg(long, env = "MAX_IMPORTED", default_value_t = trust::DEFAULT_MAX_TOTAL)]
     max_imported: usize,
@@ -125,6 +131,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             namespace: args.broker_namespace.clone(),
             max_imported_per_cluster: args.max_imported_per_cluster,
             max_imported: args.max_imported,
+            allow_insecure: args.allow_insecure_broker,
         },
     };
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
