@@ -11,6 +11,10 @@ use crate::net::{DNS_LABEL_PATTERN, IPV4_CIDR_PATTERN, OBJECT_NAME_PATTERN};
 pub const DEFAULT_VNI: u32 = 100;
 /// Default VXLAN UDP destination port (IANA) when `dstPort` is omitted.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+/// Label in which the original Go operator kept a VXLAN tunnel's VNI (it had no spec field).
+pub const GO_LABEL_VNI: &str = "vid";
+/// Label in which the original Go operator kept a VXLAN tunnel's UDP port.
+pub const GO_LABEL_VXLAN_PORT: &str = "vx-port";
 /// Largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 16_777_215;
 
@@ -72,15 +76,40 @@ pub struct VpcNatTunnelSpec {
     pub dst_port: Option<u16>,
 }
 
-impl VpcNatTunnelSpec {
-    /// The VXLAN identifier to program (the spec's or the default).
-    pub fn effective_vni(&self) -> u32 {
-        self.vni.unwrap_or(DEFAULT_VNI)
+impl VpcNatTunnel {
+    fn go_label(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str)
     }
 
-    /// The VXLAN destination port to program (the spec's or the default).
-    pub fn effective_dst_port(&self) -> u16 {
-        self.dst_port.unwrap_or(DEFAULT_VXLAN_PORT)
+    /// The VXLAN identifier to program: `spec.vni`, else the Go operator's `vid` label (a
+    /// migrated tunnel keeps the VNI its peer uses), else [`DEFAULT_VNI`]. A `vid` label that
+    /// is no number is an error, never a silent default.
+    pub fn effective_vni(&self) -> Result<u32, String> {
+        match (self.spec.vni, self.go_label(GO_LABEL_VNI)) {
+            (Some(vni), _) => Ok(vni),
+            (None, Some(label)) => label
+                .trim()
+                .parse()
+                .map_err(|_| format!("label {GO_LABEL_VNI}={label:?} is not a VNI")),
+            (None, None) => Ok(DEFAULT_VNI),
+        }
+    }
+
+    /// The VXLAN destination port to program: `spec.dstPort`, else the Go operator's `vx-port`
+    /// label, else [`DEFAULT_VXLAN_PORT`].
+    pub fn effective_dst_port(&self) -> Result<u16, String> {
+        match (self.spec.dst_port, self.go_label(GO_LABEL_VXLAN_PORT)) {
+            (Some(port), _) => Ok(port),
+            (None, Some(label)) => label
+                .trim()
+                .parse()
+                .map_err(|_| format!("label {GO_LABEL_VXLAN_PORT}={label:?} is not a port")),
+            (None, None) => Ok(DEFAULT_VXLAN_PORT),
+        }
     }
 }
 

@@ -239,9 +239,26 @@ fn seed_examples_deserialize() {
     let vxlan: VpcNatTunnel = serde_yaml::from_str(&example("vxlan-tunnel.yaml")).unwrap();
     assert_eq!(vxlan.spec.tunnel_type, TunnelType::Vxlan);
     assert_eq!(
-        (vxlan.spec.effective_vni(), vxlan.spec.effective_dst_port()),
-        (100, 4789)
+        (vxlan.effective_vni(), vxlan.effective_dst_port()),
+        (Ok(100), Ok(4789))
     );
+    // A tunnel the Go operator wrote keeps its VNI and port from the labels vid / vx-port.
+    let mut go = vxlan.clone();
+    (go.spec.vni, go.spec.dst_port) = (None, None);
+    go.metadata.labels = Some(
+        [("vid", "4242"), ("vx-port", "8472")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+    );
+    assert_eq!(
+        (go.effective_vni(), go.effective_dst_port()),
+        (Ok(4242), Ok(8472))
+    );
+    go.metadata.labels = Some([("vid".to_string(), "x".to_string())].into());
+    assert!(go.effective_vni().unwrap_err().contains("vid"));
+    // The spec wins over the labels.
+    go.spec.vni = Some(7);
+    assert_eq!(go.effective_vni(), Ok(7));
 
     let seed_exip = fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seed-gatewayexip.yaml"),

@@ -419,12 +419,15 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
         .map_err(|e| not_ready(reason::INVALID_SPEC, format!("interfaceAddr: {e}")))?;
     let encap = match spec.tunnel_type {
         TunnelType::Gre => Encap::Gre,
-        TunnelType::Vxlan => Encap::Vxlan {
-            vni: Vni::new(spec.effective_vni())
-                .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))?,
-            port: Port::new(spec.effective_dst_port())
-                .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))?,
-        },
+        TunnelType::Vxlan => {
+            let invalid = |e: String| not_ready(reason::INVALID_SPEC, e);
+            Encap::Vxlan {
+                vni: Vni::new(tunnel.effective_vni().map_err(invalid)?)
+                    .map_err(|e| invalid(e.to_string()))?,
+                port: Port::new(tunnel.effective_dst_port().map_err(invalid)?)
+                    .map_err(|e| invalid(e.to_string()))?,
+            }
+        }
     };
     let cluster_id = snapshot.cluster_id.as_deref().ok_or_else(|| {
         not_ready(
