@@ -982,6 +982,24 @@ impl Harness {
 }
 
 impl Harness {
+    /// A fleet of `members` joined to `broker`: every CRD on every cluster, and each member's
+    /// Submariner objects (its ServiceDiscovery pointing at the broker with its own token) under
+    /// the shared `submariner` lock.
+    pub async fn install_fleet(&self, members: &[&str], broker: &str) -> Result<()> {
+        for c in members.iter().chain([&broker]) {
+            self.install_foreign_crds(c).await?;
+            self.install_project_crds(c).await?;
+        }
+        // Submariner's singletons are shared with other tests.
+        let _g = self.exclusive("submariner").await?;
+        for c in members {
+            self.install_default_submariner(c, Some(broker)).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Harness {
     /// [`Harness::install_submariner`] with the harness's own addressing:
     /// cluster id = cluster name, Globalnet CIDR and egress IPs from the
     /// cluster's [`crate::VpcNetwork`] (egress IPs `.0.1`–`.0.4` of the CIDR).

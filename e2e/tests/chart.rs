@@ -1033,19 +1033,7 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
     let Some(_) = helm_or_skip() else { return };
     let _syncer_lock = h.exclusive("exip-syncer").await.unwrap();
     let _manager_lock = h.exclusive("tunnel-manager").await.unwrap();
-    for c in [C1, C2, "broker"] {
-        h.install_foreign_crds(c).await.unwrap();
-        h.install_project_crds(c).await.unwrap();
-    }
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner(C1, Some("broker"))
-            .await
-            .unwrap();
-        h.install_default_submariner(C2, Some("broker"))
-            .await
-            .unwrap();
-    }
+    h.install_fleet(&[C1, C2], "broker").await.unwrap();
     // cluster1 takes the broker credentials from Submariner's ServiceDiscovery (the default);
     // cluster2 from a kubeconfig Secret in the release namespace, the one Secret its chart
     // ServiceAccount may read.

@@ -46,20 +46,7 @@ async fn setup(h: Harness, args: &[&str]) -> Env {
 /// Syncers on cluster1 and cluster2 with their own flags.
 async fn setup_with(h: Harness, args1: &[&str], args2: &[&str]) -> Env {
     let lock = h.exclusive("exip-syncer").await.unwrap();
-    for c in [C1, C2, BROKER] {
-        h.install_foreign_crds(c).await.unwrap();
-        h.install_project_crds(c).await.unwrap();
-    }
-    {
-        // Submariner's singletons are shared with other tests.
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner(C1, Some(BROKER))
-            .await
-            .unwrap();
-        h.install_default_submariner(C2, Some(BROKER))
-            .await
-            .unwrap();
-    }
+    h.install_fleet(&[C1, C2], BROKER).await.unwrap();
     let mut syncers = Vec::new();
     for (c, args) in [(C1, args1), (C2, args2)] {
         syncers.push(

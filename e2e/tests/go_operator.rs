@@ -60,19 +60,7 @@ async fn go_operator_objects_never_block_a_watch_and_everything_else_converges()
     let h = harness_or_skip!([C1, C2, BROKER]);
     let _syncer = h.exclusive("exip-syncer").await.unwrap();
     let _manager = h.exclusive("tunnel-manager").await.unwrap();
-    for c in [C1, C2, BROKER] {
-        h.install_foreign_crds(c).await.unwrap();
-        h.install_project_crds(c).await.unwrap();
-    }
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner(C1, Some(BROKER))
-            .await
-            .unwrap();
-        h.install_default_submariner(C2, Some(BROKER))
-            .await
-            .unwrap();
-    }
+    h.install_fleet(&[C1, C2], BROKER).await.unwrap();
     let go_ns = h.unique_namespace(C1, "goop").await.unwrap();
     // The Go operator's CRDs (seed era GatewayExIp, latest VpcNatTunnel) and one object of
     // each, as a cluster that ran it has them; on the broker, another Go cluster's export.

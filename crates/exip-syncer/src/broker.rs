@@ -492,6 +492,40 @@ async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<(), kube::Error> {
     Ok(())
 }
 
+/// A watch of the broker namespace's `K`s that skips objects that do not decode; `cache` names
+/// the view's map the stream feeds, so that an object that stops decoding leaves it.
+fn broker_watch<K>(
+    client: &Client,
+    ns: &str,
+    view: &Arc<Mutex<BrokerView>>,
+    cache: fn(&BrokerView) -> &BTreeMap<String, K>,
+    watch_metrics: &WatchMetrics,
+) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<Decoded<K>> = Api::namespaced(client.clone(), ns);
+    let view = view.clone();
+    let known = move |meta: &kube::api::ObjectMeta| {
+        let name = meta.name.as_deref().unwrap_or_default();
+        cache(&view.lock().unwrap_or_else(|p| p.into_inner()))
+            .get(name)
+            .cloned()
+    };
+    watch::skip_undecodable(
+        watcher(api, watcher::Config::default()),
+        watch_metrics.clone(),
+        known,
+    )
+    .boxed()
+}
+
 /// Applies one watch event to `map` (by name); a relist is buffered and replaces it whole.
 /// True when the event completes a list.
 fn apply_event<K: ResourceExt>(
@@ -534,44 +568,10 @@ async fn watch_broker(
     loop {
         let attempt = async {
             let (client, ns) = connect(&local, &settings).await?;
-            let api: Api<Decoded<GatewayExIp>> = Api::namespaced(client.clone(), &ns);
             // Another cluster's object that does not decode is skipped, never a stuck watch.
-            let known = {
-                let view = view.clone();
-                move |meta: &kube::api::ObjectMeta| {
-                    let name = meta.name.as_deref().unwrap_or_default();
-                    view.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .objects
-                        .get(name)
-                        .cloned()
-                }
-            };
-            let mut stream = watch::skip_undecodable(
-                watcher(api, watcher::Config::default()),
-                watch_metrics.clone(),
-                known,
-            )
-            .boxed();
+            let mut stream = broker_watch(&client, &ns, &view, |v| &v.objects, &watch_metrics);
             // Submariner's Cluster objects: the Globalnet CIDR each member really has.
-            let clusters_api: Api<Decoded<Cluster>> = Api::namespaced(client.clone(), &ns);
-            let known_cluster = {
-                let view = view.clone();
-                move |meta: &kube::api::ObjectMeta| {
-                    let name = meta.name.as_deref().unwrap_or_default();
-                    view.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clusters
-                        .get(name)
-                        .cloned()
-                }
-            };
-            let mut clusters = watch::skip_undecodable(
-                watcher(clusters_api, watcher::Config::default()),
-                watch_metrics.clone(),
-                known_cluster,
-            )
-            .boxed();
+            let mut clusters = broker_watch(&client, &ns, &view, |v| &v.clusters, &watch_metrics);
             let mut exips_buffer: Option<BTreeMap<String, GatewayExIp>> = None;
             let mut clusters_buffer: Option<BTreeMap<String, Cluster>> = None;
             // Not connected (no sync pass) before both have listed: a pass without the

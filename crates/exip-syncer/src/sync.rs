@@ -247,9 +247,20 @@ pub fn plan(
     broker.sort_by_key(|b| b.name_any());
     for b in broker {
         let name = b.name_any();
-        let origin = match classify(b, cluster_id) {
+        let checked = match classify(b, cluster_id) {
             Remote::Ignore => continue,
-            Remote::Refuse(reason) => {
+            Remote::Refuse(reason) => Err(reason),
+            Remote::Import { origin } => match policy
+                .refusal(b, origin)
+                .or_else(|| caps.take(origin).err())
+            {
+                Some(reason) => Err(reason),
+                None => Ok(origin),
+            },
+        };
+        let origin = match checked {
+            Ok(origin) => origin,
+            Err(reason) => {
                 p.skipped.push(Skipped {
                     direction: Direction::FromBroker,
                     name,
@@ -258,20 +269,7 @@ pub fn plan(
                 });
                 continue;
             }
-            Remote::Import { origin } => origin,
         };
-        if let Some(reason) = policy
-            .refusal(b, origin)
-            .or_else(|| caps.take(origin).err())
-        {
-            p.skipped.push(Skipped {
-                direction: Direction::FromBroker,
-                name,
-                result: "refused",
-                reason,
-            });
-            continue;
-        }
         imported.insert(name.clone(), origin);
         let want = import_copy(b, local_ns);
         match local_by_name.get(&name) {
