@@ -100,13 +100,38 @@ fn serves_clusterset(text: &str) -> bool {
     })
 }
 
+/// The original Go operator's block, unmarked: the three lines `clusterset.local:53 {`,
+/// `forward . <kube_dns>`, `}` (any indentation). Replaced by a marked section in place, so a
+/// migrated cluster's Corefile is adopted rather than refused. A block that forwards anywhere
+/// else, or holds anything more, is someone else's and stays refused.
+fn adopt_go_block(text: &str, kube_dns: Ipv4Addr) -> Option<String> {
+    let lines: Vec<(usize, usize, usize)> = lines(text).collect();
+    let forward = format!("forward . {kube_dns}");
+    lines.windows(3).find_map(|w| {
+        let [a, b, c] = [w[0], w[1], w[2]].map(|(s, e, _)| text[s..e].trim());
+        (a == "clusterset.local:53 {" && b == forward && c == "}").then(|| {
+            let (start, end) = (w[0].0, w[2].2);
+            let mut wanted = section(kube_dns);
+            if !text[..end].ends_with('\n') {
+                wanted.pop();
+            }
+            format!("{}{wanted}{}", &text[..start], &text[end..])
+        })
+    })
+}
+
 /// The Corefile with exactly one section forwarding to `kube_dns`. An existing section is
 /// rewritten in place (extra copies are dropped); otherwise the section is appended.
 pub fn ensure(corefile: &str, kube_dns: Ipv4Addr) -> Result<String, CorefileError> {
     let sections = find_sections(corefile)?;
     let outside = cut(corefile, &sections);
     if serves_clusterset(&outside) {
-        return Err(CorefileError::ForeignClustersetZone);
+        return match adopt_go_block(corefile, kube_dns) {
+            Some(adopted) if !serves_clusterset(&cut(&adopted, &find_sections(&adopted)?)) => {
+                ensure(&adopted, kube_dns)
+            }
+            _ => Err(CorefileError::ForeignClustersetZone),
+        };
     }
     let wanted = section(kube_dns);
     let Some(first) = sections.first() else {
@@ -147,6 +172,50 @@ fn shift(sections: &[Found], by: usize) -> Vec<Found> {
 pub fn remove(corefile: &str) -> Result<String, CorefileError> {
     let sections = find_sections(corefile)?;
     Ok(cut(corefile, &sections))
+}
+
+#[cfg(test)]
+mod go_operator {
+    use super::*;
+
+    /// The Corefile Kube-OVN's docs give for vpc-dns, after the Go operator's edit (it put its
+    /// block before `.:53 {`, unmarked): ../shared/reviews/upstream-compat.md, "Reproducing M1".
+    const GO_EDITED: &str = "clusterset.local:53 {\n    forward . 10.96.0.10\n  }\n  .:53 {\n    errors\n    health {\n      lameduck 5s\n    }\n    ready\n    kubernetes cluster.local in-addr.arpa ip6.arpa {\n      pods insecure\n      fallthrough in-addr.arpa ip6.arpa\n    }\n    prometheus :9153\n    forward . /etc/resolv.conf {\n      prefer_udp\n    }\n    cache 30\n    loop\n    reload\n    loadbalance\n}\n";
+
+    #[test]
+    fn the_go_operators_block_is_adopted_when_it_forwards_to_kube_dns() {
+        let dns: Ipv4Addr = "10.96.0.10".parse().unwrap();
+        let out = ensure(GO_EDITED, dns).unwrap();
+        assert!(out.starts_with(&section(dns)), "{out}");
+        assert_eq!(out.matches("clusterset.local").count(), 1, "{out}");
+        // Everything after the Go block is untouched, and ensure is idempotent.
+        assert!(out.ends_with(&GO_EDITED[GO_EDITED.find("  .:53 {").unwrap()..]));
+        assert_eq!(ensure(&out, dns).unwrap(), out);
+        // A kube-dns move rewrites the adopted section like any other.
+        let moved = ensure(&out, "10.96.0.11".parse().unwrap()).unwrap();
+        assert!(moved.contains("forward . 10.96.0.11") && !moved.contains("10.96.0.10"));
+    }
+
+    #[test]
+    fn a_block_forwarding_elsewhere_or_holding_more_stays_refused() {
+        let dns: Ipv4Addr = "10.96.0.10".parse().unwrap();
+        let elsewhere = GO_EDITED.replace("forward . 10.96.0.10", "forward . 10.1.1.1");
+        assert_eq!(
+            ensure(&elsewhere, dns),
+            Err(CorefileError::ForeignClustersetZone)
+        );
+        let more = GO_EDITED.replace("forward . 10.96.0.10\n", "forward . 10.96.0.10\n    log\n");
+        assert_eq!(
+            ensure(&more, dns),
+            Err(CorefileError::ForeignClustersetZone)
+        );
+        // Two Go blocks: one is adopted, the other is still a second server block.
+        let twice = format!("clusterset.local:53 {{\n  forward . 10.96.0.10\n}}\n{GO_EDITED}");
+        assert_eq!(
+            ensure(&twice, dns),
+            Err(CorefileError::ForeignClustersetZone)
+        );
+    }
 }
 
 #[cfg(test)]
