@@ -656,6 +656,39 @@ mod tests {
     }
 
     #[test]
+    fn recorded_globalnet_drops_ids_whose_records_disagree() {
+        use multivpc_api::foreign::submariner::ClusterSpec;
+        let cluster = |name: &str, id: &str, label: Option<&str>, cidr: &str| {
+            let mut c = Cluster::new(
+                name,
+                ClusterSpec {
+                    cluster_id: id.into(),
+                    global_cidr: vec![cidr.into()],
+                    ..Default::default()
+                },
+            );
+            if let Some(l) = label {
+                c.labels_mut()
+                    .insert(SUBMARINER_CLUSTER_ID.into(), l.into());
+            }
+            (name.to_string(), c)
+        };
+        let clusters: BTreeMap<String, Cluster> = [
+            cluster("c2", "c2", Some("c2"), "242.1.0.0/16"),
+            // A second record claiming c3 with another CIDR: c3 is unknown.
+            cluster("c3", "c3", Some("c3"), "242.2.0.0/16"),
+            cluster("c3-forged", "c3", Some("c3"), "0.0.0.0/0"),
+            // A label that disagrees with the spec, and an unparsable CIDR.
+            cluster("c4", "c4", Some("c9"), "242.4.0.0/16"),
+            cluster("c5", "c5", None, "not-a-cidr"),
+        ]
+        .into();
+        let recorded = recorded_globalnet(&clusters);
+        assert_eq!(recorded.keys().collect::<Vec<_>>(), ["c2"], "{recorded:?}");
+        assert_eq!(recorded["c2"], vec!["242.1.0.0/16".parse().unwrap()]);
+    }
+
+    #[test]
     fn broker_url_adds_https_to_host_port() {
         assert_eq!(
             broker_url("10.0.0.1:6443", false).unwrap(),
