@@ -502,13 +502,7 @@ fn broker_watch<K>(
     watch_metrics: &WatchMetrics,
 ) -> futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>
 where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: watch::Watched + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
 {
     let api: Api<Decoded<K>> = Api::namespaced(client.clone(), ns);
     let view = view.clone();

@@ -173,13 +173,7 @@ fn reflect<K>(
     watch_metrics: &WatchMetrics,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: watch::Watched,
 {
     let (store, stream) = watch::reflect(api, config, caches, watch_metrics);
     let stream = stream.map(move |event| match &event {

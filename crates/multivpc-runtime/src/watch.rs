@@ -100,6 +100,18 @@ impl<K: Resource> Resource for Decoded<K> {
     }
 }
 
+/// What a cached kind must be: a statically typed resource that decodes from JSON and can be
+/// shared across tasks.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+}
+
 /// The counter of skipped objects, shared by every watch of a process.
 #[derive(Clone)]
 pub struct WatchMetrics {
@@ -242,7 +254,7 @@ pub fn reflect<K>(
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
 )
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+    K: Watched,
 {
     let (store, writer) = reflector::store();
     let lookup = store.clone();
