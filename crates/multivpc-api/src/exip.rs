@@ -52,11 +52,7 @@ pub struct GatewayExIpSpec {
 
 impl GatewayExIp {
     fn label(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .map(String::as_str)
+        kube::ResourceExt::labels(self).get(key).map(String::as_str)
     }
 
     /// Whether cluster `cluster_id` publishes this object itself (its cluster label is that

@@ -77,39 +77,40 @@ pub struct VpcNatTunnelSpec {
 }
 
 impl VpcNatTunnel {
-    fn go_label(&self, key: &str) -> Option<&str> {
-        self.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(key))
-            .map(String::as_str)
-    }
-
-    /// The VXLAN identifier to program: `spec.vni`, else the Go operator's `vid` label (a
-    /// migrated tunnel keeps the VNI its peer uses), else [`DEFAULT_VNI`]. A `vid` label that
-    /// is no number is an error, never a silent default.
-    pub fn effective_vni(&self) -> Result<u32, String> {
-        match (self.spec.vni, self.go_label(GO_LABEL_VNI)) {
-            (Some(vni), _) => Ok(vni),
+    /// `spec`'s value, else the Go operator's label `key` parsed, else `default`; a label that
+    /// does not parse is an error naming `what`, never a silent default.
+    fn spec_or_go_label<T: std::str::FromStr>(
+        &self,
+        spec: Option<T>,
+        key: &str,
+        default: T,
+        what: &str,
+    ) -> Result<T, String> {
+        match (spec, kube::ResourceExt::labels(self).get(key)) {
+            (Some(value), _) => Ok(value),
             (None, Some(label)) => label
                 .trim()
                 .parse()
-                .map_err(|_| format!("label {GO_LABEL_VNI}={label:?} is not a VNI")),
-            (None, None) => Ok(DEFAULT_VNI),
+                .map_err(|_| format!("label {key}={label:?} is not a {what}")),
+            (None, None) => Ok(default),
         }
+    }
+
+    /// The VXLAN identifier to program: `spec.vni`, else the Go operator's `vid` label (a
+    /// migrated tunnel keeps the VNI its peer uses), else [`DEFAULT_VNI`].
+    pub fn effective_vni(&self) -> Result<u32, String> {
+        self.spec_or_go_label(self.spec.vni, GO_LABEL_VNI, DEFAULT_VNI, "VNI")
     }
 
     /// The VXLAN destination port to program: `spec.dstPort`, else the Go operator's `vx-port`
     /// label, else [`DEFAULT_VXLAN_PORT`].
     pub fn effective_dst_port(&self) -> Result<u16, String> {
-        match (self.spec.dst_port, self.go_label(GO_LABEL_VXLAN_PORT)) {
-            (Some(port), _) => Ok(port),
-            (None, Some(label)) => label
-                .trim()
-                .parse()
-                .map_err(|_| format!("label {GO_LABEL_VXLAN_PORT}={label:?} is not a port")),
-            (None, None) => Ok(DEFAULT_VXLAN_PORT),
-        }
+        self.spec_or_go_label(
+            self.spec.dst_port,
+            GO_LABEL_VXLAN_PORT,
+            DEFAULT_VXLAN_PORT,
+            "port",
+        )
     }
 }
 
