@@ -3,7 +3,6 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Service},
@@ -222,7 +221,7 @@ pub async fn run(
         .watches_stream(corefile_stream, move |_: ConfigMap| s3.all())
         .watches_stream(kube_dns_stream, move |_: Service| s4.all())
         .watches_stream(subnets_stream, move |_: Subnet| s5.all())
-        .graceful_shutdown_on(shutdown.cancelled_owned());
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -234,10 +233,12 @@ pub async fn run(
         backoff: ErrorBackoff::default(),
     });
 
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move { multivpc_runtime::runtime::log_controller_result(&result) })
-        .await;
+    multivpc_runtime::runtime::drive_controller(
+        controller.run(reconcile, error_policy, ctx),
+        &caches,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

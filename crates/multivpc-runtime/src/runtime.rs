@@ -7,7 +7,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{self, AdminAddrs, Readiness},
+    admin::{self, AdminAddrs, CacheSync, Readiness},
     args::CommonArgs,
     leader,
     metrics::Metrics,
@@ -209,21 +209,56 @@ fn one_line(err: &anyhow::Error) -> String {
     line
 }
 
+/// Drives a kube `Controller::run` stream (built with `graceful_shutdown_on(shutdown)`) to its
+/// end, logging each item.
+///
+/// kube's runner holds every reconcile until the controller's main store has listed, and once
+/// shutdown has stopped the watches that list never arrives: a SIGTERM during start-up would
+/// leave the graceful drain waiting forever. Before `caches` are synced no reconcile has
+/// decided anything (see [`CacheSync::reconcile`]) and syncing never reverts, so a shutdown then
+/// drops the controller at once; after it, the graceful drain lets running reconciles finish.
+pub async fn drive_controller<K, E, S>(
+    controller: S,
+    caches: &CacheSync,
+    shutdown: CancellationToken,
+) where
+    S: futures::Stream<Item = ControllerResult<K, E>>,
+    K: kube::Resource,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
+    E: std::error::Error + 'static,
+{
+    use futures::StreamExt as _;
+    let drained = controller.for_each(|result| async move { log_controller_result(&result) });
+    let unsynced_shutdown = async {
+        shutdown.cancelled().await;
+        if caches.is_synced() {
+            std::future::pending::<()>().await;
+        }
+        tracing::info!("shutdown before the caches synced; nothing to drain");
+    };
+    tokio::select! {
+        () = drained => {}
+        () = unsynced_shutdown => {}
+    }
+}
+
+/// One item of a kube `Controller::run` stream.
+pub type ControllerResult<K, E> = Result<
+    (
+        kube::runtime::reflector::ObjectRef<K>,
+        kube::runtime::controller::Action,
+    ),
+    kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
+>;
+
 /// Logs one item of a kube `Controller::run` stream. Watch failures (a missing CRD, a
 /// forbidden list) keep the caches from syncing and are otherwise silent, so they are warnings;
 /// reconcile failures are already reported by the controller's `error_policy`.
-pub fn log_controller_result<K, E>(
-    result: &Result<
-        (
-            kube::runtime::reflector::ObjectRef<K>,
-            kube::runtime::controller::Action,
-        ),
-        kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
-    >,
-) where
+fn log_controller_result<K, E>(result: &ControllerResult<K, E>)
+where
     K: kube::Resource,
     K::DynamicType: Clone + Eq + std::hash::Hash,
-    E: std::error::Error,
+    E: std::error::Error + 'static,
 {
     use kube::runtime::controller::Error;
     match result {
@@ -236,6 +271,72 @@ pub fn log_controller_result<K, E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A controller whose main store has not listed yet, like one given SIGTERM right after it
+    /// won the lease. kube's graceful drain alone never ends then.
+    fn unlisted_controller(
+        shutdown: &CancellationToken,
+    ) -> (
+        impl futures::Stream<
+            Item = ControllerResult<k8s_openapi::api::core::v1::ConfigMap, std::io::Error>,
+        >,
+        kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::ConfigMap>,
+    ) {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        use kube::runtime::{Controller, controller::Action, reflector, watcher};
+        use std::sync::Arc;
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let triggers = futures::stream::pending::<Result<ConfigMap, watcher::Error>>();
+        let controller = Controller::for_stream(triggers, reader)
+            .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+            .run(
+                |_: Arc<ConfigMap>, _: Arc<()>| async {
+                    Ok::<_, std::io::Error>(Action::await_change())
+                },
+                |_, _, _| Action::await_change(),
+                Arc::new(()),
+            );
+        (controller, writer)
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_before_the_caches_sync_ends_the_controller() {
+        let shutdown = CancellationToken::new();
+        let (controller, _writer) = unlisted_controller(&shutdown);
+        let caches = CacheSync::new(Readiness::default());
+        let drive = drive_controller(controller, &caches, shutdown.clone());
+        tokio::pin!(drive);
+        // Still running before the signal.
+        assert!(futures::poll!(&mut drive).is_pending());
+        shutdown.cancel();
+        // A hang here fails the test instead of stalling the suite.
+        tokio::time::timeout(Duration::from_secs(60), drive)
+            .await
+            .expect("the controller did not stop");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_after_the_caches_sync_drains_the_controller_gracefully() {
+        use futures::StreamExt as _;
+        use kube::runtime::watcher::Event;
+        let shutdown = CancellationToken::new();
+        let (controller, mut writer) = unlisted_controller(&shutdown);
+        writer.apply_watcher_event(&Event::InitDone);
+        let caches = CacheSync::new(Readiness::default());
+        let listed = caches.track(futures::stream::iter([Ok::<
+            Event<k8s_openapi::api::core::v1::ConfigMap>,
+            kube::runtime::watcher::Error,
+        >(Event::InitDone)]));
+        listed.collect::<Vec<_>>().await;
+        assert!(caches.is_synced());
+        let drive = drive_controller(controller, &caches, shutdown.clone());
+        tokio::pin!(drive);
+        assert!(futures::poll!(&mut drive).is_pending());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), drive)
+            .await
+            .expect("the controller did not drain");
+    }
 
     #[test]
     fn errors_print_on_one_line_without_repeats() {

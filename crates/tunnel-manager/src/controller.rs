@@ -8,7 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -412,7 +411,7 @@ pub async fn run(
                     && (o.spec.nat_gw_dp == t.spec.nat_gw_dp || o.name_any() == t.name_any())
             }))
         })
-        .graceful_shutdown_on(shutdown.cancelled_owned());
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -428,10 +427,12 @@ pub async fn run(
         states: Mutex::new(HashMap::new()),
     });
 
-    controller
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move { multivpc_runtime::runtime::log_controller_result(&result) })
-        .await;
+    multivpc_runtime::runtime::drive_controller(
+        controller.run(reconcile, error_policy, ctx),
+        &caches,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
