@@ -351,6 +351,68 @@ async fn deployments_are_restricted_probed_and_scrapable() {
     );
 }
 
+/// The chart's args and env are read by each binary's own flag parser: a value the chart renders
+/// under a flag name the binary does not know (or in a form it refuses) fails here, not in a
+/// crash-looping pod. The binaries then stop at the missing cluster, with one line.
+#[tokio::test]
+async fn every_rendered_flag_and_variable_is_accepted_by_its_binary() {
+    let Some(bin) = helm_or_skip() else { return };
+    let docs = render(
+        &bin,
+        &[true; 3],
+        &[
+            "global.clusterId=cluster1",
+            "global.logLevel=debug",
+            "exip-syncer.maxImportedPerCluster=7",
+            "exip-syncer.maxImported=70",
+            "exip-syncer.globalnetCidr=242.1.0.0/16",
+            "exip-syncer.failback=auto",
+            "tunnel-manager.verifyInterval=2m",
+        ],
+    )
+    .await
+    .unwrap();
+    for c in CONTROLLERS {
+        let path = controllers::binary_dir().join(c);
+        if !path.exists() {
+            assert!(!multivpc_e2e::e2e_required(), "{} missing", path.display());
+            eprintln!("SKIPPED: no {} (cargo build -p {c})", path.display());
+            continue;
+        }
+        let ctr = &find(&docs, "Deployment", &format!("{RELEASE}-{c}"))["spec"]["template"]["spec"]
+            ["containers"][0];
+        // Loopback listeners instead of the pod's all-interfaces ports.
+        let mut args: Vec<String> = ctr["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .filter(|a| !a.contains("-bind-address="))
+            .collect();
+        args.push("--metrics-bind-address=127.0.0.1:0".into());
+        args.push("--health-probe-bind-address=127.0.0.1:0".into());
+        let mut cmd = tokio::process::Command::new(&path);
+        cmd.args(&args)
+            .env_clear()
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(std::process::Stdio::null());
+        for var in ctr["env"].as_array().unwrap() {
+            if let Some(value) = var["value"].as_str() {
+                cmd.env(var["name"].as_str().unwrap(), value);
+            }
+        }
+        let out = cmd.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{c} {args:?}: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with(&format!("{c}: error: no usable Kubernetes configuration")),
+            "{c} refused the chart's flags {args:?}: {stderr}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn values_schema_rejects_wrong_types_and_unknown_keys() {
     let Some(bin) = helm_or_skip() else { return };
@@ -362,6 +424,11 @@ async fn values_schema_rejects_wrong_types_and_unknown_keys() {
         ("global.leaderElection.enabled=1", "want boolean"),
         ("global.clusterId=Cluster_1", "clusterId"),
         ("exip-syncer.failback=sometimes", "failback"),
+        (
+            "exip-syncer.maxImportedPerCluster=0",
+            "maxImportedPerCluster",
+        ),
+        ("exip-syncer.maxImported=many", "want integer"),
         (
             "tunnel-manager.maxConcurrentExecs=1000",
             "maxConcurrentExecs",

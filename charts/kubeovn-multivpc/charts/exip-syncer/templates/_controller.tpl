@@ -3,6 +3,8 @@
 - --failover-grace-period={{ .Values.failoverGracePeriod }}
 - --failback={{ .Values.failback }}
 - --failback-delay={{ .Values.failbackDelay }}
+- --max-imported-per-cluster={{ .Values.maxImportedPerCluster }}
+- --max-imported={{ .Values.maxImported }}
 {{- with .Values.globalnetCidr }}
 - --globalnet-cidr={{ . }}
 {{- end }}
