@@ -808,6 +808,52 @@ async fn hostile_broker_objects_are_refused_counted_and_legitimate_ones_keep_syn
     let refused = "multivpc_broker_sync_total{direction=\"from_broker\",result=\"refused\"}";
     let refused_before = env.metric(0, refused).await;
 
+    // A copy imported legitimately whose source turns hostile: the copy goes, and its owner is
+    // told why with a Warning event on it.
+    let turned = forged(
+        "turn-cluster5",
+        "cluster5",
+        "turn",
+        "172.50.55.9",
+        "242.55.0.0/16",
+    );
+    apply(&h.client(BROKER), &turned).await.unwrap();
+    wait_exip(&exips(&c1), "turn-cluster5", ext_ip("172.50.55.9")).await;
+    let mut hostile_turn = turned.clone();
+    hostile_turn.spec.globalnetcidr = "242.99.0.0/16".into();
+    apply(&h.client(BROKER), &hostile_turn).await.unwrap();
+    let events: Api<Event> = Api::namespaced(c1.clone(), KUBE_SYSTEM);
+    let note = wait_for("SyncRefused event", Duration::from_secs(120), || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(
+            match list.items.iter().find(|e| {
+                e.reason.as_deref() == Some("SyncRefused")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("turn-cluster5")
+            }) {
+                Some(e) => Check::Done(e.note.clone().unwrap_or_default()),
+                None => Check::Pending("no event yet".into()),
+            },
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    assert!(
+        note.contains("from the broker") && note.contains("242.99.0.0/16"),
+        "{note}"
+    );
+    wait_for("refused copy gone", Duration::from_secs(120), || async {
+        Ok(match exips(&c1).get_opt("turn-cluster5").await? {
+            None => Check::Done(()),
+            Some(o) => Check::Pending(format!("still {}", o.spec.globalnetcidr)),
+        })
+    })
+    .await
+    .unwrap();
+    let _ = broker_exips(h)
+        .delete("turn-cluster5", &DeleteParams::default())
+        .await;
+
     let mut big = forged(
         "big-cluster5",
         "cluster5",

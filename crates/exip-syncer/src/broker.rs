@@ -30,6 +30,7 @@ use multivpc_api::{
 };
 use multivpc_runtime::{
     backoff::ErrorBackoff,
+    events::Events,
     watch::{self, Decoded, WatchMetrics},
 };
 use serde_json::json;
@@ -315,6 +316,7 @@ pub async fn run(
     ));
     // (name, direction, result, resource versions) of skips already logged and counted.
     let mut logged: BTreeSet<(String, &'static str, &'static str, String)> = BTreeSet::new();
+    let events = Events::new(local_client.clone(), MANAGER);
     let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut retry: Option<tokio::time::Instant> = None;
     loop {
@@ -409,6 +411,28 @@ pub async fn run(
                     .broker_sync
                     .with_label_values(&[s.direction.label(), s.result])
                     .inc();
+                // The owner of the local object of that name (ours, or a copy imported
+                // earlier) sees why it is not synced: a forged name, a value refused, a clash.
+                if let Some(affected) = local_objects.iter().find(|o| o.name_any() == s.name) {
+                    let reason = if s.result == "conflict" {
+                        "SyncConflict"
+                    } else {
+                        "SyncRefused"
+                    };
+                    let way = match s.direction {
+                        Direction::ToBroker => "to the broker",
+                        Direction::FromBroker => "from the broker",
+                    };
+                    events
+                        .publish(
+                            &kube::Resource::object_ref(affected, &()),
+                            kube::runtime::events::EventType::Warning,
+                            reason,
+                            "Sync",
+                            format!("GatewayExIp {} not synced {way}: {}", s.name, s.reason),
+                        )
+                        .await;
+                }
             }
         }
         logged.retain(|k| current.contains(k));
