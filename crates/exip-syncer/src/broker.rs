@@ -380,6 +380,8 @@ pub async fn run(
             entry.push_str(o.resource_version().as_deref().unwrap_or_default());
         }
         let versions = |name: &str| by_name.get(name).cloned().unwrap_or_default();
+        let local_by_name: BTreeMap<String, &GatewayExIp> =
+            local_objects.iter().map(|o| (o.name_any(), o)).collect();
         let current: BTreeSet<_> = plan
             .skipped
             .iter()
@@ -413,7 +415,7 @@ pub async fn run(
                     .inc();
                 // The owner of the local object of that name (ours, or a copy imported
                 // earlier) sees why it is not synced: a forged name, a value refused, a clash.
-                if let Some(affected) = local_objects.iter().find(|o| o.name_any() == s.name) {
+                if let Some(affected) = local_by_name.get(&s.name) {
                     let reason = if s.result == "conflict" {
                         "SyncConflict"
                     } else {
@@ -425,7 +427,7 @@ pub async fn run(
                     };
                     events
                         .publish(
-                            &kube::Resource::object_ref(affected, &()),
+                            &kube::Resource::object_ref(*affected, &()),
                             kube::runtime::events::EventType::Warning,
                             reason,
                             "Sync",

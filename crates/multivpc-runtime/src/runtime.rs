@@ -299,20 +299,30 @@ mod tests {
         (controller, writer)
     }
 
+    /// `drive` runs until `shutdown` is cancelled, then ends (a hang fails the test instead of
+    /// stalling the suite).
+    async fn stops_on_shutdown(drive: impl Future<Output = ()>, shutdown: &CancellationToken) {
+        tokio::pin!(drive);
+        assert!(
+            futures::poll!(&mut drive).is_pending(),
+            "ended before the signal"
+        );
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), drive)
+            .await
+            .expect("the controller did not stop");
+    }
+
     #[tokio::test]
     async fn a_shutdown_before_the_caches_sync_ends_the_controller() {
         let shutdown = CancellationToken::new();
         let (controller, _writer) = unlisted_controller(&shutdown);
         let caches = CacheSync::new(Readiness::default());
-        let drive = drive_controller(controller, &caches, shutdown.clone());
-        tokio::pin!(drive);
-        // Still running before the signal.
-        assert!(futures::poll!(&mut drive).is_pending());
-        shutdown.cancel();
-        // A hang here fails the test instead of stalling the suite.
-        tokio::time::timeout(Duration::from_secs(60), drive)
-            .await
-            .expect("the controller did not stop");
+        stops_on_shutdown(
+            drive_controller(controller, &caches, shutdown.clone()),
+            &shutdown,
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -329,13 +339,11 @@ mod tests {
         >(Event::InitDone)]));
         listed.collect::<Vec<_>>().await;
         assert!(caches.is_synced());
-        let drive = drive_controller(controller, &caches, shutdown.clone());
-        tokio::pin!(drive);
-        assert!(futures::poll!(&mut drive).is_pending());
-        shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), drive)
-            .await
-            .expect("the controller did not drain");
+        stops_on_shutdown(
+            drive_controller(controller, &caches, shutdown.clone()),
+            &shutdown,
+        )
+        .await;
     }
 
     #[test]
