@@ -331,6 +331,51 @@ fn the_original_operators_state_is_adopted() {
     );
 }
 
+/// The Go operator ran plain `iptables`, whichever flavour that was in its image; Kube-OVN's
+/// gateway (and our scripts) may use the other one. Its untagged rule is found and removed there,
+/// and ours lands in the gateway's flavour only.
+#[test]
+fn the_original_operators_rule_is_removed_from_the_other_iptables_flavour() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns
+        .sh("command -v iptables-legacy && command -v iptables-nft")
+        .0
+    {
+        skip("needs both iptables-legacy and iptables-nft on the host");
+        return;
+    }
+    let (ok, _, _) =
+        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
+    if !ok {
+        skip("this kernel has no VXLAN");
+        return;
+    }
+    let cfg = crate::script::tests::vxlan();
+    let gateway = ns
+        .sh(&format!("{FLAVOUR}; readlink -f \"$(command -v $ipt)\""))
+        .1;
+    let (ours, other) = if gateway.contains("legacy") {
+        ("iptables-legacy", "iptables-nft")
+    } else {
+        ("iptables-nft", "iptables-legacy")
+    };
+    let (ok, _, err) = ns.sh(&format!(
+        "{other} -t nat -A POSTROUTING -d {} -j SNAT --to-source {}",
+        cfg.remote_cidr, cfg.snat
+    ));
+    assert!(ok, "{err}");
+    assert!(ns.script(&script::converge(&cfg, &Stale::default(), Mode::Converge)) > 0);
+    let rules = |flavour: &str| ns.sh(&format!("{flavour} -t nat -S POSTROUTING")).1;
+    let (in_ours, in_other) = (rules(ours), rules(other));
+    assert_eq!(in_ours.matches("SNAT").count(), 1, "{ours}: {in_ours}");
+    assert!(in_ours.contains(cfg.tag.as_str()), "{in_ours}");
+    assert!(!in_other.contains("SNAT"), "{other}: {in_other}");
+    assert_eq!(
+        ns.script(&script::converge(&cfg, &Stale::default(), Mode::Check)),
+        0
+    );
+}
+
 const FLAVOUR: &str = "ipt=iptables; if iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi";
 
 #[test]

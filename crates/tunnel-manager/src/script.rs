@@ -384,11 +384,20 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
         "  step \"SNAT to \"{to}\" for \"{remote} $ipt -t nat -I POSTROUTING 1 {rule}\n"
     ));
     s.push_str("fi\n");
-    // The original Go operator's untagged rule for the same traffic (adoption).
+    // The original Go operator's untagged rule for the same traffic (adoption). It ran plain
+    // `iptables`, whichever flavour that was in the image, so every flavour present is searched;
+    // names resolving to the same binary are searched once.
     let untagged = format!("-d {remote} -j SNAT --to-source {to}");
+    s.push_str("seen=' '\n");
+    s.push_str("for f in \"$ipt\" iptables iptables-legacy iptables-nft; do\n");
+    s.push_str("  p=$(command -v \"$f\" 2>/dev/null) || continue\n");
+    s.push_str("  p=$(readlink -f \"$p\" 2>/dev/null || echo \"$p\")\n");
+    s.push_str("  case \"$seen\" in *\" $p \"*) continue ;; esac\n");
+    s.push_str("  seen=\"$seen$p \"\n");
     s.push_str(&format!(
-        "if $ipt -t nat -C POSTROUTING {untagged} 2>/dev/null; then step \"remove untagged SNAT rule\" $ipt -t nat -D POSTROUTING {untagged}; fi\n"
+        "  if \"$f\" -t nat -C POSTROUTING {untagged} 2>/dev/null; then step \"remove untagged SNAT rule ($f)\" \"$f\" -t nat -D POSTROUTING {untagged}; fi\n"
     ));
+    s.push_str("done\n");
     s.push_str(&epilogue());
     s
 }
