@@ -20,6 +20,7 @@
 //! Without a harness, tests using [`harness_or_skip!`] return early with a loud
 //! message; with `MULTIVPC_E2E=1` (make test, CI) a missing harness fails them.
 pub mod apply;
+pub mod chart;
 pub mod cli;
 pub mod controllers;
 pub mod exec;

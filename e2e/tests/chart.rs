@@ -16,37 +16,18 @@ use kube::{
     api::{ListParams, Patch, PatchParams, PostParams},
 };
 use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions, foreign::kubeovn::Vpc};
-use multivpc_e2e::{Harness, controllers, fixtures::VpcDnsForm, prelude::*, tool_path};
+use multivpc_e2e::{
+    Harness,
+    chart::{chart_dir, ensure_namespace, helm_or_skip, install_without_pods, run_as_chart},
+    controllers,
+    fixtures::VpcDnsForm,
+    prelude::*,
+};
 use serde_json::{Value, json};
 
 const CONTROLLERS: [&str; 3] = ["dns-forwarder", "tunnel-manager", "exip-syncer"];
 const RELEASE: &str = "mv";
 const NAMESPACE: &str = "mvns";
-
-fn chart_dir() -> String {
-    multivpc_e2e::repo_dir()
-        .join("charts/kubeovn-multivpc")
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// The harness's helm, or None (skip) when it is not built and MULTIVPC_E2E is not set.
-fn helm_or_skip() -> Option<String> {
-    let helm = tool_path("helm");
-    if helm.exists() {
-        return Some(helm.to_string_lossy().into_owned());
-    }
-    assert!(
-        !multivpc_e2e::e2e_required(),
-        "{} missing: run `make e2e-build`",
-        helm.display()
-    );
-    eprintln!(
-        "SKIPPED chart test: no helm at {} (make e2e-build)",
-        helm.display()
-    );
-    None
-}
 
 /// Runs helm with `args`; Ok(stdout) or Err(stderr).
 async fn helm(bin: &str, args: &[&str]) -> Result<String, String> {
@@ -479,15 +460,6 @@ async fn deployment(c: &Client, ns: &str, name: &str) -> Deployment {
         .get(name)
         .await
         .unwrap()
-}
-
-async fn ensure_namespace(h: &Harness, cluster: &str, name: &str) {
-    apply_json(
-        &h.client(cluster),
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-    )
-    .await
-    .unwrap();
 }
 
 #[tokio::test]
@@ -1016,67 +988,6 @@ async fn make_deploy_renders_a_deploy_yaml_that_kubectl_applies() {
     .unwrap()
     .check()
     .unwrap();
-}
-
-/// The chart's release on `cluster` without pods (the controllers run on the host with its
-/// ServiceAccounts' tokens): (release namespace, release name).
-async fn install_without_pods(
-    h: &Harness,
-    cluster: &str,
-    prefix: &str,
-    extra: &[&str],
-) -> (String, String) {
-    ensure_namespace(h, cluster, "submariner-operator").await;
-    let ns = h.unique_namespace(cluster, prefix).await.unwrap();
-    let release = Harness::unique_name(prefix);
-    let chart = chart_dir();
-    let cluster_id = format!("global.clusterId={cluster}");
-    let mut args = vec![
-        "install",
-        &release,
-        &chart,
-        "--namespace",
-        &ns,
-        "--skip-crds",
-        "--set",
-        &cluster_id,
-        "--set",
-        "dns-forwarder.replicas=0",
-        "--set",
-        "tunnel-manager.replicas=0",
-        "--set",
-        "exip-syncer.replicas=0",
-    ];
-    for e in extra {
-        args.extend(["--set", e]);
-    }
-    h.helm(cluster, &args).await.unwrap().check().unwrap();
-    (ns, release)
-}
-
-/// Starts `binary` on the host as the chart's ServiceAccount of release `ns/release` on
-/// `cluster`, with the flags the chart's Deployment passes.
-async fn run_as_chart(
-    h: &Harness,
-    cluster: &str,
-    ns: &str,
-    release: &str,
-    binary: &str,
-    extra: &[&str],
-) -> controllers::ControllerProcess {
-    let kc = h
-        .service_account_kubeconfig(cluster, ns, &format!("{release}-{binary}"))
-        .await
-        .unwrap();
-    let elect = format!("--leader-election-namespace={ns}");
-    let id = format!("--cluster-id={cluster}");
-    let mut args = vec!["--leader-elect", &elect, &id];
-    args.extend_from_slice(extra);
-    // Generous: a RoleBinding just created may take the API server a moment to honour, and
-    // the watchers back off meanwhile.
-    controllers::spawn(h.run_dir(), binary, &kc, &args, Duration::from_secs(120))
-        .await
-        .unwrap()
 }
 
 fn assert_never_forbidden(ctl: &controllers::ControllerProcess) {
