@@ -65,6 +65,18 @@ pub async fn spawn(
     args: &[&str],
     ready_within: Duration,
 ) -> Result<ControllerProcess> {
+    spawn_with_env(run_dir, binary, kubeconfig, &[], args, ready_within).await
+}
+
+/// [`spawn`] with extra environment variables.
+pub async fn spawn_with_env(
+    run_dir: &Path,
+    binary: &str,
+    kubeconfig: &Path,
+    env: &[(&str, String)],
+    args: &[&str],
+    ready_within: Duration,
+) -> Result<ControllerProcess> {
     let log = run_dir.join("logs").join(format!(
         "{binary}-{}.log",
         crate::Harness::unique_name("run")
@@ -73,7 +85,7 @@ pub async fn spawn(
         &binary_dir().join(binary),
         log,
         kubeconfig,
-        &[],
+        env,
         args,
         ready_within,
     )

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DynamicObject, PostParams};
@@ -941,6 +941,41 @@ impl Harness {
             ca_b64,
             namespace: BROKER_NS.into(),
         })
+    }
+
+    /// A token of member `cluster_id`'s broker ServiceAccount (set up by
+    /// [`Harness::broker_access`]) bound to a Secret `bound_to` in the broker namespace, which
+    /// this creates: deleting that Secret revokes the token (a rotation, as a test drives it).
+    pub async fn revocable_broker_token(
+        &self,
+        broker: &str,
+        cluster_id: &str,
+        bound_to: &str,
+    ) -> Result<String> {
+        let client = self.client(broker);
+        let marker: Secret = typed(json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": bound_to, "namespace": BROKER_NS},
+        }));
+        let marker = apply(&client, &marker).await?;
+        let tr: TokenRequest = typed(json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"audiences": [], "expirationSeconds": 3600,
+                     "boundObjectRef": {"apiVersion": "v1", "kind": "Secret", "name": bound_to,
+                                        "uid": marker.metadata.uid}}
+        }));
+        let sas: Api<ServiceAccount> = Api::namespaced(client, BROKER_NS);
+        let tr = sas
+            .create_token_request(
+                &format!("cluster-{cluster_id}"),
+                &PostParams::default(),
+                &tr,
+            )
+            .await
+            .context("bound token request")?;
+        tr.status
+            .map(|s| s.token)
+            .context("token request has no status")
     }
 
     /// Create what Submariner (with Globalnet) has in member `cluster`: the

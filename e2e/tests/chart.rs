@@ -810,6 +810,43 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
     );
     assert!(!can(&sc, "patch", "kubeovn.ustc.io", "gatewayexips", &gw_ns, "x").await);
     assert!(!can(&sc, "delete", "", "pods", "kube-system", "x").await);
+    // The cluster ID is known: neither ServiceDiscovery (it holds the broker token) nor other
+    // clusters' Cluster objects.
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            !can(
+                &sc,
+                verb,
+                "submariner.io",
+                "servicediscoveries",
+                "submariner-operator",
+                "service-discovery"
+            )
+            .await
+        );
+    }
+    assert!(
+        can(
+            &sc,
+            "watch",
+            "submariner.io",
+            "clusters",
+            "submariner-operator",
+            "cluster1"
+        )
+        .await
+    );
+    assert!(
+        !can(
+            &sc,
+            "watch",
+            "submariner.io",
+            "clusters",
+            "submariner-operator",
+            "cluster2"
+        )
+        .await
+    );
     assert!(tm.stop().unwrap(), "tunnel-manager did not exit cleanly");
     let log = std::fs::read_to_string(&tm.log).unwrap();
     assert!(
@@ -1240,4 +1277,255 @@ async fn broker_kubeconfig_secret(h: &Harness, cluster: &str, ns: &str) -> Strin
     .await
     .unwrap();
     format!("--broker-credentials=secret:{ns}/broker-kubeconfig")
+}
+
+/// With ServiceDiscovery credentials, exip-syncer takes the broker token from the Secret that
+/// ServiceDiscovery names (`brokerK8sSecret`, what Submariner rotates), the one Secret of
+/// `submariner-operator` the chart lets it read (found by a lookup at install): a stale inline
+/// token does not matter. When the token in that Secret is rotated and the old one revoked,
+/// the next write the broker refuses makes exip-syncer re-read it, and exports go on.
+#[tokio::test]
+async fn exip_syncer_follows_the_broker_secret_service_discovery_names_through_a_rotation() {
+    use base64::Engine as _;
+    use multivpc_api::foreign::submariner::ServiceDiscovery;
+    const C1: &str = "cluster1";
+    const BROKER: &str = "broker";
+    const SUBMARINER_NS: &str = "submariner-operator";
+    let h = harness_or_skip!([C1, BROKER]);
+    let Some(_) = helm_or_skip() else { return };
+    let _syncer_lock = h.exclusive("exip-syncer").await.unwrap();
+    h.install_fleet(&[C1], BROKER).await.unwrap();
+    // ServiceDiscovery is a singleton other tests set up: held for the test, restored at the end.
+    let _sd_lock = h.exclusive("submariner").await.unwrap();
+    let c1 = h.client(C1);
+    let access = h.broker_access(BROKER, C1).await.unwrap();
+    let ca_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&access.ca_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let pid = std::process::id() % 100_000;
+    let secret_name = format!("broker-secret-{pid}");
+    let (rot1, rot2) = (format!("rot1-{pid}"), format!("rot2-{pid}"));
+    let member_secret = |token: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": secret_name, "namespace": SUBMARINER_NS},
+               "stringData": {"token": token, "ca.crt": ca_pem, "namespace": fixtures::BROKER_NS}})
+    };
+    let token1 = h.revocable_broker_token(BROKER, C1, &rot1).await.unwrap();
+    apply_json(&c1, member_secret(&token1)).await.unwrap();
+    let sds: Api<ServiceDiscovery> = Api::namespaced(c1.clone(), SUBMARINER_NS);
+    sds.patch(
+        "service-discovery",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"brokerK8sApiServerToken": "stale-token",
+                                      "brokerK8sSecret": secret_name}})),
+    )
+    .await
+    .unwrap();
+
+    let (ns, rel) = install_without_pods(&h, C1, "chrot", &[]).await;
+    let sa = h
+        .service_account_client(C1, &ns, &format!("{rel}-exip-syncer"))
+        .await
+        .unwrap();
+    assert!(can(&sa, "get", "", "secrets", SUBMARINER_NS, &secret_name).await);
+    assert!(
+        !can(
+            &sa,
+            "get",
+            "",
+            "secrets",
+            SUBMARINER_NS,
+            "submariner-ipsec-psk"
+        )
+        .await
+    );
+    assert!(!can(&sa, "list", "", "secrets", SUBMARINER_NS, "").await);
+    let mut syncer = run_as_chart(&h, C1, &ns, &rel, "exip-syncer", &[]).await;
+    let connected = wait_for("broker connected", Duration::from_secs(60), || async {
+        let v = syncer
+            .metric("multivpc_broker_connected")
+            .await?
+            .unwrap_or(0.0);
+        Ok(if v == 1.0 {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("multivpc_broker_connected {v}"))
+        })
+    })
+    .await;
+    if let Err(e) = connected {
+        panic!("{e:#}\n{}", syncer.log_tail(30));
+    }
+    let on_broker: Api<GatewayExIp> = Api::namespaced(h.client(BROKER), fixtures::BROKER_NS);
+    let export = |gw: NatGateway| {
+        let (h, on_broker, syncer) = (&h, &on_broker, &syncer);
+        async move {
+            gw.wait_available(h, Duration::from_secs(90)).await.unwrap();
+            let name = format!("{}-{C1}", gw.spec.name);
+            if let Err(e) = wait_for_object(
+                on_broker,
+                &name,
+                Duration::from_secs(90),
+                |_: &GatewayExIp| true,
+            )
+            .await
+            {
+                panic!("{name} on the broker: {e:#}\n{}", syncer.log_tail(30));
+            }
+            gw
+        }
+    };
+    let g1 = export(
+        h.create_nat_gateway(
+            C1,
+            NatGatewaySpec::new(&Harness::unique_name("rot"), "rotvpc"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+
+    // The rotation: a new token in the Secret, the old one revoked.
+    let token2 = h.revocable_broker_token(BROKER, C1, &rot2).await.unwrap();
+    apply_json(&c1, member_secret(&token2)).await.unwrap();
+    let markers: Api<Secret> = Api::namespaced(h.client(BROKER), fixtures::BROKER_NS);
+    markers.delete(&rot1, &Default::default()).await.unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(h.kubeconfig(BROKER)).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token1.clone().into()),
+        ..Default::default()
+    };
+    let old_token: Api<GatewayExIp> =
+        Api::namespaced(Client::try_from(config).unwrap(), fixtures::BROKER_NS);
+    wait_for("the old token revoked", Duration::from_secs(60), || async {
+        Ok(
+            match old_token.list(&ListParams::default().limit(1)).await {
+                Err(kube::Error::Api(s)) if s.code == 401 => Check::Done(()),
+                other => Check::Pending(format!("{:?}", other.map(|_| "still accepted"))),
+            },
+        )
+    })
+    .await
+    .unwrap();
+    let g2 = export(
+        h.create_nat_gateway(
+            C1,
+            NatGatewaySpec::new(&Harness::unique_name("rot"), "rotvpc"),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let log = std::fs::read_to_string(&syncer.log).unwrap();
+    assert!(
+        log.contains("refused a write as Unauthorized"),
+        "{}",
+        syncer.log_tail(30)
+    );
+    for token in [&token1, &token2] {
+        assert!(!log.contains(token.as_str()), "a token was logged");
+    }
+
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+    x.unwrap();
+    y.unwrap();
+    assert!(syncer.stop().unwrap());
+    assert_never_forbidden(&syncer);
+    sds.patch(
+        "service-discovery",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"brokerK8sSecret": null}})),
+    )
+    .await
+    .unwrap();
+    h.install_default_submariner(C1, Some(BROKER))
+        .await
+        .unwrap();
+    let _ = Api::<Secret>::namespaced(c1.clone(), SUBMARINER_NS)
+        .delete(&secret_name, &Default::default())
+        .await;
+    let _ = markers.delete(&rot2, &Default::default()).await;
+    h.helm(C1, &["uninstall", &rel, "--namespace", &ns])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    h.delete_namespace(C1, &ns).await.unwrap();
+}
+
+/// Installed after `subctl join` without `global.clusterId`, the chart finds the cluster ID in
+/// Submariner's ServiceDiscovery (a lookup at install): every controller gets it, and
+/// tunnel-manager needs no access to ServiceDiscovery (which holds the broker token) and sees
+/// only this cluster's Cluster object.
+#[tokio::test]
+async fn the_cluster_id_is_looked_up_at_install_and_tunnel_manager_never_reads_service_discovery() {
+    const C1: &str = "cluster1";
+    let h = harness_or_skip!([C1, "broker"]);
+    let Some(_) = helm_or_skip() else { return };
+    h.install_fleet(&[C1], "broker").await.unwrap();
+    let ns = h.unique_namespace(C1, "chid").await.unwrap();
+    let chart = chart_dir();
+    let out = h
+        .helm(
+            C1,
+            &[
+                "install",
+                "chid",
+                &chart,
+                "--namespace",
+                &ns,
+                "--skip-crds",
+                "--dry-run=server",
+            ],
+        )
+        .await
+        .unwrap()
+        .check()
+        .unwrap()
+        .stdout;
+    let manifest = out.split_once("MANIFEST:").map(|(_, m)| m).unwrap_or(&out);
+    let manifest = manifest
+        .split_once("\nNOTES:")
+        .map(|(m, _)| m)
+        .unwrap_or(manifest);
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(manifest)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &Value| v.is_object())
+        .collect();
+    let find = |kind: &str, suffix: &str| {
+        docs.iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with(suffix))
+            })
+            .unwrap_or_else(|| panic!("no {kind} *{suffix} in:\n{manifest}"))
+    };
+    for ctl in CONTROLLERS {
+        let env = &find("Deployment", ctl)["spec"]["template"]["spec"]["containers"][0]["env"];
+        let id = env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "CLUSTER_ID")
+            .map(|e| e["value"].clone());
+        assert_eq!(id, Some(json!(C1)), "{ctl}: {env}");
+    }
+    let tm_role = find("Role", "tunnel-manager-submariner");
+    let rules = tm_role["rules"].to_string();
+    assert!(!rules.contains("servicediscoveries"), "{rules}");
+    assert!(
+        rules.contains(&format!("\"resourceNames\":[\"{C1}\"]")),
+        "{rules}"
+    );
+    h.delete_namespace(C1, &ns).await.unwrap();
 }

@@ -997,3 +997,114 @@ async fn hostile_broker_objects_are_refused_counted_and_legitimate_ones_keep_syn
     .await
     .unwrap();
 }
+
+/// Broker TLS trusts what Submariner's admiral trusts: ServiceDiscovery's CA, and the system
+/// roots. With a CA in ServiceDiscovery that did not sign the broker's certificate (stale) and
+/// the broker's real CA among the system roots (`SSL_CERT_FILE`), exip-syncer still connects;
+/// with neither, it does not, and says why.
+#[tokio::test]
+async fn the_broker_is_trusted_through_the_system_roots_when_service_discovery_has_a_stale_ca() {
+    use base64::Engine as _;
+    use multivpc_api::foreign::submariner::ServiceDiscovery;
+    let h = harness_or_skip!([C1, BROKER]);
+    let _lock = h.exclusive("exip-syncer").await.unwrap();
+    h.install_fleet(&[C1], BROKER).await.unwrap();
+    let _sd_lock = h.exclusive("submariner").await.unwrap();
+    let dir = h.run_dir().join(Harness::unique_name("roots"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A CA of its own, which signed nothing the broker serves.
+    let (stale_key, stale_ca) = (dir.join("stale.key"), dir.join("stale.pem"));
+    host_exec(&[
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=stale-ca",
+        "-keyout",
+        stale_key.to_str().unwrap(),
+        "-out",
+        stale_ca.to_str().unwrap(),
+    ])
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    let stale_b64 =
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&stale_ca).unwrap());
+    let access = h.broker_access(BROKER, C1).await.unwrap();
+    let roots = dir.join("roots.pem");
+    std::fs::write(
+        &roots,
+        base64::engine::general_purpose::STANDARD
+            .decode(&access.ca_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    let sds: Api<ServiceDiscovery> = Api::namespaced(h.client(C1), fixtures::SUBMARINER_NS);
+    sds.patch(
+        "service-discovery",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"brokerK8sCA": stale_b64}})),
+    )
+    .await
+    .unwrap();
+
+    for (roots, expect) in [(Some(&roots), 1.0), (None, 0.0)] {
+        let env: Vec<(&str, String)> = roots
+            .map(|r| ("SSL_CERT_FILE", r.display().to_string()))
+            .into_iter()
+            .collect();
+        let mut p = controllers::spawn_with_env(
+            h.run_dir(),
+            "exip-syncer",
+            &h.kubeconfig(C1),
+            &env,
+            &[],
+            CONVERGE,
+        )
+        .await
+        .unwrap();
+        if expect == 1.0 {
+            let seen = wait_for("broker connected", CONVERGE, || async {
+                let v = p.metric("multivpc_broker_connected").await?.unwrap_or(0.0);
+                Ok(if v == 1.0 {
+                    Check::Done(())
+                } else {
+                    Check::Pending(format!("multivpc_broker_connected {v}"))
+                })
+            })
+            .await;
+            if let Err(e) = seen {
+                panic!("{e:#}\n{}", p.log_tail(30));
+            }
+        } else {
+            let log = p.log.clone();
+            wait_for("a refused broker connection", CONVERGE, || async {
+                let text = std::fs::read_to_string(&log)?;
+                Ok(if text.contains("cannot reach the broker") {
+                    Check::Done(())
+                } else {
+                    Check::Pending("no attempt logged yet".into())
+                })
+            })
+            .await
+            .unwrap();
+            assert_eq!(
+                p.metric("multivpc_broker_connected").await.unwrap(),
+                Some(0.0)
+            );
+        }
+        assert!(p.stop().unwrap());
+    }
+    h.install_default_submariner(C1, Some(BROKER))
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     runtime::watcher,
 };
@@ -152,18 +152,50 @@ pub fn check_secret_kubeconfig(kc: &Kubeconfig, allow_insecure: bool) -> anyhow:
     Ok(())
 }
 
-/// A kubeconfig for the broker built from a ServiceDiscovery spec: token auth, the base64 CA
-/// as certificate-authority-data, TLS verified unless `brokerK8sInsecure` is set.
-pub fn kubeconfig_from_service_discovery(
+/// The token and CA to reach the broker with, as read from ServiceDiscovery.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerCredentials {
+    pub token: String,
+    /// Base64 of the broker's CA certificate (PEM); empty when none is given.
+    pub ca_b64: String,
+}
+
+impl std::fmt::Debug for BrokerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerCredentials")
+            .field("token", &"<redacted>")
+            .field("ca_b64", &self.ca_b64)
+            .finish()
+    }
+}
+
+/// The kubeconfigs to try for the broker, in order, from a ServiceDiscovery spec and the
+/// credentials read for it: token auth, TLS verified unless `brokerK8sInsecure` is set. The two
+/// trust sources of Submariner's admiral (`GetAuthorizedRestConfigFromData`): the given CA,
+/// then the system roots, so that a broker certificate from a public CA works whatever CA
+/// ServiceDiscovery carries (stale or none). Admiral tries the roots first; the CA first
+/// trusts less when it suffices, and spares the usual private-CA broker a failed handshake on
+/// every connect (which the TLS verifier logs at ERROR).
+pub fn service_discovery_kubeconfigs(
     sd: &ServiceDiscoverySpec,
+    credentials: &BrokerCredentials,
     namespace: &str,
     allow_insecure: bool,
-) -> anyhow::Result<Kubeconfig> {
+) -> anyhow::Result<Vec<Kubeconfig>> {
     let server = broker_url(&sd.broker_k8s_api_server, allow_insecure)?;
-    if sd.broker_k8s_api_server_token.is_empty() {
-        bail!("brokerK8sApiServerToken is empty");
+    if credentials.token.is_empty() {
+        bail!("the broker token is empty");
     }
-    let mut cluster = json!({ "server": server });
+    let kubeconfig = |cluster: serde_json::Value| {
+        let value = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{ "name": "broker", "cluster": cluster }],
+            "users": [{ "name": "broker", "user": { "token": credentials.token } }],
+            "contexts": [{ "name": "broker", "context": { "cluster": "broker", "user": "broker", "namespace": namespace } }],
+            "current-context": "broker",
+        });
+        serde_json::from_value::<Kubeconfig>(value).context("build broker kubeconfig")
+    };
     if sd.broker_k8s_insecure {
         if !allow_insecure {
             bail!(
@@ -171,23 +203,88 @@ pub fn kubeconfig_from_service_discovery(
             );
         }
         tracing::warn!("--allow-insecure-broker: brokerK8sInsecure, broker TLS not verified");
-        cluster["insecure-skip-tls-verify"] = json!(true);
-    } else if !sd.broker_k8s_ca.trim().is_empty() {
-        cluster["certificate-authority-data"] = json!(sd.broker_k8s_ca.trim());
+        return Ok(vec![kubeconfig(
+            json!({ "server": server, "insecure-skip-tls-verify": true }),
+        )?]);
     }
-    let value = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{ "name": "broker", "cluster": cluster }],
-        "users": [{ "name": "broker", "user": { "token": sd.broker_k8s_api_server_token } }],
-        "contexts": [{ "name": "broker", "context": { "cluster": "broker", "user": "broker", "namespace": namespace } }],
-        "current-context": "broker",
-    });
-    serde_json::from_value(value).context("build broker kubeconfig")
+    let mut candidates = Vec::new();
+    let ca = credentials.ca_b64.trim();
+    if !ca.is_empty() {
+        candidates.push(kubeconfig(
+            json!({ "server": server, "certificate-authority-data": ca }),
+        )?);
+    }
+    candidates.push(kubeconfig(json!({ "server": server }))?);
+    Ok(candidates)
 }
 
-/// Builds a client for the broker and names its namespace. Never logs the token.
-async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(Client, String)> {
-    let (kubeconfig, namespace) = match &settings.source {
+/// The broker credentials ServiceDiscovery leads to: those of the Secret it names
+/// (`brokerK8sSecret`, keys `token` and `ca.crt`, what Submariner's pods mount and what token
+/// rotation updates) when this controller may read it, else its inline token and CA. The
+/// second value says why the Secret was not used, when it was named.
+async fn service_discovery_credentials(
+    local: &Client,
+    sd: &ServiceDiscoverySpec,
+) -> (BrokerCredentials, Option<String>) {
+    let inline = BrokerCredentials {
+        token: sd.broker_k8s_api_server_token.clone(),
+        ca_b64: sd.broker_k8s_ca.trim().to_owned(),
+    };
+    let name = sd.broker_k8s_secret.trim();
+    if name.is_empty() {
+        return (inline, None);
+    }
+    if !multivpc_api::net::is_object_name(name) {
+        return (
+            inline,
+            Some(format!("brokerK8sSecret {name:?} is not an object name")),
+        );
+    }
+    let api: Api<Secret> = Api::namespaced(local.clone(), SUBMARINER_NAMESPACE);
+    let secret = match api.get(name).await {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                inline,
+                Some(format!(
+                    "cannot read Secret {SUBMARINER_NAMESPACE}/{name} named by brokerK8sSecret: {e}"
+                )),
+            );
+        }
+    };
+    let data = secret.data.unwrap_or_default();
+    let token = data
+        .get("token")
+        .and_then(|t| std::str::from_utf8(&t.0).ok())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return (
+            inline,
+            Some(format!(
+                "Secret {SUBMARINER_NAMESPACE}/{name} named by brokerK8sSecret has no token"
+            )),
+        );
+    };
+    use base64::Engine as _;
+    let ca_b64 = data
+        .get("ca.crt")
+        .filter(|c| !c.0.is_empty())
+        .map(|c| base64::engine::general_purpose::STANDARD.encode(&c.0))
+        .unwrap_or(inline.ca_b64);
+    (BrokerCredentials { token, ca_b64 }, None)
+}
+
+/// Builds a client for the broker and names its namespace. Never logs the token. With several
+/// kubeconfigs to try (a CA, then the system roots), each but the last must list the broker's
+/// GatewayExIps before it is taken. `secret_note` keeps the last reason the brokerK8sSecret
+/// was not used, so that it is logged once, not on every reconnect.
+async fn connect(
+    local: &Client,
+    settings: &BrokerSettings,
+    secret_note: &mut Option<String>,
+) -> anyhow::Result<(Client, String)> {
+    let (candidates, namespace) = match &settings.source {
         Source::Disabled => bail!("broker sync is disabled"),
         Source::ServiceDiscovery => {
             let api: Api<ServiceDiscovery> = Api::namespaced(local.clone(), SUBMARINER_NAMESPACE);
@@ -205,8 +302,25 @@ async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(C
                     Some(sd.spec.broker_k8s_remote_namespace.clone()).filter(|n| !n.is_empty())
                 })
                 .unwrap_or_else(|| DEFAULT_BROKER_NAMESPACE.into());
+            let (credentials, note) = service_discovery_credentials(local, &sd.spec).await;
+            if note != *secret_note {
+                if let Some(why) = &note {
+                    tracing::warn!(
+                        reason = why.as_str(),
+                        "using ServiceDiscovery's inline broker token, which does not follow token rotation (docs/broker.md: credentials)"
+                    );
+                } else if secret_note.is_some() {
+                    tracing::info!("using the broker Secret named by ServiceDiscovery");
+                }
+                *secret_note = note;
+            }
             (
-                kubeconfig_from_service_discovery(&sd.spec, &ns, settings.allow_insecure)?,
+                service_discovery_kubeconfigs(
+                    &sd.spec,
+                    &credentials,
+                    &ns,
+                    settings.allow_insecure,
+                )?,
                 ns,
             )
         }
@@ -235,9 +349,32 @@ async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(C
                 .clone()
                 .or(context_ns)
                 .unwrap_or_else(|| DEFAULT_BROKER_NAMESPACE.into());
-            (kc, ns)
+            (vec![kc], ns)
         }
     };
+    let last = candidates.len().saturating_sub(1);
+    for (i, kubeconfig) in candidates.into_iter().enumerate() {
+        if i == last {
+            return Ok((broker_client(kubeconfig).await?, namespace));
+        }
+        let probed = async {
+            let client = broker_client(kubeconfig).await?;
+            let probe: Api<GatewayExIp> = Api::namespaced(client.clone(), &namespace);
+            probe.list(&ListParams::default().limit(1)).await?;
+            anyhow::Ok(client)
+        };
+        match probed.await {
+            Ok(client) => return Ok((client, namespace)),
+            Err(e) => tracing::info!(
+                err = format!("{e:#}"),
+                "broker not reached with the given CA; trying the system roots"
+            ),
+        }
+    }
+    bail!("no broker kubeconfig to try")
+}
+
+async fn broker_client(kubeconfig: Kubeconfig) -> anyhow::Result<Client> {
     let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
@@ -245,8 +382,14 @@ async fn connect(local: &Client, settings: &BrokerSettings) -> anyhow::Result<(C
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(300));
     config.write_timeout = Some(Duration::from_secs(10));
-    let client = Client::try_from(config).context("broker client")?;
-    Ok((client, namespace))
+    Client::try_from(config).context("broker client")
+}
+
+/// How the watch task and the sync loop wake each other: `sync` when the broker view changed,
+/// `reconnect` when the broker refused the credentials.
+struct Signals {
+    sync: Arc<Notify>,
+    reconnect: Notify,
 }
 
 /// What the sync loop knows about the broker.
@@ -305,11 +448,17 @@ pub async fn run(
         return;
     }
     let view = Arc::new(Mutex::new(BrokerView::default()));
+    // A write the broker refuses as Unauthorized (a rotated token) makes the watch task drop
+    // the connection and re-read the credentials, rather than wait for its watch to expire.
+    let signals = Arc::new(Signals {
+        sync: sync_notify.clone(),
+        reconnect: Notify::new(),
+    });
     let watch = tokio::spawn(watch_broker(
         local_client.clone(),
         settings.clone(),
         view.clone(),
-        sync_notify.clone(),
+        signals.clone(),
         metrics.clone(),
         watch_metrics,
         shutdown.clone(),
@@ -441,6 +590,7 @@ pub async fn run(
         let broker_api: Api<GatewayExIp> = Api::namespaced(client, &broker_ns);
         let local_api: Api<GatewayExIp> = Api::namespaced(local_client.clone(), &local_ns);
         let mut failed = false;
+        let mut unauthorized = false;
         for (direction, ops, api) in [
             (Direction::ToBroker, &plan.to_broker, &broker_api),
             (Direction::FromBroker, &plan.from_broker, &local_api),
@@ -460,10 +610,15 @@ pub async fn run(
                     ),
                     Err(err) => {
                         failed = true;
+                        unauthorized |= direction == Direction::ToBroker
+                            && matches!(&err, kube::Error::Api(s) if s.code == 401);
                         tracing::warn!(direction = direction.label(), op = describe(op), %err, "GatewayExIp sync failed");
                     }
                 }
             }
+        }
+        if unauthorized {
+            signals.reconnect.notify_waiters();
         }
         if failed {
             let delay = backoff.next_delay("sync");
@@ -578,16 +733,17 @@ async fn watch_broker(
     local: Client,
     settings: BrokerSettings,
     view: Arc<Mutex<BrokerView>>,
-    sync_notify: Arc<Notify>,
+    signals: Arc<Signals>,
     metrics: SyncerMetrics,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
     let backoff = ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut secret_note = None;
     metrics.broker_connected.set(0);
     loop {
         let attempt = async {
-            let (client, ns) = connect(&local, &settings).await?;
+            let (client, ns) = connect(&local, &settings, &mut secret_note).await?;
             // Another cluster's object that does not decode is skipped, never a stuck watch.
             let mut stream = broker_watch(&client, &ns, &view, |v| &v.objects, &watch_metrics);
             // Submariner's Cluster objects: the Globalnet CIDR each member really has.
@@ -599,6 +755,9 @@ async fn watch_broker(
             let (mut exips_listed, mut clusters_listed) = (false, false);
             loop {
                 tokio::select! {
+                    _ = signals.reconnect.notified() => {
+                        bail!("the broker refused a write as Unauthorized; re-reading the credentials");
+                    }
                     event = stream.next() => {
                         let Some(event) = event else { break };
                         let event = event
@@ -635,7 +794,7 @@ async fn watch_broker(
                     metrics.broker_connected.set(1);
                     backoff.reset("broker");
                 }
-                sync_notify.notify_one();
+                signals.sync.notify_one();
             }
             anyhow::Ok(())
         };
@@ -670,6 +829,7 @@ mod tests {
             broker_k8s_ca: "Q0E=".into(),
             broker_k8s_remote_namespace: "brk".into(),
             broker_k8s_insecure: insecure,
+            broker_k8s_secret: String::new(),
             cluster_id: "c1".into(),
             globalnet_enabled: true,
         }
@@ -724,40 +884,71 @@ mod tests {
         assert_eq!(broker_url("http://b:80", true).unwrap(), "http://b:80");
     }
 
+    fn inline(sd: &ServiceDiscoverySpec) -> BrokerCredentials {
+        BrokerCredentials {
+            token: sd.broker_k8s_api_server_token.clone(),
+            ca_b64: sd.broker_k8s_ca.clone(),
+        }
+    }
+
     #[test]
-    fn service_discovery_becomes_a_verified_token_kubeconfig() {
-        let kc =
-            kubeconfig_from_service_discovery(&sd("127.0.0.1:6443", false), "brk", false).unwrap();
-        let cluster = kc.clusters[0].cluster.as_ref().unwrap();
-        assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
-        assert_eq!(cluster.certificate_authority_data.as_deref(), Some("Q0E="));
-        assert_ne!(cluster.insecure_skip_tls_verify, Some(true));
+    fn service_discovery_becomes_verified_token_kubeconfigs_ca_then_system_roots() {
+        let spec = sd("127.0.0.1:6443", false);
+        let kcs = service_discovery_kubeconfigs(&spec, &inline(&spec), "brk", false).unwrap();
+        let clusters: Vec<_> = kcs
+            .iter()
+            .map(|kc| kc.clusters[0].cluster.clone().unwrap())
+            .collect();
+        // Admiral's two trust sources: ServiceDiscovery's CA, then the system roots (no CA data).
+        assert_eq!(clusters.len(), 2);
         assert_eq!(
-            kc.contexts[0]
-                .context
-                .as_ref()
-                .unwrap()
-                .namespace
-                .as_deref(),
-            Some("brk")
+            clusters[0].certificate_authority_data.as_deref(),
+            Some("Q0E=")
         );
-        // The token is kept out of Debug output.
-        assert!(!format!("{kc:?}").contains("s3cr3t"));
+        assert_eq!(clusters[1].certificate_authority_data, None);
+        for (kc, cluster) in kcs.iter().zip(&clusters) {
+            assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:6443"));
+            assert_ne!(cluster.insecure_skip_tls_verify, Some(true));
+            assert_eq!(
+                kc.contexts[0]
+                    .context
+                    .as_ref()
+                    .unwrap()
+                    .namespace
+                    .as_deref(),
+                Some("brk")
+            );
+            // The token is kept out of Debug output.
+            assert!(!format!("{kc:?}").contains("s3cr3t"));
+        }
+        assert!(!format!("{:?}", inline(&spec)).contains("s3cr3t"));
+        // Without a CA, the system roots only.
+        let no_ca = BrokerCredentials {
+            ca_b64: " ".into(),
+            ..inline(&spec)
+        };
+        let kcs = service_discovery_kubeconfigs(&spec, &no_ca, "brk", false).unwrap();
+        assert_eq!(kcs.len(), 1);
     }
 
     #[test]
     fn insecure_only_when_asked() {
-        let refused = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk", false)
+        let spec = sd("b:6443", true);
+        let refused = service_discovery_kubeconfigs(&spec, &inline(&spec), "brk", false)
             .unwrap_err()
             .to_string();
         assert!(refused.contains("--allow-insecure-broker"), "{refused}");
-        let kc = kubeconfig_from_service_discovery(&sd("b:6443", true), "brk", true).unwrap();
-        let cluster = kc.clusters[0].cluster.as_ref().unwrap();
+        let kcs = service_discovery_kubeconfigs(&spec, &inline(&spec), "brk", true).unwrap();
+        assert_eq!(kcs.len(), 1);
+        let cluster = kcs[0].clusters[0].cluster.as_ref().unwrap();
         assert_eq!(cluster.insecure_skip_tls_verify, Some(true));
         assert_eq!(cluster.certificate_authority_data, None);
-        let mut no_token = sd("b:6443", false);
-        no_token.broker_k8s_api_server_token.clear();
-        assert!(kubeconfig_from_service_discovery(&no_token, "brk", false).is_err());
+        let spec = sd("b:6443", false);
+        let no_token = BrokerCredentials {
+            token: String::new(),
+            ..inline(&spec)
+        };
+        assert!(service_discovery_kubeconfigs(&spec, &no_token, "brk", false).is_err());
     }
 
     #[test]

@@ -25,6 +25,18 @@ pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Schema pattern of a Kubernetes object name (DNS-1123 subdomain: VPCs, NAT gateways).
 pub const OBJECT_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
 
+/// True when `name` is a Kubernetes object name (DNS-1123 subdomain, [`OBJECT_NAME_PATTERN`],
+/// at most 253 bytes): safe as one segment of an API path.
+pub fn is_object_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+        && b.iter().all(|c| alnum(c) || *c == b'-' || *c == b'.')
+}
+
 /// Why a network value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -219,6 +231,27 @@ impl fmt::Display for InterfaceName {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn object_names_are_dns_subdomains() {
+        for ok in ["a", "broker-secret-x2f9", "a.b-c", &"a".repeat(253)] {
+            assert!(is_object_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a/b",
+            "..",
+            "a b",
+            "%2e",
+            &"a".repeat(254),
+        ] {
+            assert!(!is_object_name(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

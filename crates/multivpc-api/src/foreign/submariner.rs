@@ -91,6 +91,11 @@ pub struct ServiceDiscoverySpec {
     pub broker_k8s_remote_namespace: String,
     #[serde(default)]
     pub broker_k8s_insecure: bool,
+    /// Name of the Secret in `submariner-operator` holding the broker credentials (keys `token`
+    /// and `ca.crt`) that Submariner's own pods mount; it follows token rotation, the inline
+    /// token may not.
+    #[serde(default)]
+    pub broker_k8s_secret: String,
     #[serde(default, rename = "clusterID")]
     pub cluster_id: String,
     #[serde(default)]
