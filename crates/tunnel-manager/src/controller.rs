@@ -148,15 +148,17 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub clusters: Store<Cluster>,
     pub egress: Store<ClusterGlobalEgressIP>,
-    pub service_discovery: Store<ServiceDiscovery>,
+    /// Only without `--cluster-id`: ServiceDiscovery holds the broker token, which
+    /// tunnel-manager has no use for, so the chart grants it only when it cannot render the ID.
+    pub service_discovery: Option<Store<ServiceDiscovery>>,
 }
 
 impl Stores {
     fn snapshot(&self, cluster_id_flag: Option<&str>) -> Snapshot {
         let cluster_id = cluster_id_flag.map(str::to_owned).or_else(|| {
             self.service_discovery
-                .state()
-                .into_iter()
+                .iter()
+                .flat_map(|sd| sd.state())
                 .map(|sd| sd.spec.cluster_id.clone())
                 .find(|id| !id.is_empty())
         });
@@ -291,9 +293,15 @@ pub async fn run(
         &watch_metrics,
     );
     let pods_stream = pods_stream.touched_objects();
+    // Only this cluster's Cluster is read; with the ID known, only it is watched (the chart's
+    // Role then names it).
+    let clusters_config = match &settings.cluster_id {
+        Some(id) => watcher::Config::default().fields(&format!("metadata.name={id}")),
+        None => watcher::Config::default(),
+    };
     let (clusters, clusters_stream) = watch::reflect(
         Api::<Decoded<Cluster>>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-        watcher::Config::default(),
+        clusters_config,
         &caches,
         &watch_metrics,
     );
@@ -305,13 +313,19 @@ pub async fn run(
         &watch_metrics,
     );
     let egress_stream = egress_stream.touched_objects();
-    let (service_discovery, sd_stream) = watch::reflect(
-        Api::<Decoded<ServiceDiscovery>>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
-        watcher::Config::default().fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
-        &caches,
-        &watch_metrics,
-    );
-    let sd_stream = sd_stream.touched_objects();
+    let (service_discovery, sd_stream) = match settings.cluster_id {
+        Some(_) => (None, None),
+        None => {
+            let (store, stream) = watch::reflect(
+                Api::<Decoded<ServiceDiscovery>>::namespaced(c.clone(), SUBMARINER_NAMESPACE),
+                watcher::Config::default()
+                    .fields(&format!("metadata.name={SERVICE_DISCOVERY_NAME}")),
+                &caches,
+                &watch_metrics,
+            );
+            (Some(store), Some(stream.touched_objects()))
+        }
+    };
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
     // wakes the others of its gateway.
     let peers_stream = watch::skip_undecodable(
@@ -401,17 +415,20 @@ pub async fn run(
         .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
             refs(s4.tunnels.state())
         })
-        .watches_stream(sd_stream, move |_: ServiceDiscovery| {
-            refs(s5.tunnels.state())
-        })
         .watches_stream(peers_stream, move |t: VpcNatTunnel| {
             let k = key(&t);
             refs(s6.tunnels.state().into_iter().filter(|o| {
                 key(o) != k
                     && (o.spec.nat_gw_dp == t.spec.nat_gw_dp || o.name_any() == t.name_any())
             }))
-        })
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned());
+        });
+    let controller = match sd_stream {
+        Some(sd_stream) => controller.watches_stream(sd_stream, move |_: ServiceDiscovery| {
+            refs(s5.tunnels.state())
+        }),
+        None => controller,
+    }
+    .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ctx = Arc::new(Context {
         client: client.clone(),

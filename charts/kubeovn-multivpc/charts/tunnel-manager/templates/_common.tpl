@@ -55,3 +55,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "multivpc.leaseName" -}}
 multivpc-{{ .Chart.Name }}
 {{- end -}}
+
+{{/* The local Submariner cluster ID: global.clusterId, else ServiceDiscovery's clusterID looked
+up at install/upgrade (nothing under `helm template` or before `subctl join`). A looked-up value
+that is no DNS label is ignored. */}}
+{{- define "multivpc.clusterId" -}}
+{{- $id := .Values.global.clusterId | default "" -}}
+{{- if not $id -}}
+{{- with (lookup "submariner.io/v1alpha1" "ServiceDiscovery" "submariner-operator" "service-discovery") -}}
+{{- $found := dig "spec" "clusterID" "" . -}}
+{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $found) (le (len $found) 63) -}}
+{{- $id = $found -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $id -}}
+{{- end -}}
