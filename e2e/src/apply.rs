@@ -39,6 +39,25 @@ pub async fn dynamic_api(
 
 /// Server-side apply one dynamic object (force, field manager [`FIELD_MANAGER`]).
 pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<DynamicObject> {
+    apply_dynamic_as(client, obj, FIELD_MANAGER).await
+}
+
+/// Server-side apply a JSON object as field manager `manager`: a test standing in for a
+/// controller (tunnel-manager uses only GatewayExIps that exip-syncer wrote).
+pub async fn apply_json_as(
+    client: &Client,
+    value: serde_json::Value,
+    manager: &str,
+) -> Result<DynamicObject> {
+    let obj: DynamicObject = serde_json::from_value(value).context("not a Kubernetes object")?;
+    apply_dynamic_as(client, &obj, manager).await
+}
+
+async fn apply_dynamic_as(
+    client: &Client,
+    obj: &DynamicObject,
+    manager: &str,
+) -> Result<DynamicObject> {
     let (api, ar) = dynamic_api(client, obj, "default").await?;
     let name = obj.name_any();
     let mut obj = obj.clone();
@@ -46,7 +65,7 @@ pub async fn apply_dynamic(client: &Client, obj: &DynamicObject) -> Result<Dynam
     obj.metadata.resource_version = None;
     api.patch(
         &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(&obj),
     )
     .await

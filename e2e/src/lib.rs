@@ -39,7 +39,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 pub use apply::{
-    apply, apply_dynamic, apply_file, apply_json, apply_yaml, parse_yaml, patch_status_dynamic,
+    apply, apply_dynamic, apply_file, apply_json, apply_json_as, apply_yaml, parse_yaml,
+    patch_status_dynamic,
 };
 pub use exec::{ExecOutput, host_exec, netns_exec, pod_exec};
 pub use fixtures::{GatewayNode, NatGateway, NatGatewaySpec};

@@ -52,8 +52,9 @@ async fn prepare(h: &Harness, cluster: &str) {
 
 /// Gateway `gateway` of cluster `cluster_id` as exip-syncer imports it from the broker (its
 /// labels are what tunnel-manager trusts; see multivpc_api's GatewayExIp::is_copy_of).
+/// A remote gateway's GatewayExIp as exip-syncer imports it (its field manager, its labels).
 async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr: &str) {
-    apply_json(
+    multivpc_e2e::apply_json_as(
         c,
         json!({
             "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
@@ -67,6 +68,7 @@ async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr:
             },
             "spec": {"externalip": ip, "globalnetcidr": cidr},
         }),
+        multivpc_api::keys::EXIP_SYNCER_MANAGER,
     )
     .await
     .unwrap();
@@ -695,7 +697,36 @@ async fn missing_inputs_conflicts_and_adoption() {
     )
     .await;
     wait_reason(&ta, "tm-a", "RemoteGatewayNotFound").await;
-    // The controller wakes when the remote GatewayExIp appears (no polling).
+    // One written by hand, exip-syncer's labels and all, is not used.
+    apply_json(
+        &c,
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+            "metadata": {
+                "name": format!("{remote_gw}-cluster9"), "namespace": KUBE_SYSTEM,
+                "labels": {
+                    multivpc_api::keys::LABEL_CLUSTER: "cluster9",
+                    multivpc_api::keys::LABEL_GATEWAY: &remote_gw,
+                    multivpc_api::keys::SUBMARINER_CLUSTER_ID: "cluster9",
+                },
+            },
+            "spec": {"externalip": "172.50.9.1", "globalnetcidr": "242.99.0.0/16"},
+        }),
+    )
+    .await
+    .unwrap();
+    let t = wait_reason(&ta, "tm-a", "RemoteGatewayInvalid").await;
+    let msg = conditions::find(&t.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(msg.contains("exip-syncer did not write it"), "{msg}");
+    Api::<GatewayExIp>::namespaced(c.clone(), KUBE_SYSTEM)
+        .delete(&format!("{remote_gw}-cluster9"), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_reason(&ta, "tm-a", "RemoteGatewayNotFound").await;
+    // The controller wakes when exip-syncer's copy appears (no polling).
     apply_exip(&c, &remote_gw, "cluster9", "172.50.9.1", "242.99.0.0/16").await;
     let t = wait_reason(&ta, "tm-a", "GatewayPodNotFound").await;
     assert_eq!(

@@ -360,7 +360,9 @@ async fn connect(
         let probed = async {
             let client = broker_client(kubeconfig).await?;
             let probe: Api<GatewayExIp> = Api::namespaced(client.clone(), &namespace);
-            probe.list(&ListParams::default().limit(1)).await?;
+            // Metadata only: a broker object that does not decode must not fail the probe
+            // (nor make kube log the whole list).
+            probe.list_metadata(&ListParams::default().limit(1)).await?;
             anyhow::Ok(client)
         };
         match probed.await {

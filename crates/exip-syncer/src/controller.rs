@@ -50,7 +50,7 @@ use crate::{
 };
 
 /// Field manager, event reporter and log name.
-pub const MANAGER: &str = "exip-syncer";
+pub const MANAGER: &str = multivpc_api::keys::EXIP_SYNCER_MANAGER;
 /// Bursts of watch events are coalesced into one pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 

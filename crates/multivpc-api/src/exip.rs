@@ -5,7 +5,10 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    keys::{LABEL_CLUSTER, LABEL_GATEWAY, SUBMARINER_CLUSTER_ID},
+    keys::{
+        EXIP_SYNCER_MANAGER, LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY,
+        SUBMARINER_CLUSTER_ID,
+    },
     net::{IPV4_CIDR_PATTERN, IPV4_PATTERN},
 };
 
@@ -75,11 +78,131 @@ impl GatewayExIp {
     pub fn is_copy_of(&self, gateway: &str, cluster_id: &str) -> bool {
         self.describes(gateway, cluster_id) && self.label(SUBMARINER_CLUSTER_ID) == Some(cluster_id)
     }
+
+    /// Ok when exip-syncer alone wrote its spec (managedFields); otherwise the reason, naming
+    /// the other writers. Manager names are chosen by the client, so this tells hand-written or
+    /// hand-edited objects and leftovers from what exip-syncer wrote; who may write GatewayExIps
+    /// at all is RBAC's business.
+    pub fn written_by_exip_syncer(&self) -> Result<(), String> {
+        match owners(self, &["f:spec"]) {
+            (true, others) if others.is_empty() => Ok(()),
+            (true, others) => Err(format!(
+                "its spec is written by {} too, not by exip-syncer alone",
+                others.join(", ")
+            )),
+            (false, others) if others.is_empty() => {
+                Err("exip-syncer did not write it (no managedFields entry)".into())
+            }
+            (false, others) => Err(format!(
+                "exip-syncer did not write it (its spec is managed by {})",
+                others.join(", ")
+            )),
+        }
+    }
+
+    /// The active gateway instance of a local object (`multivpc.kubeovn.ustc.io/active-gateway`),
+    /// when exip-syncer alone set that label and it is an object name.
+    pub fn active_gateway(&self) -> Option<&str> {
+        let key = format!("f:{LABEL_ACTIVE_GATEWAY}");
+        let (ours, others) = owners(self, &["f:metadata", "f:labels", &key]);
+        if !ours || !others.is_empty() {
+            return None;
+        }
+        self.label(LABEL_ACTIVE_GATEWAY)
+            .filter(|a| crate::net::is_object_name(a))
+    }
+}
+
+/// Whether exip-syncer owns the field at `path` of `obj` (managedFields), and which other
+/// managers do.
+fn owners<'a>(obj: &'a GatewayExIp, path: &[&str]) -> (bool, Vec<&'a str>) {
+    let mut others = Vec::new();
+    let mut ours = false;
+    for entry in obj.metadata.managed_fields.iter().flatten() {
+        let owns = entry.fields_v1.as_ref().is_some_and(|f| {
+            path.iter()
+                .try_fold(&f.0, |node, key| node.get(key))
+                .is_some()
+        });
+        if !owns {
+            continue;
+        }
+        match entry.manager.as_deref() {
+            Some(EXIP_SYNCER_MANAGER) => ours = true,
+            other => others.push(other.unwrap_or("<unnamed>")),
+        }
+    }
+    (ours, others)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn managed(o: &mut GatewayExIp, entries: &[(&str, serde_json::Value)]) {
+        o.metadata.managed_fields = Some(
+            entries
+                .iter()
+                .map(|(m, f)| {
+                    serde_json::from_value(serde_json::json!({
+                        "manager": m, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": f,
+                    }))
+                    .unwrap()
+                })
+                .collect(),
+        );
+    }
+
+    #[test]
+    fn only_what_exip_syncer_wrote_counts() {
+        let spec = serde_json::json!({"f:spec": {"f:externalip": {}, "f:globalnetcidr": {}}});
+        let label = serde_json::json!({"f:metadata": {"f:labels": {
+            format!("f:{LABEL_ACTIVE_GATEWAY}"): {}}}});
+        let mut o = with_labels(&[(LABEL_ACTIVE_GATEWAY, "gw-b")]);
+        assert!(
+            o.written_by_exip_syncer()
+                .unwrap_err()
+                .contains("no managedFields")
+        );
+        assert_eq!(o.active_gateway(), None);
+
+        managed(
+            &mut o,
+            &[
+                ("exip-syncer", spec.clone()),
+                ("exip-syncer", label.clone()),
+            ],
+        );
+        assert_eq!(o.written_by_exip_syncer(), Ok(()));
+        assert_eq!(o.active_gateway(), Some("gw-b"));
+
+        // Someone else's write: a hand edit of the spec, a label set by hand.
+        managed(
+            &mut o,
+            &[
+                ("exip-syncer", spec.clone()),
+                (
+                    "kubectl-edit",
+                    serde_json::json!({"f:spec": {"f:externalip": {}}}),
+                ),
+                ("kubectl-label", label.clone()),
+            ],
+        );
+        let err = o.written_by_exip_syncer().unwrap_err();
+        assert!(err.contains("written by kubectl-edit too"), "{err}");
+        assert_eq!(o.active_gateway(), None);
+        managed(&mut o, &[("kubectl-client-side-apply", spec)]);
+        let err = o.written_by_exip_syncer().unwrap_err();
+        assert!(
+            err.contains("managed by kubectl-client-side-apply"),
+            "{err}"
+        );
+
+        // Not an object name: never used as one.
+        let mut o = with_labels(&[(LABEL_ACTIVE_GATEWAY, "Bad;Name")]);
+        managed(&mut o, &[("exip-syncer", label)]);
+        assert_eq!(o.active_gateway(), None);
+    }
 
     fn with_labels(labels: &[(&str, &str)]) -> GatewayExIp {
         let mut o = GatewayExIp::new(

@@ -67,3 +67,6 @@ mod tests {
         );
     }
 }
+
+/// The field manager exip-syncer writes GatewayExIps with (create, apply and label patches).
+pub const EXIP_SYNCER_MANAGER: &str = "exip-syncer";

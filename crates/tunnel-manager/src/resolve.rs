@@ -10,8 +10,8 @@ use multivpc_api::{
     GatewayExIp, TunnelType, VpcNatTunnel,
     foreign::submariner::{Cluster, ClusterGlobalEgressIP},
     keys::{
-        ANNOTATION_OVN_GATEWAY, DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM, LABEL_ACTIVE_GATEWAY,
-        LABEL_VPC_NAT_GW, NAT_GW_PREFIX, external_ip_annotation, gateway_exip_name,
+        ANNOTATION_OVN_GATEWAY, DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM, LABEL_VPC_NAT_GW, NAT_GW_PREFIX,
+        external_ip_annotation, gateway_exip_name,
     },
     net::{InterfaceName, Ipv4Cidr, parse_ipv4},
     tunnel::AppliedTunnel,
@@ -123,16 +123,9 @@ pub fn local_instance(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> String {
                 .get(&gateway_exip_name(gw, id))
                 .filter(|e| e.is_own(id) && e.describes(gw, id))
         })
-        .and_then(|e| e.labels().get(LABEL_ACTIVE_GATEWAY).cloned())
-        .filter(|active| is_object_name(active))
+        .and_then(|e| e.active_gateway())
+        .map(str::to_owned)
         .unwrap_or_else(|| gw.clone())
-}
-
-fn is_object_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
 }
 
 /// The pods of gateway instance `gw` (label `app=vpc-nat-gw-<gw>`).
@@ -279,6 +272,12 @@ fn remote_endpoint(
                 "GatewayExIp {name} is not exip-syncer's copy of gateway {} of cluster {} (its labels say otherwise)",
                 tunnel.spec.gateway_name, tunnel.spec.cluster_id
             ),
+        ));
+    }
+    if let Err(why) = exip.written_by_exip_syncer() {
+        return Err(not_ready(
+            reason::REMOTE_GATEWAY_INVALID,
+            format!("GatewayExIp {name} is not used: {why}"),
         ));
     }
     let ip = parse_ipv4(&exip.spec.externalip).map_err(|e| {
@@ -694,7 +693,9 @@ mod tests {
         Arc::new(t)
     }
 
-    use multivpc_api::keys::{LABEL_CLUSTER, LABEL_GATEWAY, SUBMARINER_CLUSTER_ID};
+    use multivpc_api::keys::{
+        LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, SUBMARINER_CLUSTER_ID,
+    };
 
     /// `<gw>-<cluster>` with exip-syncer's labels: this cluster's own (cluster1) or a copy.
     fn exip(name: &str, ip: &str, cidr: &str) -> Arc<GatewayExIp> {
@@ -712,7 +713,21 @@ mod tests {
         if cluster != "cluster1" {
             labels.insert(SUBMARINER_CLUSTER_ID.into(), cluster.into());
         }
+        o.metadata.managed_fields = Some(vec![written_by(
+            "exip-syncer",
+            json!({"f:spec": {"f:externalip": {}, "f:globalnetcidr": {}},
+                   "f:metadata": {"f:labels": {format!("f:{LABEL_ACTIVE_GATEWAY}"): {}}}}),
+        )]);
         Arc::new(o)
+    }
+
+    fn written_by(
+        manager: &str,
+        fields: serde_json::Value,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        serde_json::from_value(json!({"manager": manager, "operation": "Apply",
+                                      "fieldsType": "FieldsV1", "fieldsV1": fields}))
+        .unwrap()
     }
 
     fn pod(gw: &str, uid: &str) -> Arc<Pod> {
@@ -960,6 +975,44 @@ mod tests {
         let r = resolve(&tunnel("ns1", "vx1", "gw1", "rgw", 1), &s).unwrap();
         assert_eq!(r.local_gateway, "gw1b");
         assert_eq!(r.pod.uid, "uid-2");
+
+        // A label someone else set is not exip-syncer's failover: the tunnel stays on gw1.
+        let mut hand = (*s.exips["gw1-cluster1"]).clone();
+        hand.metadata
+            .managed_fields
+            .get_or_insert_default()
+            .push(written_by(
+                "kubectl-label",
+                json!({"f:metadata": {"f:labels": {format!("f:{LABEL_ACTIVE_GATEWAY}"): {}}}}),
+            ));
+        s.exips.insert("gw1-cluster1".into(), Arc::new(hand));
+        let r = resolve(&tunnel("ns1", "vx1", "gw1", "rgw", 1), &s).unwrap();
+        assert_eq!(r.local_gateway, "gw1");
+    }
+
+    #[test]
+    fn a_remote_gatewayexip_exip_syncer_did_not_write_is_refused() {
+        let mut s = snapshot();
+        let name = "rgw-cluster2";
+        for (manager, fields) in [
+            (
+                "kubectl-client-side-apply",
+                json!({"f:spec": {"f:externalip": {}}}),
+            ),
+            ("kubectl-edit", json!({"f:spec": {"f:externalip": {}}})),
+        ] {
+            let mut o = (*s.exips[name]).clone();
+            let entries = o.metadata.managed_fields.get_or_insert_default();
+            if manager == "kubectl-client-side-apply" {
+                entries.clear();
+            }
+            entries.push(written_by(manager, fields));
+            s.exips.insert(name.into(), Arc::new(o));
+            let err = resolve(&tunnel("ns1", "vx1", "gw1", "rgw", 1), &s).unwrap_err();
+            assert_eq!(err.reason, reason::REMOTE_GATEWAY_INVALID, "{manager}");
+            assert!(err.message.contains(manager), "{}", err.message);
+            s = snapshot();
+        }
     }
 
     #[test]

@@ -572,16 +572,23 @@ async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<
         .map(|k| {
             let c1 = c1.clone();
             async move {
-                apply_json(
+                // As exip-syncer imports them: its labels and field manager.
+                multivpc_e2e::apply_json_as(
                     &c1,
                     json!({
                         "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
-                        "metadata": {"name": format!("r-f{k}"), "namespace": KUBE_SYSTEM},
+                        "metadata": {"name": format!("r-f{k}"), "namespace": KUBE_SYSTEM,
+                                     "labels": {
+                                         multivpc_api::keys::LABEL_GATEWAY: "r",
+                                         multivpc_api::keys::LABEL_CLUSTER: format!("f{k}"),
+                                         multivpc_api::keys::SUBMARINER_CLUSTER_ID: format!("f{k}"),
+                                     }},
                         "spec": {
                             "externalip": format!("172.50.{}.{}", 200 + k / 250, 1 + k % 250),
                             "globalnetcidr": format!("100.{}.{}.0/24", 64 + k / 256, k % 256),
                         },
                     }),
+                    multivpc_api::keys::EXIP_SYNCER_MANAGER,
                 )
                 .await
                 .map(|_| ())
