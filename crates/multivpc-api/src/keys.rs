@@ -54,6 +54,9 @@ pub fn gateway_exip_name(gateway: &str, cluster_id: &str) -> String {
     format!("{gateway}-{cluster_id}")
 }
 
+/// The field manager exip-syncer writes GatewayExIps with (create and apply).
+pub const EXIP_SYNCER_MANAGER: &str = "exip-syncer";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +70,3 @@ mod tests {
         );
     }
 }
-
-/// The field manager exip-syncer writes GatewayExIps with (create, apply and label patches).
-pub const EXIP_SYNCER_MANAGER: &str = "exip-syncer";
