@@ -669,6 +669,10 @@ async fn missing_inputs_conflicts_and_adoption() {
         ("tm-x", "$(reboot)/24"),
         ("tm-x", "10.0.0.1/24;id"),
         ("a-very-long-name-x", "10.0.0.1/24"),
+        // Reserved names: a Multus attachment, a kernel fallback device, the sysctl `all`.
+        ("net2", "10.0.0.1/24"),
+        ("gre0", "10.0.0.1/24"),
+        ("all", "10.0.0.1/24"),
     ] {
         let obj: VpcNatTunnel = serde_json::from_value(json!({
             "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",

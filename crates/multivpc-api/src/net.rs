@@ -178,8 +178,34 @@ impl fmt::Display for Ipv4Cidr {
     }
 }
 
-/// Interface names that exist in every VPC NAT gateway pod and must never be taken by a tunnel.
-pub const RESERVED_INTERFACE_NAMES: [&str; 3] = ["lo", "eth0", "net1"];
+/// Names a tunnel may never take (the CRD's CEL rule lists the same, a test checks it): the
+/// gateway pod's own interfaces; `all` and `default`, which are not devices but the sysctl
+/// directories every device's settings fall back to; the kernel's fallback tunnel devices,
+/// which appear when a tunnel module loads and are no one's to delete; and `bonding_masters`,
+/// a file in /sys/class/net. Multus attachments `net<N>` are refused by [`is_multus_name`].
+pub const RESERVED_INTERFACE_NAMES: [&str; 15] = [
+    "lo",
+    "eth0",
+    "net1",
+    "all",
+    "default",
+    "bonding_masters",
+    "gre0",
+    "gretap0",
+    "erspan0",
+    "tunl0",
+    "sit0",
+    "ip_vti0",
+    "ip6_vti0",
+    "ip6tnl0",
+    "ip6gre0",
+];
+
+/// Whether `name` is a Multus attachment's name in a pod (`net<N>`, CEL `^net[0-9]+$`).
+pub fn is_multus_name(name: &str) -> bool {
+    name.strip_prefix("net")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// A Linux network interface name that is also safe in a shell word: 1–15 bytes of
 /// `[A-Za-z0-9_.-]`, not `.`/`..`, and not one of the gateway pod's own interfaces.
@@ -216,8 +242,10 @@ impl FromStr for InterfaceName {
         {
             return refuse("only letters, digits, '-', '_' and '.' are allowed");
         }
-        if RESERVED_INTERFACE_NAMES.contains(&value) {
-            return refuse("it is one of the gateway pod's own interfaces (lo, eth0, net1)");
+        if RESERVED_INTERFACE_NAMES.contains(&value) || is_multus_name(value) {
+            return refuse(
+                "it is reserved: the gateway pod's own interfaces (lo, eth0, net<N>), all, default, and the kernel's fallback tunnel devices (gre0, tunl0, sit0, ...)",
+            );
         }
         Ok(Self(value.to_owned()))
     }
@@ -231,6 +259,7 @@ impl fmt::Display for InterfaceName {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn object_names_are_dns_subdomains() {
@@ -251,8 +280,6 @@ mod tests {
             assert!(!is_object_name(bad), "{bad}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn cidr_parses_and_prints() {
@@ -372,9 +399,19 @@ mod tests {
             "$(id)",
             "eth0",
             "net1",
+            "net2",
+            "net10",
             "lo",
+            "all",
+            "default",
+            "gre0",
+            "tunl0",
+            "erspan0",
         ] {
             assert!(bad.parse::<InterfaceName>().is_err(), "{bad:?}");
+        }
+        for good in ["net", "netx", "net1a", "gre1", "network0"] {
+            assert!(good.parse::<InterfaceName>().is_ok(), "{good}");
         }
     }
 

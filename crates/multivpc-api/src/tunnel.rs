@@ -30,7 +30,7 @@ pub const MAX_VNI: u32 = 16_777_215;
     category = "multivpc",
     derive = "PartialEq",
     doc = "A GRE or VXLAN tunnel between a local Kube-OVN VPC NAT gateway and a NAT gateway of another cluster. Its name is the tunnel interface name inside the gateway pod.",
-    validation = Rule::new("size(self.metadata.name) <= 15 && !(self.metadata.name in ['lo', 'eth0', 'net1'])").message("metadata.name is the tunnel's Linux interface name in the gateway pod: at most 15 characters, and not lo, eth0 or net1"),
+    validation = Rule::new("size(self.metadata.name) <= 15 && !(self.metadata.name in ['lo', 'eth0', 'net1', 'all', 'default', 'bonding_masters', 'gre0', 'gretap0', 'erspan0', 'tunl0', 'sit0', 'ip_vti0', 'ip6_vti0', 'ip6tnl0', 'ip6gre0']) && !self.metadata.name.matches('^net[0-9]+$')").message("metadata.name is the tunnel's Linux interface name in the gateway pod: at most 15 characters, and not reserved (lo, eth0, net<N>, all, default, or a kernel fallback tunnel device such as gre0, tunl0, sit0)"),
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type", description = "Tunnel encapsulation"),
     printcolumn(name = "Local GW", type_ = "string", json_path = ".spec.natGwDp", description = "Local VPC NAT gateway"),
     printcolumn(name = "Remote Cluster", type_ = "string", json_path = ".spec.clusterId", description = "Submariner cluster ID of the remote end"),
@@ -219,4 +219,36 @@ pub struct AppliedTunnel {
     pub remote_route: String,
     /// SNAT source range programmed.
     pub snat_range: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::{InterfaceName, RESERVED_INTERFACE_NAMES};
+
+    /// The API server refuses what the parser refuses: the CEL rule on the name lists every
+    /// reserved name and the Multus pattern.
+    #[test]
+    fn the_name_rule_reserves_what_the_parser_reserves() {
+        use kube::CustomResourceExt as _;
+        let crd = serde_json::to_string(&VpcNatTunnel::crd()).unwrap();
+        let crd: serde_json::Value = serde_json::from_str(&crd).unwrap();
+        let rules =
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-validations"]
+                .as_array()
+                .unwrap();
+        let rule = rules
+            .iter()
+            .filter_map(|r| r["rule"].as_str())
+            .find(|r| r.contains("self.metadata.name in"))
+            .unwrap();
+        for name in RESERVED_INTERFACE_NAMES {
+            assert!(
+                rule.contains(&format!("'{name}'")),
+                "{name} missing in {rule}"
+            );
+            assert!(name.parse::<InterfaceName>().is_err(), "{name}");
+        }
+        assert!(rule.contains("matches('^net[0-9]+$')"), "{rule}");
+    }
 }
