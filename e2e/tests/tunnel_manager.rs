@@ -673,6 +673,9 @@ async fn missing_inputs_conflicts_and_adoption() {
         ("net2", "10.0.0.1/24"),
         ("gre0", "10.0.0.1/24"),
         ("all", "10.0.0.1/24"),
+        // A prefix outside /16–/31: its connected route would swallow other traffic.
+        ("tm-x", "128.0.0.1/1"),
+        ("tm-x", "10.0.0.1/8"),
     ] {
         let obj: VpcNatTunnel = serde_json::from_value(json!({
             "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",

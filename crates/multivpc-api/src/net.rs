@@ -20,6 +20,13 @@ macro_rules! ipv4 {
 pub const IPV4_PATTERN: &str = concat!("^", ipv4!(), "$");
 /// Schema pattern of an IPv4 address with a prefix length (`10.100.0.1/24`, `242.1.0.0/16`).
 pub const IPV4_CIDR_PATTERN: &str = concat!("^", ipv4!(), "/([0-9]|[12][0-9]|3[0-2])$");
+/// The prefix lengths a tunnel interface address may have: wide enough for the seed's /24 and a
+/// point-to-point /30 or /31, never so wide that the connected route swallows VPC or Globalnet
+/// ranges (a /1 would route half the address space into the tunnel).
+pub const INTERFACE_PREFIXES: std::ops::RangeInclusive<u8> = 16..=31;
+/// Schema pattern of a tunnel interface address: an IPv4 address with a prefix of
+/// [`INTERFACE_PREFIXES`] (`10.100.0.1/24`).
+pub const INTERFACE_ADDR_PATTERN: &str = concat!("^", ipv4!(), "/(1[6-9]|2[0-9]|3[01])$");
 /// Schema pattern of a DNS-1123 label (Submariner cluster IDs).
 pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Schema pattern of a Kubernetes object name (DNS-1123 subdomain: VPCs, NAT gateways).

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::net::{DNS_LABEL_PATTERN, IPV4_CIDR_PATTERN, OBJECT_NAME_PATTERN};
+use crate::net::{DNS_LABEL_PATTERN, INTERFACE_ADDR_PATTERN, OBJECT_NAME_PATTERN};
 
 /// Default VXLAN network identifier when `vni` is omitted.
 pub const DEFAULT_VNI: u32 = 100;
@@ -52,9 +52,10 @@ pub struct VpcNatTunnelSpec {
     #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 52))]
     pub gateway_name: String,
 
-    /// IPv4 address with prefix length given to the tunnel interface, e.g. 10.100.0.1/24.
-    /// The remote end uses another address of the same network.
-    #[schemars(regex(pattern = IPV4_CIDR_PATTERN))]
+    /// IPv4 address with prefix length given to the tunnel interface, e.g. 10.100.0.1/24; the
+    /// prefix is /16 to /31. The remote end uses another address of the same network, which
+    /// may not overlap the Globalnet CIDRs or hold the gateway's own addresses.
+    #[schemars(regex(pattern = INTERFACE_ADDR_PATTERN))]
     pub interface_addr: String,
 
     /// Name of the local Kube-OVN VpcNatGateway whose pod carries the tunnel.

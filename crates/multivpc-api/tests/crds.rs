@@ -89,7 +89,7 @@ fn tunnel_schema_validates_at_admission() {
     let props = &spec["properties"];
     assert_eq!(
         props["interfaceAddr"]["pattern"],
-        multivpc_api::net::IPV4_CIDR_PATTERN
+        multivpc_api::net::INTERFACE_ADDR_PATTERN
     );
     assert_eq!(props["type"]["enum"], serde_json::json!(["gre", "vxlan"]));
     assert_eq!(props["type"]["default"], "gre");

@@ -13,7 +13,7 @@ use multivpc_api::{
         ANNOTATION_OVN_GATEWAY, DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM, LABEL_VPC_NAT_GW, NAT_GW_PREFIX,
         external_ip_annotation, gateway_exip_name,
     },
-    net::{InterfaceName, Ipv4Cidr, parse_ipv4},
+    net::{INTERFACE_PREFIXES, InterfaceName, Ipv4Cidr, parse_ipv4},
     tunnel::AppliedTunnel,
 };
 
@@ -250,6 +250,33 @@ pub fn egress_range(
     Ok((range, (!notes.is_empty()).then(|| notes.join("; "))))
 }
 
+/// The tunnel's connected network must not take traffic meant elsewhere: it may not overlap
+/// either Globalnet CIDR, nor hold one of the gateway's own addresses.
+fn interface_network_is_free(
+    interface_addr: Ipv4Cidr,
+    local_cidr: Ipv4Cidr,
+    remote_cidr: Ipv4Cidr,
+    addresses: &[(&str, Ipv4Addr)],
+) -> Result<(), String> {
+    let net = interface_addr.network();
+    for (what, cidr) in [
+        ("the local Globalnet CIDR", local_cidr),
+        ("the remote Globalnet CIDR", remote_cidr),
+    ] {
+        if net.overlaps(&cidr) {
+            return Err(format!(
+                "interfaceAddr {interface_addr} overlaps {what} {cidr}"
+            ));
+        }
+    }
+    for (what, ip) in addresses {
+        if net.contains(*ip) {
+            return Err(format!("interfaceAddr {interface_addr} holds {what} {ip}"));
+        }
+    }
+    Ok(())
+}
+
 /// The remote Globalnet CIDR of a tunnel, from its remote GatewayExIp.
 fn remote_endpoint(
     tunnel: &VpcNatTunnel,
@@ -416,6 +443,16 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
         .parse::<Ipv4Cidr>()
         .and_then(Ipv4Cidr::require_host)
         .map_err(|e| not_ready(reason::INVALID_SPEC, format!("interfaceAddr: {e}")))?;
+    if !INTERFACE_PREFIXES.contains(&interface_addr.prefix()) {
+        return Err(not_ready(
+            reason::INVALID_SPEC,
+            format!(
+                "interfaceAddr {interface_addr}: the prefix must be /{} to /{}",
+                INTERFACE_PREFIXES.start(),
+                INTERFACE_PREFIXES.end()
+            ),
+        ));
+    }
     let encap = match spec.tunnel_type {
         TunnelType::Gre => Encap::Gre,
         TunnelType::Vxlan => {
@@ -522,6 +559,17 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
     }
     let (snat, note) = egress_range(&allocated, local_cidr)
         .map_err(|m| with_gw(not_ready(reason::EGRESS_IPS_NOT_ALLOCATED, m)))?;
+    interface_network_is_free(
+        interface_addr,
+        local_cidr,
+        remote_cidr,
+        &[
+            ("the OVN gateway", ovn_gateway),
+            ("the gateway's external IP", local_ip),
+            ("the remote gateway's external IP", remote_ip),
+        ],
+    )
+    .map_err(|m| with_gw(not_ready(reason::INVALID_SPEC, m)))?;
 
     Ok(Resolved {
         local_gateway: instance.clone(),
@@ -885,6 +933,38 @@ mod tests {
             resolve(&bad, &snapshot()).unwrap_err().reason,
             reason::INVALID_SPEC
         );
+    }
+
+    #[test]
+    fn an_interface_address_that_would_take_other_traffic_is_refused() {
+        let t = tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        // The snapshot: local Globalnet 242.0.0.0/16, remote 242.1.0.0/16, OVN gateway
+        // 10.1.0.1, external IPs 172.50.1.11 (local) and 172.50.2.11 (remote).
+        for (addr, says) in [
+            ("128.0.0.1/1", "prefix must be /16 to /31"),
+            ("10.0.0.1/8", "prefix must be /16 to /31"),
+            ("242.0.5.1/24", "overlaps the local Globalnet CIDR"),
+            ("242.1.0.1/16", "overlaps the remote Globalnet CIDR"),
+            ("10.1.0.9/24", "holds the OVN gateway 10.1.0.1"),
+            ("172.50.1.1/24", "holds the gateway's external IP"),
+            ("172.50.2.1/24", "holds the remote gateway's external IP"),
+        ] {
+            let mut bad = (*t).clone();
+            bad.spec.interface_addr = addr.into();
+            let err = resolve(&bad, &snapshot()).unwrap_err();
+            assert_eq!(err.reason, reason::INVALID_SPEC, "{addr}: {}", err.message);
+            assert!(err.message.contains(says), "{addr}: {}", err.message);
+        }
+        for addr in [
+            "10.100.0.1/16",
+            "10.100.0.1/24",
+            "10.100.0.1/30",
+            "10.100.0.0/31",
+        ] {
+            let mut ok = (*t).clone();
+            ok.spec.interface_addr = addr.into();
+            assert!(resolve(&ok, &snapshot()).is_ok(), "{addr}");
+        }
     }
 
     #[test]
