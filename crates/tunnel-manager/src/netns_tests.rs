@@ -376,6 +376,28 @@ fn the_original_operators_rule_is_removed_from_the_other_iptables_flavour() {
     );
 }
 
+/// A device of the tunnel's name that is neither ours (alias) nor a tunnel device is someone
+/// else's: converge refuses to replace it, and cleanup never deletes a device without our alias.
+#[test]
+fn only_our_devices_are_ever_deleted() {
+    let Some(ns) = Netns::new() else { return };
+    let cfg = crate::script::tests::vxlan();
+    let (ok, _, err) = ns.sh(&format!(
+        "ip link add {} type veth peer name vxpeer",
+        cfg.device
+    ));
+    assert!(ok, "{err}");
+    let (ok, out, err) = ns.sh(&script::converge(&cfg, &Stale::default(), Mode::Converge));
+    assert!(!ok, "converge replaced a foreign device: {out}");
+    assert!(err.contains("is not ours"), "{err}");
+    assert!(ns.state().contains(&format!("{}@vxpeer", cfg.device)));
+    // Cleanup (status says we programmed it) leaves the foreign device in place.
+    let (ok, out, err) = ns.sh(&script::cleanup(&cleanup_of(&cfg, false)));
+    assert!(ok, "{err}");
+    assert!(out.contains("not ours, left in place"), "{out}");
+    assert!(ns.state().contains(&format!("{}@vxpeer", cfg.device)));
+}
+
 const FLAVOUR: &str = "ipt=iptables; if iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi";
 
 #[test]

@@ -314,9 +314,21 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
             quote(e)
         ));
     }
+    // Replaced only when it is ours (alias) or a tunnel device of the same kind (the original
+    // Go operator's, adopted); anything else of that name is someone else's and is left alone.
+    s.push_str("  if [ \"$ok\" = 0 ]; then\n");
+    s.push_str("    case \"$(cat \"/sys/class/net/$dev/ifalias\" 2>/dev/null)\" in\n");
+    s.push_str("      'multivpc '*) ;;\n");
+    let same_kind = match cfg.encap {
+        Encap::Gre => "*'link/gre '*",
+        Encap::Vxlan { .. } => "*' vxlan id '*",
+    };
+    s.push_str(&format!("      *) case \"$details\" in {same_kind}) ;; *) fail \"device $dev exists and is not ours (no multivpc alias, not a tunnel device of this kind): refusing to replace it\" ;; esac ;;\n"));
+    s.push_str("    esac\n");
     s.push_str(
-        "  [ \"$ok\" = 1 ] || step \"device $dev has other parameters: delete it\" ip link del dev \"$dev\"\n",
+        "    step \"device $dev has other parameters: delete it\" ip link del dev \"$dev\"\n",
     );
+    s.push_str("  fi\n");
     s.push_str("fi\n");
     s.push_str("if [ ! -e \"/sys/class/net/$dev\" ] || [ \"$ok\" = 0 ]; then\n");
     s.push_str(&format!("  step \"create device $dev\" {create}\n"));
@@ -434,9 +446,15 @@ pub fn cleanup(cfg: &CleanupConfig) -> String {
         ));
     }
     if cfg.delete_device {
+        // Only a device marked as ours: status says what was programmed, the pod confirms it.
+        s.push_str("if [ -e \"/sys/class/net/$dev\" ]; then\n");
+        s.push_str("  case \"$(cat \"/sys/class/net/$dev/ifalias\" 2>/dev/null)\" in\n");
+        s.push_str("    'multivpc '*) step \"delete device $dev\" ip link del dev \"$dev\" ;;\n");
         s.push_str(
-            "[ ! -e \"/sys/class/net/$dev\" ] || step \"delete device $dev\" ip link del dev \"$dev\"\n",
+            "    *) echo \"note: device $dev has no multivpc alias: not ours, left in place\" ;;\n",
         );
+        s.push_str("  esac\n");
+        s.push_str("fi\n");
     }
     s.push_str(&tagged_rules(&cfg.tag));
     s.push_str("for n in $tagged; do step \"remove SNAT rule $n\" $ipt -t nat -D POSTROUTING \"$n\"; done\n");
