@@ -58,7 +58,10 @@ pub struct VpcDnsForwardStatus {
     pub observed_generation: Option<i64>,
 
     /// Conditions; `Ready` tells whether forwarding is programmed, and if not, why (reason).
+    /// A list-map keyed by `type`: server-side apply merges conditions per type, so a condition
+    /// another writer sets is kept beside ours, and one type appears at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// Active VpcDns objects of the VPC that were programmed.

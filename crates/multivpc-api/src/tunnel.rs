@@ -146,7 +146,10 @@ pub struct VpcNatTunnelStatus {
     pub observed_generation: Option<i64>,
 
     /// Conditions; `Ready` tells whether the tunnel is programmed, and if not, why (reason).
+    /// A list-map keyed by `type`: server-side apply merges conditions per type, so a condition
+    /// another writer sets is kept beside ours, and one type appears at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// The local gateway instance carrying the tunnel: `natGwDp`, or its standby after a failover.

@@ -148,6 +148,24 @@ fn tunnel_schema_validates_at_admission() {
     );
 }
 
+/// Conditions are a list-map keyed by type in both kinds with a status.
+#[test]
+fn conditions_are_a_list_map_keyed_by_type() {
+    for kind in ["vpcnattunnels", "vpcdnsforwards"] {
+        let crd = generated(kind);
+        let conditions = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+            ["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"]),
+            "{kind}"
+        );
+        let required = conditions["items"]["required"].as_array().unwrap();
+        assert!(required.contains(&serde_json::json!("type")), "{kind}");
+    }
+}
+
 #[test]
 fn gatewayexip_and_forward_schemas() {
     let exip = generated("gatewayexips");
