@@ -82,6 +82,16 @@ impl Netns {
         }
     }
 
+    /// Whether this kernel can make a VXLAN device here; skips (loudly) when not.
+    fn has_vxlan(&self) -> bool {
+        let (ok, _, err) = self
+            .sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
+        if !ok {
+            skip(&format!("this kernel has no VXLAN: {err}"));
+        }
+        ok
+    }
+
     /// Runs a generated script; returns the changes it reported.
     fn script(&self, script: &str) -> u32 {
         let (ok, out, err) = self.sh(script);
@@ -232,10 +242,7 @@ fn lifecycle(ns: &Netns, cfg: TunnelConfig) {
 #[test]
 fn vxlan_scripts_converge_idempotently_in_a_netns() {
     let Some(ns) = Netns::new() else { return };
-    let (ok, _, err) =
-        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
-    if !ok {
-        skip(&format!("this kernel has no VXLAN: {err}"));
+    if !ns.has_vxlan() {
         return;
     }
     lifecycle(&ns, crate::script::tests::vxlan());
@@ -264,10 +271,7 @@ fn gre_scripts_converge_idempotently_where_the_kernel_has_gre() {
 #[test]
 fn two_tunnels_share_the_local_route() {
     let Some(ns) = Netns::new() else { return };
-    let (ok, _, _) =
-        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
-    if !ok {
-        skip("this kernel has no VXLAN");
+    if !ns.has_vxlan() {
         return;
     }
     let a = crate::script::tests::vxlan();
@@ -300,10 +304,7 @@ fn two_tunnels_share_the_local_route() {
 #[test]
 fn the_original_operators_state_is_adopted() {
     let Some(ns) = Netns::new() else { return };
-    let (ok, _, _) =
-        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
-    if !ok {
-        skip("this kernel has no VXLAN");
+    if !ns.has_vxlan() {
         return;
     }
     let cfg = crate::script::tests::vxlan();
@@ -344,10 +345,7 @@ fn the_original_operators_rule_is_removed_from_the_other_iptables_flavour() {
         skip("needs both iptables-legacy and iptables-nft on the host");
         return;
     }
-    let (ok, _, _) =
-        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
-    if !ok {
-        skip("this kernel has no VXLAN");
+    if !ns.has_vxlan() {
         return;
     }
     let cfg = crate::script::tests::vxlan();
@@ -423,12 +421,8 @@ fn vxlan_scripts_run_under_busybox_as_on_alpine() {
     let ns = ns.with_path(dir.to_str().unwrap());
     let (_, out, _) = ns.sh("readlink -f \"$(command -v sh)\"; awk --version 2>&1 | head -1");
     assert!(out.contains("busybox") || out.contains("BusyBox"), "{out}");
-    let (ok, _, _) =
-        ns.sh("ip link add vxprobe type vxlan id 1 dstport 4789 dev net1 && ip link del vxprobe");
-    if ok {
+    if ns.has_vxlan() {
         lifecycle(&ns, crate::script::tests::vxlan());
-    } else {
-        skip("this kernel has no VXLAN");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
