@@ -105,3 +105,23 @@ pub async fn run_as_chart(
         .await
         .unwrap()
 }
+
+/// The controller's log shows no call the API server refused as forbidden.
+pub fn assert_never_forbidden(ctl: &controllers::ControllerProcess) {
+    let log = std::fs::read_to_string(&ctl.log).unwrap();
+    assert!(
+        !log.contains("forbidden"),
+        "{}: a call was forbidden:\n{log}",
+        ctl.binary
+    );
+}
+
+/// Uninstalls release `ns/release` from `cluster` and deletes its namespace.
+pub async fn uninstall(h: &Harness, cluster: &str, ns: &str, release: &str) {
+    h.helm(cluster, &["uninstall", release, "--namespace", ns])
+        .await
+        .unwrap()
+        .check()
+        .unwrap();
+    h.delete_namespace(cluster, ns).await.unwrap();
+}

@@ -193,6 +193,26 @@ impl ControllerProcess {
         Ok(body)
     }
 
+    /// Waits at most `timeout` until sample `series` satisfies `cond` (a missing sample is
+    /// NaN) and returns its value; the error carries the tail of the process's log.
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        timeout: Duration,
+        cond: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        crate::wait::wait_for(series, timeout, || async {
+            let v = self.metric(series).await?.unwrap_or(f64::NAN);
+            Ok(if cond(v) {
+                crate::wait::Check::Done(v)
+            } else {
+                crate::wait::Check::Pending(format!("{series} = {v}"))
+            })
+        })
+        .await
+        .with_context(|| format!("{}'s log ends:\n{}", self.binary, self.log_tail(30)))
+    }
+
     /// The value of the first sample whose line starts with `series` (name plus labels).
     pub async fn metric(&self, series: &str) -> Result<Option<f64>> {
         let text = self.metrics_text().await?;

@@ -18,7 +18,10 @@ use kube::{
 use multivpc_api::{GatewayExIp, VpcDnsForward, VpcNatTunnel, conditions, foreign::kubeovn::Vpc};
 use multivpc_e2e::{
     Harness,
-    chart::{chart_dir, ensure_namespace, helm_or_skip, install_without_pods, run_as_chart},
+    chart::{
+        assert_never_forbidden, chart_dir, ensure_namespace, helm_or_skip, install_without_pods,
+        run_as_chart, uninstall,
+    },
     controllers,
     fixtures::VpcDnsForm,
     prelude::*,
@@ -743,8 +746,7 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
         wait_for_deletion(&forwards, "rbac", Duration::from_secs(30))
             .await
             .unwrap_or_else(|e| panic!("{e:#}\nlog:\n{}", ctl.log_tail(40)));
-        let log = std::fs::read_to_string(&ctl.log).unwrap();
-        assert!(!log.contains("forbidden"), "a call was forbidden:\n{log}");
+        assert_never_forbidden(&ctl);
         assert!(ctl.stop().unwrap(), "dns-forwarder did not exit cleanly");
         let sc = client_of("dns-forwarder").await;
         assert!(!can(&sc, "create", "", "pods/exec", "kube-system", "").await);
@@ -848,11 +850,7 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
         .await
     );
     assert!(tm.stop().unwrap(), "tunnel-manager did not exit cleanly");
-    let log = std::fs::read_to_string(&tm.log).unwrap();
-    assert!(
-        !log.contains("forbidden"),
-        "tunnel-manager: a call was forbidden:\n{log}"
-    );
+    assert_never_forbidden(&tm);
 
     // exip-syncer: Ready with the chart's grants; it owns GatewayExIps (server-side apply
     // needs "create" as well as "patch" for a new one), repoints VPC routes, and reads no Secret.
@@ -924,18 +922,9 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
         .await
     );
     assert!(es.stop().unwrap(), "exip-syncer did not exit cleanly");
-    let log = std::fs::read_to_string(&es.log).unwrap();
-    assert!(
-        !log.contains("forbidden"),
-        "exip-syncer: a call was forbidden:\n{log}"
-    );
+    assert_never_forbidden(&es);
 
-    h.helm(CLUSTER, &["uninstall", &release, "--namespace", &ns])
-        .await
-        .unwrap()
-        .check()
-        .unwrap();
-    h.delete_namespace(CLUSTER, &ns).await.unwrap();
+    uninstall(&h, CLUSTER, &ns, &release).await;
     h.delete_namespace(CLUSTER, &gw_ns).await.unwrap();
 }
 
@@ -1025,15 +1014,6 @@ async fn make_deploy_renders_a_deploy_yaml_that_kubectl_applies() {
     .unwrap()
     .check()
     .unwrap();
-}
-
-fn assert_never_forbidden(ctl: &controllers::ControllerProcess) {
-    let log = std::fs::read_to_string(&ctl.log).unwrap();
-    assert!(
-        !log.contains("forbidden"),
-        "{}: a call was forbidden:\n{log}",
-        ctl.binary
-    );
 }
 
 /// exip-syncer and tunnel-manager, each with only its chart ServiceAccount, on two clusters and
@@ -1241,12 +1221,7 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
         assert_never_forbidden(p);
     }
     for (c, ns, rel) in [(C1, &ns1, &rel1), (C2, &ns2, &rel2)] {
-        h.helm(c, &["uninstall", rel, "--namespace", ns])
-            .await
-            .unwrap()
-            .check()
-            .unwrap();
-        h.delete_namespace(c, ns).await.unwrap();
+        uninstall(&h, c, ns, rel).await;
     }
     h.delete_namespace(C1, &t1).await.unwrap();
     h.delete_namespace(C2, &t2).await.unwrap();
@@ -1344,21 +1319,12 @@ async fn exip_syncer_follows_the_broker_secret_service_discovery_names_through_a
     );
     assert!(!can(&sa, "list", "", "secrets", SUBMARINER_NS, "").await);
     let mut syncer = run_as_chart(&h, C1, &ns, &rel, "exip-syncer", &[]).await;
-    let connected = wait_for("broker connected", Duration::from_secs(60), || async {
-        let v = syncer
-            .metric("multivpc_broker_connected")
-            .await?
-            .unwrap_or(0.0);
-        Ok(if v == 1.0 {
-            Check::Done(())
-        } else {
-            Check::Pending(format!("multivpc_broker_connected {v}"))
+    syncer
+        .wait_metric("multivpc_broker_connected", Duration::from_secs(60), |v| {
+            v == 1.0
         })
-    })
-    .await;
-    if let Err(e) = connected {
-        panic!("{e:#}\n{}", syncer.log_tail(30));
-    }
+        .await
+        .unwrap();
     let on_broker: Api<GatewayExIp> = Api::namespaced(h.client(BROKER), fixtures::BROKER_NS);
     let export = |gw: NatGateway| {
         let (h, on_broker, syncer) = (&h, &on_broker, &syncer);
@@ -1453,12 +1419,7 @@ async fn exip_syncer_follows_the_broker_secret_service_discovery_names_through_a
         .delete(&secret_name, &Default::default())
         .await;
     let _ = markers.delete(&rot2, &Default::default()).await;
-    h.helm(C1, &["uninstall", &rel, "--namespace", &ns])
-        .await
-        .unwrap()
-        .check()
-        .unwrap();
-    h.delete_namespace(C1, &ns).await.unwrap();
+    uninstall(&h, C1, &ns, &rel).await;
 }
 
 /// Installed after `subctl join` without `global.clusterId`, the chart finds the cluster ID in

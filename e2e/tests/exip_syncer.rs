@@ -102,16 +102,10 @@ impl Env {
     }
 
     async fn wait_metric(&self, i: usize, series: &str, cond: impl Fn(f64) -> bool) {
-        wait_for(series, CONVERGE, || async {
-            let v = self.syncers[i].metric(series).await?.unwrap_or(f64::NAN);
-            Ok(if cond(v) {
-                Check::Done(())
-            } else {
-                Check::Pending(format!("{series} = {v}"))
-            })
-        })
-        .await
-        .unwrap();
+        self.syncers[i]
+            .wait_metric(series, CONVERGE, cond)
+            .await
+            .unwrap();
     }
 
     fn logs(&self) -> String {
@@ -1072,18 +1066,9 @@ async fn the_broker_is_trusted_through_the_system_roots_when_service_discovery_h
         .await
         .unwrap();
         if expect == 1.0 {
-            let seen = wait_for("broker connected", CONVERGE, || async {
-                let v = p.metric("multivpc_broker_connected").await?.unwrap_or(0.0);
-                Ok(if v == 1.0 {
-                    Check::Done(())
-                } else {
-                    Check::Pending(format!("multivpc_broker_connected {v}"))
-                })
-            })
-            .await;
-            if let Err(e) = seen {
-                panic!("{e:#}\n{}", p.log_tail(30));
-            }
+            p.wait_metric("multivpc_broker_connected", CONVERGE, |v| v == 1.0)
+                .await
+                .unwrap();
         } else {
             let log = p.log.clone();
             wait_for("a refused broker connection", CONVERGE, || async {

@@ -254,7 +254,9 @@ async fn run_doc_block(h: &Harness, cluster: &str, block: &str) -> String {
 #[tokio::test]
 async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping() {
     use multivpc_api::{VpcNatTunnel, conditions};
-    use multivpc_e2e::chart::{helm_or_skip, install_without_pods, run_as_chart};
+    use multivpc_e2e::chart::{
+        assert_never_forbidden, helm_or_skip, install_without_pods, run_as_chart, uninstall,
+    };
 
     let h = harness_or_skip!([C1, C2, BROKER]);
     let Some(_) = helm_or_skip() else { return };
@@ -513,16 +515,10 @@ async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping(
     y.unwrap();
     for p in &mut procs {
         assert!(p.stop().unwrap(), "{} did not exit cleanly", p.binary);
-        let log = std::fs::read_to_string(&p.log).unwrap();
-        assert!(!log.contains("forbidden"), "{}: {log}", p.binary);
+        assert_never_forbidden(p);
     }
     for (c, ns, rel) in [(C1, &ns1, &rel1), (C2, &ns2, &rel2)] {
-        h.helm(c, &["uninstall", rel, "--namespace", ns])
-            .await
-            .unwrap()
-            .check()
-            .unwrap();
-        h.delete_namespace(c, ns).await.unwrap();
+        uninstall(&h, c, ns, rel).await;
     }
     h.delete_namespace(C1, &t1).await.unwrap();
     h.delete_namespace(C2, &t2).await.unwrap();
