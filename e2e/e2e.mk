@@ -26,13 +26,16 @@ e2e-gateway-down: ## Remove a gateway node and its netns: make e2e-gateway-down 
 
 e2e-run: ## Run the e2e cargo tests against the running harness (a missing harness fails)
 	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer
-	MULTIVPC_E2E=1 $(CARGO) test -p multivpc-e2e --no-fail-fast $(E2E_CARGO_TEST_ARGS)
+	@out=$${MULTIVPC_E2E_RUN_DIR:-$(E2E_DIR)/.run}/cargo-test.out; mkdir -p "$$(dirname "$$out")"; \
+	  set -o pipefail; MULTIVPC_E2E=1 $(CARGO) test -p multivpc-e2e --no-fail-fast $(E2E_CARGO_TEST_ARGS) 2>&1 | tee "$$out"
 
-e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure; keeps the exit status)
+e2e-test: ## e2e-build + e2e-up + e2e-run, then e2e-down (also on failure: then the logs and the failures, last)
 	@$(MAKE) --no-print-directory e2e-build
+	@rm -f $${MULTIVPC_E2E_RUN_DIR:-$(E2E_DIR)/.run}/cargo-test.out
 	@rc=0; $(MAKE) --no-print-directory e2e-up && $(MAKE) --no-print-directory e2e-run || rc=$$?; \
 	  if [ $$rc -ne 0 ]; then bash $(E2E_DIR)/scripts/dump-logs.sh || true; fi; \
-	  $(MAKE) --no-print-directory e2e-down || true; exit $$rc
+	  $(MAKE) --no-print-directory e2e-down || true; \
+	  if [ $$rc -ne 0 ]; then bash $(E2E_DIR)/scripts/test-summary.sh || true; fi; exit $$rc
 
 e2e-logs: ## Print the tail of every harness log
 	bash $(E2E_DIR)/scripts/dump-logs.sh
