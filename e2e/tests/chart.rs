@@ -129,13 +129,14 @@ fn expected(enabled: &[bool; 3]) -> BTreeSet<(String, String, String)> {
             add(k, "", &global);
         }
         let roles: &[(&str, &str)] = match *c {
-            "dns-forwarder" => &[("kube-system", "")],
+            "dns-forwarder" => &[("kube-system", ""), ("kube-system", "-cluster-dns")],
             "tunnel-manager" => &[
                 ("kube-system", "-gateway-pods"),
                 ("kube-system", "-gatewayexips"),
                 ("submariner-operator", "-submariner"),
             ],
             _ => &[
+                ("kube-system", "-gateway-pods"),
                 ("kube-system", "-gateways"),
                 ("submariner-operator", "-submariner"),
             ],

@@ -744,6 +744,120 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     let _ = h.delete_namespace(C2, &ns2).await;
 }
 
+// ------------------------------------------------------------------ one gateway model
+
+/// Since Kube-OVN v1.14 net1's NAD comes from the external Subnet's `spec.provider`, so the
+/// address annotation key need not be `<externalSubnets[0]>.kube-system`. exip-syncer (which
+/// publishes the address) and tunnel-manager (which programs it) read it the same way: the
+/// published address is the one the tunnel is built from, and traffic passes.
+#[tokio::test]
+async fn a_gateway_whose_provider_is_not_its_subnet_name_is_published_and_tunnelled_alike() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let _tm = env.h.exclusive("tunnel-manager").await.unwrap();
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let (vpc, remote_vpc) = (Harness::unique_name("pvpc"), Harness::unique_name("pvpc"));
+    // A macvlan NAD in another namespace, and a NAD of type kube-ovn (provider `….ovn`).
+    let custom = |prefix: &str, kube_ovn_type: bool| {
+        NatGatewaySpec::new(&Harness::unique_name(prefix), &vpc)
+            .external_subnet("ext-custom")
+            .attachment("infra-net", "macvlan-ext", kube_ovn_type)
+    };
+    let (g, k, r) = tokio::join!(
+        h.create_nat_gateway(C1, custom("pm", false)),
+        h.create_nat_gateway(C1, custom("po", true)),
+        h.create_nat_gateway(
+            C2,
+            NatGatewaySpec::new(&Harness::unique_name("pr"), &remote_vpc)
+        ),
+    );
+    let (g, k, r) = (g.unwrap(), k.unwrap(), r.unwrap());
+    for gw in [&g, &k, &r] {
+        gw.wait_available(h, Duration::from_secs(90)).await.unwrap();
+    }
+    for gw in [&g, &k] {
+        let name = format!("{}-{C1}", gw.spec.name);
+        wait_exip(&exips(&c1), &name, ext_ip(&gw.node.external_ip)).await;
+        wait_exip(&exips(&c2), &name, ext_ip(&gw.node.external_ip)).await;
+    }
+    wait_exip(
+        &exips(&c1),
+        &format!("{}-{C2}", r.spec.name),
+        ext_ip(&r.node.external_ip),
+    )
+    .await;
+
+    let mut managers = Vec::new();
+    for c in [C1, C2] {
+        managers.push(
+            controllers::spawn(
+                h.run_dir(),
+                "tunnel-manager",
+                &h.kubeconfig(c),
+                &[&format!("--cluster-id={c}")],
+                CONVERGE,
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let ns1 = h.unique_namespace(C1, "exprov").await.unwrap();
+    let ns2 = h.unique_namespace(C2, "exprov").await.unwrap();
+    let dev = format!("xp{}", std::process::id() % 100_000);
+    apply_vxlan_tunnel(
+        &c1,
+        &ns1,
+        &dev,
+        (C2, &r.spec.name),
+        &g.spec.name,
+        "10.252.0.1/24",
+    )
+    .await;
+    apply_vxlan_tunnel(
+        &c2,
+        &ns2,
+        &dev,
+        (C1, &g.spec.name),
+        &r.spec.name,
+        "10.252.0.2/24",
+    )
+    .await;
+    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+        Api::namespaced(c1.clone(), &ns1),
+        Api::namespaced(c2.clone(), &ns2),
+    );
+    let local = wait_for_object(&t1, &dev, CONVERGE, programmed)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", managers[0].log_tail(30)));
+    let remote = wait_for_object(&t2, &dev, CONVERGE, programmed)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", managers[1].log_tail(30)));
+    assert_eq!(
+        local.status.as_ref().and_then(|s| s.local_ip.as_deref()),
+        Some(g.node.external_ip.as_str()),
+        "tunnel-manager read net1's address under provider {}",
+        g.spec.effective_attachment().provider()
+    );
+    assert_eq!(
+        remote.status.as_ref().and_then(|s| s.remote_ip.as_deref()),
+        Some(g.node.external_ip.as_str()),
+        "the address exip-syncer published is the one cluster1's end uses"
+    );
+    r.sh(h, "ping -c 2 -W 2 10.252.0.1").await.unwrap();
+
+    for api in [&t1, &t2] {
+        api.delete(&dev, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(api, &dev, CONVERGE).await.unwrap();
+    }
+    drop(managers);
+    for gw in [&g, &k, &r] {
+        h.delete_nat_gateway(gw).await.unwrap();
+    }
+    let _ = h.delete_namespace(C1, &ns1).await;
+    let _ = h.delete_namespace(C2, &ns2).await;
+}
+
 // ------------------------------------------------------------------ hostile broker objects
 
 /// A broker object as another member would write it (the admin writes it here, past the broker

@@ -29,7 +29,8 @@ use multivpc_api::{
         kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery},
     },
-    keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY, LABEL_VPC_NAT_GW},
+    gateway::KubeOvn,
+    keys::{LABEL_ACTIVE_GATEWAY, LABEL_GATEWAY},
     net::Ipv4Cidr,
 };
 use multivpc_runtime::{
@@ -59,8 +60,10 @@ const DEBOUNCE: Duration = Duration::from_millis(100);
 pub struct Settings {
     /// From `--cluster-id`; otherwise read from ServiceDiscovery at start.
     pub cluster_id: Option<String>,
-    /// Namespace of the gateways' pods and of the GatewayExIps.
+    /// Namespace of the GatewayExIps.
     pub namespace: String,
+    /// Where Kube-OVN runs the NAT gateway pods and how it names them.
+    pub kube_ovn: KubeOvn,
     pub globalnet_cidr: Option<String>,
     pub policy: Policy,
     pub broker: BrokerSettings,
@@ -205,7 +208,12 @@ pub async fn run(
             None => return Ok(()),
         },
     };
-    tracing::info!(cluster_id, namespace = settings.namespace, "starting");
+    tracing::info!(
+        cluster_id,
+        namespace = settings.namespace,
+        kube_ovn_namespace = settings.kube_ovn.namespace,
+        "starting"
+    );
     let ns = settings.namespace.as_str();
     let local = Arc::new(Notify::new());
     let sync = Arc::new(Notify::new());
@@ -222,8 +230,8 @@ pub async fn run(
     );
     streams.push(s.boxed());
     let (pods, s) = reflect(
-        Api::<Decoded<Pod>>::namespaced(client.clone(), ns),
-        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+        Api::<Decoded<Pod>>::namespaced(client.clone(), &settings.kube_ovn.namespace),
+        watcher::Config::default().labels(&KubeOvn::pod_selector()),
         vec![local.clone()],
         &caches,
         &watch_metrics,
@@ -363,7 +371,11 @@ pub async fn run(
 async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
     let now = Instant::now();
     let ns = ctx.settings.namespace.clone();
-    let gateways = model::gateways(&ctx.stores.gateways.state(), &ctx.stores.pods.state(), &ns);
+    let gateways = model::gateways(
+        &ctx.stores.gateways.state(),
+        &ctx.stores.pods.state(),
+        &ctx.settings.kube_ovn,
+    );
     failover::observe(&mut ctx.health, &gateways, now);
     let vpcs: Vec<VpcRoutes> = ctx
         .stores

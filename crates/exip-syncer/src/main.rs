@@ -13,8 +13,11 @@ mod trust;
 use std::time::Duration;
 
 use clap::Parser;
-use multivpc_api::keys::KUBE_SYSTEM;
-use multivpc_runtime::{CommonArgs, Runtime};
+use multivpc_api::{
+    gateway::{DEFAULT_NAT_GW_NAME_PREFIX, KubeOvn},
+    keys::KUBE_SYSTEM,
+};
+use multivpc_runtime::{CommonArgs, Runtime, args::dns_label};
 
 /// Publishes VPC NAT gateway endpoints and syncs them through the Submariner broker.
 #[derive(Parser, Debug)]
@@ -23,9 +26,15 @@ struct Args {
     #[command(flatten)]
     common: CommonArgs,
 
-    /// Namespace of the NAT gateway pods and of the GatewayExIps.
+    /// Namespace of the GatewayExIps (the NAT gateway pods are in --kube-ovn-namespace).
     #[arg(long, env = "GATEWAY_NAMESPACE", default_value = KUBE_SYSTEM)]
     gateway_namespace: String,
+
+    /// Kube-OVN's natGwNamePrefix (ConfigMap ovn-vpc-nat-config, v1.13+): NAT gateway
+    /// StatefulSets are <prefix>-<gateway>. Pods are found by their vpc_nat_gw annotation; the
+    /// prefix is the fallback and names the StatefulSet in messages.
+    #[arg(long, env = "NAT_GW_NAME_PREFIX", default_value = DEFAULT_NAT_GW_NAME_PREFIX, value_parser = dns_label)]
+    nat_gw_name_prefix: String,
 
     /// Globalnet CIDR to publish (otherwise the Submariner Cluster's spec.global_cidr[0]).
     #[arg(long, env = "GLOBALNET_CIDR", value_parser = parse_cidr)]
@@ -120,6 +129,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = controller::Settings {
         cluster_id: args.common.cluster_id.clone(),
         namespace: args.gateway_namespace.clone(),
+        kube_ovn: KubeOvn {
+            namespace: args.common.kube_ovn_namespace.clone(),
+            nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
+        },
         globalnet_cidr: args.globalnet_cidr.clone(),
         policy: failover::Policy {
             grace: args.failover_grace_period,

@@ -7,11 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use multivpc_api::{
     foreign::kubeovn::VpcNatGateway,
-    keys::{DEFAULT_EXTERNAL_NAD, NAT_GW_PREFIX, external_ip_annotation},
+    gateway::{KubeOvn, external_ip, pod_ready},
 };
-
-/// Pod template annotation Kube-OVN puts on every NAT gateway pod: the VpcNatGateway's name.
-pub const ANNOTATION_VPC_NAT_GW: &str = "ovn.kubernetes.io/vpc_nat_gw";
 
 /// One VPC NAT gateway and the state of its pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,53 +31,16 @@ impl Gateway {
     }
 }
 
-/// Which VpcNatGateway a NAT gateway pod belongs to: Kube-OVN's `ovn.kubernetes.io/vpc_nat_gw`
-/// annotation, else the `app=vpc-nat-gw-<name>` label.
-pub fn pod_gateway(pod: &Pod) -> Option<String> {
-    if let Some(name) = pod.annotations().get(ANNOTATION_VPC_NAT_GW) {
-        return Some(name.clone());
-    }
-    pod.labels()
-        .get("app")
-        .and_then(|app| app.strip_prefix(NAT_GW_PREFIX))
-        .map(str::to_owned)
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return false;
-    }
-    let Some(status) = &pod.status else {
-        return false;
-    };
-    status.phase.as_deref() == Some("Running")
-        && status
-            .conditions
-            .as_ref()
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// The NetworkAttachmentDefinition of a gateway's net1: `spec.externalSubnets[0]`, else
-/// Kube-OVN's default.
-pub fn external_nad(gw: &VpcNatGateway) -> &str {
-    gw.spec
-        .external_subnets
-        .first()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(DEFAULT_EXTERNAL_NAD)
-}
-
-/// Joins gateways and their pods (pods in `namespace`, the NADs' namespace too).
+/// Joins gateways and their pods, as [`KubeOvn::gateway_of`] pairs them.
 pub fn gateways(
     gws: &[impl Borrow<VpcNatGateway>],
     pods: &[impl Borrow<Pod>],
-    namespace: &str,
+    kube_ovn: &KubeOvn,
 ) -> BTreeMap<String, Gateway> {
     let mut by_gateway: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for pod in pods {
         let pod = pod.borrow();
-        if let Some(gw) = pod_gateway(pod) {
+        if let Some(gw) = kube_ovn.gateway_of(pod) {
             by_gateway.entry(gw).or_default().push(pod);
         }
     }
@@ -88,18 +48,14 @@ pub fn gateways(
         .map(|gw| {
             let gw = gw.borrow();
             let name = gw.name_any();
-            let key = external_ip_annotation(external_nad(gw), namespace);
             let ready_pod = by_gateway
                 .get(&name)
                 .and_then(|pods| pods.iter().find(|p| pod_ready(p)));
-            let external_ip = ready_pod
-                .and_then(|p| p.annotations().get(&key))
-                .and_then(|ip| ip.trim().parse().ok());
             let gateway = Gateway {
                 vpc: gw.spec.vpc.clone(),
                 subnet: gw.spec.subnet.clone(),
                 lan_ip: gw.spec.lan_ip.trim().parse().ok(),
-                external_ip,
+                external_ip: ready_pod.and_then(|p| external_ip(p).ok()),
                 ready: ready_pod.is_some(),
                 name: name.clone(),
             };
@@ -171,6 +127,7 @@ pub(crate) mod tests {
                     true,
                     false,
                     json!({"ext2.kube-system.kubernetes.io/ip_address": "172.50.0.3",
+                           "k8s.v1.cni.cncf.io/networks": "kube-system/ext2",
                            "ovn.kubernetes.io/vpc_nat_gw": "b"}),
                 );
                 p.metadata.name = Some("other".into());
@@ -183,7 +140,7 @@ pub(crate) mod tests {
                 json!({"ovn-vpc-external-network.kube-system.kubernetes.io/ip_address": "172.50.0.4"}),
             ),
         ];
-        let m = gateways(&gws, &pods, "kube-system");
+        let m = gateways(&gws, &pods, &KubeOvn::default());
         assert_eq!(m["a"].external_ip, Some("172.50.0.2".parse().unwrap()));
         assert!(m["a"].available());
         assert_eq!(m["b"].external_ip, Some("172.50.0.3".parse().unwrap()));
@@ -199,7 +156,7 @@ pub(crate) mod tests {
             pod("a", false, false, json!({})),
             pod("b", true, false, json!({})),
         ];
-        let m = gateways(&gws, &pods, "kube-system");
+        let m = gateways(&gws, &pods, &KubeOvn::default());
         assert!(!m["a"].ready);
         assert!(m["b"].ready && !m["b"].available(), "no external IP yet");
     }

@@ -23,31 +23,14 @@ pub const SUBMARINER_CLUSTER_ID: &str = "submariner-io/clusterID";
 /// Submariner broker convention: the namespace an exported object comes from.
 pub const SUBMARINER_ORIGIN_NAMESPACE: &str = "submariner-io/originatingNamespace";
 
-/// Namespace of Kube-OVN's system objects (vpc-dns, NAT gateways, GatewayExIps by default).
-pub const KUBE_SYSTEM: &str = "kube-system";
-/// Pod label Kube-OVN puts on every VPC NAT gateway pod.
-pub const LABEL_VPC_NAT_GW: &str = "ovn.kubernetes.io/vpc-nat-gw";
-/// Container of a VPC NAT gateway pod that carries the network tools.
-pub const NAT_GW_CONTAINER: &str = "vpc-nat-gw";
-/// Prefix of the StatefulSet (and `app` label) of a VPC NAT gateway.
-pub const NAT_GW_PREFIX: &str = "vpc-nat-gw-";
-/// Pod annotation set by Kube-OVN IPAM: the gateway of the pod's VPC subnet.
-pub const ANNOTATION_OVN_GATEWAY: &str = "ovn.kubernetes.io/gateway";
-/// Pod annotation: the pod's address on the default (VPC) network.
-pub const ANNOTATION_OVN_IP: &str = "ovn.kubernetes.io/ip_address";
-/// Default NetworkAttachmentDefinition of the NAT gateways' external network.
-pub const DEFAULT_EXTERNAL_NAD: &str = "ovn-vpc-external-network";
+/// Kube-OVN's default namespace (vpc-dns, NAT gateways, GatewayExIps by default); see
+/// [`crate::gateway::KubeOvn`] for the configured one.
+pub const KUBE_SYSTEM: &str = crate::gateway::DEFAULT_KUBE_OVN_NAMESPACE;
 
 /// Deployment label of Kube-OVN vpc-dns Deployments.
 pub const LABEL_VPC_DNS: &str = "ovn.kubernetes.io/vpc-dns";
 /// ConfigMap holding the Corefile of every vpc-dns Deployment.
 pub const VPC_DNS_COREFILE: &str = "vpc-dns-corefile";
-
-/// Pod annotation key holding the IP address IPAM gave the pod on the attachment whose
-/// provider is `<nad>.<namespace>` (Kube-OVN's `<provider>.kubernetes.io/ip_address`).
-pub fn external_ip_annotation(nad: &str, nad_namespace: &str) -> String {
-    format!("{nad}.{nad_namespace}.kubernetes.io/ip_address")
-}
 
 /// Name of the GatewayExIp describing gateway `gateway` of cluster `cluster_id` (seed: `gw1-cluster1`).
 pub fn gateway_exip_name(gateway: &str, cluster_id: &str) -> String {
@@ -64,9 +47,5 @@ mod tests {
     #[test]
     fn names_follow_the_seed() {
         assert_eq!(gateway_exip_name("gw1", "cluster1"), "gw1-cluster1");
-        assert_eq!(
-            external_ip_annotation(DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM),
-            "ovn-vpc-external-network.kube-system.kubernetes.io/ip_address"
-        );
     }
 }

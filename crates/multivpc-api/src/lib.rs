@@ -10,6 +10,7 @@ pub mod crd;
 pub mod dns;
 pub mod exip;
 pub mod foreign;
+pub mod gateway;
 pub mod keys;
 pub mod net;
 pub mod tunnel;

@@ -30,6 +30,29 @@ pub struct CommonArgs {
     /// Submariner cluster ID of this cluster (otherwise read from Submariner's ServiceDiscovery).
     #[arg(long, env = "CLUSTER_ID")]
     pub cluster_id: Option<String>,
+
+    /// Namespace Kube-OVN runs in (its controller's POD_NAMESPACE): the NAT gateway pods, the
+    /// vpc-dns Deployments and their Corefile ConfigMaps are there.
+    #[arg(long, env = "KUBE_OVN_NAMESPACE", default_value = "kube-system", value_parser = dns_label)]
+    pub kube_ovn_namespace: String,
+}
+
+/// A DNS label (RFC 1123, at most 63 characters): a namespace name, a name prefix.
+pub fn dns_label(value: &str) -> Result<String, String> {
+    let label = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+        && !value.is_empty();
+    if label {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a DNS label (lower-case letters, digits and inner dashes, at most 63)"
+        ))
+    }
 }
 
 /// Log output format.
@@ -122,6 +145,7 @@ mod tests {
         assert!(!cli.common.leader_elect);
         assert_eq!(cli.common.log_format, LogFormat::Text);
         assert_eq!(cli.common.cluster_id, None);
+        assert_eq!(cli.common.kube_ovn_namespace, "kube-system");
     }
 
     #[test]
@@ -138,5 +162,13 @@ mod tests {
         assert_eq!(cli.common.log_format, LogFormat::Json);
         assert_eq!(cli.common.cluster_id.as_deref(), Some("cluster1"));
         assert!(Cli::try_parse_from(["x", "--log-format=xml"]).is_err());
+        let cli = Cli::try_parse_from(["x", "--kube-ovn-namespace=kube-ovn"]).unwrap();
+        assert_eq!(cli.common.kube_ovn_namespace, "kube-ovn");
+        for bad in ["", "Kube", "a/b", "-a", &"a".repeat(64)] {
+            assert!(
+                Cli::try_parse_from(["x", &format!("--kube-ovn-namespace={bad}")]).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 }

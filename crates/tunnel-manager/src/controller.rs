@@ -27,7 +27,8 @@ use multivpc_api::{
         CLUSTER_EGRESS_IP_NAME, Cluster, ClusterGlobalEgressIP, SERVICE_DISCOVERY_NAME,
         SUBMARINER_NAMESPACE, ServiceDiscovery,
     },
-    keys::{KUBE_SYSTEM, LABEL_VPC_NAT_GW, NAT_GW_PREFIX, TUNNEL_FINALIZER},
+    gateway::KubeOvn,
+    keys::TUNNEL_FINALIZER,
     net::Ipv4Cidr,
     tunnel::PodRef,
 };
@@ -67,6 +68,8 @@ pub enum Error {
 pub struct Settings {
     pub cluster_id: Option<String>,
     pub exip_namespace: String,
+    /// Where Kube-OVN runs the NAT gateway pods and how it names them.
+    pub kube_ovn: KubeOvn,
     /// Period of the read-only drift verification; `None` disables it.
     pub verify_interval: Option<Duration>,
 }
@@ -154,8 +157,8 @@ pub struct Stores {
 }
 
 impl Stores {
-    fn snapshot(&self, cluster_id_flag: Option<&str>) -> Snapshot {
-        let cluster_id = cluster_id_flag.map(str::to_owned).or_else(|| {
+    fn snapshot(&self, settings: &Settings) -> Snapshot {
+        let cluster_id = settings.cluster_id.clone().or_else(|| {
             self.service_discovery
                 .iter()
                 .flat_map(|sd| sd.state())
@@ -164,6 +167,7 @@ impl Stores {
         });
         Snapshot {
             cluster_id,
+            kube_ovn: settings.kube_ovn.clone(),
             tunnels: self.tunnels.state(),
             exips: self
                 .exips
@@ -287,8 +291,8 @@ pub async fn run(
     );
     let exips_stream = exips_stream.touched_objects();
     let (pods, pods_stream) = watch::reflect(
-        Api::<Decoded<Pod>>::namespaced(c.clone(), KUBE_SYSTEM),
-        watcher::Config::default().labels(&format!("{LABEL_VPC_NAT_GW}=true")),
+        Api::<Decoded<Pod>>::namespaced(c.clone(), &settings.kube_ovn.namespace),
+        watcher::Config::default().labels(&KubeOvn::pod_selector()),
         &caches,
         &watch_metrics,
     );
@@ -357,7 +361,6 @@ pub async fn run(
         egress,
         service_discovery,
     };
-    let flag = settings.cluster_id.clone();
     let (s1, s2, s3, s4, s5, s6) = (
         stores.clone(),
         stores.clone(),
@@ -366,11 +369,11 @@ pub async fn run(
         stores.clone(),
         stores.clone(),
     );
-    let (f1, f2) = (flag.clone(), flag.clone());
+    let (f1, f2) = (settings.clone(), settings.clone());
     let controller = controller
         .watches_stream(exips_stream, move |e: GatewayExIp| {
             let name = e.name_any();
-            let snapshot = s1.snapshot(f1.as_deref());
+            let snapshot = s1.snapshot(&f1);
             refs(
                 snapshot
                     .tunnels
@@ -388,13 +391,9 @@ pub async fn run(
             )
         })
         .watches_stream(pods_stream, move |p: Pod| {
-            let gw = p
-                .labels()
-                .get("app")
-                .and_then(|a| a.strip_prefix(NAT_GW_PREFIX))
-                .map(str::to_owned);
+            let gw = f2.kube_ovn.gateway_of(&p);
             let name = p.name_any();
-            let snapshot = s2.snapshot(f2.as_deref());
+            let snapshot = s2.snapshot(&f2);
             refs(
                 snapshot
                     .tunnels
@@ -530,7 +529,7 @@ async fn apply(
     api: &Api<VpcNatTunnel>,
 ) -> Result<Action, Error> {
     let k = key(tunnel);
-    let snapshot = ctx.stores.snapshot(ctx.settings.cluster_id.as_deref());
+    let snapshot = ctx.stores.snapshot(&ctx.settings);
     let old = tunnel.status.clone().unwrap_or_default();
     let resolved = match resolve::resolve(tunnel, &snapshot) {
         Ok(r) => r,
@@ -898,7 +897,7 @@ fn cleanup_config(
 async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> {
     let k = key(tunnel);
     ctx.set_state(&k, Some("Deleting"));
-    let snapshot = ctx.stores.snapshot(ctx.settings.cluster_id.as_deref());
+    let snapshot = ctx.stores.snapshot(&ctx.settings);
     let old = tunnel.status.clone().unwrap_or_default();
     // Only the pod this tunnel was programmed into holds its state; a pod that is gone (or no
     // longer running) took that state with it.

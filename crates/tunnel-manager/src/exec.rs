@@ -11,7 +11,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::AttachParams};
-use multivpc_api::keys::{KUBE_SYSTEM, NAT_GW_CONTAINER};
+use multivpc_api::gateway::NAT_GW_CONTAINER;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tokio::{io::AsyncReadExt, sync::Semaphore};
 
@@ -120,6 +120,8 @@ impl ExecMetrics {
 /// Runs scripts in gateway pods.
 pub struct Executor {
     client: Client,
+    /// Kube-OVN's namespace, where every NAT gateway pod runs.
+    namespace: String,
     timeout: Duration,
     permits: Semaphore,
     pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -129,12 +131,14 @@ pub struct Executor {
 impl Executor {
     pub fn new(
         client: Client,
+        namespace: String,
         timeout: Duration,
         concurrency: usize,
         metrics: ExecMetrics,
     ) -> Self {
         Self {
             client,
+            namespace,
             timeout,
             permits: Semaphore::new(concurrency.max(1)),
             pod_locks: Mutex::new(HashMap::new()),
@@ -158,7 +162,9 @@ impl Executor {
         script: String,
     ) -> Result<Output, ExecError> {
         let started = Instant::now();
-        let result = self.gated(pod, exec(&self.client, &pod.name, script)).await;
+        let result = self
+            .gated(pod, exec(&self.client, &self.namespace, &pod.name, script))
+            .await;
         self.metrics
             .duration
             .with_label_values(&[kind])
@@ -198,8 +204,13 @@ impl Executor {
     }
 }
 
-async fn exec(client: &Client, pod: &str, script: String) -> Result<Output, ExecError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), KUBE_SYSTEM);
+async fn exec(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    script: String,
+) -> Result<Output, ExecError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let params = AttachParams::default()
         .container(NAT_GW_CONTAINER)
         .stdin(false)
@@ -297,7 +308,7 @@ mod tests {
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
         let client = Client::try_from(config).unwrap();
         let metrics = ExecMetrics::register(&Registry::new()).unwrap();
-        Executor::new(client, timeout, concurrency, metrics)
+        Executor::new(client, "kube-system".into(), timeout, concurrency, metrics)
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,8 +11,11 @@ mod script;
 use std::time::Duration;
 
 use clap::Parser;
-use multivpc_api::keys::KUBE_SYSTEM;
-use multivpc_runtime::{CommonArgs, Runtime};
+use multivpc_api::{
+    gateway::{DEFAULT_NAT_GW_NAME_PREFIX, KubeOvn},
+    keys::KUBE_SYSTEM,
+};
+use multivpc_runtime::{CommonArgs, Runtime, args::dns_label};
 
 /// Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
 #[derive(Parser, Debug)]
@@ -24,6 +27,12 @@ struct Args {
     /// Namespace of the GatewayExIps (local and synchronised from other clusters).
     #[arg(long, env = "GATEWAY_NAMESPACE", default_value = KUBE_SYSTEM)]
     gateway_namespace: String,
+
+    /// Kube-OVN's natGwNamePrefix (ConfigMap ovn-vpc-nat-config, v1.13+): NAT gateway
+    /// StatefulSets are <prefix>-<gateway>. Pods are found by their vpc_nat_gw annotation; the
+    /// prefix is the fallback and names the StatefulSet in messages.
+    #[arg(long, env = "NAT_GW_NAME_PREFIX", default_value = DEFAULT_NAT_GW_NAME_PREFIX, value_parser = dns_label)]
+    nat_gw_name_prefix: String,
 
     /// Period of the read-only verification that finds and repairs drift in the gateway pods
     /// (e.g. 300s, 5m, 1h; 0 disables it).
@@ -73,6 +82,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = controller::Settings {
         cluster_id: args.common.cluster_id.clone().filter(|c| !c.is_empty()),
         exip_namespace: args.gateway_namespace.clone(),
+        kube_ovn: KubeOvn {
+            namespace: args.common.kube_ovn_namespace.clone(),
+            nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
+        },
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
     };
     if args.exec_timeout.is_zero() {
@@ -93,7 +106,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 settings.clone(),
                 reconcile_metrics.clone(),
                 tunnel_metrics.clone(),
-                exec::Executor::new(client.clone(), timeout, concurrency, exec_metrics.clone()),
+                exec::Executor::new(
+                    client.clone(),
+                    settings.kube_ovn.namespace.clone(),
+                    timeout,
+                    concurrency,
+                    exec_metrics.clone(),
+                ),
                 readiness.clone(),
                 watch_metrics.clone(),
                 shutdown,

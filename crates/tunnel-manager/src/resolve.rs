@@ -9,10 +9,8 @@ use kube::ResourceExt;
 use multivpc_api::{
     GatewayExIp, TunnelType, VpcNatTunnel,
     foreign::submariner::{Cluster, ClusterGlobalEgressIP},
-    keys::{
-        ANNOTATION_OVN_GATEWAY, DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM, LABEL_VPC_NAT_GW, NAT_GW_PREFIX,
-        external_ip_annotation, gateway_exip_name,
-    },
+    gateway::{ANNOTATION_OVN_GATEWAY, KubeOvn, external_ip, ovn_gateway, pod_ready},
+    keys::gateway_exip_name,
     net::{INTERFACE_PREFIXES, InterfaceName, Ipv4Cidr, parse_ipv4},
     tunnel::AppliedTunnel,
 };
@@ -36,8 +34,6 @@ pub mod reason {
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 }
 
-/// Kube-OVN's Multus networks annotation on the gateway pod (names the external NAD).
-const NETWORKS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/networks";
 /// Submariner's namespace.
 pub const SUBMARINER_NAMESPACE: &str = multivpc_api::foreign::submariner::SUBMARINER_NAMESPACE;
 
@@ -46,10 +42,12 @@ pub const SUBMARINER_NAMESPACE: &str = multivpc_api::foreign::submariner::SUBMAR
 pub struct Snapshot {
     /// Local cluster ID (flag or ServiceDiscovery).
     pub cluster_id: Option<String>,
+    /// Where Kube-OVN runs the NAT gateway pods.
+    pub kube_ovn: KubeOvn,
     pub tunnels: Vec<Arc<VpcNatTunnel>>,
     /// GatewayExIps of the gateway namespace, by name.
     pub exips: BTreeMap<String, Arc<GatewayExIp>>,
-    /// VPC NAT gateway pods (kube-system, label `ovn.kubernetes.io/vpc-nat-gw=true`).
+    /// VPC NAT gateway pods (Kube-OVN's namespace, label `ovn.kubernetes.io/vpc-nat-gw=true`).
     pub pods: Vec<Arc<Pod>>,
     /// Submariner Clusters (submariner-operator), by name.
     pub clusters: BTreeMap<String, Arc<Cluster>>,
@@ -128,30 +126,13 @@ pub fn local_instance(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> String {
         .unwrap_or_else(|| gw.clone())
 }
 
-/// The pods of gateway instance `gw` (label `app=vpc-nat-gw-<gw>`).
+/// The pods of gateway instance `gw`, as [`KubeOvn::gateway_of`] pairs them.
 pub fn gateway_pods<'a>(snapshot: &'a Snapshot, gw: &str) -> Vec<&'a Arc<Pod>> {
-    let app = format!("{NAT_GW_PREFIX}{gw}");
     snapshot
         .pods
         .iter()
-        .filter(|p| {
-            let labels = p.labels();
-            labels.get("app") == Some(&app)
-                && labels.get(LABEL_VPC_NAT_GW).map(String::as_str) == Some("true")
-                && p.namespace().as_deref() == Some(KUBE_SYSTEM)
-        })
+        .filter(|p| snapshot.kube_ovn.gateway_of(p).as_deref() == Some(gw))
         .collect()
-}
-
-/// Whether a pod is Running and Ready and not being deleted.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.metadata.deletion_timestamp.is_none()
-        && pod.status.as_ref().is_some_and(|s| {
-            s.phase.as_deref() == Some("Running")
-                && s.conditions
-                    .as_ref()
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
 }
 
 /// Whether a pod may still hold network state (its containers may be running).
@@ -160,38 +141,6 @@ pub fn pod_may_hold_state(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .is_some_and(|p| p == "Running" || p == "Unknown")
-}
-
-/// The external network attachment of a gateway pod: `(nad, namespace)` from its Multus
-/// annotation (`ns/name`, `name`, `name@if`, or the JSON list form), else Kube-OVN's default.
-pub fn external_nad(pod: &Pod) -> (String, String) {
-    let default = (DEFAULT_EXTERNAL_NAD.to_owned(), KUBE_SYSTEM.to_owned());
-    let pod_ns = pod.namespace().unwrap_or_else(|| KUBE_SYSTEM.into());
-    let Some(value) = pod.annotations().get(NETWORKS_ANNOTATION) else {
-        return default;
-    };
-    let value = value.trim();
-    if value.starts_with('[') {
-        #[derive(serde::Deserialize)]
-        struct Sel {
-            name: String,
-            namespace: Option<String>,
-        }
-        return serde_json::from_str::<Vec<Sel>>(value)
-            .ok()
-            .and_then(|v| v.into_iter().next())
-            .map(|s| (s.name, s.namespace.unwrap_or(pod_ns)))
-            .unwrap_or(default);
-    }
-    let Some(first) = value.split(',').next().map(str::trim) else {
-        return default;
-    };
-    let first = first.split('@').next().unwrap_or(first);
-    match first.split_once('/') {
-        Some((ns, name)) if !name.is_empty() => (name.to_owned(), ns.to_owned()),
-        None if !first.is_empty() => (first.to_owned(), pod_ns),
-        _ => default,
-    }
 }
 
 /// The SNAT range from the cluster's Globalnet egress IPs.
@@ -489,7 +438,9 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
             not_ready(
                 reason::GATEWAY_POD_NOT_FOUND,
                 format!(
-                    "no pod of VPC NAT gateway {instance} (kube-system, app={NAT_GW_PREFIX}{instance})"
+                    "no pod of VPC NAT gateway {instance} (StatefulSet {}/{})",
+                    snapshot.kube_ovn.namespace,
+                    snapshot.kube_ovn.statefulset_name(&instance)
                 ),
             )
         } else {
@@ -503,27 +454,18 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
         })
     })?;
     let pod_name = pod.name_any();
-    let annotations = pod.annotations();
-    let ovn_gateway = annotations
-        .get(ANNOTATION_OVN_GATEWAY)
-        .and_then(|v| v.split(',').find_map(|g| parse_ipv4(g.trim()).ok()))
-        .ok_or_else(|| {
-            with_gw(not_ready(
-                reason::GATEWAY_POD_NOT_READY,
-                format!("pod {pod_name} has no IPv4 {ANNOTATION_OVN_GATEWAY} annotation yet"),
-            ))
-        })?;
-    let (nad, nad_ns) = external_nad(pod);
-    let ext_key = external_ip_annotation(&nad, &nad_ns);
-    let local_ip = annotations
-        .get(&ext_key)
-        .and_then(|v| v.split(',').find_map(|g| parse_ipv4(g.trim()).ok()))
-        .ok_or_else(|| {
-            with_gw(not_ready(
-                reason::GATEWAY_POD_NOT_READY,
-                format!("pod {pod_name} has no IPv4 {ext_key} annotation (external IP) yet"),
-            ))
-        })?;
+    let ovn_gateway = ovn_gateway(pod).ok_or_else(|| {
+        with_gw(not_ready(
+            reason::GATEWAY_POD_NOT_READY,
+            format!("pod {pod_name} has no IPv4 {ANNOTATION_OVN_GATEWAY} annotation yet"),
+        ))
+    })?;
+    let local_ip = external_ip(pod).map_err(|why| {
+        with_gw(not_ready(
+            reason::GATEWAY_POD_NOT_READY,
+            format!("pod {pod_name}: {why}"),
+        ))
+    })?;
 
     let cluster = snapshot.clusters.get(cluster_id).ok_or_else(|| {
         with_gw(not_ready(
@@ -1147,32 +1089,6 @@ mod tests {
         gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
         s.tunnels[0] = Arc::new(gone);
         assert!(resolve(&same_name, &s).is_ok());
-    }
-
-    #[test]
-    fn networks_annotation_forms() {
-        let mut p = (*pod("g", "u")).clone();
-        let set = |p: &mut Pod, v: &str| {
-            p.metadata
-                .annotations
-                .as_mut()
-                .unwrap()
-                .insert(NETWORKS_ANNOTATION.into(), v.into());
-        };
-        for (v, want) in [
-            ("kube-system/ext", ("ext", "kube-system")),
-            ("ext", ("ext", "kube-system")),
-            ("other/ext@net1, x/y", ("ext", "other")),
-            (r#"[{"name":"ext","namespace":"n"}]"#, ("ext", "n")),
-            ("[bad json", (DEFAULT_EXTERNAL_NAD, KUBE_SYSTEM)),
-        ] {
-            set(&mut p, v);
-            assert_eq!(
-                external_nad(&p),
-                (want.0.to_owned(), want.1.to_owned()),
-                "{v}"
-            );
-        }
     }
 
     #[test]

@@ -13,6 +13,8 @@
 {{- $b := .Values.global.broker -}}
 - name: GATEWAY_NAMESPACE
   value: {{ .Values.global.gatewayNamespace | quote }}
+- name: NAT_GW_NAME_PREFIX
+  value: {{ include "multivpc.natGwNamePrefix" . | quote }}
 - name: BROKER_CREDENTIALS
 {{- if eq $b.credentials "secret" }}
   value: {{ printf "secret:%s/%s" .Release.Namespace (required "global.broker.secretName is required with global.broker.credentials=secret" $b.secretName) | quote }}

@@ -71,3 +71,19 @@ that is no DNS label is ignored. */}}
 {{- end -}}
 {{- $id -}}
 {{- end -}}
+
+{{/* Kube-OVN's natGwNamePrefix: global.kubeOvn.natGwNamePrefix, else the natGwNamePrefix of
+Kube-OVN's ConfigMap ovn-vpc-nat-config looked up at install/upgrade, else Kube-OVN's default.
+A looked-up value that is no DNS label is ignored. */}}
+{{- define "multivpc.natGwNamePrefix" -}}
+{{- $prefix := .Values.global.kubeOvn.natGwNamePrefix | default "" -}}
+{{- if not $prefix -}}
+{{- with (lookup "v1" "ConfigMap" .Values.global.kubeOvn.namespace "ovn-vpc-nat-config") -}}
+{{- $found := dig "data" "natGwNamePrefix" "" . -}}
+{{- if and (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $found) (le (len $found) 63) -}}
+{{- $prefix = $found -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $prefix | default "vpc-nat-gw" -}}
+{{- end -}}

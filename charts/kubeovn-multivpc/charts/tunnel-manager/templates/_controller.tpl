@@ -7,4 +7,6 @@
 {{- define "tunnel-manager.env" -}}
 - name: GATEWAY_NAMESPACE
   value: {{ .Values.global.gatewayNamespace | quote }}
+- name: NAT_GW_NAME_PREFIX
+  value: {{ include "multivpc.natGwNamePrefix" . | quote }}
 {{- end -}}
