@@ -37,6 +37,68 @@ pub const SUBMARINER_CRDS: [&str; 4] = [
     "submariner.io_clusters.yaml",
     "submariner.io_servicediscoveries.yaml",
 ];
+/// A Kube-OVN generation the harness can impersonate: its real CRDs (verbatim in
+/// `e2e/fixtures/upstream/kube-ovn/crds-*.yaml`) and the shapes of what its controller creates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KubeOvnVersion {
+    V1_12,
+    V1_13,
+    V1_14,
+    V1_15,
+    /// v1.16 and later: the CRDs of Kube-OVN's master branch.
+    V1_16,
+}
+
+impl KubeOvnVersion {
+    /// The version every harness test runs against unless it says otherwise (override with
+    /// `MULTIVPC_E2E_KUBE_OVN=1.12|1.13|1.14|1.15|1.16`).
+    pub fn harness_default() -> Self {
+        std::env::var("MULTIVPC_E2E_KUBE_OVN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(Self::V1_15)
+    }
+
+    /// File of its CRDs under `e2e/fixtures/upstream/kube-ovn/`.
+    pub fn crd_file(self) -> &'static str {
+        match self {
+            Self::V1_12 => "crds-release-1.12.yaml",
+            Self::V1_13 => "crds-release-1.13.yaml",
+            Self::V1_14 => "crds-release-1.14.yaml",
+            Self::V1_15 => "crds-release-1.15.yaml",
+            Self::V1_16 => "crds-master.yaml",
+        }
+    }
+}
+
+impl std::str::FromStr for KubeOvnVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s.trim().trim_start_matches('v') {
+            "1.12" => Self::V1_12,
+            "1.13" => Self::V1_13,
+            "1.14" => Self::V1_14,
+            "1.15" => Self::V1_15,
+            "1.16" | "master" => Self::V1_16,
+            other => return Err(format!("unknown Kube-OVN version {other:?}")),
+        })
+    }
+}
+
+impl std::fmt::Display for KubeOvnVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = match self {
+            Self::V1_12 => "v1.12",
+            Self::V1_13 => "v1.13",
+            Self::V1_14 => "v1.14",
+            Self::V1_15 => "v1.15",
+            Self::V1_16 => "v1.16",
+        };
+        f.write_str(v)
+    }
+}
+
 /// Submariner's broker-client Role, verbatim in `e2e/fixtures/upstream/submariner/`.
 pub const BROKER_CLIENT_ROLE: &str = "submariner-k8s-broker-cluster";
 /// The release name of the broker chart in the harness.
@@ -116,6 +178,9 @@ pub struct NatGatewaySpec {
     pub subnet: String,
     /// spec.externalSubnets[0] and the NAD name (default `ovn-vpc-external-network`).
     pub external_subnet: String,
+    /// net1's attachment when the external Subnet's `spec.provider` names another NAD (Kube-OVN
+    /// v1.14+); `None`: `<kube-system>/<external_subnet>`, as in every version by default.
+    pub attachment: Option<Attachment>,
     /// Extra annotations for the pod template.
     pub extra_annotations: BTreeMap<String, String>,
 }
@@ -128,8 +193,30 @@ impl NatGatewaySpec {
             vpc: vpc.into(),
             subnet: format!("{vpc}-subnet"),
             external_subnet: DEFAULT_EXTERNAL_NAD.into(),
+            attachment: None,
             extra_annotations: BTreeMap::new(),
         }
+    }
+
+    /// net1 on NAD `<namespace>/<nad>`, the provider `<nad>.<namespace>` (or
+    /// `<nad>.<namespace>.ovn` for a NAD of type kube-ovn), as Kube-OVN v1.14+ builds it from an
+    /// external Subnet whose `spec.provider` names that NAD.
+    pub fn attachment(mut self, namespace: &str, nad: &str, kube_ovn_type: bool) -> Self {
+        self.attachment = Some(Attachment {
+            namespace: namespace.into(),
+            nad: nad.into(),
+            kube_ovn_type,
+        });
+        self
+    }
+
+    /// The attachment net1 is on.
+    pub fn effective_attachment(&self) -> Attachment {
+        self.attachment.clone().unwrap_or_else(|| Attachment {
+            namespace: KUBE_SYSTEM.into(),
+            nad: self.external_subnet.clone(),
+            kube_ovn_type: false,
+        })
     }
 
     pub fn subnet(mut self, subnet: &str) -> Self {
@@ -151,6 +238,23 @@ impl NatGatewaySpec {
     }
 }
 
+/// A Multus NetworkAttachmentDefinition a NAT gateway's net1 is attached to.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub namespace: String,
+    pub nad: String,
+    /// A NAD of type kube-ovn: Kube-OVN's provider then ends in `.ovn`.
+    pub kube_ovn_type: bool,
+}
+
+impl Attachment {
+    /// Kube-OVN's provider name of the attachment: the prefix of its pod annotation keys.
+    pub fn provider(&self) -> String {
+        let suffix = if self.kube_ovn_type { ".ovn" } else { "" };
+        format!("{}.{}{suffix}", self.nad, self.namespace)
+    }
+}
+
 /// `kubeovn.io/v1 VpcNatGateway`.
 pub fn vpc_nat_gateway(spec: &NatGatewaySpec, lan_ip: &str) -> DynamicObject {
     dynamic(json!({
@@ -169,12 +273,12 @@ pub fn vpc_nat_gateway(spec: &NatGatewaySpec, lan_ip: &str) -> DynamicObject {
 pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> StatefulSet {
     let sts = spec.statefulset_name();
     let app = sts.clone();
-    let ext = &spec.external_subnet;
-    let ext_provider = format!("{ext}.{KUBE_SYSTEM}");
+    let attachment = spec.effective_attachment();
+    let ext_provider = attachment.provider();
     let mut annotations: BTreeMap<String, String> = [
         (
             "k8s.v1.cni.cncf.io/networks",
-            format!("{KUBE_SYSTEM}/{ext}"),
+            format!("{}/{}", attachment.namespace, attachment.nad),
         ),
         ("ovn.kubernetes.io/vpc_nat_gw", spec.name.clone()),
         ("ovn.kubernetes.io/logical_switch", spec.subnet.clone()),
@@ -194,10 +298,6 @@ pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> Stateful
         (
             &format!("{ext_provider}.kubernetes.io/gateway"),
             node.external_gateway.clone(),
-        ),
-        (
-            &format!("{ext_provider}.kubernetes.io/logical_switch"),
-            ext.clone(),
         ),
         (
             &format!("{ext_provider}.kubernetes.io/allocated"),
@@ -444,9 +544,14 @@ pub const VPC_DNS_COREFILE: &str = ".:53 {\n    errors\n    health {\n      lame
 
 /// `kube-system/vpc-dns-corefile` ConfigMap (created by the user in real life).
 pub fn vpc_dns_corefile_configmap(corefile: &str) -> ConfigMap {
+    corefile_configmap("vpc-dns-corefile", corefile)
+}
+
+/// A Corefile ConfigMap `kube-system/<name>` (Kube-OVN v1.16+ VpcDns may name its own).
+pub fn corefile_configmap(name: &str, corefile: &str) -> ConfigMap {
     typed(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "vpc-dns-corefile", "namespace": KUBE_SYSTEM},
+        "metadata": {"name": name, "namespace": KUBE_SYSTEM},
         "data": {"Corefile": corefile},
     }))
 }
@@ -480,6 +585,7 @@ pub fn vpc_dns_deployment(
     name: &str,
     subnet: &str,
     form: VpcDnsForm,
+    corefile: &str,
     routes: &[(&str, &str)],
 ) -> Deployment {
     let dep = format!("vpc-dns-{name}");
@@ -495,7 +601,7 @@ pub fn vpc_dns_deployment(
             "args": ["-conf", "/etc/coredns/Corefile"],
             "volumeMounts": [{"name": "config-volume", "mountPath": "/etc/coredns", "readOnly": true}],
         }],
-        "volumes": [{"name": "config-volume", "configMap": {"name": "vpc-dns-corefile", "items": [{"key": "Corefile", "path": "Corefile"}]}}],
+        "volumes": [{"name": "config-volume", "configMap": {"name": corefile, "items": [{"key": "Corefile", "path": "Corefile"}]}}],
         "terminationGracePeriodSeconds": 0,
     });
     match form {
@@ -605,8 +711,8 @@ fn namespace(name: &str) -> Namespace {
 // ---------------------------------------------------------------- harness helpers
 
 impl Harness {
-    /// Apply the Kube-OVN CRDs of `e2e/fixtures/crds` and Submariner's real CRDs
-    /// (`e2e/fixtures/upstream/submariner`, verbatim) to `cluster` and wait until they are
+    /// Apply the real Kube-OVN CRDs of [`KubeOvnVersion::harness_default`] and Submariner's
+    /// real CRDs (`e2e/fixtures/upstream/`, verbatim) to `cluster` and wait until they are
     /// Established. Idempotent.
     pub async fn install_foreign_crds(&self, cluster: &str) -> Result<()> {
         // Once per cluster and test process: they stay while the harness is up.
@@ -617,7 +723,11 @@ impl Harness {
         }
         let client = self.client(cluster);
         let fixtures = crate::e2e_dir().join("fixtures");
-        let mut files = vec![fixtures.join("crds/kubeovn.io.yaml")];
+        let mut files = vec![
+            fixtures
+                .join("upstream/kube-ovn")
+                .join(KubeOvnVersion::harness_default().crd_file()),
+        ];
         files.extend(
             SUBMARINER_CRDS
                 .iter()
@@ -632,6 +742,27 @@ impl Harness {
         self.wait_crds_established(cluster, &names).await?;
         DONE.lock().unwrap().push(key);
         Ok(())
+    }
+
+    /// Replace the Kube-OVN CRDs of `cluster` by those of `version` (server-side apply of the
+    /// verbatim copies) and wait until Established. Objects stay; what the new schemas do not
+    /// know is pruned when they are next written. Hold `exclusive("kube-ovn-crds")` and restore
+    /// [`KubeOvnVersion::harness_default`] afterwards.
+    pub async fn install_kube_ovn_crds(
+        &self,
+        cluster: &str,
+        version: KubeOvnVersion,
+    ) -> Result<()> {
+        self.install_foreign_crds(cluster).await?;
+        let file = crate::e2e_dir()
+            .join("fixtures/upstream/kube-ovn")
+            .join(version.crd_file());
+        let names: Vec<String> = apply_file(&self.client(cluster), file)
+            .await?
+            .into_iter()
+            .map(|o| o.metadata.name.unwrap_or_default())
+            .collect();
+        self.wait_crds_established(cluster, &names).await
     }
 
     /// Apply every `*.yaml` in the repository's `crds/` directory (the
@@ -812,13 +943,34 @@ impl Harness {
         subnet: &str,
         form: VpcDnsForm,
     ) -> Result<Deployment> {
+        self.install_vpc_dns_mounting(cluster, name, vpc, subnet, form, None)
+            .await
+    }
+
+    /// [`Harness::install_vpc_dns`] for a VpcDns that names its own Corefile ConfigMap
+    /// (`spec.corefile`, Kube-OVN v1.16+; the v1.16 CRDs must be installed or the field is
+    /// pruned), created with the documented Corefile when absent.
+    pub async fn install_vpc_dns_mounting(
+        &self,
+        cluster: &str,
+        name: &str,
+        vpc: &str,
+        subnet: &str,
+        form: VpcDnsForm,
+        corefile: Option<&str>,
+    ) -> Result<Deployment> {
         self.install_foreign_crds(cluster).await?;
         let client = self.client(cluster);
-        let vdns = apply_dynamic(&client, &vpc_dns(name, vpc, subnet)).await?;
+        let mut object = vpc_dns(name, vpc, subnet);
+        if let Some(c) = corefile {
+            object.data["spec"]["corefile"] = json!(c);
+        }
+        let vdns = apply_dynamic(&client, &object).await?;
         patch_status_dynamic(&client, &vdns, json!({"active": true})).await?;
+        let corefile = corefile.unwrap_or("vpc-dns-corefile");
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), KUBE_SYSTEM);
-        if cms.get_opt("vpc-dns-corefile").await?.is_none() {
-            apply(&client, &vpc_dns_corefile_configmap(VPC_DNS_COREFILE)).await?;
+        if cms.get_opt(corefile).await?.is_none() {
+            apply(&client, &corefile_configmap(corefile, VPC_DNS_COREFILE)).await?;
         }
         apply(
             &client,
@@ -834,7 +986,13 @@ impl Harness {
             .context("kubernetes Service has no ClusterIP")?;
         apply(
             &client,
-            &vpc_dns_deployment(name, subnet, form, &[(&apiserver_ip, "10.244.0.1")]),
+            &vpc_dns_deployment(
+                name,
+                subnet,
+                form,
+                corefile,
+                &[(&apiserver_ip, "10.244.0.1")],
+            ),
         )
         .await
     }
