@@ -385,6 +385,7 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
         &cms.get("vpc-dns-corefile").await.unwrap(),
     );
     env.ctl.stop().unwrap();
+    env.ctl.stop().unwrap();
     env.ctl = start(&env.h).await;
     let success =
         "controller_runtime_reconcile_total{controller=\"vpcdnsforward\",result=\"success\"}";
@@ -555,5 +556,77 @@ async fn missing_corefile_is_a_condition_then_recovers() {
     assert!(env.corefile().await.contains("#multivpc-start"));
     env.delete_forward("nocore").await;
     assert_eq!(env.corefile().await, text);
+    env.finish().await;
+}
+
+/// Kube-OVN v1.16 (its real CRDs): a VpcDns names its own Corefile ConfigMap in `spec.corefile`.
+/// The clusterset.local section goes into that ConfigMap, which its vpc-dns mounts, not into
+/// `vpc-dns-corefile`; deleting the forward restores it byte for byte.
+#[tokio::test]
+async fn a_v1_16_vpc_dns_with_its_own_corefile_gets_the_section_there() {
+    let mut env = setup(harness_or_skip!([CLUSTER])).await;
+    let _crds = env.h.exclusive("kube-ovn-crds").await.unwrap();
+    env.h
+        .install_kube_ovn_crds(CLUSTER, fixtures::KubeOvnVersion::V1_16)
+        .await
+        .unwrap();
+    // dns-forwarder as it runs on a v1.16 cluster: started after the CRDs (a watch opened
+    // under the older schema serves objects pruned by it until the API server replaces it).
+    env.ctl.stop().unwrap();
+    env.ctl = start(&env.h).await;
+    let vpc = Harness::unique_name("vpco");
+    let dns = Harness::unique_name("dnso");
+    let own = format!("corefile-{dns}");
+    env.h
+        .install_vpc_dns_mounting(
+            CLUSTER,
+            &dns,
+            &vpc,
+            "sub-o",
+            VpcDnsForm::V113RoutesAnnotation,
+            Some(&own),
+        )
+        .await
+        .unwrap();
+    let vdns: Api<multivpc_api::foreign::kubeovn::VpcDns> = Api::all(env.c.clone());
+    assert_eq!(
+        vdns.get(&dns).await.unwrap().spec.corefile.as_deref(),
+        Some(own.as_str()),
+        "the v1.16 CRD keeps spec.corefile"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
+    let text_of = |cm: ConfigMap| cm.data.unwrap()["Corefile"].clone();
+    let own_before = text_of(cms.get(&own).await.unwrap());
+    let default_before = env.corefile().await;
+
+    env.apply_forward("own", &vpc, &[]).await;
+    let programmed = env.wait_reason("own", "Programmed").await;
+    assert_eq!(programmed.status.unwrap().corefiles, vec![own.clone()]);
+    let own_after = text_of(cms.get(&own).await.unwrap());
+    assert_eq!(
+        own_after.matches("clusterset.local").count(),
+        1,
+        "{own_after}"
+    );
+    assert!(own_after.starts_with(&own_before), "{own_after}");
+    assert_eq!(
+        env.corefile().await,
+        default_before,
+        "vpc-dns-corefile is not this VpcDns's Corefile"
+    );
+    assert!(
+        env.annotation_routes(&format!("vpc-dns-{dns}"))
+            .await
+            .contains(&env.route_entry())
+    );
+
+    env.delete_forward("own").await;
+    assert_eq!(text_of(cms.get(&own).await.unwrap()), own_before);
+    let _ = vdns.delete(&dns, &DeleteParams::default()).await;
+    let _ = cms.delete(&own, &DeleteParams::default()).await;
+    env.h
+        .install_kube_ovn_crds(CLUSTER, fixtures::KubeOvnVersion::harness_default())
+        .await
+        .unwrap();
     env.finish().await;
 }

@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    plan::{self, COREFILE_KEY, Plan, Snapshot},
+    plan::{self, COREFILE_KEY, CorefileSource, Plan, Snapshot},
     routes::{self, PatchKind, Route},
 };
 
@@ -44,6 +44,8 @@ use crate::{
 pub const MANAGER: &str = "dns-forwarder";
 const OVN_DEFAULT: &str = "ovn-default";
 const KUBE_DNS: &str = "kube-dns";
+/// How often a forward whose VpcDns mounts its own Corefile ConfigMap (not watched) is looked at.
+const CUSTOM_COREFILE_RECHECK: Duration = Duration::from_secs(60);
 
 /// Errors of one reconcile; all are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +71,9 @@ pub struct Stores {
 }
 
 impl Stores {
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, namespace: &str) -> Snapshot {
         Snapshot {
+            namespace: namespace.to_owned(),
             forwards: self.forwards.state(),
             vpc_dns: self.vpc_dns.state(),
             deployments: self
@@ -79,7 +82,14 @@ impl Stores {
                 .into_iter()
                 .map(|d| (d.name_any(), d))
                 .collect::<BTreeMap<_, _>>(),
-            corefile: self.corefile.state().into_iter().next(),
+            corefiles: [(
+                VPC_DNS_COREFILE.to_owned(),
+                match self.corefile.state().into_iter().next() {
+                    Some(cm) => CorefileSource::Found(cm),
+                    None => CorefileSource::Missing,
+                },
+            )]
+            .into(),
             kube_dns: self.kube_dns.state().into_iter().next(),
             ovn_default: self.subnets.state().into_iter().next(),
         }
@@ -118,6 +128,8 @@ impl Stores {
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
+    /// Kube-OVN's namespace: the vpc-dns Deployments and the Corefile ConfigMap.
+    pub kube_ovn_namespace: String,
     pub stores: Stores,
     /// No decision before every cache is synced (a Deployment not yet listed would look like
     /// one the forward left).
@@ -131,13 +143,14 @@ pub struct Context {
 /// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
 pub async fn run(
     client: Client,
+    kube_ovn_namespace: String,
     reconcile_metrics: ReconcileMetrics,
     routes_programmed: prometheus::IntGauge,
     readiness: Readiness,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (c, ns) = (client.clone(), KUBE_SYSTEM);
+    let (c, ns) = (client.clone(), kube_ovn_namespace.as_str());
     // Every watch stream is counted: the caches are synced when all have listed.
     let caches = CacheSync::new(readiness);
 
@@ -163,7 +176,8 @@ pub async fn run(
     );
     let corefile_stream = corefile_stream.touched_objects();
     let (kube_dns, kube_dns_stream) = watch::reflect(
-        Api::<Decoded<Service>>::namespaced(c.clone(), ns),
+        // The cluster DNS is Kubernetes', in kube-system whatever Kube-OVN's namespace.
+        Api::<Decoded<Service>>::namespaced(c.clone(), KUBE_SYSTEM),
         watcher::Config::default().fields(&format!("metadata.name={KUBE_DNS}")),
         &caches,
         &watch_metrics,
@@ -225,6 +239,7 @@ pub async fn run(
 
     let ctx = Arc::new(Context {
         client: client.clone(),
+        kube_ovn_namespace: kube_ovn_namespace.clone(),
         stores: stores.clone(),
         caches: caches.clone(),
         events: Events::new(client, MANAGER),
@@ -291,13 +306,14 @@ async fn apply(
     ctx: &Context,
     api: &Api<VpcDnsForward>,
 ) -> Result<Action, Error> {
-    let snapshot = ctx.stores.snapshot();
+    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
+    let custom = read_corefiles(forward, ctx, &mut snapshot).await?;
     let plan = plan::plan(forward, &snapshot, false);
     tracing::debug!(
         forward = %key(forward),
         reason = plan.condition.reason,
         edits = plan.edits.len(),
-        corefile_edit = plan.corefile.is_some(),
+        corefile_edits = plan.corefiles.len(),
         kube_dns = snapshot.kube_dns.is_some(),
         deployments = snapshot.deployments.len(),
         "planned"
@@ -305,15 +321,54 @@ async fn apply(
     execute(forward, ctx, &plan).await?;
     update_gauge(ctx, &snapshot, &plan);
     write_status(forward, ctx, api, &plan).await?;
-    Ok(Action::await_change())
+    // A Corefile ConfigMap other than the default is read, not watched: look again later.
+    Ok(if custom {
+        Action::requeue(CUSTOM_COREFILE_RECHECK)
+    } else {
+        Action::await_change()
+    })
+}
+
+/// Reads the Corefile ConfigMaps other than the default one that `forward` touches (named by
+/// a VpcDns `spec.corefile`, Kube-OVN v1.16+, or recorded in its status) into `snapshot`.
+/// Returns whether there were any. Only the names granted in the chart
+/// (`dns-forwarder.corefileConfigMaps`) can be read; another is `CorefileUnreadable`.
+async fn read_corefiles(
+    forward: &VpcDnsForward,
+    ctx: &Context,
+    snapshot: &mut Snapshot,
+) -> Result<bool, Error> {
+    let mut names = plan::corefiles_of(snapshot, &forward.spec.vpc);
+    if let Some(status) = &forward.status {
+        names.extend(status.corefiles.iter().cloned());
+    }
+    names.remove(VPC_DNS_COREFILE);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.kube_ovn_namespace);
+    for name in &names {
+        let source = if !multivpc_api::net::is_object_name(name) {
+            CorefileSource::Unreadable("not a valid ConfigMap name".into())
+        } else {
+            match cms.get_opt(name).await {
+                Ok(Some(cm)) => CorefileSource::Found(Arc::new(cm)),
+                Ok(None) => CorefileSource::Missing,
+                Err(kube::Error::Api(e)) if e.code == 403 => CorefileSource::Unreadable(
+                    "dns-forwarder may not read it: add it to the chart value dns-forwarder.corefileConfigMaps".into(),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        snapshot.corefiles.insert(name.clone(), source);
+    }
+    Ok(!names.is_empty())
 }
 
 async fn cleanup(forward: &VpcDnsForward, ctx: &Context) -> Result<Action, Error> {
-    let snapshot = ctx.stores.snapshot();
+    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
+    read_corefiles(forward, ctx, &mut snapshot).await?;
     let plan = plan::plan(forward, &snapshot, true);
     execute(forward, ctx, &plan).await?;
     update_gauge(ctx, &snapshot, &plan);
-    if !plan.edits.is_empty() || plan.corefile.is_some() {
+    if !plan.edits.is_empty() || !plan.corefiles.is_empty() {
         // Edits go one per deployment per pass: look again with the caches updated by the
         // edits' own watch events, and release the finalizer only when nothing is left.
         return Err(Error::CleanupInProgress);
@@ -323,14 +378,14 @@ async fn cleanup(forward: &VpcDnsForward, ctx: &Context) -> Result<Action, Error
 
 async fn execute(forward: &VpcDnsForward, ctx: &Context, plan: &Plan) -> Result<(), Error> {
     let reference = forward.object_ref(&());
-    if let Some((text, resource_version)) = &plan.corefile {
-        let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), KUBE_SYSTEM);
+    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.kube_ovn_namespace);
+    for edit in &plan.corefiles {
         let patch = json!({
-            "metadata": { "resourceVersion": resource_version },
-            "data": { COREFILE_KEY: text },
+            "metadata": { "resourceVersion": edit.resource_version },
+            "data": { COREFILE_KEY: edit.text },
         });
         cms.patch(
-            VPC_DNS_COREFILE,
+            &edit.configmap,
             &PatchParams::default(),
             &Patch::Merge(&patch),
         )
@@ -341,11 +396,14 @@ async fn execute(forward: &VpcDnsForward, ctx: &Context, plan: &Plan) -> Result<
             EventType::Normal,
             "CorefileUpdated",
             "Edit",
-            "updated the clusterset.local section of kube-system/vpc-dns-corefile".into(),
+            format!(
+                "updated the clusterset.local section of {}/{}",
+                ctx.kube_ovn_namespace, edit.configmap
+            ),
         )
         .await;
     }
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), KUBE_SYSTEM);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ctx.kube_ovn_namespace);
     for edit in &plan.edits {
         let params = PatchParams::default();
         match edit.kind {
@@ -372,8 +430,8 @@ async fn execute(forward: &VpcDnsForward, ctx: &Context, plan: &Plan) -> Result<
             reason,
             "Edit",
             format!(
-                "{verb} route {} on Deployment kube-system/{}",
-                edit.route, edit.deployment
+                "{verb} route {} on Deployment {}/{}",
+                edit.route, ctx.kube_ovn_namespace, edit.deployment
             ),
         )
         .await;
@@ -415,6 +473,7 @@ async fn write_status(
         observed_generation: forward.metadata.generation,
         conditions: old.conditions.clone(),
         vpc_dns: plan.vpc_dns.clone(),
+        corefiles: plan.corefile_configmaps.clone(),
         deployments: plan.deployments.clone(),
         route: plan.route.map(|r: Route| r.to_string()),
     };

@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let kube_ovn_namespace = args.common.kube_ovn_namespace.clone();
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
     let reconcile_metrics = runtime.metrics().controller("vpcdnsforward");
     let routes_programmed = prometheus::IntGauge::new(
@@ -40,6 +41,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .run(move |shutdown| {
             controller::run(
                 client.clone(),
+                kube_ovn_namespace.clone(),
                 reconcile_metrics.clone(),
                 routes_programmed.clone(),
                 readiness.clone(),

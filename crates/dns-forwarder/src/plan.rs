@@ -20,6 +20,7 @@ use multivpc_api::{
     VpcDnsForward,
     conditions::DesiredCondition,
     foreign::kubeovn::{Subnet, VpcDns},
+    keys::VPC_DNS_COREFILE,
 };
 use serde_json::Value;
 
@@ -36,13 +37,34 @@ pub const DEPLOYMENT_PREFIX: &str = "vpc-dns-";
 /// The watched objects, as the controller's caches hold them.
 #[derive(Default, Clone)]
 pub struct Snapshot {
+    /// Kube-OVN's namespace (for messages: the Deployments and the Corefile live there).
+    pub namespace: String,
     pub forwards: Vec<Arc<VpcDnsForward>>,
     pub vpc_dns: Vec<Arc<VpcDns>>,
-    /// vpc-dns Deployments in kube-system, by name.
+    /// vpc-dns Deployments in Kube-OVN's namespace, by name.
     pub deployments: BTreeMap<String, Arc<Deployment>>,
-    pub corefile: Option<Arc<ConfigMap>>,
+    /// Corefile ConfigMaps by name, as far as they were looked at: the default one from its
+    /// watch, the others a VpcDns names (Kube-OVN v1.16+ `spec.corefile`) read for this plan.
+    pub corefiles: BTreeMap<String, CorefileSource>,
     pub kube_dns: Option<Arc<Service>>,
     pub ovn_default: Option<Arc<Subnet>>,
+}
+
+/// What is known about one Corefile ConfigMap.
+#[derive(Debug, Clone)]
+pub enum CorefileSource {
+    Found(Arc<ConfigMap>),
+    Missing,
+    /// It could not be read (e.g. not granted to dns-forwarder): why.
+    Unreadable(String),
+}
+
+/// A new Corefile for one ConfigMap, computed from its text at `resource_version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorefileEdit {
+    pub configmap: String,
+    pub text: String,
+    pub resource_version: Option<String>,
 }
 
 /// One edit of a vpc-dns Deployment.
@@ -59,13 +81,15 @@ pub struct DeploymentEdit {
 /// Everything to do for one forward.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// New Corefile text and the ConfigMap resourceVersion it was computed from.
-    pub corefile: Option<(String, Option<String>)>,
+    /// New Corefiles, each with the ConfigMap resourceVersion it was computed from.
+    pub corefiles: Vec<CorefileEdit>,
     pub edits: Vec<DeploymentEdit>,
     pub condition: DesiredCondition,
     /// Status fields (apply only).
     pub vpc_dns: Vec<String>,
     pub deployments: Vec<String>,
+    /// Corefile ConfigMaps carrying the section for this forward (status).
+    pub corefile_configmaps: Vec<String>,
     pub route: Option<Route>,
 }
 
@@ -73,20 +97,50 @@ fn is_live(forward: &VpcDnsForward) -> bool {
     forward.metadata.deletion_timestamp.is_none()
 }
 
-/// Names of the active VpcDns objects of `vpc`.
-pub fn active_vpc_dns(snapshot: &Snapshot, vpc: &str) -> Vec<String> {
-    let mut names: Vec<String> = snapshot
+/// Names of the VpcDns objects that serve `vpc`: the active ones with a Deployment.
+///
+/// Kube-OVN sets `status.active` also on a VpcDns it refused (a second one in the VPC, a
+/// missing NAD or subnet: an error shadowed in `handleAddOrUpdateVPCDNS`, every release up to
+/// v1.16), and such a VpcDns never gets a Deployment. So an active VpcDns without one is
+/// ignored while another of the VPC has one; when none has, all active ones are returned, and
+/// the forward waits for their Deployments (DeploymentNotFound).
+pub fn serving_vpc_dns(snapshot: &Snapshot, vpc: &str) -> Vec<String> {
+    let mut active: Vec<String> = snapshot
         .vpc_dns
         .iter()
         .filter(|d| d.spec.vpc == vpc && d.status.as_ref().is_some_and(|s| s.active))
         .map(|d| d.name_any())
         .collect();
-    names.sort();
-    names
+    active.sort();
+    let deployed: Vec<String> = active
+        .iter()
+        .filter(|n| {
+            snapshot
+                .deployments
+                .contains_key(&format!("{DEPLOYMENT_PREFIX}{n}"))
+        })
+        .cloned()
+        .collect();
+    if deployed.is_empty() {
+        active
+    } else {
+        deployed
+    }
+}
+
+/// The Corefile ConfigMaps the VpcDns serving `vpc` mount.
+pub fn corefiles_of(snapshot: &Snapshot, vpc: &str) -> BTreeSet<String> {
+    let serving = serving_vpc_dns(snapshot, vpc);
+    snapshot
+        .vpc_dns
+        .iter()
+        .filter(|d| serving.contains(&d.name_any()))
+        .map(|d| d.corefile_configmap().to_owned())
+        .collect()
 }
 
 fn deployments_of(snapshot: &Snapshot, vpc: &str) -> BTreeSet<String> {
-    active_vpc_dns(snapshot, vpc)
+    serving_vpc_dns(snapshot, vpc)
         .into_iter()
         .map(|n| format!("{DEPLOYMENT_PREFIX}{n}"))
         .collect()
@@ -150,11 +204,12 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
 
     let current_route = route(snapshot);
     let mut plan = Plan {
-        corefile: None,
+        corefiles: Vec::new(),
         edits: Vec::new(),
         condition: DesiredCondition::ready("Programmed", ""),
         vpc_dns: Vec::new(),
         deployments: Vec::new(),
+        corefile_configmaps: Vec::new(),
         route: current_route.as_ref().ok().copied(),
     };
     let mut problems: Vec<DesiredCondition> = Vec::new();
@@ -178,7 +233,7 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
             Ok(None) => {}
             Err(err) => problems.push(DesiredCondition::not_ready(
                 "RouteFormUnsupported",
-                format!("Deployment kube-system/{name}: {err}"),
+                format!("Deployment {}/{name}: {err}", snapshot.namespace),
             )),
         }
     };
@@ -207,39 +262,73 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
     // deployment per reconcile (the next reconcile, triggered by the change, does the rest).
     dedupe(&mut plan.edits);
 
-    // Corefile: the section stays while any live forward exists.
-    let keep_section = !deleting || !others.is_empty();
-    match (&snapshot.corefile, &current_route) {
-        (None, _) => {
-            if !deleting {
-                problems.push(DesiredCondition::not_ready(
-                    "CorefileMissing",
-                    "ConfigMap kube-system/vpc-dns-corefile not found; create it as Kube-OVN's vpc-dns documentation shows",
-                ));
-            }
-        }
-        (Some(cm), route) => {
-            let text = cm
-                .data
-                .as_ref()
-                .and_then(|d| d.get(COREFILE_KEY))
-                .cloned()
-                .unwrap_or_default();
-            let edited = match (keep_section, route) {
-                (true, Ok(route)) => corefile::ensure(&text, route.dst).map(Some),
-                (true, Err(_)) => Ok(None),
-                (false, _) => corefile::remove(&text).map(Some),
-            };
-            match edited {
-                Ok(Some(new)) if new != text => {
-                    plan.corefile = Some((new, cm.metadata.resource_version.clone()))
+    // Corefiles: the section stays in a ConfigMap while any live forward's VpcDns mounts it.
+    let wanted_corefiles: BTreeSet<String> = others
+        .iter()
+        .flat_map(|f| corefiles_of(snapshot, &f.spec.vpc))
+        .collect();
+    let my_corefiles = if deleting {
+        BTreeSet::new()
+    } else {
+        corefiles_of(snapshot, &forward.spec.vpc)
+    };
+    let mut corefiles_touched: BTreeSet<String> = status.corefiles.iter().cloned().collect();
+    corefiles_touched.extend(corefiles_of(snapshot, &forward.spec.vpc));
+    if status.corefiles.is_empty() && deleting {
+        // Forwards from before status.corefiles (and the original operator's): the default.
+        corefiles_touched.insert(VPC_DNS_COREFILE.to_owned());
+    }
+    for name in corefiles_touched.union(&my_corefiles) {
+        let keep = my_corefiles.contains(name) || wanted_corefiles.contains(name);
+        let cm = match snapshot.corefiles.get(name) {
+            Some(CorefileSource::Found(cm)) => cm,
+            Some(CorefileSource::Unreadable(why)) => {
+                if keep || !deleting {
+                    problems.push(DesiredCondition::not_ready(
+                        "CorefileUnreadable",
+                        format!("ConfigMap {}/{name}: {why}", snapshot.namespace),
+                    ));
                 }
-                Ok(_) => {}
-                Err(err) => problems.push(DesiredCondition::not_ready(
-                    "CorefileConflict",
-                    err.to_string(),
-                )),
+                continue;
             }
+            Some(CorefileSource::Missing) | None => {
+                if my_corefiles.contains(name) {
+                    problems.push(DesiredCondition::not_ready(
+                        "CorefileMissing",
+                        format!(
+                            "ConfigMap {}/{name} not found; create it as Kube-OVN's vpc-dns documentation shows",
+                            snapshot.namespace
+                        ),
+                    ));
+                }
+                continue;
+            }
+        };
+        if my_corefiles.contains(name) {
+            plan.corefile_configmaps.push(name.clone());
+        }
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(COREFILE_KEY))
+            .cloned()
+            .unwrap_or_default();
+        let edited = match (keep, &current_route) {
+            (true, Ok(route)) => corefile::ensure(&text, route.dst).map(Some),
+            (true, Err(_)) => Ok(None),
+            (false, _) => corefile::remove(&text).map(Some),
+        };
+        match edited {
+            Ok(Some(new)) if new != text => plan.corefiles.push(CorefileEdit {
+                configmap: name.clone(),
+                text: new,
+                resource_version: cm.metadata.resource_version.clone(),
+            }),
+            Ok(_) => {}
+            Err(err) => problems.push(DesiredCondition::not_ready(
+                "CorefileConflict",
+                format!("ConfigMap {}/{name}: {err}", snapshot.namespace),
+            )),
         }
     }
 
@@ -255,7 +344,7 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
             return plan;
         }
     };
-    let vpc_dns = active_vpc_dns(snapshot, &forward.spec.vpc);
+    let vpc_dns = serving_vpc_dns(snapshot, &forward.spec.vpc);
     if vpc_dns.is_empty() {
         problems.push(DesiredCondition::not_ready(
             "VpcDnsNotFound",
@@ -277,7 +366,8 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
         problems.push(DesiredCondition::not_ready(
             "DeploymentNotFound",
             format!(
-                "vpc-dns Deployment(s) not found in kube-system: {}",
+                "vpc-dns Deployment(s) not found in {}: {}",
+                snapshot.namespace,
                 missing.join(", ")
             ),
         ));
@@ -328,6 +418,7 @@ mod tests {
                 vpc: vpc.into(),
                 subnet: "s".into(),
                 replicas: None,
+                corefile: None,
             },
         );
         d.status = Some(VpcDnsStatus { active });
@@ -364,6 +455,7 @@ mod tests {
             ..Default::default()
         };
         Snapshot {
+            namespace: "kube-system".into(),
             forwards: vec![],
             vpc_dns: vec![
                 vpc_dns("dns1", "vpc1", true),
@@ -381,7 +473,11 @@ mod tests {
                 ("vpc-dns-dns2".to_owned(), deployment("vpc-dns-dns2", "")),
             ]
             .into(),
-            corefile: Some(Arc::new(cm)),
+            corefiles: [(
+                VPC_DNS_COREFILE.to_owned(),
+                CorefileSource::Found(Arc::new(cm)),
+            )]
+            .into(),
             kube_dns: Some(Arc::new(svc)),
             ovn_default: Some(Arc::new(Subnet::new(
                 "ovn-default",
@@ -391,6 +487,23 @@ mod tests {
                 },
             ))),
         }
+    }
+
+    fn default_cm(s: &Snapshot) -> ConfigMap {
+        match &s.corefiles[VPC_DNS_COREFILE] {
+            CorefileSource::Found(cm) => (**cm).clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn set_default_cm(s: &mut Snapshot, cm: ConfigMap) {
+        s.corefiles
+            .insert(VPC_DNS_COREFILE.into(), CorefileSource::Found(Arc::new(cm)));
+    }
+
+    fn only_edit(p: &Plan) -> &CorefileEdit {
+        assert_eq!(p.corefiles.len(), 1, "{:?}", p.corefiles);
+        &p.corefiles[0]
     }
 
     const ROUTE: Route = Route {
@@ -409,9 +522,98 @@ mod tests {
         assert_eq!(p.deployments, ["vpc-dns-dns1"]);
         assert_eq!(p.edits.len(), 1);
         assert!(p.edits[0].adds && p.edits[0].deployment == "vpc-dns-dns1");
-        let (text, rv) = p.corefile.unwrap();
+        let edit = only_edit(&p);
+        let (text, rv) = (edit.text.clone(), edit.resource_version.clone());
         assert!(text.starts_with(COREFILE) && text.contains("forward . 10.96.0.10"));
         assert_eq!(rv.as_deref(), Some("3"));
+    }
+
+    /// Kube-OVN marks a VpcDns it refused active too (every release up to v1.16): the second
+    /// VpcDns of vpc1 has no Deployment and must not keep the forward from being Programmed.
+    #[test]
+    fn an_active_vpc_dns_kube_ovn_refused_is_ignored() {
+        let mut s = snapshot();
+        s.vpc_dns.push(vpc_dns("dns1c", "vpc1", true));
+        let f = forward("ns1", "dns-1", "vpc1");
+        s.forwards.push(f.clone());
+        let p = plan(&f, &s, false);
+        assert!(p.condition.status, "{:?}", p.condition);
+        assert_eq!(p.vpc_dns, ["dns1"]);
+        assert_eq!(p.deployments, ["vpc-dns-dns1"]);
+        // While none of the VPC's active VpcDns has a Deployment, the forward waits for them.
+        s.deployments.remove("vpc-dns-dns1");
+        let p = plan(&f, &s, false);
+        assert_eq!(p.condition.reason, "DeploymentNotFound");
+        assert!(
+            p.condition.message.contains("vpc-dns-dns1, vpc-dns-dns1c"),
+            "{}",
+            p.condition.message
+        );
+    }
+
+    /// Kube-OVN v1.16: a VpcDns names its own Corefile ConfigMap; the section goes there (and
+    /// only there), and leaves with the last forward whose VpcDns mounts it.
+    #[test]
+    fn a_vpc_dns_with_its_own_corefile_gets_the_section_there() {
+        let mut s = snapshot();
+        let mut d = (*s.vpc_dns[2]).clone();
+        d.spec.corefile = Some("vpc2-corefile".into());
+        s.vpc_dns[2] = Arc::new(d);
+        let f1 = forward("ns1", "a", "vpc1");
+        let f2 = forward("ns2", "b", "vpc2");
+        s.forwards = vec![f1.clone(), f2.clone()];
+
+        let p = plan(&f2, &s, false);
+        assert_eq!(p.condition.reason, "CorefileMissing");
+        assert!(
+            p.condition.message.contains("kube-system/vpc2-corefile"),
+            "{}",
+            p.condition.message
+        );
+        assert!(p.corefiles.is_empty());
+        s.corefiles.insert(
+            "vpc2-corefile".into(),
+            CorefileSource::Unreadable("not granted".into()),
+        );
+        assert_eq!(plan(&f2, &s, false).condition.reason, "CorefileUnreadable");
+
+        let mut own = default_cm(&s);
+        own.metadata.resource_version = Some("8".into());
+        s.corefiles.insert(
+            "vpc2-corefile".into(),
+            CorefileSource::Found(Arc::new(own.clone())),
+        );
+        let p = plan(&f2, &s, false);
+        assert!(p.condition.status, "{:?}", p.condition);
+        let edit = only_edit(&p);
+        assert_eq!(edit.configmap, "vpc2-corefile");
+        assert_eq!(edit.resource_version.as_deref(), Some("8"));
+        assert_eq!(p.corefile_configmaps, ["vpc2-corefile"]);
+
+        // Both Corefiles carry the section; deleting f2 removes it from its own only.
+        let with_section = |mut cm: ConfigMap| {
+            cm.data = Some(
+                [(
+                    COREFILE_KEY.to_owned(),
+                    corefile::ensure(COREFILE, ROUTE.dst).unwrap(),
+                )]
+                .into(),
+            );
+            Arc::new(cm)
+        };
+        let default = (*with_section(default_cm(&s))).clone();
+        set_default_cm(&mut s, default);
+        s.corefiles.insert(
+            "vpc2-corefile".into(),
+            CorefileSource::Found(with_section(own)),
+        );
+        let p = plan(&f2, &s, true);
+        let edit = only_edit(&p);
+        assert_eq!(edit.configmap, "vpc2-corefile");
+        assert_eq!(edit.text, COREFILE, "removal is byte-exact");
+        // Deleting f1: vpc2's VpcDns does not mount the default, so the default loses it.
+        let p = plan(&f1, &s, true);
+        assert_eq!(only_edit(&p).configmap, VPC_DNS_COREFILE);
     }
 
     #[test]
@@ -422,7 +624,8 @@ mod tests {
         s.kube_dns = None;
         assert_eq!(plan(&f, &s, false).condition.reason, "KubeDnsNotFound");
         let mut s = snapshot();
-        s.corefile = None;
+        s.corefiles
+            .insert(VPC_DNS_COREFILE.into(), CorefileSource::Missing);
         assert_eq!(
             plan(&forward("ns1", "a", "vpc1"), &s, false)
                 .condition
@@ -446,7 +649,7 @@ mod tests {
                 "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
             ),
         );
-        let mut with_section = (*s.corefile.clone().unwrap()).clone();
+        let mut with_section = default_cm(&s);
         with_section.data = Some(
             [(
                 COREFILE_KEY.to_owned(),
@@ -454,20 +657,20 @@ mod tests {
             )]
             .into(),
         );
-        s.corefile = Some(Arc::new(with_section));
+        set_default_cm(&mut s, with_section);
         let a = forward("ns1", "a", "vpc1");
         let b = forward("ns2", "b", "vpc1");
         s.forwards = vec![a.clone(), b.clone()];
         let p = plan(&a, &s, true);
         assert!(p.edits.is_empty(), "b still wants the route: {:?}", p.edits);
-        assert!(p.corefile.is_none(), "b still wants the section");
+        assert!(p.corefiles.is_empty(), "b still wants the section");
 
         s.forwards = vec![a.clone()];
         let p = plan(&a, &s, true);
         assert_eq!(p.edits.len(), 1);
         assert!(!p.edits[0].adds);
         assert_eq!(
-            p.corefile.unwrap().0,
+            only_edit(&p).text,
             COREFILE,
             "last forward removes the section exactly"
         );
@@ -523,7 +726,7 @@ mod tests {
         let p = plan(&f, &s, false);
         assert_eq!(p.edits.len(), 1, "one edit per deployment per reconcile");
         assert!(!p.edits[0].adds && p.edits[0].route == ROUTE);
-        assert!(p.corefile.unwrap().0.contains("forward . 10.96.0.99"));
+        assert!(only_edit(&p).text.contains("forward . 10.96.0.99"));
     }
 
     #[test]
@@ -551,7 +754,7 @@ mod tests {
                 "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
             ),
         );
-        let mut cm = (*s.corefile.clone().unwrap()).clone();
+        let mut cm = default_cm(&s);
         cm.data = Some(
             [(
                 COREFILE_KEY.to_owned(),
@@ -559,11 +762,11 @@ mod tests {
             )]
             .into(),
         );
-        s.corefile = Some(Arc::new(cm));
+        set_default_cm(&mut s, cm);
         let f = forward("ns1", "a", "vpc1");
         s.forwards = vec![f.clone()];
         let p = plan(&f, &s, false);
-        assert!(p.edits.is_empty() && p.corefile.is_none());
+        assert!(p.edits.is_empty() && p.corefiles.is_empty());
         assert!(p.condition.status);
     }
 }

@@ -64,11 +64,16 @@ pub struct VpcDnsForwardStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
-    /// Active VpcDns objects of the VPC that were programmed.
+    /// VpcDns objects serving the VPC that were programmed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vpc_dns: Vec<String>,
 
-    /// vpc-dns Deployments (in kube-system) that carry the route.
+    /// Corefile ConfigMaps (in Kube-OVN's namespace) that carry the clusterset.local section
+    /// for this forward: `vpc-dns-corefile`, or what a VpcDns names in `spec.corefile`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corefiles: Vec<String>,
+
+    /// vpc-dns Deployments (in Kube-OVN's namespace) that carry the route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deployments: Vec<String>,
 

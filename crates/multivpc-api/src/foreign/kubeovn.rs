@@ -98,9 +98,27 @@ pub struct VpcDnsSpec {
     pub subnet: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
+    /// The ConfigMap (in Kube-OVN's namespace, key `Corefile`) the vpc-dns Deployment mounts;
+    /// Kube-OVN v1.16+, whose CRD defaults it to `vpc-dns-corefile`. Older versions always
+    /// mount `vpc-dns-corefile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corefile: Option<String>,
 }
 
-/// Status of a VpcDns. Only one VpcDns per VPC is active in Kube-OVN; inactive ones have no
+impl VpcDns {
+    /// Name of the Corefile ConfigMap this VpcDns's Deployment mounts.
+    pub fn corefile_configmap(&self) -> &str {
+        self.spec
+            .corefile
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(crate::keys::VPC_DNS_COREFILE)
+    }
+}
+
+/// Status of a VpcDns. Kube-OVN deploys one VpcDns per VPC, but its `active` is also true for
+/// one it refused (which then has no Deployment): dns-forwarder trusts it only together with the
 /// Deployment.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, schemars::JsonSchema)]
 pub struct VpcDnsStatus {
