@@ -426,3 +426,30 @@ fn vxlan_scripts_run_under_busybox_as_on_alpine() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Kube-OVN v1.12 leaves net1 without ARP until an IptablesEIP exists: converge turns it on
+/// (as Kube-OVN's add_eip does), and the check reports it off as drift.
+#[test]
+fn arp_is_turned_on_on_net1_where_kube_ovn_v1_12_left_it_off() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns.has_vxlan() {
+        return;
+    }
+    let cfg = crate::script::tests::vxlan();
+    let noarp = |ns: &Netns| ns.sh("ip -o link show dev net1").1.contains("NOARP");
+    ns.sh("ip link set dev net1 arp off");
+    assert!(noarp(&ns));
+    ns.script(&script::converge(&cfg, &Stale::default(), Mode::Converge));
+    assert!(!noarp(&ns), "converge leaves ARP off on net1");
+    assert_eq!(
+        ns.script(&script::converge(&cfg, &Stale::default(), Mode::Check)),
+        0
+    );
+    ns.sh("ip link set dev net1 arp off");
+    assert_eq!(
+        ns.script(&script::converge(&cfg, &Stale::default(), Mode::Check)),
+        1,
+        "the check sees ARP off as drift"
+    );
+    assert!(noarp(&ns), "the check changes nothing");
+}

@@ -274,6 +274,13 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
     s.push_str(&format!(
         "[ -e /sys/class/net/{EXTERNAL_INTERFACE} ] || fail 'the gateway has no {EXTERNAL_INTERFACE} interface'\n"
     ));
+    // Kube-OVN v1.12's nat-gateway.sh `init` turns ARP off on net1 and only `add_eip` (the
+    // first IptablesEIP) turns it back on; v1.13 dropped the `arp off`. Without ARP the tunnel's
+    // underlay packets cannot reach the peer, so it is turned on, as add_eip and later versions
+    // leave it (docs/tunnel-manager.md, "Kube-OVN v1.12 and ARP on net1").
+    s.push_str(&format!(
+        "case \"$(ip -o link show dev {EXTERNAL_INTERFACE})\" in *'<NOARP,'*|*'<NOARP>'*|*',NOARP,'*|*',NOARP>'*) step \"ARP on {EXTERNAL_INTERFACE} (Kube-OVN v1.12 leaves it off until an EIP exists)\" ip link set dev {EXTERNAL_INTERFACE} arp on ;; esac\n"
+    ));
 
     // Device: recreate when missing or when its alias or kernel parameters differ.
     let alias = q(cfg.device_alias());
