@@ -183,6 +183,8 @@ pub struct NatGatewaySpec {
     pub attachment: Option<Attachment>,
     /// Extra annotations for the pod template.
     pub extra_annotations: BTreeMap<String, String>,
+    /// The Kube-OVN generation whose StatefulSet (and gateway start-up) to reproduce.
+    pub version: KubeOvnVersion,
 }
 
 impl NatGatewaySpec {
@@ -195,7 +197,16 @@ impl NatGatewaySpec {
             external_subnet: DEFAULT_EXTERNAL_NAD.into(),
             attachment: None,
             extra_annotations: BTreeMap::new(),
+            version: KubeOvnVersion::harness_default(),
         }
+    }
+
+    /// Shaped as Kube-OVN `version` creates it (`e2e/fixtures/upstream/kube-ovn/nat-gw-*`):
+    /// v1.12 runs `nat-gateway.sh init` in an init container, which turns ARP off on net1 (the
+    /// harness does that in the gateway's netns); v1.13+ sleeps and carries route annotations.
+    pub fn version(mut self, version: KubeOvnVersion) -> Self {
+        self.version = version;
+        self
     }
 
     /// net1 on NAD `<namespace>/<nad>`, the provider `<nad>.<namespace>` (or
@@ -308,6 +319,34 @@ pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> Stateful
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let privileged = json!({"privileged": true, "allowPrivilegeEscalation": true});
+    let (container, init_containers) = if spec.version == KubeOvnVersion::V1_12 {
+        let image = "docker.io/kubeovn/vpc-nat-gateway:v1.12.22";
+        (
+            json!({"name": NAT_GW_CONTAINER, "image": image, "command": ["bash"],
+                   "args": ["-c", "while true; do sleep 10000; done"], "securityContext": privileged}),
+            json!([{"name": "vpc-nat-gw-init", "image": image, "command": ["bash"],
+                    "args": ["-c", format!("bash /kube-ovn/nat-gateway.sh init 10.96.0.0/12,{}", node.ovn_gateway)],
+                    "securityContext": privileged}]),
+        )
+    } else {
+        annotations.insert(
+            "ovn.kubernetes.io/routes".into(),
+            format!(r#"[{{"dst":"10.96.0.0/12","gw":"{}"}}]"#, node.ovn_gateway),
+        );
+        annotations.insert(
+            format!("{ext_provider}.kubernetes.io/routes"),
+            format!(
+                r#"[{{"dst":"0.0.0.0/0","gw":"{}"}}]"#,
+                node.external_gateway
+            ),
+        );
+        (
+            json!({"name": NAT_GW_CONTAINER, "image": format!("docker.io/kubeovn/vpc-nat-gateway:{}.0", spec.version),
+                   "command": ["sleep", "infinity"], "securityContext": privileged}),
+            json!([]),
+        )
+    };
     annotations.extend(spec.extra_annotations.clone());
     typed(json!({
         "apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -328,16 +367,28 @@ pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> Stateful
                     "nodeSelector": {"kubernetes.io/hostname": node.node},
                     "tolerations": [{"key": "multivpc.e2e/gateway", "operator": "Exists", "effect": "NoSchedule"}],
                     "terminationGracePeriodSeconds": 0,
-                    "containers": [{
-                        "name": NAT_GW_CONTAINER,
-                        "image": "docker.io/kubeovn/vpc-nat-gateway:v1.14.10",
-                        "command": ["sleep", "infinity"],
-                        "securityContext": {"privileged": true, "allowPrivilegeEscalation": true},
-                    }],
+                    "initContainers": init_containers,
+                    "containers": [container],
                 },
             },
         },
     }))
+}
+
+/// What Kube-OVN v1.12's `nat-gateway.sh init` leaves on net1 that matters here: ARP off (only
+/// `add_eip`, an IptablesEIP, turns it on again), nothing in the neighbour table.
+async fn v1_12_init(netns: &str) -> Result<()> {
+    crate::exec::netns_exec(
+        netns,
+        &[
+            "sh",
+            "-c",
+            "ip link set dev net1 arp off && ip neigh flush dev net1",
+        ],
+    )
+    .await?
+    .check()?;
+    Ok(())
 }
 
 /// A VPC NAT gateway created in the harness: VpcNatGateway + StatefulSet + netns.
@@ -397,6 +448,9 @@ impl NatGateway {
         let old_uid = pods.get(&self.pod_name()).await?.metadata.uid;
         h.reset_gateway_netns(&self.cluster, &self.spec.name)
             .await?;
+        if self.spec.version == KubeOvnVersion::V1_12 {
+            v1_12_init(&self.node.netns).await?;
+        }
         pods.delete(
             &self.pod_name(),
             &kube::api::DeleteParams::default().grace_period(0),
@@ -833,6 +887,9 @@ impl Harness {
         )
         .await?;
         apply_dynamic(&client, &vpc_nat_gateway(&spec, &node.lan_ip)).await?;
+        if spec.version == KubeOvnVersion::V1_12 {
+            v1_12_init(&node.netns).await?;
+        }
         apply(&client, &nat_gw_statefulset(&spec, &node)).await?;
         Ok(NatGateway {
             cluster: cluster.to_string(),

@@ -169,6 +169,20 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// Whether the Deployment carries the route: in its `init-route` script (v1.12) or its
+    /// routes annotation (v1.13+).
+    async fn has_route(&self, deployment: &str, init_route: bool) -> bool {
+        if init_route {
+            self.init_script(deployment)
+                .await
+                .contains(&self.route_line())
+        } else {
+            self.annotation_routes(deployment)
+                .await
+                .contains(&self.route_entry())
+        }
+    }
+
     async fn corefile(&self) -> String {
         let cms: Api<ConfigMap> = Api::namespaced(self.c.clone(), KUBE_SYSTEM);
         cms.get("vpc-dns-corefile").await.unwrap().data.unwrap()["Corefile"].clone()
@@ -559,73 +573,100 @@ async fn missing_corefile_is_a_condition_then_recovers() {
     env.finish().await;
 }
 
-/// Kube-OVN v1.16 (its real CRDs): a VpcDns names its own Corefile ConfigMap in `spec.corefile`.
-/// The clusterset.local section goes into that ConfigMap, which its vpc-dns mounts, not into
-/// `vpc-dns-corefile`; deleting the forward restores it byte for byte.
+/// A DNS forward in each Kube-OVN generation, on its real CRDs and vpc-dns shapes: v1.12 (the
+/// route in the `init-route` container), v1.14 (the routes annotation), v1.16 (a VpcDns naming
+/// its own Corefile ConfigMap in `spec.corefile`: the section goes there, which its vpc-dns
+/// mounts, and `vpc-dns-corefile` is left alone). Deleting the forward restores every Corefile
+/// byte for byte and removes the route.
 #[tokio::test]
-async fn a_v1_16_vpc_dns_with_its_own_corefile_gets_the_section_there() {
+async fn each_kube_ovn_generation_forwards_clusterset_local() {
+    use fixtures::KubeOvnVersion;
     let mut env = setup(harness_or_skip!([CLUSTER])).await;
     let _crds = env.h.exclusive("kube-ovn-crds").await.unwrap();
-    env.h
-        .install_kube_ovn_crds(CLUSTER, fixtures::KubeOvnVersion::V1_16)
-        .await
-        .unwrap();
-    // dns-forwarder as it runs on a v1.16 cluster: started after the CRDs (a watch opened
-    // under the older schema serves objects pruned by it until the API server replaces it).
-    env.ctl.stop().unwrap();
-    env.ctl = start(&env.h).await;
-    let vpc = Harness::unique_name("vpco");
-    let dns = Harness::unique_name("dnso");
-    let own = format!("corefile-{dns}");
-    env.h
-        .install_vpc_dns_mounting(
-            CLUSTER,
-            &dns,
-            &vpc,
-            "sub-o",
-            VpcDnsForm::V113RoutesAnnotation,
-            Some(&own),
-        )
-        .await
-        .unwrap();
     let vdns: Api<multivpc_api::foreign::kubeovn::VpcDns> = Api::all(env.c.clone());
-    assert_eq!(
-        vdns.get(&dns).await.unwrap().spec.corefile.as_deref(),
-        Some(own.as_str()),
-        "the v1.16 CRD keeps spec.corefile"
-    );
     let cms: Api<ConfigMap> = Api::namespaced(env.c.clone(), KUBE_SYSTEM);
     let text_of = |cm: ConfigMap| cm.data.unwrap()["Corefile"].clone();
-    let own_before = text_of(cms.get(&own).await.unwrap());
-    let default_before = env.corefile().await;
-
-    env.apply_forward("own", &vpc, &[]).await;
-    let programmed = env.wait_reason("own", "Programmed").await;
-    assert_eq!(programmed.status.unwrap().corefiles, vec![own.clone()]);
-    let own_after = text_of(cms.get(&own).await.unwrap());
-    assert_eq!(
-        own_after.matches("clusterset.local").count(),
-        1,
-        "{own_after}"
-    );
-    assert!(own_after.starts_with(&own_before), "{own_after}");
-    assert_eq!(
-        env.corefile().await,
-        default_before,
-        "vpc-dns-corefile is not this VpcDns's Corefile"
-    );
-    assert!(
-        env.annotation_routes(&format!("vpc-dns-{dns}"))
+    for version in [
+        KubeOvnVersion::V1_12,
+        KubeOvnVersion::V1_14,
+        KubeOvnVersion::V1_16,
+    ] {
+        env.h.install_kube_ovn_crds(CLUSTER, version).await.unwrap();
+        // dns-forwarder as it runs on a cluster of that version: started after the CRDs (a
+        // watch opened under an older schema serves objects pruned by it for a while).
+        env.ctl.stop().unwrap();
+        env.ctl = start(&env.h).await;
+        let vpc = Harness::unique_name("vpcg");
+        let dns = Harness::unique_name("dnsg");
+        let deployment = format!("vpc-dns-{dns}");
+        let (form, own) = match version {
+            KubeOvnVersion::V1_12 => (VpcDnsForm::V112InitContainer, None),
+            KubeOvnVersion::V1_16 => (
+                VpcDnsForm::V113RoutesAnnotation,
+                Some(format!("corefile-{dns}")),
+            ),
+            _ => (VpcDnsForm::V113RoutesAnnotation, None),
+        };
+        env.h
+            .install_vpc_dns_mounting(CLUSTER, &dns, &vpc, "sub-g", form, own.as_deref())
             .await
-            .contains(&env.route_entry())
-    );
+            .unwrap();
+        assert_eq!(
+            vdns.get(&dns).await.unwrap().spec.corefile,
+            own,
+            "{version}: spec.corefile is kept by the v1.16 CRD (and absent before)"
+        );
+        let corefile = own.clone().unwrap_or_else(|| "vpc-dns-corefile".into());
+        let before = text_of(cms.get(&corefile).await.unwrap());
+        let default_before = env.corefile().await;
+        let init_route = version == KubeOvnVersion::V1_12;
 
-    env.delete_forward("own").await;
-    assert_eq!(text_of(cms.get(&own).await.unwrap()), own_before);
-    let _ = vdns.delete(&dns, &DeleteParams::default()).await;
-    let _ = cms.delete(&own, &DeleteParams::default()).await;
+        env.apply_forward("gen", &vpc, &[]).await;
+        let programmed = env.wait_reason("gen", "Programmed").await;
+        assert_eq!(programmed.status.unwrap().corefiles, vec![corefile.clone()]);
+        let after = text_of(cms.get(&corefile).await.unwrap());
+        assert_eq!(
+            after.matches("clusterset.local").count(),
+            1,
+            "{version}: {after}"
+        );
+        assert!(after.starts_with(&before), "{version}: {after}");
+        if own.is_some() {
+            assert_eq!(
+                env.corefile().await,
+                default_before,
+                "{version}: vpc-dns-corefile is not this VpcDns's Corefile"
+            );
+        }
+        assert!(
+            env.has_route(&deployment, init_route).await,
+            "{version}: no route on {deployment}"
+        );
+        eprintln!(
+            "Kube-OVN {version}: forward Programmed, section in {corefile}, route on {deployment}"
+        );
+
+        env.delete_forward("gen").await;
+        assert_eq!(
+            text_of(cms.get(&corefile).await.unwrap()),
+            before,
+            "{version}"
+        );
+        assert!(
+            !env.has_route(&deployment, init_route).await,
+            "{version}: route left on {deployment}"
+        );
+        let _ = vdns.delete(&dns, &DeleteParams::default()).await;
+        let _ = env
+            .deployments()
+            .delete(&deployment, &DeleteParams::default())
+            .await;
+        if let Some(own) = &own {
+            let _ = cms.delete(own, &DeleteParams::default()).await;
+        }
+    }
     env.h
-        .install_kube_ovn_crds(CLUSTER, fixtures::KubeOvnVersion::harness_default())
+        .install_kube_ovn_crds(CLUSTER, KubeOvnVersion::harness_default())
         .await
         .unwrap();
     env.finish().await;

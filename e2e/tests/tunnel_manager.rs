@@ -15,7 +15,7 @@ use multivpc_api::{GatewayExIp, VpcNatTunnel, conditions};
 use multivpc_e2e::{
     ExclusiveGuard, Harness,
     controllers::{self, ControllerProcess},
-    fixtures::KUBE_SYSTEM,
+    fixtures::{KUBE_SYSTEM, KubeOvnVersion},
     prelude::*,
 };
 use serde_json::json;
@@ -1028,13 +1028,17 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     }
 }
 
-/// Kube-OVN v1.12: `nat-gateway.sh init` turns ARP off on net1 until an IptablesEIP exists, so
-/// the gateways cannot reach each other over the underlay. tunnel-manager turns it on (as
-/// add_eip does) and the tunnel carries the ping; it never reports Programmed over a dead path.
+/// A VXLAN ping in each Kube-OVN generation, on its real CRDs and gateway shapes:
+/// - v1.12: `nat-gateway.sh init` turns ARP off on net1 until an IptablesEIP exists, so the
+///   gateways cannot reach each other over the underlay. tunnel-manager turns it on (as add_eip
+///   does), so the tunnel is never Programmed over a dead path;
+/// - v1.14: net1 on a NAD named by the external Subnet's provider, not `<subnet>.kube-system`;
+/// - v1.16: the master CRDs.
 #[tokio::test]
-async fn a_v1_12_gateway_without_eips_has_arp_off_on_net1_and_the_tunnel_still_carries_a_ping() {
+async fn each_kube_ovn_generation_carries_a_vxlan_ping() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
     let _locks = locks(&h).await;
+    let _crds = h.exclusive("kube-ovn-crds").await.unwrap();
     let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
     tokio::join!(prepare(&h, "cluster1"), prepare(&h, "cluster2"));
     let ((gn1, _), (gn2, _)) = {
@@ -1045,93 +1049,95 @@ async fn a_v1_12_gateway_without_eips_has_arp_off_on_net1_and_the_tunnel_still_c
         )
         .unwrap()
     };
-    let gw = Harness::unique_name("arp");
-    let (g1, g2) = tokio::try_join!(
-        h.create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "arp-vpc")),
-        h.create_nat_gateway("cluster2", NatGatewaySpec::new(&gw, "arp-vpc")),
-    )
-    .unwrap();
-    tokio::try_join!(
-        g1.wait_available(&h, Duration::from_secs(90)),
-        g2.wait_available(&h, Duration::from_secs(90)),
-    )
-    .unwrap();
-    // What v1.12's init leaves: no ARP on net1, nothing cached.
-    for g in [&g1, &g2] {
-        g.sh(
-            &h,
-            "ip link set dev net1 arp off && ip neigh flush dev net1",
-        )
-        .await
-        .unwrap();
-    }
-    let underlay = format!("ping -c 1 -W 1 {}", g2.node.external_ip);
-    assert!(
-        g1.sh(&h, &underlay).await.is_err(),
-        "with ARP off on net1 the underlay is dead"
-    );
-    apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
-    apply_exip(&c2, &gw, "cluster1", &g1.node.external_ip, &gn1).await;
-    let ns1 = h.unique_namespace("cluster1", "arp").await.unwrap();
-    let ns2 = h.unique_namespace("cluster2", "arp").await.unwrap();
-    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
-        Api::namespaced(c1.clone(), &ns1),
-        Api::namespaced(c2.clone(), &ns2),
-    );
-    let dev = format!("arp{}", std::process::id() % 100_000);
     let (ctl1, ctl2) = tokio::join!(start(&h, "cluster1", &[]), start(&h, "cluster2", &[]));
-    apply_tunnel(
-        &c1,
-        &ns1,
-        &dev,
-        "cluster2",
-        &gw,
-        &gw,
-        "10.249.0.1/24",
-        4399,
-        &[],
-    )
-    .await;
-    apply_tunnel(
-        &c2,
-        &ns2,
-        &dev,
-        "cluster1",
-        &gw,
-        &gw,
-        "10.249.0.2/24",
-        4399,
-        &[],
-    )
-    .await;
-    wait_programmed(&t1, &dev, |_| true).await;
-    wait_programmed(&t2, &dev, |_| true).await;
-    g1.sh(&h, "ping -c 2 -W 2 10.249.0.2").await.unwrap();
-    for g in [&g1, &g2] {
-        let link = g
-            .sh(&h, "ip -o link show dev net1")
+    for (i, version) in [
+        KubeOvnVersion::V1_12,
+        KubeOvnVersion::V1_14,
+        KubeOvnVersion::V1_16,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for c in ["cluster1", "cluster2"] {
+            h.install_kube_ovn_crds(c, version).await.unwrap();
+        }
+        let gw = Harness::unique_name("gen");
+        let spec = |vpc: &str| {
+            let spec = NatGatewaySpec::new(&gw, vpc).version(version);
+            if version == KubeOvnVersion::V1_14 {
+                spec.external_subnet("ext-custom")
+                    .attachment("infra-net", "macvlan-ext", false)
+            } else {
+                spec
+            }
+        };
+        let (g1, g2) = tokio::try_join!(
+            h.create_nat_gateway("cluster1", spec("gen-vpc")),
+            h.create_nat_gateway("cluster2", spec("gen-vpc")),
+        )
+        .unwrap();
+        tokio::try_join!(
+            g1.wait_available(&h, Duration::from_secs(90)),
+            g2.wait_available(&h, Duration::from_secs(90)),
+        )
+        .unwrap();
+        if version == KubeOvnVersion::V1_12 {
+            let underlay = format!("ping -c 1 -W 1 {}", g2.node.external_ip);
+            assert!(
+                g1.sh(&h, &underlay).await.is_err(),
+                "{version}: with ARP off on net1 the underlay is dead"
+            );
+        }
+        apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
+        apply_exip(&c2, &gw, "cluster1", &g1.node.external_ip, &gn1).await;
+        let ns1 = h.unique_namespace("cluster1", "gen").await.unwrap();
+        let ns2 = h.unique_namespace("cluster2", "gen").await.unwrap();
+        let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
+            Api::namespaced(c1.clone(), &ns1),
+            Api::namespaced(c2.clone(), &ns2),
+        );
+        let dev = format!("gen{}x{i}", std::process::id() % 100_000);
+        let (a1, a2) = (format!("10.249.{i}.1/24"), format!("10.249.{i}.2/24"));
+        apply_tunnel(&c1, &ns1, &dev, "cluster2", &gw, &gw, &a1, 4399, &[]).await;
+        apply_tunnel(&c2, &ns2, &dev, "cluster1", &gw, &gw, &a2, 4399, &[]).await;
+        let s1 = wait_programmed(&t1, &dev, |_| true).await.status.unwrap();
+        wait_programmed(&t2, &dev, |_| true).await;
+        assert_eq!(s1.local_ip.as_deref(), Some(g1.node.external_ip.as_str()));
+        g1.sh(&h, &format!("ping -c 2 -W 2 10.249.{i}.2"))
             .await
-            .unwrap()
-            .to_string();
-        assert!(!link.contains("NOARP"), "{link}");
-    }
+            .unwrap_or_else(|e| panic!("{version}: {e:#}"));
+        for g in [&g1, &g2] {
+            let link = g
+                .sh(&h, "ip -o link show dev net1")
+                .await
+                .unwrap()
+                .to_string();
+            assert!(!link.contains("NOARP"), "{version}: {link}");
+        }
+        eprintln!("Kube-OVN {version}: tunnel Programmed, ping across it passed");
 
-    for api in [&t1, &t2] {
-        api.delete(&dev, &DeleteParams::default()).await.unwrap();
-        wait_for_deletion(api, &dev, Duration::from_secs(30))
-            .await
-            .unwrap();
+        for api in [&t1, &t2] {
+            api.delete(&dev, &DeleteParams::default()).await.unwrap();
+            wait_for_deletion(api, &dev, Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+        a.unwrap();
+        b.unwrap();
+        let _ = h.delete_namespace("cluster1", &ns1).await;
+        let _ = h.delete_namespace("cluster2", &ns2).await;
+        for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
+            let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+            let _ = exips
+                .delete(&format!("{gw}-{id}"), &DeleteParams::default())
+                .await;
+        }
     }
     drop((ctl1, ctl2));
-    let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
-    a.unwrap();
-    b.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns1).await;
-    let _ = h.delete_namespace("cluster2", &ns2).await;
-    for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
-        let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-        let _ = exips
-            .delete(&format!("{gw}-{id}"), &DeleteParams::default())
-            .await;
+    for c in ["cluster1", "cluster2"] {
+        h.install_kube_ovn_crds(c, KubeOvnVersion::harness_default())
+            .await
+            .unwrap();
     }
 }
