@@ -115,6 +115,18 @@ pub fn ovn_gateway(pod: &Pod) -> Option<Ipv4Addr> {
         .and_then(|v| first_ipv4(v))
 }
 
+/// Pod annotation set by Kube-OVN IPAM: the CIDR of the pod's VPC subnet.
+pub const ANNOTATION_OVN_CIDR: &str = "ovn.kubernetes.io/cidr";
+
+/// The IPv4 CIDR of the pod's VPC subnet (`ovn.kubernetes.io/cidr`, first IPv4 of a dual-stack
+/// value).
+pub fn vpc_cidr(pod: &Pod) -> Option<crate::net::Ipv4Cidr> {
+    pod.annotations()
+        .get(ANNOTATION_OVN_CIDR)?
+        .split(',')
+        .find_map(|c| c.trim().parse().ok())
+}
+
 /// net1's attachment: the NetworkAttachmentDefinition a gateway pod's Multus annotation names
 /// first (`ns/name`, `name`, `name@if`, or the JSON list form). A bare name is in the pod's
 /// namespace. Kube-OVN's default when the annotation is absent or unreadable.

@@ -23,9 +23,12 @@ use kube::{
 use multivpc_api::{
     GatewayExIp, VpcNatTunnel, VpcNatTunnelStatus,
     conditions::{self, DesiredCondition},
-    foreign::submariner::{
-        CLUSTER_EGRESS_IP_NAME, Cluster, ClusterGlobalEgressIP, SERVICE_DISCOVERY_NAME,
-        SUBMARINER_NAMESPACE, ServiceDiscovery,
+    foreign::{
+        kubeovn::{Subnet, VpcNatGateway},
+        submariner::{
+            CLUSTER_EGRESS_IP_NAME, Cluster, ClusterGlobalEgressIP, SERVICE_DISCOVERY_NAME,
+            SUBMARINER_NAMESPACE, ServiceDiscovery,
+        },
     },
     gateway::KubeOvn,
     keys::TUNNEL_FINALIZER,
@@ -151,6 +154,9 @@ pub struct Stores {
     pub pods: Store<Pod>,
     pub clusters: Store<Cluster>,
     pub egress: Store<ClusterGlobalEgressIP>,
+    /// VpcNatGateways (which VPC each serves) and Subnets (what that VPC's addresses are).
+    pub gateways: Store<VpcNatGateway>,
+    pub subnets: Store<Subnet>,
     /// Only without `--cluster-id`: ServiceDiscovery holds the broker token, which
     /// tunnel-manager has no use for, so the chart grants it only when it cannot render the ID.
     pub service_discovery: Option<Store<ServiceDiscovery>>,
@@ -183,6 +189,13 @@ impl Stores {
                 .map(|c| (c.name_any(), c))
                 .collect(),
             egress: self.egress.state().into_iter().next(),
+            gateways: self
+                .gateways
+                .state()
+                .into_iter()
+                .map(|g| (g.name_any(), g))
+                .collect(),
+            subnets: self.subnets.state(),
         }
     }
 }
@@ -317,6 +330,20 @@ pub async fn run(
         &watch_metrics,
     );
     let egress_stream = egress_stream.touched_objects();
+    let (gateways, gateways_stream) = watch::reflect(
+        Api::<Decoded<VpcNatGateway>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let gateways_stream = gateways_stream.touched_objects();
+    let (subnets, subnets_stream) = watch::reflect(
+        Api::<Decoded<Subnet>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let subnets_stream = subnets_stream.touched_objects();
     let (service_discovery, sd_stream) = match settings.cluster_id {
         Some(_) => (None, None),
         None => {
@@ -359,6 +386,8 @@ pub async fn run(
         pods,
         clusters,
         egress,
+        gateways,
+        subnets,
         service_discovery,
     };
     let (s1, s2, s3, s4, s5, s6) = (
@@ -411,6 +440,14 @@ pub async fn run(
             )
         })
         .watches_stream(clusters_stream, move |_: Cluster| refs(s3.tunnels.state()))
+        .watches_stream(gateways_stream, {
+            let s = stores.clone();
+            move |_: VpcNatGateway| refs(s.tunnels.state())
+        })
+        .watches_stream(subnets_stream, {
+            let s = stores.clone();
+            move |_: Subnet| refs(s.tunnels.state())
+        })
         .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
             refs(s4.tunnels.state())
         })

@@ -8,8 +8,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use multivpc_api::{
     GatewayExIp, TunnelType, VpcNatTunnel,
-    foreign::submariner::{Cluster, ClusterGlobalEgressIP},
-    gateway::{ANNOTATION_OVN_GATEWAY, KubeOvn, external_ip, ovn_gateway, pod_ready},
+    foreign::{
+        kubeovn::{Subnet, VpcNatGateway},
+        submariner::{Cluster, ClusterGlobalEgressIP},
+    },
+    gateway::{ANNOTATION_OVN_GATEWAY, KubeOvn, external_ip, ovn_gateway, pod_ready, vpc_cidr},
     keys::gateway_exip_name,
     net::{INTERFACE_PREFIXES, InterfaceName, Ipv4Cidr, parse_ipv4},
     tunnel::AppliedTunnel,
@@ -52,6 +55,9 @@ pub struct Snapshot {
     /// Submariner Clusters (submariner-operator), by name.
     pub clusters: BTreeMap<String, Arc<Cluster>>,
     pub egress: Option<Arc<ClusterGlobalEgressIP>>,
+    /// VpcNatGateways, by name.
+    pub gateways: BTreeMap<String, Arc<VpcNatGateway>>,
+    pub subnets: Vec<Arc<Subnet>>,
 }
 
 /// A gateway pod identified by name and UID.
@@ -203,16 +209,12 @@ pub fn egress_range(
 /// either Globalnet CIDR, nor hold one of the gateway's own addresses.
 fn interface_network_is_free(
     interface_addr: Ipv4Cidr,
-    local_cidr: Ipv4Cidr,
-    remote_cidr: Ipv4Cidr,
+    networks: &[(String, Ipv4Cidr)],
     addresses: &[(&str, Ipv4Addr)],
 ) -> Result<(), String> {
     let net = interface_addr.network();
-    for (what, cidr) in [
-        ("the local Globalnet CIDR", local_cidr),
-        ("the remote Globalnet CIDR", remote_cidr),
-    ] {
-        if net.overlaps(&cidr) {
+    for (what, cidr) in networks {
+        if net.overlaps(cidr) {
             return Err(format!(
                 "interfaceAddr {interface_addr} overlaps {what} {cidr}"
             ));
@@ -224,6 +226,29 @@ fn interface_network_is_free(
         }
     }
     Ok(())
+}
+
+/// The networks of the VPC gateway `instance` serves, which a tunnel address would shadow: the
+/// subnet of its pod (`ovn.kubernetes.io/cidr`), and every Subnet of its VpcNatGateway's VPC.
+fn vpc_networks(snapshot: &Snapshot, instance: &str, pod: &Pod) -> Vec<(String, Ipv4Cidr)> {
+    let mut networks: Vec<(String, Ipv4Cidr)> = vpc_cidr(pod)
+        .map(|c| ("the gateway pod's VPC subnet".to_owned(), c))
+        .into_iter()
+        .collect();
+    if let Some(vpc) = snapshot.gateways.get(instance).map(|g| &g.spec.vpc) {
+        for subnet in snapshot
+            .subnets
+            .iter()
+            .filter(|s| s.spec.vpc.as_deref() == Some(vpc.as_str()))
+        {
+            for cidr in subnet.spec.cidr_block.split(',') {
+                if let Ok(cidr) = cidr.trim().parse::<Ipv4Cidr>() {
+                    networks.push((format!("subnet {} of VPC {vpc}", subnet.name_any()), cidr));
+                }
+            }
+        }
+    }
+    networks
 }
 
 /// The remote Globalnet CIDR of a tunnel, from its remote GatewayExIp.
@@ -503,8 +528,13 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
         .map_err(|m| with_gw(not_ready(reason::EGRESS_IPS_NOT_ALLOCATED, m)))?;
     interface_network_is_free(
         interface_addr,
-        local_cidr,
-        remote_cidr,
+        &[
+            ("the local Globalnet CIDR".to_owned(), local_cidr),
+            ("the remote Globalnet CIDR".to_owned(), remote_cidr),
+        ]
+        .into_iter()
+        .chain(vpc_networks(snapshot, &instance, pod))
+        .collect::<Vec<_>>(),
         &[
             ("the OVN gateway", ovn_gateway),
             ("the gateway's external IP", local_ip),
@@ -728,6 +758,7 @@ mod tests {
                     "labels": {"app": format!("vpc-nat-gw-{gw}"), "ovn.kubernetes.io/vpc-nat-gw": "true"},
                     "annotations": {
                         "ovn.kubernetes.io/gateway": "10.1.0.1",
+                        "ovn.kubernetes.io/cidr": "10.1.0.0/24",
                         "k8s.v1.cni.cncf.io/networks": "kube-system/ext-net",
                         "ext-net.kube-system.kubernetes.io/ip_address": "172.50.1.11",
                     },
@@ -767,6 +798,33 @@ mod tests {
             allocated_ips: ips(&["242.0.0.2", "242.0.0.1"]),
         });
         s.egress = Some(Arc::new(e));
+        // gw1 serves vpc1, which has a second subnet besides the gateway's own.
+        s.gateways.insert(
+            "gw1".into(),
+            Arc::new(VpcNatGateway::new(
+                "gw1",
+                multivpc_api::foreign::kubeovn::VpcNatGatewaySpec {
+                    vpc: "vpc1".into(),
+                    subnet: "vpc1-net1".into(),
+                    lan_ip: "10.1.0.254".into(),
+                    ..Default::default()
+                },
+            )),
+        );
+        for (name, vpc, cidr) in [
+            ("vpc1-net1", "vpc1", "10.1.0.0/24"),
+            ("vpc1-net2", "vpc1", "10.2.0.0/24,fd00::/64"),
+            ("other", "vpc2", "10.3.0.0/24"),
+        ] {
+            s.subnets.push(Arc::new(Subnet::new(
+                name,
+                multivpc_api::foreign::kubeovn::SubnetSpec {
+                    vpc: Some(vpc.into()),
+                    cidr_block: cidr.into(),
+                    ..Default::default()
+                },
+            )));
+        }
         s
     }
 
@@ -887,7 +945,15 @@ mod tests {
             ("10.0.0.1/8", "prefix must be /16 to /31"),
             ("242.0.5.1/24", "overlaps the local Globalnet CIDR"),
             ("242.1.0.1/16", "overlaps the remote Globalnet CIDR"),
-            ("10.1.0.9/24", "holds the OVN gateway 10.1.0.1"),
+            (
+                "10.1.0.9/24",
+                "overlaps the gateway pod's VPC subnet 10.1.0.0/24",
+            ),
+            (
+                "10.2.0.200/25",
+                "overlaps subnet vpc1-net2 of VPC vpc1 10.2.0.0/24",
+            ),
+            ("10.1.0.1/31", "overlaps the gateway pod's VPC subnet"),
             ("172.50.1.1/24", "holds the gateway's external IP"),
             ("172.50.2.1/24", "holds the remote gateway's external IP"),
         ] {
@@ -902,6 +968,7 @@ mod tests {
             "10.100.0.1/24",
             "10.100.0.1/30",
             "10.100.0.0/31",
+            "10.3.0.1/24", // another VPC's subnet: not routed through this gateway
         ] {
             let mut ok = (*t).clone();
             ok.spec.interface_addr = addr.into();
