@@ -453,3 +453,54 @@ fn arp_is_turned_on_on_net1_where_kube_ovn_v1_12_left_it_off() {
     );
     assert!(noarp(&ns), "the check changes nothing");
 }
+
+/// A status edited to name routes someone else owns (Kube-OVN's service route via eth0, a
+/// user's route through the tunnel device): cleanup deletes only routes marked as ours
+/// (`proto 178`), so nothing foreign goes.
+#[test]
+fn a_status_naming_foreign_routes_deletes_nothing_foreign() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns.has_vxlan() {
+        return;
+    }
+    let cfg = crate::script::tests::vxlan();
+    ns.script(&script::converge(&cfg, &Stale::default(), Mode::Converge));
+    for cmd in [
+        "ip route add 10.96.0.0/12 via 10.1.0.1 dev eth0",
+        "ip route add 192.168.77.0/24 dev vx1",
+    ] {
+        let (ok, _, err) = ns.sh(cmd);
+        assert!(ok, "{cmd}: {err}");
+    }
+    let forged = CleanupConfig {
+        device: cfg.device.clone(),
+        delete_device: false,
+        tag: cfg.tag.clone(),
+        remote_cidr: Some("192.168.77.0/24".parse().unwrap()),
+        local_cidr: Some("10.96.0.0/12".parse().unwrap()),
+    };
+    ns.script(&script::cleanup(&forged));
+    let state = ns.state();
+    assert!(
+        state.contains("10.96.0.0/12 via 10.1.0.1 dev eth0"),
+        "{state}"
+    );
+    assert!(state.contains("192.168.77.0/24 dev vx1"), "{state}");
+    // Stale-route removal is held to the same mark.
+    let stale = Stale {
+        remote_cidr: Some("192.168.77.0/24".parse().unwrap()),
+        local_cidr: Some("10.96.0.0/12".parse().unwrap()),
+    };
+    ns.script(&script::converge(&cfg, &stale, Mode::Converge));
+    let state = ns.state();
+    assert!(
+        state.contains("10.96.0.0/12 via 10.1.0.1 dev eth0"),
+        "{state}"
+    );
+    assert!(state.contains("192.168.77.0/24 dev vx1"), "{state}");
+    // The real ones go.
+    ns.script(&script::cleanup(&cleanup_of(&cfg, false)));
+    let state = ns.state();
+    assert!(!state.contains(&cfg.remote_cidr.to_string()), "{state}");
+    assert!(!state.contains(&cfg.local_cidr.to_string()), "{state}");
+}

@@ -27,6 +27,11 @@ use multivpc_api::{
 pub const VPC_INTERFACE: &str = "eth0";
 /// The gateway pod's interface on the external network (Kube-OVN's `EXTERNAL_INTERFACE`).
 pub const EXTERNAL_INTERFACE: &str = "net1";
+/// Routing protocol number marking the routes tunnel-manager programs (`ip route … proto 178`).
+/// Cleanup and stale-route removal delete only routes carrying it, so a status that names a
+/// route someone else owns (Kube-OVN's, the user's) deletes nothing: the pod confirms what is
+/// ours. 178 is unassigned in iproute2's rt_protos.
+pub const ROUTE_PROTO: u8 = 178;
 /// Marker line the scripts end with.
 pub const CHANGES_MARKER: &str = "multivpc-changes=";
 
@@ -369,24 +374,24 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
         "r=\"$(ip -4 route show exact {local} | tr '\\n' ' ') \"\n"
     ));
     s.push_str(&format!(
-        "case \"$r\" in *\"via \"{via}\" dev {VPC_INTERFACE} \"*) ;; *) step \"route \"{local}\" via \"{via} ip route replace {local} via {via} dev {VPC_INTERFACE} ;; esac\n"
+        "case \"$r\" in *\"via \"{via}\" dev {VPC_INTERFACE} proto {ROUTE_PROTO} \"*) ;; *) step \"route \"{local}\" via \"{via} ip route replace {local} via {via} dev {VPC_INTERFACE} proto {ROUTE_PROTO} ;; esac\n"
     ));
     s.push_str(&format!(
         "r=\"$(ip -4 route show exact {remote} | tr '\\n' ' ') \"\n"
     ));
     s.push_str(&format!(
-        "case \"$r\" in *\"dev $dev \"*) ;; *) [ \"$mode\" = check ] || [ -e \"/sys/class/net/$dev\" ] || fail \"device $dev vanished\"; step \"route \"{remote}\" dev $dev\" ip route replace {remote} dev \"$dev\" ;; esac\n"
+        "case \"$r\" in *\"dev $dev proto {ROUTE_PROTO} \"*) ;; *) [ \"$mode\" = check ] || [ -e \"/sys/class/net/$dev\" ] || fail \"device $dev vanished\"; step \"route \"{remote}\" dev $dev\" ip route replace {remote} dev \"$dev\" proto {ROUTE_PROTO} ;; esac\n"
     ));
     if let Some(old) = stale.remote_cidr.filter(|c| *c != cfg.remote_cidr) {
         let old = q(old);
         s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {old} dev \"$dev\" 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev \"$dev\"\n"
+            "[ -z \"$(ip -4 route show exact {old} dev \"$dev\" proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev \"$dev\" proto {ROUTE_PROTO}\n"
         ));
     }
     if let Some(old) = stale.local_cidr.filter(|c| *c != cfg.local_cidr) {
         let old = q(old);
         s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {old} dev {VPC_INTERFACE} 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev {VPC_INTERFACE}\n"
+            "[ -z \"$(ip -4 route show exact {old} dev {VPC_INTERFACE} proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev {VPC_INTERFACE} proto {ROUTE_PROTO}\n"
         ));
     }
 
@@ -443,13 +448,13 @@ pub fn cleanup(cfg: &CleanupConfig) -> String {
     if let Some(remote) = cfg.remote_cidr {
         let remote = q(remote);
         s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {remote} dev \"$dev\" 2>/dev/null)\" ] || step \"remove route \"{remote} ip route del {remote} dev \"$dev\"\n"
+            "[ -z \"$(ip -4 route show exact {remote} dev \"$dev\" proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove route \"{remote} ip route del {remote} dev \"$dev\" proto {ROUTE_PROTO}\n"
         ));
     }
     if let Some(local) = cfg.local_cidr {
         let local = q(local);
         s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {local} dev {VPC_INTERFACE} 2>/dev/null)\" ] || step \"remove route \"{local} ip route del {local} dev {VPC_INTERFACE}\n"
+            "[ -z \"$(ip -4 route show exact {local} dev {VPC_INTERFACE} proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove route \"{local} ip route del {local} dev {VPC_INTERFACE} proto {ROUTE_PROTO}\n"
         ));
     }
     if cfg.delete_device {
