@@ -20,6 +20,16 @@ pub enum CorefileError {
         "the Corefile already serves clusterset.local outside the {START}/{END} section; CoreDNS would refuse a second server block for it"
     )]
     ForeignClustersetZone,
+    #[error("the Corefile's braces do not balance; fix it by hand")]
+    UnbalancedBraces,
+    #[error(
+        "the Corefile has text outside braced server blocks; only a Corefile of braced server blocks can take another one"
+    )]
+    TextOutsideBlocks,
+    #[error(
+        "the Corefile imports {0:?} at top level: whether that serves clusterset.local cannot be told from here"
+    )]
+    UnresolvableImport(String),
 }
 
 /// The section's text, each line ending in a newline.
@@ -91,13 +101,217 @@ fn cut(text: &str, sections: &[Found]) -> String {
     out
 }
 
-/// Whether a server block for `clusterset.local` exists outside our sections.
-fn serves_clusterset(text: &str) -> bool {
-    text.lines().any(|line| {
-        let code = line.split('#').next().unwrap_or_default().trim_start();
-        code.strip_prefix("clusterset.local")
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '.', ' ', '\t', '{']))
-    })
+/// A token of the Corefile grammar (Caddyfile syntax: whitespace-separated words, `"…"`
+/// quoting with `\` escapes, `#` comments at the start of a word, `{`/`}` blocks).
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Word(String),
+    Open,
+    Close,
+    Newline,
+}
+
+fn tokens(text: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let (mut in_word, mut quoted, mut comment, mut escape) = (false, false, false, false);
+    let flush = |out: &mut Vec<Token>, word: &mut String, in_word: &mut bool, quoted_word: bool| {
+        if *in_word {
+            let w = std::mem::take(word);
+            match w.as_str() {
+                "{" if !quoted_word => out.push(Token::Open),
+                "}" if !quoted_word => out.push(Token::Close),
+                _ if !quoted_word && w.len() > 1 && w.ends_with('{') => {
+                    out.push(Token::Word(w[..w.len() - 1].to_owned()));
+                    out.push(Token::Open);
+                }
+                _ => out.push(Token::Word(w)),
+            }
+            *in_word = false;
+        }
+    };
+    let mut word_was_quoted = false;
+    for c in text.chars() {
+        if comment {
+            if c == '\n' {
+                comment = false;
+                out.push(Token::Newline);
+            }
+            continue;
+        }
+        if quoted {
+            if escape {
+                word.push(c);
+                escape = false;
+            } else if c == '\\' {
+                escape = true;
+            } else if c == '"' {
+                quoted = false;
+            } else {
+                word.push(c);
+            }
+            continue;
+        }
+        match c {
+            '\n' => {
+                flush(&mut out, &mut word, &mut in_word, word_was_quoted);
+                out.push(Token::Newline);
+            }
+            c if c.is_whitespace() => flush(&mut out, &mut word, &mut in_word, word_was_quoted),
+            '#' if !in_word => comment = true,
+            '"' if !in_word => {
+                (in_word, quoted, word_was_quoted) = (true, true, true);
+            }
+            c => {
+                if !in_word {
+                    (in_word, word_was_quoted) = (true, false);
+                }
+                word.push(c);
+            }
+        }
+    }
+    flush(&mut out, &mut word, &mut in_word, word_was_quoted);
+    out
+}
+
+/// The zone a server block key names: without scheme (`dns://`), port, final dot or case.
+fn zone_of(key: &str) -> String {
+    let key = key.split_once("://").map_or(key, |(_, rest)| rest);
+    let key = match key.rsplit_once(':') {
+        Some((zone, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => zone,
+        _ => key,
+    };
+    key.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The keys of every server block of `tokens` (top level), expanding top-level imports of
+/// snippets defined in the same Corefile; `(name) { … }` blocks are snippets, not servers.
+fn server_keys(tokens: &[Token]) -> Result<Vec<String>, CorefileError> {
+    // Snippets first: Caddy lets an import refer to a snippet defined anywhere in the file.
+    let mut snippets: std::collections::BTreeMap<String, Vec<Token>> = Default::default();
+    let blocks = top_level(tokens)?;
+    for block in &blocks {
+        if let TopLevel::Block { header, body } = block
+            && let [Token::Word(name)] = header.as_slice()
+            && name.len() > 2
+            && name.starts_with('(')
+            && name.ends_with(')')
+        {
+            snippets.insert(name[1..name.len() - 1].to_owned(), body.clone());
+        }
+    }
+    let mut keys = Vec::new();
+    collect_keys(&blocks, &snippets, 0, &mut keys)?;
+    Ok(keys)
+}
+
+/// What the top level of a Corefile holds.
+enum TopLevel {
+    /// A server block or a snippet: the words before `{` and the tokens inside.
+    Block {
+        header: Vec<Token>,
+        body: Vec<Token>,
+    },
+    /// `import <arg>` outside any block.
+    Import(String),
+}
+
+fn top_level(tokens: &[Token]) -> Result<Vec<TopLevel>, CorefileError> {
+    let mut out = Vec::new();
+    let mut header: Vec<Token> = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        match &tokens[i] {
+            Token::Newline => {
+                if let [Token::Word(import), Token::Word(arg), ..] = header.as_slice()
+                    && import == "import"
+                {
+                    out.push(TopLevel::Import(arg.clone()));
+                    header.clear();
+                }
+                i += 1;
+            }
+            Token::Word(_) => {
+                header.push(tokens[i].clone());
+                i += 1;
+            }
+            Token::Close => return Err(CorefileError::UnbalancedBraces),
+            Token::Open => {
+                let mut depth = 1;
+                let start = i + 1;
+                i += 1;
+                while i < tokens.len() && depth > 0 {
+                    match tokens[i] {
+                        Token::Open => depth += 1,
+                        Token::Close => depth -= 1,
+                        _ => {}
+                    }
+                    i += 1;
+                }
+                if depth > 0 {
+                    return Err(CorefileError::UnbalancedBraces);
+                }
+                out.push(TopLevel::Block {
+                    header: std::mem::take(&mut header),
+                    body: tokens[start..i - 1].to_vec(),
+                });
+            }
+        }
+    }
+    if let [Token::Word(import), Token::Word(arg), ..] = header.as_slice()
+        && import == "import"
+    {
+        out.push(TopLevel::Import(arg.clone()));
+    } else if !header.is_empty() {
+        return Err(CorefileError::TextOutsideBlocks);
+    }
+    Ok(out)
+}
+
+fn collect_keys(
+    blocks: &[TopLevel],
+    snippets: &std::collections::BTreeMap<String, Vec<Token>>,
+    depth: usize,
+    keys: &mut Vec<String>,
+) -> Result<(), CorefileError> {
+    for block in blocks {
+        match block {
+            TopLevel::Block { header, .. } => {
+                let words = header.iter().filter_map(|t| match t {
+                    Token::Word(w) => Some(w.as_str()),
+                    _ => None,
+                });
+                let words: Vec<&str> = words.collect();
+                let is_snippet =
+                    matches!(words.as_slice(), [w] if w.starts_with('(') && w.ends_with(')'));
+                if !is_snippet {
+                    keys.extend(
+                        words
+                            .iter()
+                            .flat_map(|w| w.split(','))
+                            .filter(|k| !k.is_empty())
+                            .map(str::to_owned),
+                    );
+                }
+            }
+            TopLevel::Import(arg) => match snippets.get(arg) {
+                Some(body) if depth < 8 => {
+                    collect_keys(&top_level(body)?, snippets, depth + 1, keys)?
+                }
+                _ => return Err(CorefileError::UnresolvableImport(arg.clone())),
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Whether a server block for `clusterset.local` exists outside our sections, in any spelling
+/// CoreDNS accepts (`dns://`, a port, a final dot, any case, quoted, one of several keys, from
+/// an imported snippet).
+fn serves_clusterset(text: &str) -> Result<bool, CorefileError> {
+    Ok(server_keys(&tokens(text))?
+        .iter()
+        .any(|k| zone_of(k) == "clusterset.local"))
 }
 
 /// The original Go operator's block, unmarked: the three lines `clusterset.local:53 {`,
@@ -125,9 +339,9 @@ fn adopt_go_block(text: &str, kube_dns: Ipv4Addr) -> Option<String> {
 pub fn ensure(corefile: &str, kube_dns: Ipv4Addr) -> Result<String, CorefileError> {
     let sections = find_sections(corefile)?;
     let outside = cut(corefile, &sections);
-    if serves_clusterset(&outside) {
+    if serves_clusterset(&outside)? {
         return match adopt_go_block(corefile, kube_dns) {
-            Some(adopted) if !serves_clusterset(&cut(&adopted, &find_sections(&adopted)?)) => {
+            Some(adopted) if !serves_clusterset(&cut(&adopted, &find_sections(&adopted)?))? => {
                 ensure(&adopted, kube_dns)
             }
             _ => Err(CorefileError::ForeignClustersetZone),
@@ -312,16 +526,176 @@ mod tests {
         assert_eq!(remove(&fixed).unwrap(), DOCUMENTED);
     }
 
+    #[test]
+    fn every_spelling_of_a_clusterset_server_block_is_recognised() {
+        for key in [
+            "clusterset.local",
+            "clusterset.local:53",
+            "clusterset.local.:53",
+            "dns://clusterset.local:53",
+            "DNS://ClusterSet.LOCAL",
+            "\"clusterset.local:53\"",
+            "example.org clusterset.local",
+            "example.org,clusterset.local:53",
+            "tls://clusterset.local:853",
+        ] {
+            let text = format!("{DOCUMENTED}{key} {{\n    forward . 9.9.9.9\n}}\n");
+            assert_eq!(
+                ensure(&text, DNS),
+                Err(CorefileError::ForeignClustersetZone),
+                "{key}"
+            );
+        }
+        // From a snippet imported at top level, and one imported where it cannot be seen.
+        let snippet = format!(
+            "(mc) {{\n  clusterset.local {{\n    forward . 9.9.9.9\n  }}\n}}\n{DOCUMENTED}import mc\n"
+        );
+        assert_eq!(
+            ensure(&snippet, DNS),
+            Err(CorefileError::ForeignClustersetZone)
+        );
+        let file = format!("{DOCUMENTED}import /etc/coredns/custom/*.server\n");
+        assert!(matches!(
+            ensure(&file, DNS),
+            Err(CorefileError::UnresolvableImport(f)) if f == "/etc/coredns/custom/*.server"
+        ));
+        // Not server blocks: a zone inside a block, in a comment, in a quoted argument, or a
+        // snippet nobody imports at top level.
+        for fine in [
+            ".:53 {\n  kubernetes clusterset.local cluster.local\n}\n".to_owned(),
+            format!("{DOCUMENTED}# clusterset.local {{ }}\n"),
+            ".:53 {\n  log \"clusterset.local {\"\n}\n".to_owned(),
+            format!("(unused) {{\n  clusterset.local {{\n  }}\n}}\n{DOCUMENTED}"),
+            "(dirs) {\n  errors\n}\n.:53 {\n  import dirs\n}\n".to_owned(),
+            "local:53 {\n  forward . 1.1.1.1\n}\n".to_owned(),
+        ] {
+            let with = ensure(&fine, DNS).unwrap_or_else(|e| panic!("{fine}: {e}"));
+            assert_eq!(clusterset_blocks(&with), 1, "{with}");
+            assert_eq!(remove(&with).unwrap(), fine);
+        }
+        // Brace structure: appending after an unclosed block would land inside it.
+        for bad in [".:53 {\n  errors\n", ".:53 {\n}\n}\n", "errors\nlog\n"] {
+            assert!(
+                matches!(
+                    ensure(bad, DNS),
+                    Err(CorefileError::UnbalancedBraces | CorefileError::TextOutsideBlocks)
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// Server blocks serving clusterset.local, as the tokenizer sees them.
+    fn clusterset_blocks(text: &str) -> usize {
+        server_keys(&tokens(text))
+            .unwrap()
+            .iter()
+            .filter(|k| zone_of(k) == "clusterset.local")
+            .count()
+    }
+
+    /// Corefiles in CoreDNS's grammar: server blocks with one or more keys (schemes, ports,
+    /// case, quotes, commas), directives with arguments and nested blocks, comments, snippets
+    /// imported at top level and inside blocks, and optionally one foreign clusterset.local
+    /// block in any spelling.
+    fn corefile() -> impl Strategy<Value = (String, bool)> {
+        let zone = prop_oneof![
+            Just(".".to_owned()),
+            Just("example.org".to_owned()),
+            Just("cluster.local".to_owned()),
+            Just("in-addr.arpa".to_owned()),
+            Just("local".to_owned()),
+            Just("clusterset.localdomain".to_owned()),
+        ];
+        let key = (
+            zone,
+            prop_oneof![Just(""), Just("dns://")],
+            prop_oneof![Just(""), Just(":53"), Just(":1053")],
+            any::<bool>(),
+        )
+            .prop_map(|(z, scheme, port, quoted)| {
+                let k = format!("{scheme}{z}{port}");
+                if quoted { format!("\"{k}\"") } else { k }
+            });
+        let directive = prop_oneof![
+            Just("errors".to_owned()),
+            Just("cache 30".to_owned()),
+            Just("forward . /etc/resolv.conf {\n      prefer_udp\n    }".to_owned()),
+            Just(
+                "kubernetes cluster.local clusterset.local {\n      pods insecure\n    }"
+                    .to_owned()
+            ),
+            Just("log \"{remote} clusterset.local }\"".to_owned()),
+            Just("# clusterset.local { a comment }".to_owned()),
+            Just("import common".to_owned()),
+        ];
+        let block = (
+            prop::collection::vec(key, 1..3),
+            prop::collection::vec(directive, 0..4),
+            prop_oneof![Just(" "), Just(", ")],
+        )
+            .prop_map(|(keys, dirs, sep)| {
+                let body: String = dirs.iter().map(|d| format!("    {d}\n")).collect();
+                format!("{} {{\n{body}}}\n", keys.join(sep))
+            });
+        let foreign = prop_oneof![
+            Just("clusterset.local"),
+            Just("clusterset.local:53"),
+            Just("dns://clusterset.local."),
+            Just("CLUSTERSET.Local"),
+            Just("\"clusterset.local:53\""),
+            Just("example.org clusterset.local"),
+        ];
+        (
+            prop::collection::vec(block, 0..4),
+            prop::option::of((foreign, any::<prop::sample::Index>())),
+            any::<bool>(),
+            prop_oneof![Just(""), Just("# head comment\n"), Just("\n\n")],
+        )
+            .prop_map(|(mut blocks, foreign, final_newline, head)| {
+                let has_foreign = foreign.is_some();
+                if let Some((key, at)) = foreign {
+                    let at = at.index(blocks.len() + 1);
+                    blocks.insert(at, format!("{key} {{\n    forward . 9.9.9.9\n}}\n"));
+                }
+                let mut text = format!("{head}(common) {{\n    errors\n}}\n{}", blocks.concat());
+                if !final_newline {
+                    text.pop();
+                }
+                (text, has_foreign)
+            })
+    }
+
     proptest! {
-        /// For any text holding no marker and no clusterset zone, adding and then removing the
-        /// section gives back the same bytes, and adding is idempotent.
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// For any Corefile of the grammar: a foreign clusterset.local block is refused;
+        /// otherwise the result has exactly one, balanced, adding is idempotent and removing
+        /// gives back the same bytes.
         #[test]
-        fn round_trip(text in "[ -~\t\n]{0,200}") {
-            prop_assume!(!text.contains("multivpc-") && !text.contains("clusterset.local"));
-            let with = ensure(&text, DNS).unwrap();
-            prop_assert_eq!(ensure(&with, DNS).unwrap(), with.clone());
-            prop_assert_eq!(with.matches(START).count(), 1);
-            prop_assert_eq!(remove(&with).unwrap(), text);
+        fn grammar_corefiles_get_exactly_one_clusterset_block((text, has_foreign) in corefile()) {
+            match ensure(&text, DNS) {
+                Err(CorefileError::ForeignClustersetZone) => prop_assert!(has_foreign, "{}", text),
+                Err(e) => prop_assert!(false, "{e} for\n{text}"),
+                Ok(with) => {
+                    prop_assert!(!has_foreign, "accepted\n{}", text);
+                    prop_assert_eq!(clusterset_blocks(&with), 1);
+                    prop_assert!(top_level(&tokens(&with)).is_ok());
+                    prop_assert_eq!(ensure(&with, DNS).unwrap(), with.clone());
+                    prop_assert_eq!(remove(&with).unwrap(), text);
+                }
+            }
+        }
+
+        /// For any text at all: a refusal, or a round trip with one section.
+        #[test]
+        fn any_text_is_refused_or_round_trips(text in "[ -~\t\n]{0,200}") {
+            prop_assume!(!text.contains("multivpc-"));
+            if let Ok(with) = ensure(&text, DNS) {
+                prop_assert_eq!(ensure(&with, DNS).unwrap(), with.clone());
+                prop_assert_eq!(with.matches(START).count(), 1);
+                prop_assert_eq!(remove(&with).unwrap(), text);
+            }
         }
     }
 }
