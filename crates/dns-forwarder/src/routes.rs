@@ -75,6 +75,10 @@ pub enum RouteError {
     UnknownForm,
     #[error("the init-route container's command is not [sh, -c, <script>]")]
     UnexpectedCommand,
+    #[error(
+        "the init-route script ends in a line continuation; a route appended to it would become part of that command"
+    )]
+    LineContinuation,
     #[error("annotation {key} is not a JSON list of routes: {reason}")]
     AnnotationNotJson { key: String, reason: String },
 }
@@ -113,36 +117,136 @@ pub fn detect(deployment: &Deployment) -> Result<RouteForm, RouteError> {
         .ok_or(RouteError::UnknownForm)
 }
 
-/// Whether the script holds the route (entries are `;`-separated, spacing tolerated).
+/// One command of an init-route script: the bytes of its text (`start..end`, surrounding
+/// whitespace excluded) and where its terminator (`;`) ends, when it has one.
+struct Command {
+    segment_start: usize,
+    start: usize,
+    end: usize,
+    after_semicolon: Option<usize>,
+}
+
+/// The commands of a `sh -c` script: separated by `;` or newlines; `#` comments (at the start
+/// of a word) run to the end of the line and hold no command.
+fn commands(script: &str) -> Vec<Command> {
+    let bytes = script.as_bytes();
+    let mut out = Vec::new();
+    let mut segment_start = 0;
+    let mut i = 0;
+    let push = |out: &mut Vec<Command>, from: usize, to: usize, after: Option<usize>| {
+        let text = &script[from..to];
+        let start = from + (text.len() - text.trim_start().len());
+        let end = from + text.trim_end().len();
+        if start < end {
+            out.push(Command {
+                segment_start: from,
+                start,
+                end,
+                after_semicolon: after,
+            });
+        }
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b';' => {
+                push(&mut out, segment_start, i, Some(i + 1));
+                segment_start = i + 1;
+            }
+            b'\n' => {
+                push(&mut out, segment_start, i, None);
+                segment_start = i + 1;
+            }
+            b'#' if i == segment_start
+                || bytes[i - 1].is_ascii_whitespace()
+                || bytes[i - 1] == b';' =>
+            {
+                push(&mut out, segment_start, i, None);
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                segment_start = i;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    push(&mut out, segment_start, bytes.len(), None);
+    out
+}
+
+/// Whether the script's last line ends in a comment (which would swallow text appended to it).
+fn ends_in_comment(script: &str) -> bool {
+    let last = script.rsplit('\n').next().unwrap_or_default();
+    let bytes = last.as_bytes();
+    (0..bytes.len()).any(|i| {
+        bytes[i] == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace() || bytes[i - 1] == b';')
+    })
+}
+
+/// Whether [`script_with`] appends `<entry>;` right after `script` (else on a line of its own).
+fn appends_directly(script: &str) -> bool {
+    script.is_empty()
+        || (!ends_in_comment(script) && (script.ends_with(';') || script.ends_with('\n')))
+}
+
+/// Whether the script holds the route as a command of its own (spacing tolerated; not in a
+/// comment).
 pub fn script_has(script: &str, route: &Route) -> bool {
     let entry = route.script_entry();
-    script.split(';').any(|e| normalise(e) == entry)
+    commands(script)
+        .iter()
+        .any(|c| normalise(&script[c.start..c.end]) == entry)
 }
 
 fn normalise(entry: &str) -> String {
     entry.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The script with the route appended (unchanged if present).
-pub fn script_with(script: &str, route: &Route) -> String {
+/// The script with the route appended (unchanged if present). After a script that ends in `;`
+/// or a newline (Kube-OVN's and the original operator's form) the entry follows directly,
+/// `<entry>;`; after anything else (a command without `;`, a comment) on a line of its own,
+/// `\n<entry>;\n`, so [`script_without`] can tell the two apart and give back the exact bytes.
+/// A script ending in a line continuation would swallow the entry: refused.
+pub fn script_with(script: &str, route: &Route) -> Result<String, RouteError> {
     if script_has(script, route) {
-        return script.to_owned();
+        return Ok(script.to_owned());
     }
-    let separator = if script.trim_end().is_empty() || script.trim_end().ends_with(';') {
-        ""
+    let body = script.strip_suffix('\n').unwrap_or(script);
+    if (body.len() - body.trim_end_matches('\\').len()) % 2 == 1 {
+        return Err(RouteError::LineContinuation);
+    }
+    let entry = route.script_entry();
+    Ok(if appends_directly(script) {
+        format!("{script}{entry};")
     } else {
-        ";"
-    };
-    format!("{script}{separator}{};", route.script_entry())
+        format!("{script}\n{entry};\n")
+    })
 }
 
-/// The script without the route (every copy of it).
+/// The script without the route (every copy of it): the inverse of [`script_with`], byte for
+/// byte, for what it appended.
 pub fn script_without(script: &str, route: &Route) -> String {
     let entry = route.script_entry();
-    script
-        .split_inclusive(';')
-        .filter(|segment| normalise(segment.strip_suffix(';').unwrap_or(segment)) != entry)
-        .collect()
+    let mut out = script.to_owned();
+    for c in commands(script).iter().rev() {
+        if normalise(&script[c.start..c.end]) != entry {
+            continue;
+        }
+        let (mut from, mut to) = (c.segment_start, c.after_semicolon.unwrap_or(c.end));
+        // The `\n<entry>;\n` form: its two newlines were added with it.
+        let before = &script[..from];
+        if to + 1 == script.len()
+            && script[to..] == *"\n"
+            && before.ends_with('\n')
+            && !appends_directly(&before[..before.len() - 1])
+        {
+            from -= 1;
+            to += 1;
+        }
+        out.replace_range(from..to, "");
+    }
+    out
 }
 
 fn annotation_routes(key: &str, value: Option<&str>) -> Result<Vec<Value>, RouteError> {
@@ -231,7 +335,7 @@ pub fn route_patch(
                 return Err(RouteError::UnexpectedCommand);
             }
             let edited = if present {
-                script_with(script, route)
+                script_with(script, route)?
             } else {
                 script_without(script, route)
             };
@@ -463,7 +567,7 @@ mod tests {
     fn odd_spacing_counts_as_present() {
         let script = "ip  -4 route add 10.96.0.10   via 10.244.0.1 dev net1 ; echo done;";
         assert!(script_has(script, &ROUTE));
-        assert_eq!(script_with(script, &ROUTE), script);
+        assert_eq!(script_with(script, &ROUTE).unwrap(), script);
         assert_eq!(script_without(script, &ROUTE), " echo done;");
     }
 
@@ -477,14 +581,109 @@ mod tests {
         );
     }
 
+    /// Runs `script` with `sh` and a stub `ip` that only prints its arguments (nothing touches
+    /// the host's routes); returns the `ip` calls, or None when sh refuses the syntax.
+    fn ip_calls(script: &str) -> Option<Vec<String>> {
+        let out = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "ip() { printf 'ip %s\\n' \"$*\"; }; echo() { :; }; ls() { :; }; eval \"$1\"",
+                "sh",
+                script,
+            ])
+            .output()
+            .expect("sh runs");
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+    }
+
+    const OURS: &str = "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1";
+
+    #[test]
+    fn scripts_with_newlines_comments_and_continuations() {
+        for script in [
+            "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1;\n",
+            "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1;\n\n",
+            "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1",
+            "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1 # the apiserver",
+            "# routes\nip -4 route add 10.96.0.1 via 10.244.0.1 dev net1",
+            "ip -4 route add \\\n  10.96.0.1 via 10.244.0.1 dev net1;",
+            "ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1;  ",
+        ] {
+            let with = script_with(script, &ROUTE).unwrap();
+            let calls = ip_calls(&with).unwrap_or_else(|| panic!("sh refuses {with:?}"));
+            assert_eq!(
+                calls.iter().filter(|c| *c == OURS).count(),
+                1,
+                "{script:?} -> {with:?}: {calls:?}"
+            );
+            assert_eq!(script_without(&with, &ROUTE), script, "{with:?}");
+            assert_eq!(script_with(&with, &ROUTE).unwrap(), with);
+        }
+        // A route in a comment is not there; a script ending in a continuation is refused.
+        let commented = format!("echo x # {OURS};");
+        assert!(!script_has(&commented, &ROUTE));
+        for cont in ["echo x \\", "echo x \\\n"] {
+            assert_eq!(
+                script_with(cont, &ROUTE),
+                Err(RouteError::LineContinuation),
+                "{cont:?}"
+            );
+        }
+        assert!(
+            script_with("echo x \\\\", &ROUTE).is_ok(),
+            "an escaped backslash ends nothing"
+        );
+    }
+
+    /// Scripts of Kube-OVN's grammar and worse: commands (some carrying routes), comments,
+    /// continuation lines, joined by `;`, newlines or both, with or without a final newline.
+    fn script() -> impl Strategy<Value = String> {
+        let line = prop_oneof![
+            Just("ip -4 route add 10.96.0.1 via 10.244.0.1 dev net1".to_owned()),
+            Just("ip -4 route add 10.16.0.2 via 10.244.0.1 dev net1".to_owned()),
+            Just("echo hi".to_owned()),
+            Just(format!("# {OURS};")),
+            Just("ls \\\n  -l".to_owned()),
+            Just("echo a # trailing comment".to_owned()),
+        ];
+        let joint = prop_oneof![Just(";"), Just("\n"), Just(";\n"), Just("; ")];
+        (
+            prop::collection::vec((line, joint), 0..5),
+            prop_oneof![Just(""), Just("\n"), Just(";"), Just(" # end")],
+        )
+            .prop_map(|(parts, tail)| {
+                let mut s: String = parts.iter().map(|(l, j)| format!("{l}{j}")).collect();
+                s.push_str(tail);
+                s
+            })
+    }
+
     proptest! {
+        /// Adding runs the route exactly once wherever the script stood, keeps the script
+        /// valid sh, and removing gives back the bytes.
+        #[test]
+        fn route_in_any_script_runs_once_and_leaves_exactly(script in script()) {
+            prop_assume!(ip_calls(&script).is_some());
+            let with = script_with(&script, &ROUTE).unwrap();
+            let calls = ip_calls(&with);
+            prop_assert!(calls.is_some(), "sh refuses {:?}", with);
+            prop_assert_eq!(calls.unwrap().iter().filter(|c| *c == OURS).count(), 1);
+            prop_assert_eq!(script_with(&with, &ROUTE).unwrap(), with.clone());
+            prop_assert_eq!(script_without(&with, &ROUTE), script);
+        }
+
         #[test]
         fn script_round_trip(entries in proptest::collection::vec("[a-z0-9 .-]{0,30}", 0..5)) {
             let script: String = entries.iter().map(|e| format!("{e};")).collect();
             prop_assume!(!script_has(&script, &ROUTE));
-            let with = script_with(&script, &ROUTE);
+            let with = script_with(&script, &ROUTE).unwrap();
             prop_assert!(script_has(&with, &ROUTE));
-            prop_assert_eq!(script_with(&with, &ROUTE), with.clone());
+            prop_assert_eq!(script_with(&with, &ROUTE).unwrap(), with.clone());
             prop_assert_eq!(script_without(&with, &ROUTE), script);
         }
     }
