@@ -60,11 +60,15 @@ async fn setup(h: Harness) -> Env {
 }
 
 async fn start(h: &Harness) -> ControllerProcess {
+    start_with(h, &[]).await
+}
+
+async fn start_with(h: &Harness, args: &[&str]) -> ControllerProcess {
     controllers::spawn(
         h.run_dir(),
         "dns-forwarder",
         &h.kubeconfig(CLUSTER),
-        &[],
+        args,
         Duration::from_secs(60),
     )
     .await
@@ -353,6 +357,10 @@ async fn both_kube_ovn_forms_shared_routes_move_and_exact_cleanup() {
 #[tokio::test]
 async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     let mut env = setup(harness_or_skip!([CLUSTER])).await;
+    // Repairs after the first are spaced out; 60s here so the second rewrite below is surely
+    // within the spacing, however slow the machine.
+    env.ctl.stop().unwrap();
+    env.ctl = start_with(&env.h, &["--repair-spacing=60s"]).await;
     let vpc = Harness::unique_name("vpch");
     let dns = Harness::unique_name("dnsh");
     let dep = format!("vpc-dns-{dns}");
@@ -378,6 +386,34 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     })
     .await;
     assert_eq!(env.init_script(&dep).await.matches(&route).count(), 1);
+    let repairs = |result: &str| format!("multivpc_dns_route_repairs_total{{result=\"{result}\"}}");
+    assert_eq!(
+        env.ctl.metric(&repairs("repaired")).await.unwrap(),
+        Some(1.0)
+    );
+
+    // Kube-OVN rewrites it again at once: each repair restarts vpc-dns, so this one waits, and
+    // the forward says so instead of claiming Programmed over a missing route.
+    env.rewrite_deployment(&dep, |d| {
+        d.spec = original.spec.clone();
+    })
+    .await;
+    let deferred = env.wait_reason("heal", "RepairDeferred").await;
+    let message = conditions::find(&deferred.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains(&dep), "{message}");
+    assert!(!env.init_script(&dep).await.contains(&route));
+    assert!(env.ctl.metric(&repairs("deferred")).await.unwrap() >= Some(1.0));
+    // A restarted controller (no repair history) repairs at once.
+    env.ctl.stop().unwrap();
+    env.ctl = start(&env.h).await;
+    env.wait_deployment(&dep, "route re-added by the restarted controller", |d| {
+        script_of(d).ends_with(&route)
+    })
+    .await;
+    env.wait_reason("heal", "Programmed").await;
     let after_heal = env.forwards().get("heal").await.unwrap();
     assert_eq!(
         after_heal.metadata.generation, forward.metadata.generation,

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     plan::{self, COREFILE_KEY, CorefileSource, Plan, Snapshot},
+    repairs::RepairLimiter,
     routes::{self, PatchKind, Route},
 };
 
@@ -125,6 +126,48 @@ impl Stores {
     }
 }
 
+/// What the controller was configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Kube-OVN's namespace: the vpc-dns Deployments and their Corefile ConfigMaps.
+    pub kube_ovn_namespace: String,
+    /// `--repair-spacing` (see [`RepairLimiter`]).
+    pub repair_spacing: Duration,
+}
+
+/// dns-forwarder's own metrics (besides the runtime's).
+#[derive(Clone)]
+pub struct DnsMetrics {
+    pub routes_programmed: prometheus::IntGauge,
+    /// Routes put back after a rewrite, by `result`: repaired, or deferred (spaced out).
+    pub repairs: prometheus::IntCounterVec,
+}
+
+impl DnsMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let routes_programmed = prometheus::IntGauge::new(
+            "multivpc_dns_routes_programmed",
+            "vpc-dns Deployments carrying the route to the cluster DNS",
+        )?;
+        registry.register(Box::new(routes_programmed.clone()))?;
+        let repairs = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "multivpc_dns_route_repairs_total",
+                "Routes put back on a vpc-dns Deployment after someone removed them (each restarts vpc-dns); result=deferred when held back to space repairs out",
+            ),
+            &["result"],
+        )?;
+        for result in ["repaired", "deferred"] {
+            repairs.with_label_values(&[result]);
+        }
+        registry.register(Box::new(repairs.clone()))?;
+        Ok(Self {
+            routes_programmed,
+            repairs,
+        })
+    }
+}
+
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
@@ -136,20 +179,25 @@ pub struct Context {
     pub caches: CacheSync,
     pub events: Events,
     pub reconcile_metrics: ReconcileMetrics,
-    pub routes_programmed: prometheus::IntGauge,
+    pub metrics: DnsMetrics,
+    pub repair_limiter: RepairLimiter,
     pub backoff: ErrorBackoff,
 }
 
 /// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
 pub async fn run(
     client: Client,
-    kube_ovn_namespace: String,
+    settings: Settings,
     reconcile_metrics: ReconcileMetrics,
-    routes_programmed: prometheus::IntGauge,
+    metrics: DnsMetrics,
     readiness: Readiness,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Settings {
+        kube_ovn_namespace,
+        repair_spacing,
+    } = settings;
     let (c, ns) = (client.clone(), kube_ovn_namespace.as_str());
     // Every watch stream is counted: the caches are synced when all have listed.
     let caches = CacheSync::new(readiness);
@@ -244,7 +292,8 @@ pub async fn run(
         caches: caches.clone(),
         events: Events::new(client, MANAGER),
         reconcile_metrics,
-        routes_programmed,
+        metrics,
+        repair_limiter: RepairLimiter::new(repair_spacing),
         backoff: ErrorBackoff::default(),
     });
 
@@ -308,7 +357,8 @@ async fn apply(
 ) -> Result<Action, Error> {
     let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
     let custom = read_corefiles(forward, ctx, &mut snapshot).await?;
-    let plan = plan::plan(forward, &snapshot, false);
+    let mut plan = plan::plan(forward, &snapshot, false);
+    let deferred = space_repairs(forward, ctx, &mut plan);
     tracing::debug!(
         forward = %key(forward),
         reason = plan.condition.reason,
@@ -322,11 +372,52 @@ async fn apply(
     update_gauge(ctx, &snapshot, &plan);
     write_status(forward, ctx, api, &plan).await?;
     // A Corefile ConfigMap other than the default is read, not watched: look again later.
-    Ok(if custom {
-        Action::requeue(CUSTOM_COREFILE_RECHECK)
-    } else {
-        Action::await_change()
+    Ok(match (deferred, custom) {
+        (Some(wait), _) => Action::requeue(wait.min(CUSTOM_COREFILE_RECHECK)),
+        (None, true) => Action::requeue(CUSTOM_COREFILE_RECHECK),
+        (None, false) => Action::await_change(),
     })
+}
+
+/// Holds back the plan's repairs (a route put back on a Deployment that carried it, per the
+/// forward's status) that come too soon after the last one; returns when to look again. The
+/// forward is then not Ready (`RepairDeferred`): its route is missing until then.
+fn space_repairs(forward: &VpcDnsForward, ctx: &Context, plan: &mut Plan) -> Option<Duration> {
+    let had = forward
+        .status
+        .as_ref()
+        .map(|s| s.deployments.clone())
+        .unwrap_or_default();
+    let now = std::time::Instant::now();
+    let mut wait: Option<Duration> = None;
+    let mut held = Vec::new();
+    plan.edits.retain(|edit| {
+        if !edit.adds || !had.contains(&edit.deployment) {
+            return true;
+        }
+        match ctx.repair_limiter.admit(&edit.deployment, now) {
+            Ok(()) => {
+                ctx.metrics.repairs.with_label_values(&["repaired"]).inc();
+                true
+            }
+            Err(w) => {
+                ctx.metrics.repairs.with_label_values(&["deferred"]).inc();
+                wait = Some(wait.map_or(w, |x| x.min(w)));
+                held.push(edit.deployment.clone());
+                false
+            }
+        }
+    });
+    let wait = wait?;
+    plan.condition = conditions::DesiredCondition::not_ready(
+        "RepairDeferred",
+        format!(
+            "the route was removed again from {} (each repair restarts vpc-dns): next repair in {}s",
+            held.join(", "),
+            wait.as_secs().max(1)
+        ),
+    );
+    Some(wait)
 }
 
 /// Reads the Corefile ConfigMaps other than the default one that `forward` touches (named by
@@ -458,7 +549,8 @@ fn update_gauge(ctx: &Context, snapshot: &Snapshot, plan: &Plan) {
             }
         })
         .count();
-    ctx.routes_programmed
+    ctx.metrics
+        .routes_programmed
         .set(i64::try_from(carrying).unwrap_or(i64::MAX));
 }
 

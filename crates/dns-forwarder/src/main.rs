@@ -4,10 +4,11 @@
 mod controller;
 mod corefile;
 mod plan;
+mod repairs;
 mod routes;
 
 use clap::Parser;
-use multivpc_runtime::{CommonArgs, Runtime};
+use multivpc_runtime::{CommonArgs, Runtime, args::duration};
 
 /// Forwards clusterset.local from Kube-OVN vpc-dns to the cluster DNS.
 #[derive(Parser, Debug)]
@@ -15,6 +16,12 @@ use multivpc_runtime::{CommonArgs, Runtime};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    /// Spacing of repeated repairs of one vpc-dns Deployment (each restarts vpc-dns): the
+    /// first after a rewrite is immediate, the next waits this long, then twice as long each
+    /// time up to 5m, while the Deployment keeps losing the route.
+    #[arg(long, env = "REPAIR_SPACING", default_value = "10s", value_parser = duration)]
+    repair_spacing: std::time::Duration,
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,17 +30,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let kube_ovn_namespace = args.common.kube_ovn_namespace.clone();
+    let settings = controller::Settings {
+        kube_ovn_namespace: args.common.kube_ovn_namespace.clone(),
+        repair_spacing: args.repair_spacing,
+    };
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
     let reconcile_metrics = runtime.metrics().controller("vpcdnsforward");
-    let routes_programmed = prometheus::IntGauge::new(
-        "multivpc_dns_routes_programmed",
-        "vpc-dns Deployments carrying the route to the cluster DNS",
-    )?;
-    runtime
-        .metrics()
-        .registry()
-        .register(Box::new(routes_programmed.clone()))?;
+    let metrics = controller::DnsMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
     let readiness = runtime.readiness();
     let watch_metrics = runtime.metrics().watch();
@@ -41,9 +44,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .run(move |shutdown| {
             controller::run(
                 client.clone(),
-                kube_ovn_namespace.clone(),
+                settings.clone(),
                 reconcile_metrics.clone(),
-                routes_programmed.clone(),
+                metrics.clone(),
                 readiness.clone(),
                 watch_metrics.clone(),
                 shutdown,

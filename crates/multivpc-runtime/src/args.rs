@@ -1,7 +1,7 @@
 //! Command-line flags shared by every controller (names follow controller-runtime's, so
 //! existing Helm values and habits carry over).
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 /// Flags every controller binary accepts. Each can also be given through the environment.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,6 +35,33 @@ pub struct CommonArgs {
     /// vpc-dns Deployments and their Corefile ConfigMaps are there.
     #[arg(long, env = "KUBE_OVN_NAMESPACE", default_value = "kube-system", value_parser = dns_label)]
     pub kube_ovn_namespace: String,
+}
+
+/// A duration flag: a number (decimals allowed) and a unit `ms`, `s` (the default), `m` or `h`,
+/// e.g. `250ms`, `30s`, `1.5m`, `1h`, `300`.
+pub fn duration(value: &str) -> Result<Duration, String> {
+    let v = value.trim();
+    let split = v
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: f64 = number
+        .parse()
+        .ok()
+        .filter(|_| !number.starts_with('.') && !number.ends_with('.'))
+        .ok_or_else(|| format!("{value:?} is not a duration such as 30s, 5m or 1h"))?;
+    let per_unit = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => {
+            return Err(format!(
+                "{value:?} has unknown unit {unit:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(n * per_unit).map_err(|_| format!("{value:?} is too long"))
 }
 
 /// A DNS label (RFC 1123, at most 63 characters): a namespace name, a name prefix.
@@ -131,6 +158,30 @@ mod tests {
         assert_eq!("0".parse::<BindAddress>().unwrap(), BindAddress::Disabled);
         for bad in ["", "8080", ":http", "localhost:80", ":99999"] {
             assert!(bad.parse::<BindAddress>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let ok = |v: &str| duration(v).unwrap();
+        assert_eq!(ok("300"), Duration::from_secs(300));
+        assert_eq!(ok("5m"), Duration::from_secs(300));
+        assert_eq!(ok("1h"), Duration::from_secs(3600));
+        assert_eq!(ok("250ms"), Duration::from_millis(250));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok("0"), Duration::ZERO);
+        for bad in [
+            "",
+            "5 m",
+            "-1s",
+            "1d",
+            "m",
+            ".5s",
+            "5.s",
+            "1.2.3s",
+            "99999999999999999999h",
+        ] {
+            assert!(duration(bad).is_err(), "{bad:?}");
         }
     }
 

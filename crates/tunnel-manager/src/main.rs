@@ -15,7 +15,10 @@ use multivpc_api::{
     gateway::{DEFAULT_NAT_GW_NAME_PREFIX, KubeOvn},
     keys::KUBE_SYSTEM,
 };
-use multivpc_runtime::{CommonArgs, Runtime, args::dns_label};
+use multivpc_runtime::{
+    CommonArgs, Runtime,
+    args::{dns_label, duration},
+};
 
 /// Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
 #[derive(Parser, Debug)]
@@ -36,11 +39,11 @@ struct Args {
 
     /// Period of the read-only verification that finds and repairs drift in the gateway pods
     /// (e.g. 300s, 5m, 1h; 0 disables it).
-    #[arg(long, env = "VERIFY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "VERIFY_INTERVAL", default_value = "5m", value_parser = duration)]
     verify_interval: Duration,
 
     /// Time limit of one script exec in a gateway pod, including the wait for its turn.
-    #[arg(long, env = "EXEC_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "EXEC_TIMEOUT", default_value = "30s", value_parser = duration)]
     exec_timeout: Duration,
 
     /// Execs running at once across all gateway pods (one at a time per pod regardless).
@@ -50,29 +53,6 @@ struct Args {
 }
 
 /// Parses `90`, `90s`, `5m`, `1h` or `250ms`.
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (number, unit) = v.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 30s, 5m or 1h"))?;
-    let secs = |m: u64| {
-        n.checked_mul(m)
-            .map(Duration::from_secs)
-            .ok_or_else(|| format!("{value:?} is too long"))
-    };
-    match unit {
-        "" | "s" => secs(1),
-        "m" => secs(60),
-        "h" => secs(3600),
-        "ms" => Ok(Duration::from_millis(n)),
-        _ => Err(format!(
-            "{value:?} has unknown unit {unit:?} (use ms, s, m or h)"
-        )),
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     multivpc_runtime::main_with("tunnel-manager", run(args))
@@ -124,18 +104,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("300").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
-        for bad in ["", "5 m", "-1s", "1d", "m", "99999999999999999999h"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn defaults() {

@@ -1,5 +1,6 @@
-{{/* dns-forwarder: no flags beyond the common ones. */}}
+{{/* dns-forwarder's own flags and environment. */}}
 {{- define "dns-forwarder.args" -}}
+- --repair-spacing={{ .Values.repairSpacing }}
 {{- end -}}
 {{- define "dns-forwarder.env" -}}
 {{- end -}}
