@@ -191,6 +191,27 @@ async fn wait_state(netns: &str, what: &str, ok: impl Fn(&str) -> bool) -> Strin
     .unwrap()
 }
 
+/// Removes what a cluster1/cluster2 gateway pair test created: both gateways, the tunnels'
+/// namespaces and the hand-written GatewayExIps `<gw>-<other cluster>`.
+async fn teardown_pair(
+    h: &Harness,
+    (g1, g2): (&NatGateway, &NatGateway),
+    (ns1, ns2): (&str, &str),
+    gw: &str,
+) {
+    let (a, b) = tokio::join!(h.delete_nat_gateway(g1), h.delete_nat_gateway(g2));
+    a.unwrap();
+    b.unwrap();
+    let _ = h.delete_namespace("cluster1", ns1).await;
+    let _ = h.delete_namespace("cluster2", ns2).await;
+    for (c, id) in [("cluster1", "cluster2"), ("cluster2", "cluster1")] {
+        let exips: Api<GatewayExIp> = Api::namespaced(h.client(c), KUBE_SYSTEM);
+        let _ = exips
+            .delete(&format!("{gw}-{id}"), &DeleteParams::default())
+            .await;
+    }
+}
+
 #[tokio::test]
 async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
@@ -625,17 +646,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     );
 
     drop((ctl1, ctl2));
-    let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
-    a.unwrap();
-    b.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns1).await;
-    let _ = h.delete_namespace("cluster2", &ns2).await;
-    for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
-        let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-        let _ = exips
-            .delete(&format!("{gw}-{id}"), &DeleteParams::default())
-            .await;
-    }
+    teardown_pair(&h, (&g1, &g2), (&ns1, &ns2), &gw).await;
 }
 
 fn pods_of(c: &Client) -> Api<Pod> {
@@ -928,17 +939,7 @@ async fn gre_pair_where_the_kernel_has_gre() {
         "{gone}"
     );
     drop((ctl1, ctl2));
-    let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
-    a.unwrap();
-    b.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns1).await;
-    let _ = h.delete_namespace("cluster2", &ns2).await;
-    for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
-        let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-        let _ = exips
-            .delete(&format!("{gw}-{id}"), &DeleteParams::default())
-            .await;
-    }
+    teardown_pair(&h, (&g1, &g2), (&ns1, &ns2), &gw).await;
 }
 
 #[tokio::test]
@@ -1122,17 +1123,7 @@ async fn each_kube_ovn_generation_carries_a_vxlan_ping() {
                 .await
                 .unwrap();
         }
-        let (a, b) = tokio::join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
-        a.unwrap();
-        b.unwrap();
-        let _ = h.delete_namespace("cluster1", &ns1).await;
-        let _ = h.delete_namespace("cluster2", &ns2).await;
-        for (c, id) in [(&c1, "cluster2"), (&c2, "cluster1")] {
-            let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-            let _ = exips
-                .delete(&format!("{gw}-{id}"), &DeleteParams::default())
-                .await;
-        }
+        teardown_pair(&h, (&g1, &g2), (&ns1, &ns2), &gw).await;
     }
     drop((ctl1, ctl2));
     for c in ["cluster1", "cluster2"] {
