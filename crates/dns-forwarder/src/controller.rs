@@ -358,7 +358,7 @@ async fn apply(
     let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
     let custom = read_corefiles(forward, ctx, &mut snapshot).await?;
     let mut plan = plan::plan(forward, &snapshot, false);
-    let deferred = space_repairs(forward, ctx, &mut plan);
+    let (repairs, deferred) = space_repairs(forward, ctx, &mut plan);
     tracing::debug!(
         forward = %key(forward),
         reason = plan.condition.reason,
@@ -369,6 +369,11 @@ async fn apply(
         "planned"
     );
     execute(forward, ctx, &plan).await?;
+    let now = std::time::Instant::now();
+    for deployment in &repairs {
+        ctx.repair_limiter.record(deployment, now);
+        ctx.metrics.repairs.with_label_values(&["repaired"]).inc();
+    }
     update_gauge(ctx, &snapshot, &plan);
     write_status(forward, ctx, api, &plan).await?;
     // A Corefile ConfigMap other than the default is read, not watched: look again later.
@@ -380,9 +385,14 @@ async fn apply(
 }
 
 /// Holds back the plan's repairs (a route put back on a Deployment that carried it, per the
-/// forward's status) that come too soon after the last one; returns when to look again. The
-/// forward is then not Ready (`RepairDeferred`): its route is missing until then.
-fn space_repairs(forward: &VpcDnsForward, ctx: &Context, plan: &mut Plan) -> Option<Duration> {
+/// forward's status) that come too soon after the last one. Returns the repairs left in the
+/// plan (recorded once written) and when to look again for those held back. The forward is
+/// then not Ready (`RepairDeferred`): its route is missing until then.
+fn space_repairs(
+    forward: &VpcDnsForward,
+    ctx: &Context,
+    plan: &mut Plan,
+) -> (Vec<String>, Option<Duration>) {
     let had = forward
         .status
         .as_ref()
@@ -391,13 +401,14 @@ fn space_repairs(forward: &VpcDnsForward, ctx: &Context, plan: &mut Plan) -> Opt
     let now = std::time::Instant::now();
     let mut wait: Option<Duration> = None;
     let mut held = Vec::new();
+    let mut repairs = Vec::new();
     plan.edits.retain(|edit| {
         if !edit.adds || !had.contains(&edit.deployment) {
             return true;
         }
-        match ctx.repair_limiter.admit(&edit.deployment, now) {
+        match ctx.repair_limiter.check(&edit.deployment, now) {
             Ok(()) => {
-                ctx.metrics.repairs.with_label_values(&["repaired"]).inc();
+                repairs.push(edit.deployment.clone());
                 true
             }
             Err(w) => {
@@ -408,7 +419,9 @@ fn space_repairs(forward: &VpcDnsForward, ctx: &Context, plan: &mut Plan) -> Opt
             }
         }
     });
-    let wait = wait?;
+    let Some(wait) = wait else {
+        return (repairs, None);
+    };
     plan.condition = conditions::DesiredCondition::not_ready(
         "RepairDeferred",
         format!(
@@ -417,7 +430,7 @@ fn space_repairs(forward: &VpcDnsForward, ctx: &Context, plan: &mut Plan) -> Opt
             wait.as_secs().max(1)
         ),
     );
-    Some(wait)
+    (repairs, Some(wait))
 }
 
 /// Reads the Corefile ConfigMaps other than the default one that `forward` touches (named by

@@ -29,30 +29,46 @@ impl RepairLimiter {
         }
     }
 
-    /// Whether `deployment` may be repaired at `now`: `Ok` records the repair, `Err` is how long
-    /// to wait.
-    pub fn admit(&self, deployment: &str, now: Instant) -> Result<(), Duration> {
+    /// Whether `deployment` may be repaired at `now`: `Err` is how long to wait. Nothing is
+    /// recorded until [`RepairLimiter::record`]: a repair whose patch failed (a conflict, say)
+    /// is retried without waiting.
+    pub fn check(&self, deployment: &str, now: Instant) -> Result<(), Duration> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.retain(|_, (at, _)| now.saturating_duration_since(*at) < QUIET);
-        match last.get(deployment).copied() {
-            None => {
-                last.insert(deployment.to_owned(), (now, 1));
-                Ok(())
-            }
-            Some((at, streak)) => {
-                let wait = self
-                    .spacing
-                    .saturating_mul(1 << (streak - 1).min(16))
-                    .min(MAX_WAIT);
-                let since = now.saturating_duration_since(at);
-                if since >= wait {
-                    last.insert(deployment.to_owned(), (now, streak + 1));
-                    Ok(())
-                } else {
-                    Err(wait - since)
-                }
-            }
+        let Some((at, streak)) = last.get(deployment).copied() else {
+            return Ok(());
+        };
+        let wait = self.wait_after(streak);
+        let since = now.saturating_duration_since(at);
+        if since >= wait {
+            Ok(())
+        } else {
+            Err(wait - since)
         }
+    }
+
+    /// Records that `deployment` was repaired at `now`.
+    pub fn record(&self, deployment: &str, now: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let streak = match last.get(deployment) {
+            Some((at, streak)) if now.saturating_duration_since(*at) < QUIET => streak + 1,
+            _ => 1,
+        };
+        last.insert(deployment.to_owned(), (now, streak));
+    }
+
+    fn wait_after(&self, streak: u32) -> Duration {
+        self.spacing
+            .saturating_mul(1 << (streak - 1).min(16))
+            .min(MAX_WAIT)
+    }
+
+    /// [`check`](Self::check), then [`record`](Self::record) when allowed.
+    #[cfg(test)]
+    fn admit(&self, deployment: &str, now: Instant) -> Result<(), Duration> {
+        self.check(deployment, now)?;
+        self.record(deployment, now);
+        Ok(())
     }
 }
 
@@ -81,5 +97,16 @@ mod tests {
         assert_eq!(l.admit("d", at + s(1)), Err(MAX_WAIT - s(1)), "capped");
         assert_eq!(l.admit("d", at + QUIET), Ok(()), "quiet: immediate again");
         assert_eq!(l.admit("d", at + QUIET + s(1)), Err(s(9)));
+    }
+
+    #[test]
+    fn a_repair_that_was_not_written_does_not_count() {
+        let l = RepairLimiter::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(l.check("d", t0), Ok(()));
+        // The patch failed (409): nothing recorded, the retry is not held back.
+        assert_eq!(l.check("d", t0 + Duration::from_millis(100)), Ok(()));
+        l.record("d", t0 + Duration::from_millis(100));
+        assert!(l.check("d", t0 + Duration::from_secs(1)).is_err());
     }
 }
