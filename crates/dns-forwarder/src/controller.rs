@@ -21,8 +21,9 @@ use kube::{
 };
 use multivpc_api::{
     VpcDnsForward, VpcDnsForwardStatus, conditions,
-    foreign::kubeovn::{Subnet, VpcDns},
+    foreign::kubeovn::{Subnet, Vpc, VpcDns},
     keys::{DNS_FINALIZER, KUBE_SYSTEM, LABEL_VPC_DNS, VPC_DNS_COREFILE},
+    tenancy::Tenancy,
 };
 use multivpc_runtime::{
     admin::{CacheSync, Readiness},
@@ -69,10 +70,12 @@ pub struct Stores {
     pub corefile: Store<ConfigMap>,
     pub kube_dns: Store<Service>,
     pub subnets: Store<Subnet>,
+    /// Vpcs: which namespaces may change each one's DNS (tenancy).
+    pub vpcs: Store<Vpc>,
 }
 
 impl Stores {
-    fn snapshot(&self, namespace: &str) -> Snapshot {
+    fn snapshot(&self, namespace: &str, tenancy: Tenancy) -> Snapshot {
         Snapshot {
             namespace: namespace.to_owned(),
             forwards: self.forwards.state(),
@@ -93,6 +96,13 @@ impl Stores {
             .into(),
             kube_dns: self.kube_dns.state().into_iter().next(),
             ovn_default: self.subnets.state().into_iter().next(),
+            vpcs: self
+                .vpcs
+                .state()
+                .into_iter()
+                .map(|v| (v.name_any(), v))
+                .collect(),
+            tenancy,
         }
     }
 
@@ -133,6 +143,8 @@ pub struct Settings {
     pub kube_ovn_namespace: String,
     /// `--repair-spacing` (see [`RepairLimiter`]).
     pub repair_spacing: Duration,
+    /// Which VPCs a forward's namespace may change (`--tenancy`).
+    pub tenancy: Tenancy,
 }
 
 /// dns-forwarder's own metrics (besides the runtime's).
@@ -173,6 +185,7 @@ pub struct Context {
     pub client: Client,
     /// Kube-OVN's namespace: the vpc-dns Deployments and the Corefile ConfigMap.
     pub kube_ovn_namespace: String,
+    pub tenancy: Tenancy,
     pub stores: Stores,
     /// No decision before every cache is synced (a Deployment not yet listed would look like
     /// one the forward left).
@@ -197,6 +210,7 @@ pub async fn run(
     let Settings {
         kube_ovn_namespace,
         repair_spacing,
+        tenancy,
     } = settings;
     let (c, ns) = (client.clone(), kube_ovn_namespace.as_str());
     // Every watch stream is counted: the caches are synced when all have listed.
@@ -238,6 +252,13 @@ pub async fn run(
         &watch_metrics,
     );
     let subnets_stream = subnets_stream.touched_objects();
+    let (vpcs, vpcs_stream) = watch::reflect(
+        Api::<Decoded<Vpc>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let vpcs_stream = vpcs_stream.touched_objects();
 
     let (forwards, forwards_stream) = watch::reflect(
         Api::<Decoded<VpcDnsForward>>::all(c.clone()),
@@ -257,8 +278,10 @@ pub async fn run(
         corefile,
         kube_dns,
         subnets,
+        vpcs,
     };
-    let (s1, s2, s3, s4, s5) = (
+    let (s1, s2, s3, s4, s5, s6) = (
+        stores.clone(),
         stores.clone(),
         stores.clone(),
         stores.clone(),
@@ -283,11 +306,14 @@ pub async fn run(
         .watches_stream(corefile_stream, move |_: ConfigMap| s3.all())
         .watches_stream(kube_dns_stream, move |_: Service| s4.all())
         .watches_stream(subnets_stream, move |_: Subnet| s5.all())
+        // A forward refused or admitted changes what the others of its VPC share: all look.
+        .watches_stream(vpcs_stream, move |_: Vpc| s6.all())
         .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
     let ctx = Arc::new(Context {
         client: client.clone(),
         kube_ovn_namespace: kube_ovn_namespace.clone(),
+        tenancy,
         stores: stores.clone(),
         caches: caches.clone(),
         events: Events::new(client, MANAGER),
@@ -355,7 +381,7 @@ async fn apply(
     ctx: &Context,
     api: &Api<VpcDnsForward>,
 ) -> Result<Action, Error> {
-    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
+    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace, ctx.tenancy);
     let custom = read_corefiles(forward, ctx, &mut snapshot).await?;
     let mut plan = plan::plan(forward, &snapshot, false);
     let (repairs, deferred) = space_repairs(forward, ctx, &mut plan);
@@ -467,7 +493,7 @@ async fn read_corefiles(
 }
 
 async fn cleanup(forward: &VpcDnsForward, ctx: &Context) -> Result<Action, Error> {
-    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace);
+    let mut snapshot = ctx.stores.snapshot(&ctx.kube_ovn_namespace, ctx.tenancy);
     read_corefiles(forward, ctx, &mut snapshot).await?;
     let plan = plan::plan(forward, &snapshot, true);
     execute(forward, ctx, &plan).await?;

@@ -8,7 +8,10 @@ mod repairs;
 mod routes;
 
 use clap::Parser;
-use multivpc_runtime::{CommonArgs, Runtime, args::duration};
+use multivpc_runtime::{
+    CommonArgs, Runtime,
+    args::{TenancyArgs, duration},
+};
 
 /// Forwards clusterset.local from Kube-OVN vpc-dns to the cluster DNS.
 #[derive(Parser, Debug)]
@@ -16,6 +19,9 @@ use multivpc_runtime::{CommonArgs, Runtime, args::duration};
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    tenancy: TenancyArgs,
 
     /// Spacing of repeated repairs of one vpc-dns Deployment (each restarts vpc-dns): the
     /// first after a rewrite is immediate, the next waits this long, then twice as long each
@@ -33,6 +39,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = controller::Settings {
         kube_ovn_namespace: args.common.kube_ovn_namespace.clone(),
         repair_spacing: args.repair_spacing,
+        tenancy: args.tenancy.tenancy,
     };
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
     let reconcile_metrics = runtime.metrics().controller("vpcdnsforward");

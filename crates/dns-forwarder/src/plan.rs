@@ -19,8 +19,9 @@ use kube::ResourceExt;
 use multivpc_api::{
     VpcDnsForward,
     conditions::DesiredCondition,
-    foreign::kubeovn::{Subnet, VpcDns},
+    foreign::kubeovn::{Subnet, Vpc, VpcDns},
     keys::VPC_DNS_COREFILE,
+    tenancy::{NAMESPACE_NOT_ADMITTED, Tenancy},
 };
 use serde_json::Value;
 
@@ -48,6 +49,9 @@ pub struct Snapshot {
     pub corefiles: BTreeMap<String, CorefileSource>,
     pub kube_dns: Option<Arc<Service>>,
     pub ovn_default: Option<Arc<Subnet>>,
+    /// Vpcs, by name: which namespaces each admits.
+    pub vpcs: BTreeMap<String, Arc<Vpc>>,
+    pub tenancy: Tenancy,
 }
 
 /// What is known about one Corefile ConfigMap.
@@ -95,6 +99,18 @@ pub struct Plan {
 
 fn is_live(forward: &VpcDnsForward) -> bool {
     forward.metadata.deletion_timestamp.is_none()
+}
+
+/// Whether `forward`'s namespace may change its VPC's DNS (see [`multivpc_api::tenancy`]).
+pub fn admitted(forward: &VpcDnsForward, snapshot: &Snapshot) -> Result<(), DesiredCondition> {
+    snapshot
+        .tenancy
+        .admits(
+            &snapshot.vpcs,
+            &forward.spec.vpc,
+            &forward.namespace().unwrap_or_default(),
+        )
+        .map_err(|message| DesiredCondition::not_ready(NAMESPACE_NOT_ADMITTED, message))
 }
 
 /// Names of the VpcDns objects that serve `vpc`: the active ones with a Deployment.
@@ -178,21 +194,30 @@ pub fn route(snapshot: &Snapshot) -> Result<Route, DesiredCondition> {
     Ok(Route { dst, gw })
 }
 
-/// Decides what to do for `forward`. `deleting` plans its cleanup.
+/// Decides what to do for `forward`. `deleting` plans its cleanup. A forward whose namespace
+/// its VPC does not admit plans the same removals, and keeps nothing alive for the others.
 pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Plan {
     let me = (forward.namespace(), forward.name_any());
     let others: Vec<&Arc<VpcDnsForward>> = snapshot
         .forwards
         .iter()
-        .filter(|f| is_live(f) && (f.namespace(), f.name_any()) != me)
+        .filter(|f| {
+            is_live(f) && (f.namespace(), f.name_any()) != me && admitted(f, snapshot).is_ok()
+        })
         .collect();
+    let refusal = if deleting {
+        None
+    } else {
+        admitted(forward, snapshot).err()
+    };
+    let withdrawing = deleting || refusal.is_some();
     let wanted_by_others: BTreeSet<String> = others
         .iter()
         .flat_map(|f| deployments_of(snapshot, &f.spec.vpc))
         .collect();
     let status = forward.status.clone().unwrap_or_default();
     let previous_route = status.route.as_deref().and_then(Route::parse_status);
-    let mine = if deleting {
+    let mine = if withdrawing {
         BTreeSet::new()
     } else {
         deployments_of(snapshot, &forward.spec.vpc)
@@ -267,14 +292,14 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
         .iter()
         .flat_map(|f| corefiles_of(snapshot, &f.spec.vpc))
         .collect();
-    let my_corefiles = if deleting {
+    let my_corefiles = if withdrawing {
         BTreeSet::new()
     } else {
         corefiles_of(snapshot, &forward.spec.vpc)
     };
     let mut corefiles_touched: BTreeSet<String> = status.corefiles.iter().cloned().collect();
     corefiles_touched.extend(corefiles_of(snapshot, &forward.spec.vpc));
-    if status.corefiles.is_empty() && deleting {
+    if status.corefiles.is_empty() && withdrawing {
         // Forwards from before status.corefiles (and the original operator's): the default.
         corefiles_touched.insert(VPC_DNS_COREFILE.to_owned());
     }
@@ -283,7 +308,7 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
         let cm = match snapshot.corefiles.get(name) {
             Some(CorefileSource::Found(cm)) => cm,
             Some(CorefileSource::Unreadable(why)) => {
-                if keep || !deleting {
+                if keep || !withdrawing {
                     problems.push(DesiredCondition::not_ready(
                         "CorefileUnreadable",
                         format!("ConfigMap {}/{name}: {why}", snapshot.namespace),
@@ -334,6 +359,16 @@ pub fn plan(forward: &VpcDnsForward, snapshot: &Snapshot, deleting: bool) -> Pla
 
     if deleting {
         plan.route = None;
+        return plan;
+    }
+    if let Some(refusal) = refusal {
+        // Status keeps naming what still carries our route until it is removed.
+        plan.deployments = plan.edits.iter().map(|e| e.deployment.clone()).collect();
+        plan.corefile_configmaps = plan.corefiles.iter().map(|c| c.configmap.clone()).collect();
+        if plan.edits.is_empty() {
+            plan.route = None;
+        }
+        plan.condition = refusal;
         return plan;
     }
 
@@ -397,7 +432,7 @@ mod tests {
     use k8s_openapi::api::core::v1::ServiceSpec;
     use multivpc_api::{
         VpcDnsForwardSpec, VpcDnsForwardStatus,
-        foreign::kubeovn::{SubnetSpec, VpcDnsSpec, VpcDnsStatus},
+        foreign::kubeovn::{SubnetSpec, VpcDnsSpec, VpcDnsStatus, VpcSpec},
     };
     use serde_json::json;
 
@@ -486,6 +521,17 @@ mod tests {
                     ..Default::default()
                 },
             ))),
+            vpcs: [("vpc1", &["ns1", "ns2"][..]), ("vpc2", &["ns1", "ns2"]), ("vpc3", &["ns1"])]
+                .into_iter()
+                .map(|(name, namespaces)| {
+                    let spec = VpcSpec {
+                        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                        ..Default::default()
+                    };
+                    (name.to_owned(), Arc::new(Vpc::new(name, spec)))
+                })
+                .collect(),
+            tenancy: Tenancy::VpcNamespaces,
         }
     }
 
@@ -618,7 +664,7 @@ mod tests {
 
     #[test]
     fn missing_inputs_name_the_reason() {
-        let f = forward("ns1", "dns-1", "nowhere");
+        let f = forward("ns1", "dns-1", "vpc3");
         let mut s = snapshot();
         assert_eq!(plan(&f, &s, false).condition.reason, "VpcDnsNotFound");
         s.kube_dns = None;
@@ -674,6 +720,63 @@ mod tests {
             COREFILE,
             "last forward removes the section exactly"
         );
+    }
+
+    #[test]
+    fn a_forward_changes_only_the_dns_of_a_vpc_that_admits_its_namespace() {
+        let mut s = snapshot();
+        s.deployments.insert(
+            "vpc-dns-dns1".into(),
+            deployment(
+                "vpc-dns-dns1",
+                "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;",
+            ),
+        );
+        let mut with_section = default_cm(&s);
+        with_section.data = Some(
+            [(
+                COREFILE_KEY.to_owned(),
+                corefile::ensure(COREFILE, ROUTE.dst).unwrap(),
+            )]
+            .into(),
+        );
+        set_default_cm(&mut s, with_section);
+        // ns3/x was programmed, then vpc1 stopped admitting ns3 (it never admitted ns3 here).
+        let mut outsider = (*forward("ns3", "x", "vpc1")).clone();
+        outsider.status = Some(VpcDnsForwardStatus {
+            deployments: vec!["vpc-dns-dns1".into()],
+            corefiles: vec![VPC_DNS_COREFILE.into()],
+            route: Some(ROUTE.to_string()),
+            ..Default::default()
+        });
+        let outsider = Arc::new(outsider);
+        s.forwards = vec![outsider.clone()];
+        let p = plan(&outsider, &s, false);
+        assert_eq!(p.condition.reason, NAMESPACE_NOT_ADMITTED);
+        assert!(
+            p.condition.message.contains("VPC vpc1 does not admit namespace ns3"),
+            "{}",
+            p.condition.message
+        );
+        assert_eq!(p.edits.len(), 1);
+        assert!(!p.edits[0].adds, "the route is withdrawn");
+        assert_eq!(only_edit(&p).text, COREFILE, "and the section");
+        assert_eq!(p.deployments, ["vpc-dns-dns1"], "status names it until removed");
+
+        // It keeps nothing alive for others: the last admitted forward's deletion removes all.
+        let insider = forward("ns1", "a", "vpc1");
+        s.forwards = vec![outsider.clone(), insider.clone()];
+        let p = plan(&insider, &s, true);
+        assert_eq!(p.edits.len(), 1, "{:?}", p.edits);
+        assert_eq!(only_edit(&p).text, COREFILE);
+        // And it never removes what an admitted forward wants.
+        let p = plan(&outsider, &s, false);
+        assert!(p.edits.is_empty() && p.corefiles.is_empty(), "{p:?}");
+        assert_eq!(p.condition.reason, NAMESPACE_NOT_ADMITTED);
+
+        // Tenancy "any": administrators alone create forwards.
+        s.tenancy = Tenancy::Any;
+        assert!(plan(&outsider, &s, false).condition.status);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod foreign;
 pub mod gateway;
 pub mod keys;
 pub mod net;
+pub mod tenancy;
 pub mod tunnel;
 
 pub use dns::{VpcDnsForward, VpcDnsForwardSpec, VpcDnsForwardStatus};

@@ -37,6 +37,21 @@ pub struct CommonArgs {
     pub kube_ovn_namespace: String,
 }
 
+/// How namespaced objects are tied to the VPCs they change; flattened into the binaries whose
+/// objects act on a VPC (dns-forwarder, tunnel-manager).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TenancyArgs {
+    /// "vpc-namespaces": a VpcNatTunnel or VpcDnsForward in namespace N acts only on a VPC
+    /// whose spec.namespaces lists N; "any": on every VPC (only when administrators alone can
+    /// create these objects).
+    #[arg(long, env = "TENANCY", default_value = "vpc-namespaces", value_parser = tenancy)]
+    pub tenancy: multivpc_api::tenancy::Tenancy,
+}
+
+fn tenancy(value: &str) -> Result<multivpc_api::tenancy::Tenancy, String> {
+    value.parse()
+}
+
 /// A duration flag: a number (decimals allowed) and a unit `ms`, `s` (the default), `m` or `h`,
 /// e.g. `250ms`, `30s`, `1.5m`, `1h`, `300`.
 pub fn duration(value: &str) -> Result<Duration, String> {

@@ -24,7 +24,7 @@ use multivpc_api::{
     GatewayExIp, VpcNatTunnel, VpcNatTunnelStatus,
     conditions::{self, DesiredCondition},
     foreign::{
-        kubeovn::{Subnet, VpcNatGateway},
+        kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{
             CLUSTER_EGRESS_IP_NAME, Cluster, ClusterGlobalEgressIP, SERVICE_DISCOVERY_NAME,
             SUBMARINER_NAMESPACE, ServiceDiscovery,
@@ -32,6 +32,7 @@ use multivpc_api::{
     },
     gateway::KubeOvn,
     keys::TUNNEL_FINALIZER,
+    tenancy::Tenancy,
     net::Ipv4Cidr,
     tunnel::PodRef,
 };
@@ -75,6 +76,8 @@ pub struct Settings {
     pub kube_ovn: KubeOvn,
     /// Period of the read-only drift verification; `None` disables it.
     pub verify_interval: Option<Duration>,
+    /// Which VPCs a tunnel's namespace may program (`--tenancy`).
+    pub tenancy: Tenancy,
 }
 
 /// Domain metrics besides the exec ones.
@@ -86,7 +89,7 @@ pub struct TunnelMetrics {
 }
 
 /// Every state a tunnel can be in (the `Ready` reasons), pre-created at zero.
-const STATES: [&str; 14] = [
+const STATES: [&str; 15] = [
     reason::PROGRAMMED,
     reason::INVALID_SPEC,
     reason::CLUSTER_ID_UNKNOWN,
@@ -100,6 +103,7 @@ const STATES: [&str; 14] = [
     reason::REMOTE_CIDR_CONFLICT,
     reason::CONVERGE_FAILED,
     reason::VERIFICATION_FAILED,
+    reason::NAMESPACE_NOT_ADMITTED,
     "Deleting",
 ];
 
@@ -157,6 +161,8 @@ pub struct Stores {
     /// VpcNatGateways (which VPC each serves) and Subnets (what that VPC's addresses are).
     pub gateways: Store<VpcNatGateway>,
     pub subnets: Store<Subnet>,
+    /// Vpcs: which namespaces may program each (tenancy).
+    pub vpcs: Store<Vpc>,
     /// Only without `--cluster-id`: ServiceDiscovery holds the broker token, which
     /// tunnel-manager has no use for, so the chart grants it only when it cannot render the ID.
     pub service_discovery: Option<Store<ServiceDiscovery>>,
@@ -196,6 +202,13 @@ impl Stores {
                 .map(|g| (g.name_any(), g))
                 .collect(),
             subnets: self.subnets.state(),
+            vpcs: self
+                .vpcs
+                .state()
+                .into_iter()
+                .map(|v| (v.name_any(), v))
+                .collect(),
+            tenancy: settings.tenancy,
         }
     }
 }
@@ -344,6 +357,13 @@ pub async fn run(
         &watch_metrics,
     );
     let subnets_stream = subnets_stream.touched_objects();
+    let (vpcs, vpcs_stream) = watch::reflect(
+        Api::<Decoded<Vpc>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let vpcs_stream = vpcs_stream.touched_objects();
     let (service_discovery, sd_stream) = match settings.cluster_id {
         Some(_) => (None, None),
         None => {
@@ -388,6 +408,7 @@ pub async fn run(
         egress,
         gateways,
         subnets,
+        vpcs,
         service_discovery,
     };
     let (s1, s2, s3, s4, s5, s6) = (
@@ -447,6 +468,10 @@ pub async fn run(
         .watches_stream(subnets_stream, {
             let s = stores.clone();
             move |_: Subnet| refs(s.tunnels.state())
+        })
+        .watches_stream(vpcs_stream, {
+            let s = stores.clone();
+            move |_: Vpc| refs(s.tunnels.state())
         })
         .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
             refs(s4.tunnels.state())
@@ -576,10 +601,12 @@ async fn apply(
                 status.local_gateway = nr.local_gateway.clone();
             }
             // A refused tunnel keeps nothing in the gateway: when an earlier tunnel claims its
-            // interface name or remote CIDR after it was programmed, it withdraws.
+            // interface name or remote CIDR after it was programmed, or its VPC stops admitting
+            // its namespace, it withdraws.
             if [
                 reason::INTERFACE_NAME_CONFLICT,
                 reason::REMOTE_CIDR_CONFLICT,
+                reason::NAMESPACE_NOT_ADMITTED,
             ]
             .contains(&nr.reason)
                 && let Some(prev) = &old.gateway_pod

@@ -17,7 +17,7 @@ use multivpc_api::{
 };
 use multivpc_runtime::{
     CommonArgs, Runtime,
-    args::{dns_label, duration},
+    args::{TenancyArgs, dns_label, duration},
 };
 
 /// Builds GRE and VXLAN tunnels in Kube-OVN VPC NAT gateway pods.
@@ -26,6 +26,9 @@ use multivpc_runtime::{
 struct Args {
     #[command(flatten)]
     common: CommonArgs,
+
+    #[command(flatten)]
+    tenancy: TenancyArgs,
 
     /// Namespace of the GatewayExIps (local and synchronised from other clusters).
     #[arg(long, env = "GATEWAY_NAMESPACE", default_value = KUBE_SYSTEM)]
@@ -52,7 +55,6 @@ struct Args {
     max_concurrent_execs: u16,
 }
 
-/// Parses `90`, `90s`, `5m`, `1h` or `250ms`.
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     multivpc_runtime::main_with("tunnel-manager", run(args))
@@ -67,6 +69,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
         },
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
+        tenancy: args.tenancy.tenancy,
     };
     if args.exec_timeout.is_zero() {
         anyhow::bail!("--exec-timeout must be greater than 0");
@@ -112,5 +115,6 @@ mod tests {
         assert_eq!(a.exec_timeout, Duration::from_secs(30));
         assert_eq!(a.max_concurrent_execs, 8);
         assert_eq!(a.gateway_namespace, "kube-system");
+        assert_eq!(a.tenancy.tenancy, multivpc_api::tenancy::Tenancy::VpcNamespaces);
     }
 }

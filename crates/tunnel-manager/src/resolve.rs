@@ -9,9 +9,10 @@ use kube::ResourceExt;
 use multivpc_api::{
     GatewayExIp, TunnelType, VpcNatTunnel,
     foreign::{
-        kubeovn::{Subnet, VpcNatGateway},
+        kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, ClusterGlobalEgressIP},
     },
+    tenancy::Tenancy,
     gateway::{ANNOTATION_OVN_GATEWAY, KubeOvn, external_ip, ovn_gateway, pod_ready, vpc_cidr},
     keys::gateway_exip_name,
     net::{INTERFACE_PREFIXES, InterfaceName, Ipv4Cidr, parse_ipv4},
@@ -35,6 +36,7 @@ pub mod reason {
     pub const REMOTE_CIDR_CONFLICT: &str = "RemoteCidrConflict";
     pub const CONVERGE_FAILED: &str = "ConvergeFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    pub const NAMESPACE_NOT_ADMITTED: &str = multivpc_api::tenancy::NAMESPACE_NOT_ADMITTED;
 }
 
 /// Submariner's namespace.
@@ -58,6 +60,9 @@ pub struct Snapshot {
     /// VpcNatGateways, by name.
     pub gateways: BTreeMap<String, Arc<VpcNatGateway>>,
     pub subnets: Vec<Arc<Subnet>>,
+    /// Vpcs, by name: which namespaces each admits.
+    pub vpcs: BTreeMap<String, Arc<Vpc>>,
+    pub tenancy: Tenancy,
 }
 
 /// A gateway pod identified by name and UID.
@@ -351,6 +356,7 @@ pub fn conflict(
                 && is_live(other)
                 && precedes(other, tunnel)
                 && local_instance(other, snapshot) == instance
+                && admitted(other, snapshot).is_ok()
         })
         .map(|other| {
             let cidr = remote_endpoint(other, snapshot).ok().map(|(_, cidr)| cidr);
@@ -407,6 +413,32 @@ fn clash<'a>(
     })
 }
 
+/// Whether `tunnel`'s namespace may act on the VPC it programs (see [`multivpc_api::tenancy`]):
+/// the VPC of `natGwDp` and, after a failover, of the standby carrying it. A tunnel refused
+/// here claims nothing on its gateway (see [`conflict`]).
+pub fn admitted(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<(), NotReady> {
+    if snapshot.tenancy == Tenancy::Any {
+        return Ok(());
+    }
+    let namespace = tunnel.namespace().unwrap_or_default();
+    let instance = local_instance(tunnel, snapshot);
+    let mut gateways = vec![tunnel.spec.nat_gw_dp.as_str(), instance.as_str()];
+    gateways.dedup();
+    for gw in gateways {
+        let refuse = |message: String| not_ready(reason::NAMESPACE_NOT_ADMITTED, message);
+        let gateway = snapshot.gateways.get(gw).ok_or_else(|| {
+            refuse(format!(
+                "VpcNatGateway {gw} not found: without the VPC it serves, namespace {namespace} cannot be admitted"
+            ))
+        })?;
+        snapshot
+            .tenancy
+            .admits(&snapshot.vpcs, &gateway.spec.vpc, &namespace)
+            .map_err(|m| refuse(format!("gateway {gw}: {m}")))?;
+    }
+    Ok(())
+}
+
 /// Resolves every input of `tunnel` (DESIGN §4) into a typed [`TunnelConfig`].
 pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, NotReady> {
     let spec = &tunnel.spec;
@@ -450,6 +482,7 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
         n.local_gateway = Some(instance.clone());
         n
     };
+    admitted(tunnel, snapshot).map_err(with_gw)?;
 
     let (remote_ip, remote_cidr) = remote_endpoint(tunnel, snapshot).map_err(with_gw)?;
     // A conflict is a configuration error: reported before inputs that may still arrive.
@@ -769,6 +802,28 @@ mod tests {
         )
     }
 
+    fn gateway(name: &str, vpc: &str) -> Arc<VpcNatGateway> {
+        Arc::new(VpcNatGateway::new(
+            name,
+            multivpc_api::foreign::kubeovn::VpcNatGatewaySpec {
+                vpc: vpc.into(),
+                subnet: format!("{vpc}-net1"),
+                lan_ip: "10.1.0.254".into(),
+                ..Default::default()
+            },
+        ))
+    }
+
+    fn vpc_admitting(name: &str, namespaces: &[&str]) -> Arc<Vpc> {
+        Arc::new(Vpc::new(
+            name,
+            multivpc_api::foreign::kubeovn::VpcSpec {
+                namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                ..Default::default()
+            },
+        ))
+    }
+
     fn snapshot() -> Snapshot {
         let mut s = Snapshot {
             cluster_id: Some("cluster1".into()),
@@ -798,19 +853,14 @@ mod tests {
             allocated_ips: ips(&["242.0.0.2", "242.0.0.1"]),
         });
         s.egress = Some(Arc::new(e));
-        // gw1 serves vpc1, which has a second subnet besides the gateway's own.
-        s.gateways.insert(
-            "gw1".into(),
-            Arc::new(VpcNatGateway::new(
-                "gw1",
-                multivpc_api::foreign::kubeovn::VpcNatGatewaySpec {
-                    vpc: "vpc1".into(),
-                    subnet: "vpc1-net1".into(),
-                    lan_ip: "10.1.0.254".into(),
-                    ..Default::default()
-                },
-            )),
-        );
+        // gw1 (and its standby gw1b) serve vpc1, which has a second subnet besides the
+        // gateway's own; gw9 serves vpc2. vpc1 admits the namespaces ns1 to ns5, vpc2 ns3.
+        for (gw, vpc) in [("gw1", "vpc1"), ("gw1b", "vpc1"), ("gw9", "vpc2")] {
+            s.gateways.insert(gw.into(), gateway(gw, vpc));
+        }
+        for (vpc, namespaces) in [("vpc1", &["ns1", "ns2", "ns3", "ns4", "ns5"][..]), ("vpc2", &["ns3"])] {
+            s.vpcs.insert(vpc.into(), vpc_admitting(vpc, namespaces));
+        }
         for (name, vpc, cidr) in [
             ("vpc1-net1", "vpc1", "10.1.0.0/24"),
             ("vpc1-net2", "vpc1", "10.2.0.0/24,fd00::/64"),
@@ -1156,6 +1206,44 @@ mod tests {
         gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
         s.tunnels[0] = Arc::new(gone);
         assert!(resolve(&same_name, &s).is_ok());
+    }
+
+    #[test]
+    fn a_tunnel_programs_only_a_vpc_that_admits_its_namespace() {
+        let mut s = snapshot();
+        let refused = |t: &Arc<VpcNatTunnel>, s: &Snapshot| {
+            let nr = resolve(t, s).unwrap_err();
+            assert_eq!(nr.reason, reason::NAMESPACE_NOT_ADMITTED, "{}", nr.message);
+            nr.message
+        };
+        let outsider = tunnel("tenant-b", "vx1", "gw1", "rgw", 1);
+        let message = refused(&outsider, &s);
+        assert!(
+            message.contains("gateway gw1: VPC vpc1 does not admit namespace tenant-b"),
+            "{message}"
+        );
+        // The refused tunnel claims nothing: an admitted later one with its name goes ahead.
+        let insider = tunnel("ns1", "vx1", "gw1", "rgw", 2);
+        s.tunnels = vec![outsider.clone(), insider.clone()];
+        assert!(resolve(&insider, &s).is_ok());
+        // A gateway Kube-OVN does not know, or a VPC that is gone, admits nobody.
+        refused(&tunnel("ns1", "vx1", "gw-unknown", "rgw", 3), &s);
+        s.vpcs.remove("vpc2");
+        refused(&tunnel("ns3", "vx1", "gw9", "rgw", 3), &s);
+        // After a failover the standby's VPC must admit the namespace too.
+        s.pods.push(pod("gw1b", "uid-2"));
+        s.gateways.insert("gw1b".into(), gateway("gw1b", "vpc2"));
+        let mut local = (*exip("gw1-cluster1", "172.50.1.11", "242.0.0.0/16")).clone();
+        local
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(LABEL_ACTIVE_GATEWAY.into(), "gw1b".into());
+        s.exips.insert("gw1-cluster1".into(), Arc::new(local));
+        assert!(refused(&insider, &s).contains("gateway gw1b: VPC vpc2 not found"));
+        // Tenancy "any": administrators alone create tunnels.
+        s.tenancy = Tenancy::Any;
+        assert!(resolve(&outsider, &s).is_ok());
     }
 
     #[test]

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
-/// A Kube-OVN VPC; only its static routes are used (failover repoints them).
+/// A Kube-OVN VPC: its static routes (failover repoints them) and the namespaces it admits
+/// (see [`crate::tenancy`]).
 #[derive(
     CustomResource, Serialize, Deserialize, Debug, Clone, Default, PartialEq, schemars::JsonSchema,
 )]
