@@ -549,6 +549,86 @@ pub fn vpc(name: &str, static_routes: &[(&str, &str)]) -> DynamicObject {
     )
 }
 
+/// Lists `namespace` in Vpc `vpc_name`'s `spec.namespaces` (creating the Vpc when absent), as
+/// a user does so that VpcNatTunnels and VpcDnsForwards of that namespace may act on the VPC
+/// (tenancy).
+pub async fn admit_namespace(client: &kube::Client, vpc_name: &str, namespace: &str) -> Result<()> {
+    edit_vpc_namespaces(client, vpc_name, namespace, true).await
+}
+
+/// Takes `namespace` out of Vpc `vpc_name`'s `spec.namespaces`.
+pub async fn revoke_namespace(
+    client: &kube::Client,
+    vpc_name: &str,
+    namespace: &str,
+) -> Result<()> {
+    edit_vpc_namespaces(client, vpc_name, namespace, false).await
+}
+
+/// The list is atomic and tests share VPCs: a merge patch preconditioned on the
+/// resourceVersion, retried on conflict.
+async fn edit_vpc_namespaces(
+    client: &kube::Client,
+    vpc_name: &str,
+    namespace: &str,
+    admit: bool,
+) -> Result<()> {
+    use multivpc_api::foreign::kubeovn::Vpc;
+    let api: Api<Vpc> = Api::all(client.clone());
+    for _ in 0..20 {
+        let Some(current) = api.get_opt(vpc_name).await? else {
+            if !admit {
+                return Ok(());
+            }
+            let mut obj = vpc(vpc_name, &[]);
+            obj.data["spec"]["namespaces"] = json!([namespace]);
+            let (dyn_api, _) = crate::apply::dynamic_api(client, &obj, "default").await?;
+            match dyn_api.create(&PostParams::default(), &obj).await {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e).context(format!("create Vpc {vpc_name}")),
+            }
+        };
+        let mut namespaces = current.spec.namespaces.clone();
+        let listed = namespaces.iter().any(|n| n == namespace);
+        match (admit, listed) {
+            (true, true) | (false, false) => return Ok(()),
+            (true, false) => namespaces.push(namespace.to_owned()),
+            (false, true) => namespaces.retain(|n| n != namespace),
+        }
+        let patch = json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "spec": {"namespaces": namespaces},
+        });
+        let params = kube::api::PatchParams::default();
+        match api
+            .patch(vpc_name, &params, &kube::api::Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => continue,
+            Err(e) => return Err(e).context(format!("Vpc {vpc_name} namespaces")),
+        }
+    }
+    Err(anyhow!(
+        "Vpc {vpc_name}: kept conflicting while editing its namespaces"
+    ))
+}
+
+/// [`admit_namespace`] to the VPC that VpcNatGateway `gateway` serves.
+pub async fn admit_namespace_to_gateway(
+    client: &kube::Client,
+    gateway: &str,
+    namespace: &str,
+) -> Result<()> {
+    use multivpc_api::foreign::kubeovn::VpcNatGateway;
+    let gw = Api::<VpcNatGateway>::all(client.clone())
+        .get(gateway)
+        .await
+        .with_context(|| format!("VpcNatGateway {gateway}"))?;
+    admit_namespace(client, &gw.spec.vpc, namespace).await
+}
+
 /// `kubeovn.io/v1 Subnet`.
 pub fn subnet(name: &str, cidr: &str, gateway: &str, vpc: &str, provider: &str) -> DynamicObject {
     dynamic(json!({

@@ -95,7 +95,11 @@ impl Env {
         json!({ "dst": format!("{}/32", self.dns_ip), "gw": OVN_DEFAULT_GW })
     }
 
+    /// A forward in the test's namespace, which `vpc` is first made to admit (as its user would).
     async fn apply_forward(&self, name: &str, vpc: &str, finalizers: &[&str]) {
+        fixtures::admit_namespace(&self.c, vpc, &self.ns)
+            .await
+            .unwrap();
         apply_json(
             &self.c,
             json!({

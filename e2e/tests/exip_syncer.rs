@@ -580,6 +580,9 @@ async fn apply_vxlan_tunnel(
     local_gw: &str,
     addr: &str,
 ) {
+    fixtures::admit_namespace_to_gateway(c, local_gw, ns)
+        .await
+        .unwrap();
     apply_json(
         c,
         serde_json::json!({

@@ -263,8 +263,8 @@ async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping(
     let blocks = migration_doc_commands();
     assert_eq!(
         blocks.len(),
-        2,
-        "docs/migration.md: expected the CRD and the clean-up blocks: {blocks:?}"
+        3,
+        "docs/migration.md: expected the CRD, the tenancy and the clean-up blocks: {blocks:?}"
     );
     let _syncer = h.exclusive("exip-syncer").await.unwrap();
     let _manager = h.exclusive("tunnel-manager").await.unwrap();
@@ -402,7 +402,24 @@ async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping(
         run_doc_block(&h, c, &blocks[0]).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // 3: the umbrella chart on each member (the broker chart is the harness's broker).
+    // 3: each tunnel's namespace admitted to its gateway's VPC, the namespaces there kept.
+    for c in [C1, C2] {
+        let vpc = sides.iter().find(|s| s.0 == c).unwrap().2.spec.vpc.clone();
+        fixtures::admit_namespace(&h.client(c), &vpc, "bystander")
+            .await
+            .unwrap();
+        run_doc_block(&h, c, &blocks[1]).await;
+        run_doc_block(&h, c, &blocks[1]).await; // idempotent
+        let listed = Api::<multivpc_api::foreign::kubeovn::Vpc>::all(h.client(c))
+            .get(&vpc)
+            .await
+            .unwrap()
+            .spec
+            .namespaces;
+        let ns = sides.iter().find(|s| s.0 == c).unwrap().1;
+        assert_eq!(listed, ["bystander".to_string(), ns.to_string()], "{c}");
+    }
+    // 4: the umbrella chart on each member (the broker chart is the harness's broker).
     let ((ns1, rel1), (ns2, rel2)) = tokio::join!(
         install_without_pods(&h, C1, "migc", &[]),
         install_without_pods(&h, C2, "migc", &[]),
@@ -413,7 +430,7 @@ async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping(
             procs.push(run_as_chart(&h, c, ns, rel, binary, &[]).await);
         }
     }
-    // 4: no Go `master` tunnels in this fleet. 5: once the new objects are there, the old go.
+    // 5: no Go `master` tunnels in this fleet. 6: once the new objects are there, the old go.
     for (c, name) in [(C1, format!("{gw}-{C2}")), (C2, format!("{gw}-{C1}"))] {
         let api: Api<GatewayExIp> = Api::namespaced(h.client(c), KUBE_SYSTEM);
         if let Err(e) = wait_for_object(&api, &name, WAIT, |_: &GatewayExIp| true).await {
@@ -422,7 +439,7 @@ async fn docs_migration_switches_a_go_fleet_and_its_tunnel_still_carries_a_ping(
         }
     }
     for c in [C1, C2, BROKER] {
-        run_doc_block(&h, c, &blocks[1]).await;
+        run_doc_block(&h, c, &blocks[2]).await;
         let ns = if c == BROKER { BROKER_NS } else { KUBE_SYSTEM };
         let left: Vec<String> = dynamic_api(&h, c, ns, "GatewayExIp", "gatewayexips")
             .list(&ListParams::default())

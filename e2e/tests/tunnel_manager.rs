@@ -15,7 +15,7 @@ use multivpc_api::{GatewayExIp, VpcNatTunnel, conditions};
 use multivpc_e2e::{
     ExclusiveGuard, Harness,
     controllers::{self, ControllerProcess},
-    fixtures::{KUBE_SYSTEM, KubeOvnVersion},
+    fixtures::{self, KUBE_SYSTEM, KubeOvnVersion},
     prelude::*,
 };
 use serde_json::json;
@@ -75,7 +75,8 @@ async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr:
 }
 
 #[allow(clippy::too_many_arguments)]
-/// A VXLAN tunnel, or with `vni == 0` a GRE tunnel (spec without `type`, as in the seed).
+/// A VXLAN tunnel, or with `vni == 0` a GRE tunnel (spec without `type`, as in the seed), in
+/// `ns`, which the VPC of `local_gw` is first made to admit (as its user would).
 async fn apply_tunnel(
     c: &Client,
     ns: &str,
@@ -98,6 +99,9 @@ async fn apply_tunnel(
             "natGwDp": local_gw,
         });
     }
+    fixtures::admit_namespace_to_gateway(c, local_gw, ns)
+        .await
+        .unwrap();
     apply_json(
         c,
         json!({
@@ -672,8 +676,15 @@ async fn missing_inputs_conflicts_and_adoption() {
         Api::namespaced(c.clone(), &ns_b),
     );
     let ctl = start(&h, "cluster1", &[]).await;
+    // A VpcNatGateway whose pod never comes (no StatefulSet).
     let local_gw = Harness::unique_name("tmr-absent");
     let remote_gw = Harness::unique_name("tmr-remote");
+    apply_dynamic(
+        &c,
+        &fixtures::vpc_nat_gateway(&NatGatewaySpec::new(&local_gw, "tmr-vpc"), "10.9.0.254"),
+    )
+    .await
+    .unwrap();
 
     // Hostile values never reach the controller: the API server refuses them at admission.
     for (name, addr) in [
@@ -832,6 +843,11 @@ async fn missing_inputs_conflicts_and_adoption() {
         .await;
     let _ = h.delete_namespace("cluster1", &ns).await;
     let _ = h.delete_namespace("cluster1", &ns_b).await;
+    let gw = fixtures::vpc_nat_gateway(&NatGatewaySpec::new(&local_gw, "tmr-vpc"), "");
+    let (gateways, _) = multivpc_e2e::apply::dynamic_api(&c, &gw, "default")
+        .await
+        .unwrap();
+    let _ = gateways.delete(&local_gw, &DeleteParams::default()).await;
 }
 
 #[tokio::test]
@@ -944,6 +960,8 @@ async fn gre_pair_where_the_kernel_has_gre() {
 
 #[tokio::test]
 async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
+    // Refused for a conflict with an earlier tunnel, or because its VPC stops admitting its
+    // namespace (tenancy).
     let h = harness_or_skip!(["cluster1"]);
     let _locks = locks(&h).await;
     let c = h.client("cluster1");
@@ -1011,6 +1029,74 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
         "{after}"
     );
 
+    // Tenancy: a namespace the VPC never admitted programs nothing, whatever it names.
+    let outsider_ns = h.unique_namespace("cluster1", "tw-out").await.unwrap();
+    let outsider: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &outsider_ns);
+    let third = Harness::unique_name("tw-third");
+    apply_exip(&c, &third, "cluster9", "172.50.9.3", "242.97.0.0/16").await;
+    apply_json(
+        &c,
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
+            "metadata": {"name": "tw-c", "namespace": outsider_ns},
+            "spec": {"clusterId": "cluster9", "gatewayName": third,
+                     "interfaceAddr": "10.254.2.1/30", "natGwDp": gw},
+        }),
+    )
+    .await
+    .unwrap();
+    let refused = wait_reason(&outsider, "tw-c", "NamespaceNotAdmitted").await;
+    let msg = conditions::find(&refused.status.unwrap().conditions, conditions::READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        msg.contains(&format!(
+            "VPC tw-vpc does not admit namespace {outsider_ns}"
+        )),
+        "{msg}"
+    );
+    let events: Api<Event> = Api::namespaced(c.clone(), &outsider_ns);
+    wait_for(
+        "a NamespaceNotAdmitted event",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&Default::default()).await?;
+            Ok(
+                if list
+                    .items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("NamespaceNotAdmitted"))
+                {
+                    Check::Done(())
+                } else {
+                    Check::Pending(format!("{} events", list.items.len()))
+                },
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!state(&g.node.netns).await.contains("tw-c"));
+
+    // The VPC stops admitting the programmed tunnel's namespace: it withdraws; admitted again,
+    // it is programmed again.
+    fixtures::revoke_namespace(&c, "tw-vpc", &ns).await.unwrap();
+    let a = wait_reason(&t, "tw-a", "NamespaceNotAdmitted").await;
+    assert_eq!(a.status.unwrap().gateway_pod, None);
+    let after = wait_state(&g.node.netns, "tw-a withdrawn", |s| !s.contains("tw-a")).await;
+    assert!(!after.contains("multivpc-tunnel:"), "{after}");
+    fixtures::admit_namespace(&c, "tw-vpc", &ns).await.unwrap();
+    wait_programmed(&t, "tw-a", |_| true).await;
+    assert!(state(&g.node.netns).await.contains("tw-a"));
+
+    outsider
+        .delete("tw-c", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_deletion(&outsider, "tw-c", Duration::from_secs(60))
+        .await
+        .unwrap();
     for name in ["tw-b", "tw-a"] {
         t.delete(name, &DeleteParams::default()).await.unwrap();
         wait_for_deletion(&t, name, Duration::from_secs(60))
@@ -1021,8 +1107,9 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     drop(ctl);
     h.delete_nat_gateway(&g).await.unwrap();
     let _ = h.delete_namespace("cluster1", &ns).await;
+    let _ = h.delete_namespace("cluster1", &outsider_ns).await;
     let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-    for remote in [&early, &late] {
+    for remote in [&early, &late, &third] {
         let _ = exips
             .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
             .await;

@@ -521,16 +521,20 @@ mod tests {
                     ..Default::default()
                 },
             ))),
-            vpcs: [("vpc1", &["ns1", "ns2"][..]), ("vpc2", &["ns1", "ns2"]), ("vpc3", &["ns1"])]
-                .into_iter()
-                .map(|(name, namespaces)| {
-                    let spec = VpcSpec {
-                        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
-                        ..Default::default()
-                    };
-                    (name.to_owned(), Arc::new(Vpc::new(name, spec)))
-                })
-                .collect(),
+            vpcs: [
+                ("vpc1", &["ns1", "ns2"][..]),
+                ("vpc2", &["ns1", "ns2"]),
+                ("vpc3", &["ns1"]),
+            ]
+            .into_iter()
+            .map(|(name, namespaces)| {
+                let spec = VpcSpec {
+                    namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+                    ..Default::default()
+                };
+                (name.to_owned(), Arc::new(Vpc::new(name, spec)))
+            })
+            .collect(),
             tenancy: Tenancy::VpcNamespaces,
         }
     }
@@ -754,14 +758,20 @@ mod tests {
         let p = plan(&outsider, &s, false);
         assert_eq!(p.condition.reason, NAMESPACE_NOT_ADMITTED);
         assert!(
-            p.condition.message.contains("VPC vpc1 does not admit namespace ns3"),
+            p.condition
+                .message
+                .contains("VPC vpc1 does not admit namespace ns3"),
             "{}",
             p.condition.message
         );
         assert_eq!(p.edits.len(), 1);
         assert!(!p.edits[0].adds, "the route is withdrawn");
         assert_eq!(only_edit(&p).text, COREFILE, "and the section");
-        assert_eq!(p.deployments, ["vpc-dns-dns1"], "status names it until removed");
+        assert_eq!(
+            p.deployments,
+            ["vpc-dns-dns1"],
+            "status names it until removed"
+        );
 
         // It keeps nothing alive for others: the last admitted forward's deletion removes all.
         let insider = forward("ns1", "a", "vpc1");

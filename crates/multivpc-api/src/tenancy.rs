@@ -89,8 +89,14 @@ mod tests {
         let t = Tenancy::VpcNamespaces;
         assert_eq!(t.admits(&vpcs(&["ns1", "ns2"]), "vpc1", "ns2"), Ok(()));
         let refused = t.admits(&vpcs(&["ns1"]), "vpc1", "ns3").unwrap_err();
-        assert!(refused.contains("does not admit namespace ns3"), "{refused}");
-        assert!(t.admits(&vpcs(&[]), "vpc1", "ns1").is_err(), "empty list admits none");
+        assert!(
+            refused.contains("does not admit namespace ns3"),
+            "{refused}"
+        );
+        assert!(
+            t.admits(&vpcs(&[]), "vpc1", "ns1").is_err(),
+            "empty list admits none"
+        );
         let missing = t.admits(&vpcs(&["ns1"]), "vpc2", "ns1").unwrap_err();
         assert!(missing.contains("VPC vpc2 not found"), "{missing}");
         assert_eq!(Tenancy::Any.admits(&BTreeMap::new(), "vpc2", "ns1"), Ok(()));

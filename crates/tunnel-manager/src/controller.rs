@@ -32,8 +32,8 @@ use multivpc_api::{
     },
     gateway::KubeOvn,
     keys::TUNNEL_FINALIZER,
-    tenancy::Tenancy,
     net::Ipv4Cidr,
+    tenancy::Tenancy,
     tunnel::PodRef,
 };
 use multivpc_runtime::{
@@ -89,12 +89,13 @@ pub struct TunnelMetrics {
 }
 
 /// Every state a tunnel can be in (the `Ready` reasons), pre-created at zero.
-const STATES: [&str; 15] = [
+const STATES: [&str; 16] = [
     reason::PROGRAMMED,
     reason::INVALID_SPEC,
     reason::CLUSTER_ID_UNKNOWN,
     reason::REMOTE_GATEWAY_NOT_FOUND,
     reason::REMOTE_GATEWAY_INVALID,
+    reason::GATEWAY_NOT_FOUND,
     reason::GATEWAY_POD_NOT_FOUND,
     reason::GATEWAY_POD_NOT_READY,
     reason::GLOBALNET_NOT_CONFIGURED,

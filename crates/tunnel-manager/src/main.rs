@@ -115,6 +115,9 @@ mod tests {
         assert_eq!(a.exec_timeout, Duration::from_secs(30));
         assert_eq!(a.max_concurrent_execs, 8);
         assert_eq!(a.gateway_namespace, "kube-system");
-        assert_eq!(a.tenancy.tenancy, multivpc_api::tenancy::Tenancy::VpcNamespaces);
+        assert_eq!(
+            a.tenancy.tenancy,
+            multivpc_api::tenancy::Tenancy::VpcNamespaces
+        );
     }
 }

@@ -12,10 +12,10 @@ use multivpc_api::{
         kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, ClusterGlobalEgressIP},
     },
-    tenancy::Tenancy,
     gateway::{ANNOTATION_OVN_GATEWAY, KubeOvn, external_ip, ovn_gateway, pod_ready, vpc_cidr},
     keys::gateway_exip_name,
     net::{INTERFACE_PREFIXES, InterfaceName, Ipv4Cidr, parse_ipv4},
+    tenancy::Tenancy,
     tunnel::AppliedTunnel,
 };
 
@@ -28,6 +28,7 @@ pub mod reason {
     pub const CLUSTER_ID_UNKNOWN: &str = "ClusterIdUnknown";
     pub const REMOTE_GATEWAY_NOT_FOUND: &str = "RemoteGatewayNotFound";
     pub const REMOTE_GATEWAY_INVALID: &str = "RemoteGatewayInvalid";
+    pub const GATEWAY_NOT_FOUND: &str = "GatewayNotFound";
     pub const GATEWAY_POD_NOT_FOUND: &str = "GatewayPodNotFound";
     pub const GATEWAY_POD_NOT_READY: &str = "GatewayPodNotReady";
     pub const GLOBALNET_NOT_CONFIGURED: &str = "GlobalnetNotConfigured";
@@ -425,16 +426,17 @@ pub fn admitted(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<(), NotRea
     let mut gateways = vec![tunnel.spec.nat_gw_dp.as_str(), instance.as_str()];
     gateways.dedup();
     for gw in gateways {
-        let refuse = |message: String| not_ready(reason::NAMESPACE_NOT_ADMITTED, message);
+        // Without the VpcNatGateway there is no telling which VPC the pods serve.
         let gateway = snapshot.gateways.get(gw).ok_or_else(|| {
-            refuse(format!(
-                "VpcNatGateway {gw} not found: without the VPC it serves, namespace {namespace} cannot be admitted"
-            ))
+            not_ready(
+                reason::GATEWAY_NOT_FOUND,
+                format!("VpcNatGateway {gw} not found"),
+            )
         })?;
         snapshot
             .tenancy
             .admits(&snapshot.vpcs, &gateway.spec.vpc, &namespace)
-            .map_err(|m| refuse(format!("gateway {gw}: {m}")))?;
+            .map_err(|m| not_ready(reason::NAMESPACE_NOT_ADMITTED, format!("gateway {gw}: {m}")))?;
     }
     Ok(())
 }
@@ -858,7 +860,10 @@ mod tests {
         for (gw, vpc) in [("gw1", "vpc1"), ("gw1b", "vpc1"), ("gw9", "vpc2")] {
             s.gateways.insert(gw.into(), gateway(gw, vpc));
         }
-        for (vpc, namespaces) in [("vpc1", &["ns1", "ns2", "ns3", "ns4", "ns5"][..]), ("vpc2", &["ns3"])] {
+        for (vpc, namespaces) in [
+            ("vpc1", &["ns1", "ns2", "ns3", "ns4", "ns5"][..]),
+            ("vpc2", &["ns3"]),
+        ] {
             s.vpcs.insert(vpc.into(), vpc_admitting(vpc, namespaces));
         }
         for (name, vpc, cidr) in [
@@ -933,6 +938,8 @@ mod tests {
                     );
                 }),
             ),
+            (reason::GATEWAY_NOT_FOUND, Box::new(|s| s.gateways.clear())),
+            (reason::NAMESPACE_NOT_ADMITTED, Box::new(|s| s.vpcs.clear())),
             (reason::GATEWAY_POD_NOT_FOUND, Box::new(|s| s.pods.clear())),
             (
                 reason::GATEWAY_POD_NOT_READY,
@@ -1226,8 +1233,13 @@ mod tests {
         let insider = tunnel("ns1", "vx1", "gw1", "rgw", 2);
         s.tunnels = vec![outsider.clone(), insider.clone()];
         assert!(resolve(&insider, &s).is_ok());
-        // A gateway Kube-OVN does not know, or a VPC that is gone, admits nobody.
-        refused(&tunnel("ns1", "vx1", "gw-unknown", "rgw", 3), &s);
+        // A gateway Kube-OVN does not know serves no VPC; a VPC that is gone admits nobody.
+        assert_eq!(
+            resolve(&tunnel("ns1", "vx1", "gw-unknown", "rgw", 3), &s)
+                .unwrap_err()
+                .reason,
+            reason::GATEWAY_NOT_FOUND
+        );
         s.vpcs.remove("vpc2");
         refused(&tunnel("ns3", "vx1", "gw9", "rgw", 3), &s);
         // After a failover the standby's VPC must admit the namespace too.

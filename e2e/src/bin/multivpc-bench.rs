@@ -615,6 +615,9 @@ async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<
         demo_support::metric_sum(&tm, "multivpc_tunnel_exec_duration_seconds_count", &[]).await?;
     let before = apiserver_requests(h, C1).await?;
     let tunnels: Api<VpcNatTunnel> = Api::namespaced(c1.clone(), &ns);
+    for j in 0..g {
+        fixtures::admit_namespace_to_gateway(&c1, &format!("bgw{j}"), &ns).await?;
+    }
     let start = Instant::now();
     stream::iter(0..n)
         .map(|i| {
@@ -807,6 +810,7 @@ async fn bench_failover(h: &Harness, o: &Opts) -> Result<Section> {
         (&c1, C2, &r.spec.name, &p.spec.name, "10.252.0.1/24"),
         (&c2, C1, &p.spec.name, &r.spec.name, "10.252.0.2/24"),
     ] {
+        fixtures::admit_namespace_to_gateway(c, local_gw, ns).await?;
         apply_json(
             c,
             json!({
@@ -1047,6 +1051,7 @@ async fn bench_dns(h: &Harness, o: &Opts) -> Result<Section> {
             )
             .await?;
         let dep = format!("vpc-dns-{name}");
+        fixtures::admit_namespace(&c1, &vpc, ns).await?;
         let t = Instant::now();
         apply_json(
             &c1,

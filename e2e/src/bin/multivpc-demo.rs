@@ -114,8 +114,11 @@ async fn up() -> Result<()> {
             &fixtures::vpc(VPC[i], &[(&remote, &gw.node.lan_ip)]),
         )
         .await?;
+        // Tenancy: the tunnels of ns1 may program this VPC's gateway.
+        fixtures::admit_namespace(&h.client(CLUSTERS[i]), VPC[i], NS).await?;
     }
-    step("vpc-dns for VPC test-vpc-1 on cluster1 (Kube-OVN v1.12 form)");
+    step("vpc-dns for VPC test-vpc-1 on cluster1 (Kube-OVN v1.12 form), admitting ns1");
+    fixtures::admit_namespace(&h.client(C1), DNS_VPC, NS).await?;
     h.install_vpc_dns(
         C1,
         VPC_DNS,

@@ -3,4 +3,6 @@
 - --repair-spacing={{ .Values.repairSpacing }}
 {{- end -}}
 {{- define "dns-forwarder.env" -}}
+- name: TENANCY
+  value: {{ .Values.global.tenancy | quote }}
 {{- end -}}

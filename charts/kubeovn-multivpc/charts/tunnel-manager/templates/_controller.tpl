@@ -5,6 +5,8 @@
 - --max-concurrent-execs={{ .Values.maxConcurrentExecs }}
 {{- end -}}
 {{- define "tunnel-manager.env" -}}
+- name: TENANCY
+  value: {{ .Values.global.tenancy | quote }}
 - name: GATEWAY_NAMESPACE
   value: {{ .Values.global.gatewayNamespace | quote }}
 - name: NAT_GW_NAME_PREFIX
