@@ -23,7 +23,7 @@ use multivpc_e2e::{
         run_as_chart, uninstall,
     },
     controllers,
-    fixtures::VpcDnsForm,
+    fixtures::{KUBE_SYSTEM, VpcDnsForm},
     prelude::*,
 };
 use serde_json::{Value, json};
@@ -125,7 +125,12 @@ fn expected(enabled: &[bool; 3]) -> BTreeSet<(String, String, String)> {
         for k in ["Role", "RoleBinding"] {
             add(k, NAMESPACE, &format!("{full}-leader-election"));
         }
-        for k in ["ClusterRole", "ClusterRoleBinding"] {
+        for k in [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ] {
             add(k, "", &global);
         }
         let roles: &[(&str, &str)] = match *c {
@@ -723,6 +728,7 @@ async fn chart_service_accounts_are_enough_for_the_controllers_and_nothing_more(
         .await
         .unwrap();
         let forwards: Api<VpcDnsForward> = Api::namespaced(c.clone(), &ns);
+        fixtures::admit_namespace(&c, &vpc, &ns).await.unwrap();
         apply_json(
             &c,
             json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
@@ -1118,6 +1124,9 @@ async fn exip_syncer_and_tunnel_manager_connect_two_clusters_with_the_charts_rba
         (&c1, &t1, C2, "10.251.0.1/24"),
         (&c2, &t2, C1, "10.251.0.2/24"),
     ] {
+        fixtures::admit_namespace_to_gateway(c, &gw, ns)
+            .await
+            .unwrap();
         apply_json(
             c,
             json!({"apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
@@ -1490,4 +1499,231 @@ async fn the_cluster_id_is_looked_up_at_install_and_tunnel_manager_never_reads_s
         "{rules}"
     );
     h.delete_namespace(C1, &ns).await.unwrap();
+}
+
+/// The refusal of a ValidatingAdmissionPolicy (not RBAC's): a 403 naming the policy.
+fn refused_by_policy<T: std::fmt::Debug>(what: &str, result: Result<T, impl std::fmt::Display>) {
+    match result {
+        Ok(v) => panic!("{what}: allowed ({v:?})"),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(e.contains("ValidatingAdmissionPolicy"), "{what}: {e}");
+        }
+    }
+}
+
+/// What the API server answers a pods/exec of `container` in `ns/pod` before any connection to
+/// the kubelet: admission runs first, so a policy's refusal comes back as a Status with its
+/// message (a WebSocket client sees only the code).
+async fn exec_admission(
+    client: &Client,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<String, String> {
+    let uri = format!(
+        "/api/v1/namespaces/{ns}/pods/{pod}/exec?container={container}&command=true&stdout=true"
+    );
+    let req = http::Request::post(uri).body(Vec::new()).unwrap();
+    match client.request_text(req).await {
+        Ok(body) => Ok(body),
+        Err(kube::Error::Api(s)) => Err(format!("{} {}", s.code, s.message)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// RBAC cannot name pods or Deployments by label nor fields of an object: with each chart
+/// ServiceAccount's own token, the API server lets through what the controller does and
+/// refuses the rest (exec into another kube-system pod or container, a change to a Deployment
+/// that is not vpc-dns or to anything but a vpc-dns Deployment's routes, any Vpc field but a
+/// static route's nextHopIP). With `global.admissionPolicies.enabled=false`, nothing renders.
+#[tokio::test]
+async fn chart_service_accounts_are_held_to_their_work_by_admission_policies() {
+    const C1: &str = "cluster1";
+    let h = harness_or_skip!([C1]);
+    let Some(bin) = helm_or_skip() else { return };
+    let off = render(
+        &bin,
+        &[true; 3],
+        &["global.admissionPolicies.enabled=false"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        !off.iter().any(|d| d["kind"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))),
+        "rendered although switched off"
+    );
+    let _syncer_lock = h.exclusive("exip-syncer").await.unwrap();
+    let _manager_lock = h.exclusive("tunnel-manager").await.unwrap();
+    let admin = h.client(C1);
+    let (ns, release) = install_without_pods(&h, C1, "vap", &[]).await;
+    let sa = |binary: &str| {
+        let (h, ns, release) = (&h, &ns, &release);
+        let name = format!("{release}-{binary}");
+        async move { h.service_account_client(C1, ns, &name).await.unwrap() }
+    };
+    let (tm, dns, exip) = (
+        sa("tunnel-manager").await,
+        sa("dns-forwarder").await,
+        sa("exip-syncer").await,
+    );
+
+    // tunnel-manager: exec into a NAT gateway pod's vpc-nat-gw container, nothing else.
+    let gw = h
+        .create_nat_gateway(
+            C1,
+            NatGatewaySpec::new(
+                &Harness::unique_name("vap"),
+                &Harness::unique_name("vapvpc"),
+            ),
+        )
+        .await
+        .unwrap();
+    gw.wait_available(&h, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let pod = gw.spec.pod_name();
+    // A just-created RoleBinding may take the API server a moment to honour.
+    wait_for(
+        "tunnel-manager execs into its gateway",
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                match pod_exec(&tm, KUBE_SYSTEM, &pod, Some("vpc-nat-gw"), &["true"]).await {
+                    Ok(out) if out.success() => Check::Done(()),
+                    other => Check::Pending(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await
+    .unwrap();
+    refused_by_policy(
+        "exec into another container of the gateway pod",
+        exec_admission(&tm, KUBE_SYSTEM, &pod, "sidecar").await,
+    );
+    let bystander = Harness::unique_name("bystander");
+    apply_json(
+        &admin,
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": bystander, "namespace": KUBE_SYSTEM},
+               "spec": {"nodeName": format!("{C1}-worker"),
+                        "containers": [{"name": "vpc-nat-gw", "image": "registry.k8s.io/pause:3.10"}]}}),
+    )
+    .await
+    .unwrap();
+    refused_by_policy(
+        "exec into a kube-system pod that is no NAT gateway",
+        exec_admission(&tm, KUBE_SYSTEM, &bystander, "vpc-nat-gw").await,
+    );
+
+    // dns-forwarder: the routes of vpc-dns Deployments, nothing else.
+    let vpc_dns = Harness::unique_name("vapdns");
+    h.install_vpc_dns(
+        C1,
+        &vpc_dns,
+        "vapdns-vpc",
+        "vapdns-subnet",
+        VpcDnsForm::V112InitContainer,
+    )
+    .await
+    .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(dns.clone(), KUBE_SYSTEM);
+    let name = format!("vpc-dns-{vpc_dns}");
+    let strategic =
+        |init: Value| json!({"spec": {"template": {"spec": {"initContainers": [init]}}}});
+    let route = json!({"name": "init-route", "command": ["sh", "-c", "ip -4 route add 10.96.0.10 via 10.244.0.1 dev net1;"]});
+    deployments
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(strategic(route)),
+        )
+        .await
+        .unwrap();
+    refused_by_policy(
+        "another image for vpc-dns",
+        deployments
+            .patch(&name, &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "coredns", "image": "evil"}]}}}})))
+            .await,
+    );
+    refused_by_policy(
+        "another image for init-route",
+        deployments
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(strategic(json!({"name": "init-route", "image": "evil"}))),
+            )
+            .await,
+    );
+    let coredns = Harness::unique_name("coredns");
+    apply_json(
+        &admin,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": coredns, "namespace": KUBE_SYSTEM, "labels": {"k8s-app": "kube-dns"}},
+               "spec": {"replicas": 0, "selector": {"matchLabels": {"k8s-app": coredns}},
+                        "template": {"metadata": {"labels": {"k8s-app": coredns}},
+                                     "spec": {"containers": [{"name": "coredns", "image": "coredns"}]}}}}),
+    )
+    .await
+    .unwrap();
+    refused_by_policy(
+        "a routes annotation on coredns",
+        deployments
+            .patch(&coredns, &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {"ovn.kubernetes.io/routes": "[]"}}}}})))
+            .await,
+    );
+
+    // exip-syncer: a static route's nextHopIP, nothing else.
+    let vpc = Harness::unique_name("vapvpc");
+    apply_dynamic(
+        &admin,
+        &fixtures::vpc(&vpc, &[("242.9.0.0/16", "10.9.0.254")]),
+    )
+    .await
+    .unwrap();
+    let vpcs: Api<Vpc> = Api::all(exip.clone());
+    let json_patch = |ops: Value| Patch::<Value>::Json(serde_json::from_value(ops).unwrap());
+    vpcs.patch(
+        &vpc,
+        &PatchParams::default(),
+        &json_patch(json!([
+            {"op": "test", "path": "/spec/staticRoutes/0/cidr", "value": "242.9.0.0/16"},
+            {"op": "replace", "path": "/spec/staticRoutes/0/nextHopIP", "value": "10.9.0.253"},
+        ])),
+    )
+    .await
+    .unwrap();
+    for (what, ops) in [
+        (
+            "another CIDR",
+            json!([{"op": "replace", "path": "/spec/staticRoutes/0/cidr", "value": "0.0.0.0/0"}]),
+        ),
+        (
+            "a new static route",
+            json!([{"op": "add", "path": "/spec/staticRoutes/-", "value": {"cidr": "0.0.0.0/0", "nextHopIP": "10.9.0.1", "policy": "policyDst"}}]),
+        ),
+        (
+            "a namespace admitted",
+            json!([{"op": "add", "path": "/spec/namespaces", "value": ["tenant"]}]),
+        ),
+    ] {
+        refused_by_policy(
+            what,
+            vpcs.patch(&vpc, &PatchParams::default(), &json_patch(ops))
+                .await,
+        );
+    }
+
+    h.delete_nat_gateway(&gw).await.unwrap();
+    let _ = Api::<Pod>::namespaced(admin.clone(), KUBE_SYSTEM)
+        .delete(&bystander, &Default::default())
+        .await;
+    let _ = Api::<Deployment>::namespaced(admin.clone(), KUBE_SYSTEM)
+        .delete(&coredns, &Default::default())
+        .await;
+    uninstall(&h, C1, &ns, &release).await;
 }

@@ -1,7 +1,8 @@
 {{/*
 Helpers shared by the three controller subcharts. This file, deployment.yaml, service.yaml,
 serviceaccount.yaml, servicemonitor.yaml and pdb.yaml are byte-identical in every subchart
-(e2e/tests/chart.rs checks it); what differs lives in values.yaml, rbac.yaml and _controller.tpl.
+(e2e/tests/chart.rs checks it); what differs lives in values.yaml, rbac.yaml,
+admission-policy.yaml and _controller.tpl.
 */}}
 
 {{- define "multivpc.fullname" -}}
@@ -86,4 +87,17 @@ A looked-up value that is no DNS label is ignored. */}}
 {{- end -}}
 {{- end -}}
 {{- $prefix | default "vpc-nat-gw" -}}
+{{- end -}}
+
+{{/* The ServiceAccount's user name, as admission policies match it. */}}
+{{- define "multivpc.serviceAccountUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "multivpc.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether to render the controller's ValidatingAdmissionPolicy (Kubernetes 1.30+; on an older
+API server the install fails on the unknown kind: set global.admissionPolicies.enabled=false). */}}
+{{- define "multivpc.admissionPolicies" -}}
+{{- if .Values.global.admissionPolicies.enabled -}}
+true
+{{- end -}}
 {{- end -}}
