@@ -598,6 +598,91 @@ async fn apply_vxlan_tunnel(
     .unwrap();
 }
 
+/// A VXLAN tunnel `dev` between gateway `local` of cluster1 and `remote` of cluster2, each end
+/// reconciled by its own tunnel-manager.
+struct TunnelPair {
+    managers: Vec<ControllerProcess>,
+    namespaces: [String; 2],
+    apis: [Api<VpcNatTunnel>; 2],
+    dev: String,
+}
+
+impl TunnelPair {
+    /// Starts a tunnel-manager per cluster and applies both ends (`10.<net>.0.1/24` in
+    /// cluster1, `.2` in cluster2), each in a fresh namespace named after `prefix`; returns
+    /// once both are Programmed, with their objects.
+    async fn up(
+        h: &Harness,
+        prefix: &str,
+        (local, remote): (&str, &str),
+        net: u8,
+    ) -> (Self, [VpcNatTunnel; 2]) {
+        let mut managers = Vec::new();
+        for c in [C1, C2] {
+            managers.push(
+                controllers::spawn(
+                    h.run_dir(),
+                    "tunnel-manager",
+                    &h.kubeconfig(c),
+                    &[&format!("--cluster-id={c}")],
+                    CONVERGE,
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        let namespaces = [
+            h.unique_namespace(C1, prefix).await.unwrap(),
+            h.unique_namespace(C2, prefix).await.unwrap(),
+        ];
+        let dev = format!("{}{}", &prefix[..2], std::process::id() % 100_000);
+        let ends = [
+            (C1, (C2, remote), local, format!("10.{net}.0.1/24")),
+            (C2, (C1, local), remote, format!("10.{net}.0.2/24")),
+        ];
+        for ((c, peer, gw, addr), ns) in ends.iter().zip(&namespaces) {
+            apply_vxlan_tunnel(&h.client(c), ns, &dev, *peer, gw, addr).await;
+        }
+        let apis = [
+            Api::namespaced(h.client(C1), &namespaces[0]),
+            Api::namespaced(h.client(C2), &namespaces[1]),
+        ];
+        let mut programmed_ends = Vec::new();
+        for (api, manager) in apis.iter().zip(&managers) {
+            programmed_ends.push(
+                wait_for_object(api, &dev, CONVERGE, programmed)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e:#}\n{}", manager.log_tail(30))),
+            );
+        }
+        let ends: [VpcNatTunnel; 2] = programmed_ends.try_into().unwrap();
+        (
+            Self {
+                managers,
+                namespaces,
+                apis,
+                dev,
+            },
+            ends,
+        )
+    }
+
+    /// Deletes both ends (their managers clean the gateways), then stops the managers and
+    /// deletes the namespaces.
+    async fn down(self, h: &Harness) {
+        for api in &self.apis {
+            api.delete(&self.dev, &DeleteParams::default())
+                .await
+                .unwrap();
+            wait_for_deletion(api, &self.dev, CONVERGE).await.unwrap();
+        }
+        drop(self.managers);
+        for (c, ns) in [C1, C2].iter().zip(&self.namespaces) {
+            let _ = h.delete_namespace(c, ns).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     let h = harness_or_skip!([C1, C2, BROKER]);
@@ -625,51 +710,9 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     )
     .await;
 
-    let mut managers = Vec::new();
-    for c in [C1, C2] {
-        managers.push(
-            controllers::spawn(
-                h.run_dir(),
-                "tunnel-manager",
-                &h.kubeconfig(c),
-                &[&format!("--cluster-id={c}")],
-                CONVERGE,
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    let ns1 = h.unique_namespace(C1, "exfo").await.unwrap();
-    let ns2 = h.unique_namespace(C2, "exfo").await.unwrap();
-    let dev = format!("xf{}", std::process::id() % 100_000);
-    apply_vxlan_tunnel(
-        &c1,
-        &ns1,
-        &dev,
-        (C2, &r.spec.name),
-        &p.spec.name,
-        "10.251.0.1/24",
-    )
-    .await;
-    apply_vxlan_tunnel(
-        &c2,
-        &ns2,
-        &dev,
-        (C1, &p.spec.name),
-        &r.spec.name,
-        "10.251.0.2/24",
-    )
-    .await;
-    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
-        Api::namespaced(c1.clone(), &ns1),
-        Api::namespaced(c2.clone(), &ns2),
-    );
-    wait_for_object(&t1, &dev, CONVERGE, programmed)
-        .await
-        .unwrap();
-    wait_for_object(&t2, &dev, CONVERGE, programmed)
-        .await
-        .unwrap();
+    let (pair, _) = TunnelPair::up(h, "xfo", (&p.spec.name, &r.spec.name), 251).await;
+    let [t1, t2] = &pair.apis;
+    let dev = pair.dev.clone();
     r.sh(h, "ping -c 2 -W 2 10.251.0.1").await.unwrap();
 
     // The primary is lost: pod deleted and its StatefulSet scaled to 0.
@@ -695,13 +738,13 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     wait_exip(&exips(&c2), &p_name, ext_ip(&s.node.external_ip)).await;
     // Both tunnel ends rebuilt: cluster1's in the standby's pod, cluster2's towards it.
     let s_ip = s.node.external_ip.clone();
-    wait_for_object(&t1, &dev, CONVERGE, |t: &VpcNatTunnel| {
+    wait_for_object(t1, &dev, CONVERGE, |t: &VpcNatTunnel| {
         programmed(t)
             && t.status.as_ref().and_then(|s| s.local_ip.as_deref()) == Some(s_ip.as_str())
     })
     .await
     .unwrap();
-    wait_for_object(&t2, &dev, CONVERGE, |t: &VpcNatTunnel| {
+    wait_for_object(t2, &dev, CONVERGE, |t: &VpcNatTunnel| {
         programmed(t)
             && t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(s_ip.as_str())
     })
@@ -729,11 +772,7 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
         lost.elapsed()
     );
 
-    for api in [&t1, &t2] {
-        api.delete(&dev, &DeleteParams::default()).await.unwrap();
-        wait_for_deletion(api, &dev, CONVERGE).await.unwrap();
-    }
-    drop(managers);
+    pair.down(h).await;
     let (x, y, z) = tokio::join!(
         h.delete_nat_gateway(&p),
         h.delete_nat_gateway(&s),
@@ -743,8 +782,6 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     y.unwrap();
     z.unwrap();
     let _ = vpcs.delete(&vpc, &DeleteParams::default()).await;
-    let _ = h.delete_namespace(C1, &ns1).await;
-    let _ = h.delete_namespace(C2, &ns2).await;
 }
 
 // ------------------------------------------------------------------ one gateway model
@@ -791,51 +828,8 @@ async fn a_gateway_whose_provider_is_not_its_subnet_name_is_published_and_tunnel
     )
     .await;
 
-    let mut managers = Vec::new();
-    for c in [C1, C2] {
-        managers.push(
-            controllers::spawn(
-                h.run_dir(),
-                "tunnel-manager",
-                &h.kubeconfig(c),
-                &[&format!("--cluster-id={c}")],
-                CONVERGE,
-            )
-            .await
-            .unwrap(),
-        );
-    }
-    let ns1 = h.unique_namespace(C1, "exprov").await.unwrap();
-    let ns2 = h.unique_namespace(C2, "exprov").await.unwrap();
-    let dev = format!("xp{}", std::process::id() % 100_000);
-    apply_vxlan_tunnel(
-        &c1,
-        &ns1,
-        &dev,
-        (C2, &r.spec.name),
-        &g.spec.name,
-        "10.252.0.1/24",
-    )
-    .await;
-    apply_vxlan_tunnel(
-        &c2,
-        &ns2,
-        &dev,
-        (C1, &g.spec.name),
-        &r.spec.name,
-        "10.252.0.2/24",
-    )
-    .await;
-    let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
-        Api::namespaced(c1.clone(), &ns1),
-        Api::namespaced(c2.clone(), &ns2),
-    );
-    let local = wait_for_object(&t1, &dev, CONVERGE, programmed)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", managers[0].log_tail(30)));
-    let remote = wait_for_object(&t2, &dev, CONVERGE, programmed)
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}\n{}", managers[1].log_tail(30)));
+    let (pair, [local, remote]) =
+        TunnelPair::up(h, "xprov", (&g.spec.name, &r.spec.name), 252).await;
     assert_eq!(
         local.status.as_ref().and_then(|s| s.local_ip.as_deref()),
         Some(g.node.external_ip.as_str()),
@@ -849,16 +843,10 @@ async fn a_gateway_whose_provider_is_not_its_subnet_name_is_published_and_tunnel
     );
     r.sh(h, "ping -c 2 -W 2 10.252.0.1").await.unwrap();
 
-    for api in [&t1, &t2] {
-        api.delete(&dev, &DeleteParams::default()).await.unwrap();
-        wait_for_deletion(api, &dev, CONVERGE).await.unwrap();
-    }
-    drop(managers);
+    pair.down(h).await;
     for gw in [&g, &k, &r] {
         h.delete_nat_gateway(gw).await.unwrap();
     }
-    let _ = h.delete_namespace(C1, &ns1).await;
-    let _ = h.delete_namespace(C2, &ns2).await;
 }
 
 // ------------------------------------------------------------------ hostile broker objects
