@@ -26,7 +26,7 @@ use multivpc_api::{
     tenancy::Tenancy,
 };
 use multivpc_runtime::{
-    admin::{CacheSync, Readiness},
+    admin::{CacheSync, Probes},
     backoff::ErrorBackoff,
     events::Events,
     metrics::ReconcileMetrics,
@@ -197,13 +197,13 @@ pub struct Context {
     pub backoff: ErrorBackoff,
 }
 
-/// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
+/// Builds the controller and runs it until `shutdown`; marks `probes` once every cache is synced.
 pub async fn run(
     client: Client,
     settings: Settings,
     reconcile_metrics: ReconcileMetrics,
     metrics: DnsMetrics,
-    readiness: Readiness,
+    probes: Probes,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -214,7 +214,7 @@ pub async fn run(
     } = settings;
     let (c, ns) = (client.clone(), kube_ovn_namespace.as_str());
     // Every watch stream is counted: the caches are synced when all have listed.
-    let caches = CacheSync::new(readiness);
+    let caches = CacheSync::new(probes);
 
     let (vpc_dns, vpc_dns_stream) = watch::reflect(
         Api::<Decoded<VpcDns>>::all(c.clone()),

@@ -45,7 +45,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let reconcile_metrics = runtime.metrics().controller("vpcdnsforward");
     let metrics = controller::DnsMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
-    let readiness = runtime.readiness();
+    let probes = runtime.probes();
     let watch_metrics = runtime.metrics().watch();
     runtime
         .run(move |shutdown| {
@@ -54,7 +54,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 settings.clone(),
                 reconcile_metrics.clone(),
                 metrics.clone(),
-                readiness.clone(),
+                probes.clone(),
                 watch_metrics.clone(),
                 shutdown,
             )

@@ -34,7 +34,7 @@ use multivpc_api::{
     net::Ipv4Cidr,
 };
 use multivpc_runtime::{
-    admin::{CacheSync, Readiness},
+    admin::{CacheSync, Probes},
     backoff::ErrorBackoff,
     events::Events,
     metrics::ReconcileMetrics,
@@ -197,7 +197,7 @@ pub async fn run(
     settings: Settings,
     metrics: SyncerMetrics,
     reconcile_metrics: ReconcileMetrics,
-    readiness: Readiness,
+    probes: Probes,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -219,7 +219,7 @@ pub async fn run(
     let sync = Arc::new(Notify::new());
     let mut streams = Vec::new();
     // Every watch stream is counted: the caches are synced when all have listed.
-    let caches = CacheSync::new(readiness);
+    let caches = CacheSync::new(probes.clone());
 
     let (gateways, s) = reflect(
         Api::<Decoded<VpcNatGateway>>::all(client.clone()),
@@ -341,6 +341,7 @@ pub async fn run(
         let mut next_check = None;
         let result = reconcile_metrics
             .measure(async {
+                let _running = probes.liveness().running("the sync pass");
                 let n = pass(&mut ctx).await?;
                 next_check = n;
                 Ok::<_, Error>(match n {

@@ -138,7 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let reconcile_metrics = runtime.metrics().controller("gatewayexip");
     let metrics = metrics::SyncerMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
-    let readiness = runtime.readiness();
+    let probes = runtime.probes();
     let watch_metrics = runtime.metrics().watch();
     runtime
         .run(move |shutdown| {
@@ -147,7 +147,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 settings.clone(),
                 metrics.clone(),
                 reconcile_metrics.clone(),
-                readiness.clone(),
+                probes.clone(),
                 watch_metrics.clone(),
                 shutdown,
             )

@@ -18,21 +18,36 @@ use axum::{Router, http::StatusCode, routing::get};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::{args::BindAddress, metrics::Metrics};
+use crate::{args::BindAddress, liveness::Liveness, metrics::Metrics};
 
-/// Whether the process should receive work: its controller's caches are synced, or it is a
-/// leader-election standby (standbys are healthy and ready by design, so rolling updates of a
-/// multi-replica Deployment do not stall waiting for a replica that will never lead).
+/// What the probes answer. `/readyz`: whether the process should receive work — its
+/// controller's caches are synced, or it is a leader-election standby (standbys are healthy and
+/// ready by design, so rolling updates of a multi-replica Deployment do not stall waiting for a
+/// replica that will never lead). `/healthz`: whether it still gets anywhere ([`Liveness`]).
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<ReadinessState>);
+pub struct Probes(Arc<ProbeState>);
 
 #[derive(Default)]
-struct ReadinessState {
+struct ProbeState {
     synced: AtomicBool,
     standby: AtomicBool,
+    liveness: Liveness,
 }
 
-impl Readiness {
+impl Probes {
+    /// Not ready; `/healthz` fails after `stall_timeout` of a stalled watch or reconcile.
+    pub fn new(stall_timeout: std::time::Duration) -> Self {
+        Self(Arc::new(ProbeState {
+            liveness: Liveness::new(stall_timeout),
+            ..ProbeState::default()
+        }))
+    }
+
+    /// The liveness state `/healthz` reads.
+    pub fn liveness(&self) -> &Liveness {
+        &self.0.liveness
+    }
+
     /// Records whether the controller's caches are synced.
     pub fn set_synced(&self, synced: bool) {
         self.0.synced.store(synced, Ordering::Release);
@@ -54,7 +69,7 @@ impl Readiness {
 /// reconcile waiting for the lists either (the watch streams only advance while the controller
 /// polls them): reconciles check [`CacheSync::is_synced`] and come back shortly when not.
 ///
-/// Readiness is read off the watch streams themselves ([`CacheSync::track`] sees each stream's
+/// Probes is read off the watch streams themselves ([`CacheSync::track`] sees each stream's
 /// first `InitDone`), not from `Store::wait_until_ready`: that future sits on a one-shot channel
 /// that wakes only its latest poller, so a second waiter on the same store (kube's controller
 /// waits on its main store) could hang forever.
@@ -66,17 +81,17 @@ pub struct CacheSync {
 struct CacheSyncState {
     pending: AtomicUsize,
     synced: tokio::sync::watch::Sender<bool>,
-    readiness: Readiness,
+    probes: Probes,
 }
 
 impl CacheSync {
-    /// Not yet synced; `readiness` is marked when every tracked stream has listed.
-    pub fn new(readiness: Readiness) -> Self {
+    /// Not yet synced; `probes` is marked when every tracked stream has listed.
+    pub fn new(probes: Probes) -> Self {
         Self {
             inner: Arc::new(CacheSyncState {
                 pending: AtomicUsize::new(0),
                 synced: tokio::sync::watch::Sender::new(false),
-                readiness,
+                probes,
             }),
         }
     }
@@ -97,7 +112,7 @@ impl CacheSync {
                 listed = true;
                 if inner.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
                     inner.synced.send_replace(true);
-                    inner.readiness.set_synced(true);
+                    inner.probes.set_synced(true);
                     tracing::info!("caches synced");
                 }
             }
@@ -121,9 +136,19 @@ impl CacheSync {
         if !self.is_synced() {
             return Ok(Action::requeue(std::time::Duration::from_millis(200)));
         }
+        let _running = self
+            .inner
+            .probes
+            .liveness()
+            .running(format!("reconcile of {key}"));
         let action = reconcile.await?;
         backoff.reset(key);
         Ok(action)
+    }
+
+    /// The probes this marks ready (watches report their failures on them).
+    pub fn probes(&self) -> &Probes {
+        &self.inner.probes
     }
 
     /// Resolves once every tracked stream has had its initial list (any number of waiters).
@@ -155,13 +180,30 @@ fn metrics_routes(metrics: Metrics) -> Router {
     )
 }
 
-fn probe_routes(readiness: Readiness) -> Router {
+fn probe_routes(probes: Probes) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get({
+                let probes = probes.clone();
+                move || {
+                    let stalled = probes.liveness().stalled();
+                    async move {
+                        match stalled {
+                            None => (StatusCode::OK, "ok".to_owned()),
+                            Some(why) => {
+                                tracing::warn!(%why, "failing /healthz: the controller is stalled");
+                                (StatusCode::SERVICE_UNAVAILABLE, why)
+                            }
+                        }
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.is_ready();
+                let ready = probes.is_ready();
                 async move {
                     if ready {
                         (StatusCode::OK, "ok")
@@ -196,7 +238,7 @@ pub async fn serve(
     metrics_addr: BindAddress,
     probe_addr: BindAddress,
     metrics: Metrics,
-    readiness: Readiness,
+    probes: Probes,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(AdminAddrs, Vec<JoinHandle<()>>)> {
     let mut tasks = Vec::new();
@@ -212,7 +254,7 @@ pub async fn serve(
                 metrics: Some(local),
                 probes: Some(local),
             };
-            let app = metrics_routes(metrics).merge(probe_routes(readiness));
+            let app = metrics_routes(metrics).merge(probe_routes(probes));
             tasks.push(spawn(listener, app, shutdown));
         }
         (m, p) => {
@@ -224,7 +266,7 @@ pub async fn serve(
             if let BindAddress::Socket(p) = p {
                 let listener = bind(p, "health probes").await?;
                 addrs.probes = Some(listener.local_addr()?);
-                tasks.push(spawn(listener, probe_routes(readiness), shutdown));
+                tasks.push(spawn(listener, probe_routes(probes), shutdown));
             }
         }
     }
@@ -257,10 +299,10 @@ mod tests {
     async fn probes_and_metrics_are_served() {
         let metrics = Metrics::new();
         let _ = metrics.controller("demo");
-        let readiness = Readiness::default();
+        let probes = Probes::default();
         let shutdown = CancellationToken::new();
         let local: BindAddress = "127.0.0.1:0".parse().unwrap();
-        let (addrs, tasks) = serve(local, local, metrics, readiness.clone(), shutdown.clone())
+        let (addrs, tasks) = serve(local, local, metrics, probes.clone(), shutdown.clone())
             .await
             .unwrap();
         let (m, p) = (addrs.metrics.unwrap(), addrs.probes.unwrap());
@@ -271,10 +313,10 @@ mod tests {
             503,
             "not ready before caches sync"
         );
-        readiness.set_synced(true);
+        probes.set_synced(true);
         assert_eq!(get(p, "/readyz").await.0, 200);
-        readiness.set_synced(false);
-        readiness.set_standby(true);
+        probes.set_synced(false);
+        probes.set_standby(true);
         assert_eq!(get(p, "/readyz").await.0, 200, "a standby is ready");
 
         let (code, body) = get(m, "/metrics").await;
@@ -296,10 +338,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn healthz_fails_while_a_reconcile_is_stalled_and_says_which() {
+        let probes = Probes::new(Duration::from_millis(20));
+        let local: BindAddress = "127.0.0.1:0".parse().unwrap();
+        let shutdown = CancellationToken::new();
+        let (addrs, _tasks) = serve(
+            BindAddress::Disabled,
+            local,
+            Metrics::new(),
+            probes.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
+        let p = addrs.probes.unwrap();
+        let running = probes.liveness().running("reconcile of ns/t");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let (code, body) = get(p, "/healthz").await;
+        assert_eq!(code, 503);
+        assert!(body.starts_with("reconcile of ns/t has run for"), "{body}");
+        drop(running);
+        assert_eq!(get(p, "/healthz").await, (200, "ok".to_owned()));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
     async fn cache_sync_marks_ready_once_every_stream_listed() {
         use k8s_openapi::api::core::v1::ConfigMap;
-        let readiness = Readiness::default();
-        let sync = CacheSync::new(readiness.clone());
+        let probes = Probes::default();
+        let sync = CacheSync::new(probes.clone());
         let listed = || {
             futures::stream::iter(vec![
                 Ok(watcher::Event::<ConfigMap>::Init),
@@ -317,11 +384,11 @@ mod tests {
         });
         assert_eq!(first.count().await, 4);
         assert!(
-            !sync.is_synced() && !readiness.is_ready(),
+            !sync.is_synced() && !probes.is_ready(),
             "one stream still listing"
         );
         assert_eq!(second.count().await, 4);
-        assert!(sync.is_synced() && readiness.is_ready());
+        assert!(sync.is_synced() && probes.is_ready());
         waiter.await.unwrap();
         sync.synced().await;
     }
@@ -330,7 +397,7 @@ mod tests {
     async fn reconcile_waits_for_the_caches_and_resets_backoff() {
         use crate::backoff::ErrorBackoff;
         use k8s_openapi::api::core::v1::ConfigMap;
-        let sync = CacheSync::new(Readiness::default());
+        let sync = CacheSync::new(Probes::default());
         let backoff = ErrorBackoff::new(Duration::from_secs(1), Duration::from_secs(8));
         backoff.next_delay("k");
         let ran = std::sync::atomic::AtomicBool::new(false);
@@ -365,7 +432,7 @@ mod tests {
             BindAddress::Disabled,
             local,
             Metrics::new(),
-            Readiness::default(),
+            Probes::default(),
             CancellationToken::new(),
         )
         .await

@@ -15,6 +15,11 @@ pub struct CommonArgs {
     #[arg(long, env = "HEALTH_PROBE_BIND_ADDRESS", default_value = ":8081")]
     pub health_probe_bind_address: BindAddress,
 
+    /// /healthz fails (and the kubelet restarts the container) when a watch has kept failing, or
+    /// a reconcile has kept running, for longer than this.
+    #[arg(long, env = "STALL_TIMEOUT", default_value = "5m", value_parser = duration)]
+    pub stall_timeout: Duration,
+
     /// Run the controller only while holding a Lease, so several replicas can run safely.
     #[arg(long, env = "LEADER_ELECT", default_value_t = false)]
     pub leader_elect: bool,

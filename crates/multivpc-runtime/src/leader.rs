@@ -8,7 +8,7 @@ use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Readiness;
+use crate::admin::Probes;
 
 /// Lease timing: a leader that stops renewing is replaced after `DURATION` seconds; it renews
 /// `GRACE` seconds before expiry (controller-runtime uses 15 s / 10 s renew deadline).
@@ -37,7 +37,7 @@ pub async fn run_elected<F, Fut>(
     lease: &str,
     namespace: &str,
     leader_gauge: prometheus::IntGauge,
-    readiness: Readiness,
+    probes: Probes,
     shutdown: CancellationToken,
     mut controller: F,
 ) -> anyhow::Result<()>
@@ -57,7 +57,7 @@ where
 
     let result = loop {
         leader_gauge.set(0);
-        readiness.set_standby(true);
+        probes.set_standby(true);
         tracing::info!(lease, namespace, "waiting for leadership");
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -69,7 +69,7 @@ where
         }
         tracing::info!(lease, "became leader; starting controller");
         leader_gauge.set(1);
-        readiness.set_standby(false);
+        probes.set_standby(false);
         let term = shutdown.child_token();
         let run = controller(term.clone());
         tokio::pin!(run);
@@ -79,7 +79,7 @@ where
                 tracing::warn!(lease, "lost leadership; stopping controller");
                 term.cancel();
                 let drained = run.await;
-                readiness.set_synced(false);
+                probes.set_synced(false);
                 if lost.is_err() {
                     break drained.and(Err(anyhow::anyhow!("leader election task stopped")));
                 }

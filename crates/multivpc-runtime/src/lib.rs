@@ -5,6 +5,7 @@
 //! - [`telemetry`]: text or JSON logs;
 //! - [`metrics`]: the Prometheus registry with controller-runtime-compatible reconcile metrics;
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` endpoints;
+//! - [`liveness`]: what `/healthz` fails on (a watch or reconcile that stalls);
 //! - [`watch`]: caches fed by watches that one undecodable object cannot stop;
 //! - [`leader`]: Lease-based leader election that starts and stops the controller;
 //! - [`Runtime`]: ties them together with graceful shutdown on SIGTERM.
@@ -14,6 +15,7 @@ pub mod args;
 pub mod backoff;
 pub mod events;
 pub mod leader;
+pub mod liveness;
 pub mod metrics;
 pub mod runtime;
 pub mod status;

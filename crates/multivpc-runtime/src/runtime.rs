@@ -7,7 +7,7 @@ use kube::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{self, AdminAddrs, CacheSync, Readiness},
+    admin::{self, AdminAddrs, CacheSync, Probes},
     args::CommonArgs,
     leader,
     metrics::Metrics,
@@ -17,14 +17,14 @@ use crate::{
 /// How long start-up waits for the API server before giving up with a clear error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything a controller needs from its process: a client, metrics, readiness and the
+/// Everything a controller needs from its process: a client, metrics, probes and the
 /// shutdown signal. Built once by [`Runtime::init`], consumed by [`Runtime::run`].
 pub struct Runtime {
     name: &'static str,
     args: CommonArgs,
     client: Client,
     metrics: Metrics,
-    readiness: Readiness,
+    probes: Probes,
     shutdown: CancellationToken,
     admin_addrs: AdminAddrs,
     admin_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -39,13 +39,13 @@ impl Runtime {
         let client = connect().await?;
         telemetry::init(args.log_format);
         let metrics = Metrics::new();
-        let readiness = Readiness::default();
+        let probes = Probes::new(args.stall_timeout);
         let shutdown = CancellationToken::new();
         let (admin_addrs, admin_tasks) = admin::serve(
             args.metrics_bind_address,
             args.health_probe_bind_address,
             metrics.clone(),
-            readiness.clone(),
+            probes.clone(),
             shutdown.clone(),
         )
         .await?;
@@ -62,7 +62,7 @@ impl Runtime {
             args,
             client,
             metrics,
-            readiness,
+            probes,
             shutdown,
             admin_addrs,
             admin_tasks,
@@ -84,9 +84,9 @@ impl Runtime {
         &self.metrics
     }
 
-    /// The readiness handle; the controller marks its caches synced on it.
-    pub fn readiness(&self) -> Readiness {
-        self.readiness.clone()
+    /// The probes handle; the controller marks its caches synced on it.
+    pub fn probes(&self) -> Probes {
+        self.probes.clone()
     }
 
     /// Where the admin endpoints listen.
@@ -109,7 +109,7 @@ impl Runtime {
                 &format!("multivpc-{}", self.name),
                 &self.args.leader_election_namespace,
                 leader_gauge,
-                self.readiness.clone(),
+                self.probes.clone(),
                 self.shutdown.clone(),
                 controller,
             )
@@ -317,7 +317,7 @@ mod tests {
     async fn a_shutdown_before_the_caches_sync_ends_the_controller() {
         let shutdown = CancellationToken::new();
         let (controller, _writer) = unlisted_controller(&shutdown);
-        let caches = CacheSync::new(Readiness::default());
+        let caches = CacheSync::new(Probes::default());
         stops_on_shutdown(
             drive_controller(controller, &caches, shutdown.clone()),
             &shutdown,
@@ -332,7 +332,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (controller, mut writer) = unlisted_controller(&shutdown);
         writer.apply_watcher_event(&Event::InitDone);
-        let caches = CacheSync::new(Readiness::default());
+        let caches = CacheSync::new(Probes::default());
         let listed = caches.track(futures::stream::iter([Ok::<
             Event<k8s_openapi::api::core::v1::ConfigMap>,
             kube::runtime::watcher::Error,

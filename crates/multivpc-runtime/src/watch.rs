@@ -8,7 +8,7 @@
 //! version (its name and the decoding error, never its content) — and every other object keeps
 //! flowing.
 
-use std::{borrow::Cow, collections::BTreeMap, fmt::Debug, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, fmt::Debug, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt, future};
 use kube::{
@@ -23,7 +23,7 @@ use kube::{
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
-use crate::admin::CacheSync;
+use crate::admin::{CacheSync, Probes};
 
 /// The longest decoding error logged (a serde message can quote a value).
 const MAX_ERROR_LEN: usize = 300;
@@ -240,9 +240,57 @@ impl Undecodable {
     }
 }
 
+/// The longest a failing watch waits before its next attempt (before jitter).
+pub const BACKOFF_MAX: Duration = Duration::from_secs(8);
+
+/// How a failing watch retries: 0.5 s doubling to [`BACKOFF_MAX`], with jitter, back to the
+/// start after a minute without errors. kube's default climbs to 30 s: after a 20 s API server
+/// outage, and the 410 that the restarted server answers every old resource version with, the
+/// watches then came back a minute or more after the server did.
+pub fn backoff() -> impl kube::runtime::utils::Backoff {
+    kube::runtime::utils::ResetTimerBackoff::new(
+        watcher::ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(BACKOFF_MAX)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(60),
+    )
+}
+
+/// Keeps a watch's errors to that watch: each is logged (with the kind), reported to the
+/// liveness probe, left to the watch's own backoff, and never passed on. A kube `Controller`
+/// that receives an error from any of its trigger streams pauses *all* of them for its trigger
+/// backoff: after an API server restart, when every watch is answered 410 in turn, it delivered
+/// no event for minutes (seen: a tunnel created after the restart was not reconciled five
+/// minutes later).
+pub fn isolate_errors<K: Send, S>(
+    kind: String,
+    probes: Probes,
+    stream: S,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+{
+    stream.filter(move |event| {
+        match event {
+            Err(err) => {
+                probes.liveness().watch_failed(&kind);
+                tracing::warn!(kind, %err, "watch failed; retrying with backoff");
+            }
+            Ok(_) => probes.liveness().watch_progressed(&kind),
+        }
+        future::ready(event.is_ok())
+    })
+}
+
 /// A cache of `api`'s objects (selected by `config`) and the stream that feeds it: each object
-/// decoded on its own (see the module doc), retried with kube's default backoff, and counted
-/// in `caches` so the controller decides nothing before it has listed. Poll the stream (give
+/// decoded on its own (see the module doc), retried with kube's default backoff (errors stay
+/// here: [`isolate_errors`]), and counted in `caches` so the controller decides nothing before
+/// it has listed. Poll the stream (give
 /// it to the controller, or drain it) for the cache to fill.
 pub fn reflect<K>(
     api: Api<Decoded<K>>,
@@ -266,12 +314,16 @@ where
         lookup.get(&r).map(Arc::unwrap_or_clone)
     };
     let stream = skip_undecodable(
-        watcher(api, config).default_backoff(),
+        watcher(api, config).backoff(backoff()),
         metrics.clone(),
         known,
     )
     .reflect(writer);
-    (store, caches.track(stream))
+    let kind = K::kind(&()).into_owned();
+    (
+        store,
+        isolate_errors(kind, caches.probes().clone(), caches.track(stream)),
+    )
 }
 
 #[cfg(test)]
@@ -312,6 +364,27 @@ mod tests {
             }
             other => panic!("expected undecodable, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_failing_watch_passes_its_events_on_and_keeps_its_errors() {
+        let events: Vec<Result<watcher::Event<ConfigMap>, watcher::Error>> = vec![
+            Ok(watcher::Event::Apply(cm("a", "1"))),
+            Err(watcher::Error::NoResourceVersion),
+            Ok(watcher::Event::Apply(cm("b", "2"))),
+        ];
+        let probes = Probes::default();
+        let out: Vec<_> = isolate_errors("ConfigMap".into(), probes.clone(), stream::iter(events))
+            .collect()
+            .await;
+        let names: Vec<_> = out
+            .iter()
+            .map(|e| match e {
+                Ok(watcher::Event::Apply(o)) => o.metadata.name.clone().unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use multivpc_api::{
     tunnel::PodRef,
 };
 use multivpc_runtime::{
-    admin::{CacheSync, Readiness},
+    admin::{CacheSync, Probes},
     backoff::ErrorBackoff,
     events::Events,
     metrics::ReconcileMetrics,
@@ -294,7 +294,7 @@ fn refs(tunnels: impl IntoIterator<Item = Arc<VpcNatTunnel>>) -> Vec<ObjectRef<V
         .collect()
 }
 
-/// Builds the controller and runs it until `shutdown`; marks `readiness` once every cache is synced.
+/// Builds the controller and runs it until `shutdown`; marks `probes` once every cache is synced.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: Client,
@@ -302,13 +302,13 @@ pub async fn run(
     reconcile_metrics: ReconcileMetrics,
     metrics: TunnelMetrics,
     executor: Executor,
-    readiness: Readiness,
+    probes: Probes,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let c = client.clone();
     // Every watch stream is counted: the caches are synced when all have listed.
-    let caches = CacheSync::new(readiness);
+    let caches = CacheSync::new(probes);
 
     let (exips, exips_stream) = watch::reflect(
         Api::<Decoded<GatewayExIp>>::namespaced(c.clone(), &settings.exip_namespace),
@@ -380,14 +380,18 @@ pub async fn run(
     };
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
     // wakes the others of its gateway.
-    let peers_stream = watch::skip_undecodable(
-        watcher(
-            Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-        watch_metrics.clone(),
-        |_| None,
+    let peers_stream = watch::isolate_errors(
+        "VpcNatTunnel".into(),
+        caches.probes().clone(),
+        watch::skip_undecodable(
+            watcher(
+                Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
+                watcher::Config::default(),
+            )
+            .backoff(watch::backoff()),
+            watch_metrics.clone(),
+            |_| None,
+        ),
     )
     .touched_objects();
 

@@ -79,7 +79,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let exec_metrics = exec::ExecMetrics::register(runtime.metrics().registry())?;
     let tunnel_metrics = controller::TunnelMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
-    let readiness = runtime.readiness();
+    let probes = runtime.probes();
     let watch_metrics = runtime.metrics().watch();
     let (timeout, concurrency) = (args.exec_timeout, usize::from(args.max_concurrent_execs));
     runtime
@@ -96,7 +96,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     concurrency,
                     exec_metrics.clone(),
                 ),
-                readiness.clone(),
+                probes.clone(),
                 watch_metrics.clone(),
                 shutdown,
             )
