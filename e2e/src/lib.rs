@@ -25,6 +25,7 @@ pub mod cli;
 pub mod controllers;
 pub mod exec;
 pub mod fixtures;
+pub mod outage;
 pub mod wait;
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 //! exip-syncer owns every GatewayExIp of a cluster, so the tests here hold the `exip-syncer`
 //! lock; the broker outage test also holds the `broker` lock while the broker is stopped.
 
-use std::{collections::BTreeSet, path::PathBuf};
+use std::collections::BTreeSet;
 
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod, events::v1::Event};
 use kube::{
@@ -279,67 +279,6 @@ async fn gateways_are_published_and_synced_both_ways_and_deletions_propagate() {
 
 // ------------------------------------------------------------------ broker outage
 
-/// Runs kwokctl with the harness's environment (e2e/scripts/lib.sh).
-fn kwokctl(run_dir: &std::path::Path, args: &str) -> std::process::Output {
-    let lib: PathBuf = multivpc_e2e::e2e_dir().join("scripts/lib.sh");
-    let script = format!(
-        "export MULTIVPC_E2E_RUN_DIR='{}'; source '{}'; kwokctl {args}",
-        run_dir.display(),
-        lib.display()
-    );
-    std::process::Command::new("bash")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run kwokctl")
-}
-
-/// The broker cluster stopped (`kwokctl stop cluster`); started again when dropped, so a failing
-/// test never leaves it down.
-struct BrokerDown {
-    run_dir: PathBuf,
-    up: bool,
-}
-
-impl BrokerDown {
-    fn stop(h: &Harness) -> Self {
-        let out = kwokctl(h.run_dir(), "stop cluster --name broker");
-        assert!(out.status.success(), "kwokctl stop: {out:?}");
-        Self {
-            run_dir: h.run_dir().to_path_buf(),
-            up: false,
-        }
-    }
-
-    async fn start(mut self, h: &Harness) {
-        let run_dir = self.run_dir.clone();
-        let out =
-            tokio::task::spawn_blocking(move || kwokctl(&run_dir, "start cluster --name broker"))
-                .await
-                .unwrap();
-        assert!(out.status.success(), "kwokctl start: {out:?}");
-        self.up = true;
-        let client = h.client(BROKER);
-        wait_for("broker API server", CONVERGE, || async {
-            client.apiserver_version().await?;
-            Ok(Check::Done(()))
-        })
-        .await
-        .unwrap();
-    }
-}
-
-impl Drop for BrokerDown {
-    fn drop(&mut self) {
-        if !self.up {
-            let out = kwokctl(&self.run_dir, "start cluster --name broker");
-            if !out.status.success() {
-                eprintln!("could not restart the broker: {out:?}");
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn broker_outage_loses_nothing_and_converges_when_it_returns() {
     let h = harness_or_skip!([C1, C2, BROKER]);
@@ -360,7 +299,7 @@ async fn broker_outage_loses_nothing_and_converges_when_it_returns() {
     wait_exip(&exips(&c2), &c_name, ext_ip(&c.node.external_ip)).await;
 
     let broker_lock = h.exclusive("broker").await.unwrap();
-    let down = BrokerDown::stop(h);
+    let down = h.stop_cluster(BROKER).unwrap();
     for i in [0, 1] {
         env.wait_metric(i, "multivpc_broker_connected", |v| v == 0.0)
             .await;
@@ -382,7 +321,7 @@ async fn broker_outage_loses_nothing_and_converges_when_it_returns() {
         "without the broker, cluster2 cannot know yet"
     );
 
-    down.start(h).await;
+    down.start().await.unwrap();
     for i in [0, 1] {
         env.wait_metric(i, "multivpc_broker_connected", |v| v == 1.0)
             .await;

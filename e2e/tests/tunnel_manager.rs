@@ -1219,3 +1219,128 @@ async fn each_kube_ovn_generation_carries_a_vxlan_ping() {
             .unwrap();
     }
 }
+
+/// /healthz of a controller process.
+async fn healthz(ctl: &ControllerProcess) -> (u16, String) {
+    controllers::http_get(ctl.probes, "/healthz")
+        .await
+        .unwrap_or((0, String::new()))
+}
+
+async fn wait_healthz(ctl: &ControllerProcess, code: u16, within: Duration) -> String {
+    wait_for(&format!("/healthz {code}"), within, || async {
+        let (got, body) = healthz(ctl).await;
+        Ok(if got == code {
+            Check::Done(body)
+        } else {
+            Check::Pending(format!("{got} {body}"))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", ctl.log_tail(30)))
+}
+
+/// The member API server stops for 20 s and starts again: every watch of tunnel-manager ends,
+/// and the new server answers the old resource versions with 410 Gone. Afterwards a tunnel
+/// created is programmed and a tunnel deleted is withdrawn, without a restart. With a short
+/// `--stall-timeout`, /healthz fails while the watches keep failing and recovers with them.
+/// Holds both controller locks, so no other test of this file runs meanwhile; test files run
+/// one after another, so no other file's test sees cluster1 go away.
+#[tokio::test]
+async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let c = h.client("cluster1");
+    prepare(&h, "cluster1").await;
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner("cluster1", None)
+            .await
+            .unwrap();
+    }
+    let gw = Harness::unique_name("tr");
+    let g = h
+        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tr-vpc"))
+        .await
+        .unwrap();
+    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
+    let ns = h.unique_namespace("cluster1", "tr").await.unwrap();
+    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let (before, after) = (Harness::unique_name("tr-a"), Harness::unique_name("tr-b"));
+    apply_exip(&c, &before, "cluster9", "172.50.8.1", "242.96.0.0/16").await;
+    apply_exip(&c, &after, "cluster9", "172.50.8.2", "242.95.0.0/16").await;
+    let ctl = start(&h, "cluster1", &["--stall-timeout=10s"]).await;
+    apply_tunnel(
+        &c,
+        &ns,
+        "tr-a",
+        "cluster9",
+        &before,
+        &gw,
+        "10.254.4.1/30",
+        21,
+        &[],
+    )
+    .await;
+    wait_programmed(&t, "tr-a", |_| true).await;
+    assert_eq!(healthz(&ctl).await.0, 200);
+
+    let down = h.stop_cluster("cluster1").unwrap();
+    // Every watch keeps failing while the server is away: past the stall timeout, /healthz
+    // says so (the kubelet would restart the container).
+    let why = wait_healthz(&ctl, 503, Duration::from_secs(60)).await;
+    assert!(why.contains("watch has failed for"), "{why}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    down.start().await.unwrap();
+    let back = std::time::Instant::now();
+
+    // A tunnel created and one deleted after the restart are both acted on.
+    apply_tunnel(
+        &c,
+        &ns,
+        "tr-b",
+        "cluster9",
+        &after,
+        &gw,
+        "10.254.5.1/30",
+        22,
+        &[],
+    )
+    .await;
+    t.delete("tr-a", &DeleteParams::default()).await.unwrap();
+    wait_for_object(&t, "tr-b", Duration::from_secs(120), |t| {
+        ready_reason(t).is_some_and(|(s, r)| s == "True" && r == "Programmed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", ctl.log_tail(40)));
+    eprintln!(
+        "API server back to a new tunnel Programmed: {:.1}s",
+        back.elapsed().as_secs_f64()
+    );
+    wait_for_deletion(&t, "tr-a", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", ctl.log_tail(40)));
+    let inside = wait_state(&g.node.netns, "tr-a withdrawn", |s| !s.contains("tr-a")).await;
+    assert_eq!(inside.matches("multivpc-tunnel:").count(), 1, "{inside}");
+    assert!(
+        inside.contains(&format!("multivpc-tunnel:{ns}/tr-b")),
+        "{inside}"
+    );
+    // The watches work again, so /healthz recovers (at most STREAK_GAP after the last error
+    // for a watch that resumed without an event).
+    wait_healthz(&ctl, 200, Duration::from_secs(150)).await;
+
+    t.delete("tr-b", &DeleteParams::default()).await.unwrap();
+    wait_for_deletion(&t, "tr-b", Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(ctl);
+    h.delete_nat_gateway(&g).await.unwrap();
+    let _ = h.delete_namespace("cluster1", &ns).await;
+    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+    for remote in [&before, &after] {
+        let _ = exips
+            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
+            .await;
+    }
+}
