@@ -26,6 +26,7 @@ pub mod controllers;
 pub mod exec;
 pub mod fixtures;
 pub mod outage;
+pub mod proxy;
 pub mod wait;
 
 use std::collections::BTreeMap;

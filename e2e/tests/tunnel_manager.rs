@@ -1344,3 +1344,149 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
             .await;
     }
 }
+
+const LEADER: &str = "leader_election_master_status{name=\"tunnel-manager\"}";
+
+/// Two replicas with leader election. The leader is cut off from the API server (its own
+/// connections through a proxy the test cuts, the network partition of one replica): it stops
+/// acting before its Lease expires, so the two never lead at once, and the standby takes over
+/// and programs. Reconnected, the old leader stays a standby; the new leader SIGKILLed, it
+/// takes over again.
+#[tokio::test]
+async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let c = h.client("cluster1");
+    prepare(&h, "cluster1").await;
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner("cluster1", None)
+            .await
+            .unwrap();
+    }
+    let gw = Harness::unique_name("tl");
+    let g = h
+        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tl-vpc"))
+        .await
+        .unwrap();
+    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
+    let ns = h.unique_namespace("cluster1", "tl").await.unwrap();
+    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let remotes: Vec<String> = (0..3)
+        .map(|i| Harness::unique_name(&format!("tl{i}")))
+        .collect();
+    for (i, remote) in remotes.iter().enumerate() {
+        let ip = format!("172.50.7.{}", i + 1);
+        let cidr = format!("242.9{i}.0.0/16");
+        apply_exip(&c, remote, "cluster9", &ip, &cidr).await;
+    }
+    let tunnel = |i: usize| {
+        let (c, ns, gw, remote) = (c.clone(), ns.clone(), gw.clone(), remotes[i].clone());
+        async move {
+            let addr = format!("10.254.{}.1/30", 10 + i);
+            let name = format!("tl-{i}");
+            apply_tunnel(
+                &c,
+                &ns,
+                &name,
+                "cluster9",
+                &remote,
+                &gw,
+                &addr,
+                30 + i as u32,
+                &[],
+            )
+            .await;
+        }
+    };
+
+    let elect = format!("--leader-election-namespace={ns}");
+    let args = ["--cluster-id=cluster1", "--leader-elect", elect.as_str()];
+    let through_proxy = h.run_dir().join(format!("{ns}-proxied.kubeconfig"));
+    let proxy =
+        multivpc_e2e::proxy::CuttableProxy::in_front_of(&h.kubeconfig("cluster1"), &through_proxy)
+            .await
+            .unwrap();
+    let spawn = |kubeconfig: std::path::PathBuf| {
+        let run_dir = h.run_dir().to_path_buf();
+        async move {
+            controllers::spawn(
+                &run_dir,
+                "tunnel-manager",
+                &kubeconfig,
+                &args,
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let a = spawn(through_proxy.clone()).await;
+    a.wait_metric(LEADER, Duration::from_secs(60), |v| v == 1.0)
+        .await
+        .unwrap();
+    let b = spawn(h.kubeconfig("cluster1")).await;
+    tunnel(0).await;
+    wait_programmed(&t, "tl-0", |_| true).await;
+    assert_eq!(metric(&b, LEADER).await, 0.0, "the second replica waits");
+
+    proxy.cut();
+    wait_for("the standby to lead", Duration::from_secs(90), || async {
+        let (la, lb) = (metric(&a, LEADER).await, metric(&b, LEADER).await);
+        assert!(la == 0.0 || lb == 0.0, "both replicas lead at once");
+        Ok(if lb == 1.0 {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("leader gauges: cut off {la}, standby {lb}"))
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        a.log_tail(200)
+            .contains("cannot see the leader Lease renewed before it expires"),
+        "the cut-off leader stopped by its own deadline:\n{}",
+        a.log_tail(20)
+    );
+    tunnel(1).await;
+    wait_programmed(&t, "tl-1", |_| true).await;
+
+    // Reconnected, the old leader sees the Lease held by the other and stays a standby.
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        (metric(&a, LEADER).await, metric(&b, LEADER).await),
+        (0.0, 1.0)
+    );
+
+    // The leader killed without a chance to release its Lease: the standby takes over once it
+    // expires, and programs.
+    // SAFETY: signalling our own child by pid.
+    unsafe {
+        libc::kill(b.pid() as i32, libc::SIGKILL);
+    }
+    a.wait_metric(LEADER, Duration::from_secs(60), |v| v == 1.0)
+        .await
+        .unwrap();
+    tunnel(2).await;
+    wait_programmed(&t, "tl-2", |_| true).await;
+    let inside = state(&g.node.netns).await;
+    assert_eq!(inside.matches("multivpc-tunnel:").count(), 3, "{inside}");
+
+    for i in 0..3 {
+        let name = format!("tl-{i}");
+        t.delete(&name, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(&t, &name, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    drop((a, b, proxy));
+    h.delete_nat_gateway(&g).await.unwrap();
+    let _ = h.delete_namespace("cluster1", &ns).await;
+    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+    for remote in &remotes {
+        let _ = exips
+            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
+            .await;
+    }
+}

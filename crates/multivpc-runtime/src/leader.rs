@@ -1,11 +1,24 @@
 //! Lease-based leader election: the controller runs only while this replica holds the Lease,
 //! is stopped (drained) when the Lease is lost, and started again when it is won back.
+//!
+//! Fencing: the lease manager reports a lost Lease only once it can read the Lease again, so a
+//! leader cut off from the API server would go on acting after a standby took over. Here the
+//! leader reads its Lease back every [`FENCE_CHECK`] and may act only until
+//! `renewTime + leaseDuration - FENCE_MARGIN` of the last renewal it saw: one it cannot see
+//! renewed stops before a standby may take over (at `renewTime + leaseDuration`, judged by the
+//! standby against the same renewTime).
 
-use std::future::Future;
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
-use kube::Client;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Probes;
@@ -14,6 +27,55 @@ use crate::admin::Probes;
 /// `GRACE` seconds before expiry (controller-runtime uses 15 s / 10 s renew deadline).
 const DURATION_SECONDS: u64 = 15;
 const GRACE_SECONDS: u64 = 5;
+
+/// How often a leader reads its Lease back (and the longest one reading may take).
+const FENCE_CHECK: Duration = Duration::from_secs(2);
+/// How long before its Lease expires an unrenewed leader stops: the time a stop signal takes to
+/// reach every task, with the slack of one check.
+const FENCE_MARGIN: Duration = Duration::from_secs(3);
+
+/// Until when `identity` may act, as `lease` says: its renewal plus the lease duration, less
+/// [`FENCE_MARGIN`]. `None` when another replica (or none) holds it.
+fn acts_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let renewed = SystemTime::from(spec.renew_time.as_ref()?.0);
+    let duration = Duration::from_secs(u64::try_from(spec.lease_duration_seconds?).ok()?);
+    renewed.checked_add(duration)?.checked_sub(FENCE_MARGIN)
+}
+
+/// Keeps `may_act` true exactly while this replica's last reading of its Lease lets it act
+/// ([`acts_until`]); a reading that fails keeps the previous one, which runs out on its own.
+async fn fence(
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+    wake: Arc<Notify>,
+    may_act: watch::Sender<bool>,
+) {
+    let mut until: Option<SystemTime> = None;
+    loop {
+        match tokio::time::timeout(FENCE_CHECK, api.get_opt(&name)).await {
+            Ok(Ok(lease)) => until = lease.as_ref().and_then(|l| acts_until(l, &identity)),
+            Ok(Err(err)) => tracing::debug!(%err, "cannot read the leader Lease"),
+            Err(_) => tracing::debug!("no answer reading the leader Lease"),
+        }
+        let now = SystemTime::now();
+        let acting = until.is_some_and(|u| now < u);
+        may_act.send_if_modified(|was| std::mem::replace(was, acting) != acting);
+        // Look again after FENCE_CHECK, or when the deadline passes, or when woken.
+        let left = until
+            .and_then(|u| u.duration_since(now).ok())
+            .unwrap_or(FENCE_CHECK)
+            .min(FENCE_CHECK);
+        tokio::select! {
+            _ = tokio::time::sleep(left) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
 
 /// Identity of this replica in the Lease: the pod name when running in a pod.
 fn identity() -> String {
@@ -45,15 +107,25 @@ where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let manager = LeaseManagerBuilder::new(client, lease)
+    let me = identity();
+    let manager = LeaseManagerBuilder::new(client.clone(), lease)
         .with_namespace(namespace)
-        .with_identity(identity())
+        .with_identity(me.clone())
         .with_duration(DURATION_SECONDS)
         .with_grace(GRACE_SECONDS)
         .build()
         .await
         .with_context(|| format!("cannot set up leader election Lease {namespace}/{lease}"))?;
     let (mut is_leader, lease_task) = manager.watch().await;
+    let (may_act_tx, mut may_act) = watch::channel(false);
+    let wake_fence = Arc::new(Notify::new());
+    let fence_task = tokio::spawn(fence(
+        Api::namespaced(client, namespace),
+        lease.to_owned(),
+        me,
+        wake_fence.clone(),
+        may_act_tx,
+    ));
 
     let result = loop {
         leader_gauge.set(0);
@@ -66,6 +138,17 @@ where
                     break Err(anyhow::anyhow!("leader election task stopped"));
                 }
             }
+        }
+        // Act only once the Lease is seen held and fresh (after a fence, once it is renewed).
+        wake_fence.notify_one();
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            acting = may_act.wait_for(|acting| *acting) => {
+                if acting.is_err() {
+                    break Err(anyhow::anyhow!("leader fencing task stopped"));
+                }
+            }
+            _ = is_leader.wait_for(|leading| !*leading) => continue,
         }
         tracing::info!(lease, "became leader; starting controller");
         leader_gauge.set(1);
@@ -85,8 +168,24 @@ where
                 }
                 drained?;
             }
+            fenced = may_act.wait_for(|acting| !*acting) => {
+                if fenced.is_err() {
+                    term.cancel();
+                    break run.await.and(Err(anyhow::anyhow!("leader fencing task stopped")));
+                }
+                tracing::warn!(
+                    lease,
+                    "cannot see the leader Lease renewed before it expires; stopping controller"
+                );
+                leader_gauge.set(0);
+                term.cancel();
+                let drained = run.await;
+                probes.set_synced(false);
+                drained?;
+            }
         }
     };
+    fence_task.abort();
     leader_gauge.set(0);
     // Dropping the receiver makes the lease task release the Lease for a quick hand-over.
     drop(is_leader);
@@ -94,4 +193,38 @@ where
         tracing::warn!(%err, "could not release the leader Lease");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: &str, renewed: SystemTime, seconds: i32) -> Lease {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "l"},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": seconds,
+                "renewTime": k8s_openapi::jiff::Timestamp::try_from(renewed).unwrap().to_string(),
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_leader_acts_only_until_shortly_before_its_lease_expires() {
+        let renewed = SystemTime::now();
+        let until = acts_until(&lease("me", renewed, 15), "me").unwrap();
+        assert_eq!(
+            until.duration_since(renewed).unwrap(),
+            Duration::from_secs(15) - FENCE_MARGIN
+        );
+        assert_eq!(acts_until(&lease("other", renewed, 15), "me"), None);
+        let mut unheld = lease("me", renewed, 15);
+        unheld.spec.as_mut().unwrap().holder_identity = None;
+        assert_eq!(acts_until(&unheld, "me"), None);
+        let mut unrenewed = lease("me", renewed, 15);
+        unrenewed.spec.as_mut().unwrap().renew_time = None;
+        assert_eq!(acts_until(&unrenewed, "me"), None);
+    }
 }
