@@ -1402,7 +1402,11 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
 
     let elect = format!("--leader-election-namespace={ns}");
     let args = ["--cluster-id=cluster1", "--leader-elect", elect.as_str()];
-    let through_proxy = h.run_dir().join(format!("{ns}-proxied.kubeconfig"));
+    // Not `*.kubeconfig` in the run dir: every such file there is taken for a harness cluster.
+    let through_proxy = h
+        .run_dir()
+        .join("logs")
+        .join(format!("{ns}-proxied-kubeconfig.yaml"));
     let proxy =
         multivpc_e2e::proxy::CuttableProxy::in_front_of(&h.kubeconfig("cluster1"), &through_proxy)
             .await
@@ -1481,6 +1485,7 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
             .unwrap();
     }
     drop((a, b, proxy));
+    let _ = std::fs::remove_file(&through_proxy);
     h.delete_nat_gateway(&g).await.unwrap();
     let _ = h.delete_namespace("cluster1", &ns).await;
     let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);

@@ -1,6 +1,7 @@
 //! Running a script in a gateway pod through `pods/exec`: one call per script, a timeout,
 //! a bound on concurrent execs, and one exec at a time per pod (scripts of tunnels sharing a
-//! gateway never interleave). A slow or dead gateway holds only its own pod's turn and one
+//! gateway never interleave; inside the pod a lock keeps a timed-out script and the next one
+//! apart, see `script`). A slow or dead gateway holds only its own pod's turn and one
 //! permit for at most the timeout, so other gateways go on.
 
 use std::{

@@ -504,3 +504,49 @@ fn a_status_naming_foreign_routes_deletes_nothing_foreign() {
     assert!(!state.contains(&cfg.remote_cidr.to_string()), "{state}");
     assert!(!state.contains(&cfg.local_cidr.to_string()), "{state}");
 }
+
+/// Two scripts never run in one gateway at once, even when the exec of the first timed out
+/// and its shell still runs: the second waits for the first's lock (keyed by the network
+/// namespace); a lock whose holder is gone is taken over.
+#[test]
+fn a_script_waits_for_the_one_still_running_in_its_gateway() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns.has_vxlan() {
+        return;
+    }
+    let cfg = crate::script::tests::vxlan();
+    let converge = script::converge(&cfg, &Stale::default(), Mode::Converge);
+    // A stand-in for a timed-out script: a shell of this netns holding the lock for 2 s.
+    let holder = "netns=$(readlink /proc/self/ns/net); netns=${netns#net:[}; netns=${netns%]}; \
+                  lock=/tmp/multivpc-lock-$netns; ln -s $$ $lock; sleep 2; rm -f $lock";
+    let (name, started) = (ns.0.clone(), std::time::Instant::now());
+    let held = std::thread::spawn(move || run(&["ip", "netns", "exec", &name, "sh", "-c", holder]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ns.script(&converge) > 0);
+    let waited = started.elapsed();
+    assert!(held.join().unwrap().0);
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "the script ran while the other held the gateway ({waited:?})"
+    );
+
+    // A lock left by a script that is gone (its PID no longer runs) does not block.
+    let (_, netns, _) = ns.sh("readlink /proc/self/ns/net");
+    let id = netns
+        .trim()
+        .trim_start_matches("net:[")
+        .trim_end_matches(']');
+    let lock = format!("/tmp/multivpc-lock-{id}");
+    let (ok, _, err) = ns.sh(&format!("ln -s 999999999 {lock}"));
+    assert!(ok, "{err}");
+    assert_eq!(
+        ns.script(&converge),
+        0,
+        "converged already; the stale lock was replaced"
+    );
+    assert!(
+        std::fs::symlink_metadata(&lock).is_err(),
+        "the lock is released"
+    );
+    ns.script(&script::cleanup(&cleanup_of(&cfg, false)));
+}

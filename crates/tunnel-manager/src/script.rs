@@ -249,13 +249,45 @@ command -v ip >/dev/null 2>&1 || fail "ip (iproute2) not found"
 ipt=iptables
 if command -v iptables-legacy >/dev/null 2>&1 && iptables-legacy -t nat -S INPUT 1 >/dev/null 2>&1; then ipt=iptables-legacy; fi
 command -v "$ipt" >/dev/null 2>&1 || fail "$ipt not found"
+# One script at a time in this network namespace, also when an earlier exec timed out while its
+# script still runs: a lock symlink keyed by the namespace, naming the holder PID. A holder
+# that is gone is replaced; a lock that cannot be made at all (no writable /tmp) is skipped.
+netns=$(readlink /proc/self/ns/net 2>/dev/null); netns=${netns#net:[}; netns=${netns%]}
+lock="/tmp/multivpc-lock-${netns:-0}"
+waited=0
+until ln -s "$$" "$lock" 2>/dev/null; do
+  [ -L "$lock" ] || { echo "note: cannot take $lock; going on without it" >&2; lock=; break; }
+  holder=$(readlink "$lock" 2>/dev/null)
+  if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then rm -f "$lock"; continue; fi
+  waited=$((waited + 1))
+  [ "$waited" -le 300 ] || fail "another multivpc script (PID $holder) has held $lock for 30s"
+  sleep 0.1 2>/dev/null || sleep 1
+done
+[ -z "$lock" ] || trap 'rm -f "$lock"' EXIT
 "#;
 
-/// Numbers of POSTROUTING rules carrying `tag` (a shell snippet setting `$tagged`).
+/// The POSTROUTING rules carrying `tag`, one per line of `$tagged`, as `iptables -S` prints
+/// them without `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment that
+/// holds `:` or `/`), so each line split into words is that rule's own arguments again: a rule
+/// is deleted by what it matches, never by a line number another writer may have shifted.
 fn tagged_rules(tag: &RuleTag) -> String {
+    let plain = tag.to_string();
+    let pattern = plain.replace('.', "\\.");
     format!(
-        "tagged=$($ipt -t nat -L POSTROUTING -n --line-numbers | awk -v t={} 'index($0, t) {{ print $1 }}' | sort -rn)\n",
-        quote(&format!("/* {tag} */"))
+        "tagged=$($ipt -t nat -S POSTROUTING | grep -F -e {quoted_word} -e {plain_word} | sed {sed})\n",
+        quoted_word = quote(&format!(" --comment \"{plain}\" ")),
+        plain_word = quote(&format!(" --comment {plain} ")),
+        sed = quote(&format!(
+            "s|^-A POSTROUTING ||; s| --comment \"{pattern}\" | --comment {plain} |"
+        )),
+    )
+}
+
+/// Runs `step` with `description` on each rule of `$tagged` (see [`tagged_rules`]), deleting
+/// it. A here-document, not a pipe: the loop runs in this shell, so `step` counts and fails it.
+fn delete_tagged(description: &str) -> String {
+    format!(
+        "while IFS= read -r r; do\n  [ -n \"$r\" ] || continue\n  set -f\n  step \"{description}: $r\" $ipt -t nat -D POSTROUTING $r\n  set +f\ndone <<MULTIVPC_RULES\n$tagged\nMULTIVPC_RULES\n"
     )
 }
 
@@ -401,9 +433,9 @@ pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
     let rule = format!("-d {remote} -m comment --comment {tag} -j SNAT --to-source {to}");
     s.push_str(&tagged_rules(&cfg.tag));
     s.push_str(&format!(
-        "if [ \"$(echo $tagged | wc -w)\" = 1 ] && $ipt -t nat -C POSTROUTING {rule} 2>/dev/null; then :; else\n"
+        "if [ \"$(printf '%s\\n' \"$tagged\" | grep -c .)\" = 1 ] && $ipt -t nat -C POSTROUTING {rule} 2>/dev/null; then :; else\n"
     ));
-    s.push_str("  for n in $tagged; do step \"remove stale SNAT rule $n\" $ipt -t nat -D POSTROUTING \"$n\"; done\n");
+    s.push_str(&delete_tagged("remove stale SNAT rule"));
     s.push_str(&format!(
         "  step \"SNAT to \"{to}\" for \"{remote} $ipt -t nat -I POSTROUTING 1 {rule}\n"
     ));
@@ -469,7 +501,7 @@ pub fn cleanup(cfg: &CleanupConfig) -> String {
         s.push_str("fi\n");
     }
     s.push_str(&tagged_rules(&cfg.tag));
-    s.push_str("for n in $tagged; do step \"remove SNAT rule $n\" $ipt -t nat -D POSTROUTING \"$n\"; done\n");
+    s.push_str(&delete_tagged("remove SNAT rule"));
     s.push_str(&epilogue());
     s
 }
@@ -674,7 +706,7 @@ pub(crate) mod tests {
         assert!(s.contains("ip link del dev \"$dev\""));
         assert!(s.contains("ip route del '242.1.0.0/16' dev \"$dev\""));
         assert!(!s.contains("dev eth0"), "shared local route kept: {s}");
-        assert!(s.contains("'/* multivpc-tunnel:ns1/vx1 */'"));
+        assert!(s.contains("' --comment multivpc-tunnel:ns1/vx1 '"), "{s}");
         let kept = cleanup(&CleanupConfig {
             delete_device: false,
             remote_cidr: None,
@@ -684,7 +716,10 @@ pub(crate) mod tests {
             !kept.contains("ip link del") && !kept.contains("ip route del"),
             "{kept}"
         );
-        assert!(kept.contains("'/* multivpc-tunnel:ns1/vx1 */'"));
+        assert!(
+            kept.contains("' --comment multivpc-tunnel:ns1/vx1 '"),
+            "{kept}"
+        );
     }
 
     #[test]
