@@ -244,6 +244,51 @@ impl Harness {
         &self.run_dir
     }
 
+    /// The API server's `apiserver_request_total`, summed by (verb, resource[/subresource]),
+    /// with ` (HTTP <code>)` appended to the resource of requests that were refused.
+    pub async fn apiserver_requests(
+        &self,
+        cluster: &str,
+    ) -> Result<BTreeMap<(String, String), f64>> {
+        let out = self
+            .kubectl(cluster, &["get", "--raw", "/metrics"])
+            .await?
+            .check()?;
+        let mut m = BTreeMap::new();
+        for l in out.stdout.lines() {
+            let Some(rest) = l.strip_prefix("apiserver_request_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |k: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_string())
+                    .unwrap_or_default()
+            };
+            let resource = label("resource");
+            if resource.is_empty() {
+                continue;
+            }
+            let sub = label("subresource");
+            let code = label("code");
+            let mut res = if sub.is_empty() {
+                resource
+            } else {
+                format!("{resource}/{sub}")
+            };
+            if !code.starts_with('2') && code != "0" && code != "101" {
+                res = format!("{res} (HTTP {code})");
+            }
+            let key = (label("verb"), res);
+            *m.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+        Ok(m)
+    }
+
     /// Names of the clusters that are up.
     pub fn cluster_names(&self) -> Vec<String> {
         self.clusters.keys().cloned().collect()

@@ -1495,3 +1495,120 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
             .await;
     }
 }
+
+/// Forty tunnels of one gateway applied at once converge without one refused write: the
+/// finalizer is added by server-side apply, which a reconcile reading a cache that has not yet
+/// seen its own earlier add cannot get refused (kube's test-then-add JSON patch was, HTTP 422,
+/// about once per tunnel).
+#[tokio::test]
+async fn tunnels_applied_at_once_converge_without_a_refused_write() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let c = h.client("cluster1");
+    prepare(&h, "cluster1").await;
+    {
+        let _g = h.exclusive("submariner").await.unwrap();
+        h.install_default_submariner("cluster1", None)
+            .await
+            .unwrap();
+    }
+    let gw = Harness::unique_name("tn");
+    let g = h
+        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tn-vpc"))
+        .await
+        .unwrap();
+    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
+    let ns = h.unique_namespace("cluster1", "tn").await.unwrap();
+    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let remote = Harness::unique_name("tn-r");
+    let ctl = start(&h, "cluster1", &[]).await;
+    let names: Vec<String> = (0..40).map(|i| format!("tn-{i}")).collect();
+    let before = h.apiserver_requests("cluster1").await.unwrap();
+    // Each its own remote CIDR, so none conflicts with another; all written at once.
+    fixtures::admit_namespace_to_gateway(&c, &gw, &ns)
+        .await
+        .unwrap();
+    futures::future::join_all((0..names.len()).map(|i| {
+        let c = c.clone();
+        let remote = format!("{remote}{i}");
+        async move {
+            apply_exip(
+                &c,
+                &remote,
+                "cluster9",
+                &format!("172.50.6.{}", i + 1),
+                &format!("242.{}.0.0/16", 100 + i),
+            )
+            .await
+        }
+    }))
+    .await;
+    futures::future::join_all(names.iter().enumerate().map(|(i, name)| {
+        let (c, ns, gw, remote) = (c.clone(), ns.clone(), gw.clone(), format!("{remote}{i}"));
+        async move {
+            let addr = format!("10.254.{}.1/30", 100 + i);
+            apply_tunnel(
+                &c,
+                &ns,
+                name,
+                "cluster9",
+                &remote,
+                &gw,
+                &addr,
+                40 + i as u32,
+                &[],
+            )
+            .await
+        }
+    }))
+    .await;
+    for name in &names {
+        wait_programmed(&t, name, |_| true).await;
+    }
+    let after = h.apiserver_requests("cluster1").await.unwrap();
+    let refused: Vec<String> = after
+        .iter()
+        .filter(|((verb, res), v)| {
+            res.starts_with("vpcnattunnels")
+                && res.contains("(HTTP")
+                && verb != "GET"
+                && **v
+                    > before
+                        .get(&(verb.clone(), res.clone()))
+                        .copied()
+                        .unwrap_or(0.0)
+        })
+        .map(|((verb, res), v)| format!("{verb} {res}: {v}"))
+        .collect();
+    let tunnel_requests: Vec<String> = after
+        .iter()
+        .filter(|((_, res), _)| res.starts_with("vpcnattunnels"))
+        .map(|((verb, res), v)| {
+            let was = before
+                .get(&(verb.clone(), res.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            format!("{verb} {res}: +{}", v - was)
+        })
+        .collect();
+    eprintln!("requests on vpcnattunnels: {tunnel_requests:?}");
+    assert!(refused.is_empty(), "refused writes: {refused:?}");
+
+    for name in &names {
+        t.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for name in &names {
+        wait_for_deletion(&t, name, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    drop(ctl);
+    h.delete_nat_gateway(&g).await.unwrap();
+    let _ = h.delete_namespace("cluster1", &ns).await;
+    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
+    for i in 0..names.len() {
+        let _ = exips
+            .delete(&format!("{remote}{i}-cluster9"), &DeleteParams::default())
+            .await;
+    }
+}

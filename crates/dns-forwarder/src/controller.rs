@@ -14,7 +14,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::EventType,
-        finalizer::{Event as Finalizer, finalizer},
+        finalizer::Event as Finalizer,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -29,6 +29,7 @@ use multivpc_runtime::{
     admin::{CacheSync, Probes},
     backoff::ErrorBackoff,
     events::Events,
+    finalizer,
     metrics::ReconcileMetrics,
     status::apply_status,
     watch::{self, Decoded, WatchMetrics},
@@ -349,7 +350,7 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let k = key(&forward);
             ctx2.caches
                 .reconcile(&ctx2.backoff, &k, async {
-                    finalizer(&api, DNS_FINALIZER, forward, |event| async {
+                    finalizer::finalizer(&api, DNS_FINALIZER, MANAGER, forward, |event| async {
                         match event {
                             Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
                             Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,

@@ -6,6 +6,7 @@
 //! - [`metrics`]: the Prometheus registry with controller-runtime-compatible reconcile metrics;
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` endpoints;
 //! - [`liveness`]: what `/healthz` fails on (a watch or reconcile that stalls);
+//! - [`finalizer`]: kube's finalizer helper with an add that cannot be refused;
 //! - [`watch`]: caches fed by watches that one undecodable object cannot stop;
 //! - [`leader`]: Lease-based leader election that starts and stops the controller;
 //! - [`Runtime`]: ties them together with graceful shutdown on SIGTERM.
@@ -14,6 +15,7 @@ pub mod admin;
 pub mod args;
 pub mod backoff;
 pub mod events;
+pub mod finalizer;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;

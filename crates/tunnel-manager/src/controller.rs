@@ -15,7 +15,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         events::EventType,
-        finalizer::{Event as Finalizer, finalizer},
+        finalizer::Event as Finalizer,
         reflector::{ObjectRef, Store},
         watcher,
     },
@@ -40,6 +40,7 @@ use multivpc_runtime::{
     admin::{CacheSync, Probes},
     backoff::ErrorBackoff,
     events::Events,
+    finalizer,
     metrics::ReconcileMetrics,
     status::apply_status,
     watch::{self, Decoded, WatchMetrics},
@@ -528,7 +529,7 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
             let k = key(&tunnel);
             ctx2.caches
                 .reconcile(&ctx2.backoff, &k, async {
-                    finalizer(&api, TUNNEL_FINALIZER, tunnel, |event| async {
+                    finalizer::finalizer(&api, TUNNEL_FINALIZER, MANAGER, tunnel, |event| async {
                         match event {
                             Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
                             Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,

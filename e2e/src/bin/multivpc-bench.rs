@@ -254,47 +254,6 @@ fn render(o: &Opts, sections: &[Section]) -> Result<String> {
 
 // ------------------------------------------------------------------ API server metrics
 
-/// apiserver_request_total summed by (verb, resource[/subresource]).
-async fn apiserver_requests(h: &Harness, cluster: &str) -> Result<BTreeMap<(String, String), f64>> {
-    let out = h
-        .kubectl(cluster, &["get", "--raw", "/metrics"])
-        .await?
-        .check()?;
-    let mut m = BTreeMap::new();
-    for l in out.stdout.lines() {
-        let Some(rest) = l.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches('"').to_string())
-                .unwrap_or_default()
-        };
-        let resource = label("resource");
-        if resource.is_empty() {
-            continue;
-        }
-        let sub = label("subresource");
-        let code = label("code");
-        let mut res = if sub.is_empty() {
-            resource
-        } else {
-            format!("{resource}/{sub}")
-        };
-        if !code.starts_with('2') && code != "0" && code != "101" {
-            res = format!("{res} (HTTP {code})");
-        }
-        let key = (label("verb"), res);
-        *m.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    Ok(m)
-}
-
 fn delta(
     a: &BTreeMap<(String, String), f64>,
     b: &BTreeMap<(String, String), f64>,
@@ -613,7 +572,7 @@ async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<
     .await?;
     let execs0 =
         demo_support::metric_sum(&tm, "multivpc_tunnel_exec_duration_seconds_count", &[]).await?;
-    let before = apiserver_requests(h, C1).await?;
+    let before = h.apiserver_requests(C1).await?;
     let tunnels: Api<VpcNatTunnel> = Api::namespaced(c1.clone(), &ns);
     for j in 0..g {
         fixtures::admit_namespace_to_gateway(&c1, &format!("bgw{j}"), &ns).await?;
@@ -665,7 +624,7 @@ async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<
     let execs = demo_support::metric_sum(&tm, "multivpc_tunnel_exec_duration_seconds_count", &[])
         .await?
         - execs0;
-    let after = apiserver_requests(h, C1).await?;
+    let after = h.apiserver_requests(C1).await?;
     let mut requests = delta(&before, &after);
     // The bench's own requests.
     for (key, own) in [
@@ -691,9 +650,9 @@ async fn converge(h: &Harness, o: &Opts, n: usize, want_steady: bool) -> Result<
     let hwm_kib = demo_support::rss_kib(tm.pid()).1;
     let steady = if n >= 1000 && want_steady {
         log("steady state: one idle minute");
-        let a = apiserver_requests(h, C1).await?;
+        let a = h.apiserver_requests(C1).await?;
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let b = apiserver_requests(h, C1).await?;
+        let b = h.apiserver_requests(C1).await?;
         Some(delta(&a, &b))
     } else {
         None

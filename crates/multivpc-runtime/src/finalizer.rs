@@ -1,0 +1,58 @@
+//! kube's finalizer helper with an idempotent add. kube adds the finalizer with a JSON patch
+//! that first tests the finalizer list it saw; a reconcile that reads a cache which has not yet
+//! seen its own earlier add sends a stale test, and the API server refuses it (HTTP 422), about
+//! once per object at start-up. Here the add is a server-side apply of just this finalizer
+//! (`metadata.finalizers` is a set), which succeeds whatever the list holds now and leaves other
+//! finalizers alone, and the object it returns goes straight on to `Apply`. Removal stays kube's
+//! (test the finalizer at its index, then remove it), so another controller's finalizer is never
+//! taken by mistake.
+
+use std::{fmt::Debug, sync::Arc};
+
+use futures::TryFuture;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{self as kube_finalizer, Error, Event},
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+/// Runs `reconcile` for `obj` with finalizer `name`, as kube's `finalizer` does: `Apply` once the
+/// finalizer is on the object, `Cleanup` when it is being deleted (the finalizer goes once
+/// cleanup succeeds). `manager` is the field manager that owns the finalizer.
+pub async fn finalizer<K, F, Fut>(
+    api: &Api<K>,
+    name: &str,
+    manager: &str,
+    obj: Arc<K>,
+    reconcile: F,
+) -> Result<Action, Error<Fut::Error>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + Debug,
+    F: FnOnce(Event<K>) -> Fut,
+    Fut: TryFuture<Ok = Action>,
+    Fut::Error: std::error::Error + 'static,
+{
+    let has = obj.finalizers().iter().any(|f| f == name);
+    if has || obj.meta().deletion_timestamp.is_some() {
+        return kube_finalizer::finalizer(api, name, obj, reconcile).await;
+    }
+    let object_name = obj.meta().name.clone().ok_or(Error::UnnamedObject)?;
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"finalizers": [name]},
+    });
+    let updated = api
+        .patch(
+            &object_name,
+            &PatchParams::apply(&format!("{manager}-finalizer")).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::AddFinalizer)?;
+    kube_finalizer::finalizer(api, name, Arc::new(updated), reconcile).await
+}
