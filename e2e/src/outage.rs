@@ -79,15 +79,48 @@ impl ClusterDown {
     }
 }
 
+impl ClusterDown {
+    async fn wait_answering(client: Client, name: &str) -> Result<()> {
+        wait_for(&format!("{name} API server"), START_TIMEOUT, || async {
+            client.apiserver_version().await?;
+            Ok(Check::Done(()))
+        })
+        .await
+    }
+}
+
 impl Drop for ClusterDown {
+    /// A test that failed while the cluster was down: start it and wait until it answers, so
+    /// the next test finds the harness as it should be.
     fn drop(&mut self) {
-        if !self.up
-            && let Err(err) = kwokctl(
-                &self.run_dir,
-                &format!("start cluster --name {}", self.name),
-            )
-        {
+        if self.up {
+            return;
+        }
+        if let Err(err) = kwokctl(
+            &self.run_dir,
+            &format!("start cluster --name {}", self.name),
+        ) {
             eprintln!("could not start {} again: {err:#}", self.name);
+            return;
+        }
+        // Dropped inside the test's runtime, which is blocked here: wait on a runtime of our
+        // own, on its own thread, with a client of its own (the test's client is served by
+        // tasks of the blocked runtime).
+        let name = self.name.clone();
+        let kubeconfig = self.run_dir.join(format!("{name}.kubeconfig"));
+        let waited = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+                let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                Self::wait_answering(Client::try_from(config)?, &name).await
+            })
+        })
+        .join();
+        if !matches!(waited, Ok(Ok(()))) {
+            eprintln!("{} did not answer again after its restart", self.name);
         }
     }
 }

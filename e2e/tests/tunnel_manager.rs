@@ -1269,7 +1269,12 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
     let (before, after) = (Harness::unique_name("tr-a"), Harness::unique_name("tr-b"));
     apply_exip(&c, &before, "cluster9", "172.50.8.1", "242.96.0.0/16").await;
     apply_exip(&c, &after, "cluster9", "172.50.8.2", "242.95.0.0/16").await;
-    let ctl = start(&h, "cluster1", &["--stall-timeout=10s"]).await;
+    let ctl = start(
+        &h,
+        "cluster1",
+        &["--stall-timeout=10s", "--exec-timeout=2500ms"],
+    )
+    .await;
     apply_tunnel(
         &c,
         &ns,

@@ -324,6 +324,8 @@ pub async fn run(
         backoff: ErrorBackoff::default(),
     });
 
+    // Reconciles before the caches synced decided nothing: every object runs once they have.
+    let controller = controller.reconcile_all_on(caches.on_synced());
     multivpc_runtime::runtime::drive_controller(
         controller.run(reconcile, error_policy, ctx),
         &caches,
@@ -349,7 +351,7 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let api: Api<VpcDnsForward> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&forward);
             ctx2.caches
-                .reconcile(&ctx2.backoff, &k, async {
+                .reconcile(&ctx2.backoff, &k, forward.metadata.generation, async {
                     finalizer::finalizer(&api, DNS_FINALIZER, MANAGER, forward, |event| async {
                         match event {
                             Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
@@ -366,9 +368,16 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
 
 fn error_policy(forward: Arc<VpcDnsForward>, err: &Error, ctx: Arc<Context>) -> Action {
     if is_cleanup_in_progress(err) {
-        return Action::requeue(Duration::from_secs(1));
+        // Normally once (look again with fresh caches); spaced out like any retry, so a route
+        // something keeps re-adding is not patched away, and vpc-dns restarted, every second.
+        return Action::requeue(
+            ctx.backoff
+                .next_delay(&key(&forward), forward.metadata.generation),
+        );
     }
-    let delay = ctx.backoff.next_delay(&key(&forward));
+    let delay = ctx
+        .backoff
+        .next_delay(&key(&forward), forward.metadata.generation);
     tracing::warn!(forward = %key(&forward), %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

@@ -623,7 +623,7 @@ pub async fn run(
             signals.reconnect.notify_waiters();
         }
         if failed {
-            let delay = backoff.next_delay("sync");
+            let delay = backoff.next_delay("sync", None);
             retry = Some(tokio::time::Instant::now() + delay);
         } else {
             backoff.reset("sync");
@@ -805,7 +805,7 @@ async fn watch_broker(
             r = attempt => r,
         };
         view.lock().unwrap_or_else(|p| p.into_inner()).connection = None;
-        let delay = backoff.next_delay("broker");
+        let delay = backoff.next_delay("broker", None);
         if metrics.broker_connected.get() == 1 {
             tracing::warn!(err = result.err().map(|e| format!("{e:#}")), retry_in = ?delay, "lost the broker; local publishing and failover go on");
         } else {

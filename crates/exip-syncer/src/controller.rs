@@ -356,7 +356,7 @@ pub async fn run(
                 next_check.map(tokio::time::Instant::from_std)
             }
             Err(err) => {
-                let delay = backoff.next_delay("pass");
+                let delay = backoff.next_delay("pass", None);
                 tracing::warn!(%err, retry_in = ?delay, "pass failed");
                 Some(tokio::time::Instant::now() + delay)
             }

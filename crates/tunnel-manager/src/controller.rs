@@ -222,6 +222,9 @@ struct Programmed {
     checked_at: Instant,
 }
 
+/// How often what is kept per tunnel is pruned of tunnels that are gone.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
@@ -274,6 +277,29 @@ impl Context {
                     checked_at: Instant::now(),
                 },
             );
+    }
+
+    /// Forgets everything kept for tunnels that are gone (deleted without a cleanup this
+    /// process saw: a finalizer removed by hand, a deletion while it was a standby).
+    fn prune(&self) {
+        let live: std::collections::HashSet<String> =
+            self.stores.tunnels.state().iter().map(|t| key(t)).collect();
+        self.programmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live.contains(k));
+        let gone: Vec<String> = {
+            let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+            states
+                .keys()
+                .filter(|k| !live.contains(*k))
+                .cloned()
+                .collect()
+        };
+        for k in gone {
+            self.set_state(&k, None);
+        }
+        self.backoff.retain(|k| live.contains(k));
     }
 
     fn forget(&self, key: &str) {
@@ -511,12 +537,25 @@ pub async fn run(
         states: Mutex::new(HashMap::new()),
     });
 
+    let pruning = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            ctx.caches.synced().await;
+            loop {
+                tokio::time::sleep(PRUNE_INTERVAL).await;
+                ctx.prune();
+            }
+        }
+    });
+    // Reconciles before the caches synced decided nothing: every object runs once they have.
+    let controller = controller.reconcile_all_on(caches.on_synced());
     multivpc_runtime::runtime::drive_controller(
         controller.run(reconcile, error_policy, ctx),
         &caches,
         shutdown,
     )
     .await;
+    pruning.abort();
     Ok(())
 }
 
@@ -528,7 +567,7 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
             let api: Api<VpcNatTunnel> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&tunnel);
             ctx2.caches
-                .reconcile(&ctx2.backoff, &k, async {
+                .reconcile(&ctx2.backoff, &k, tunnel.metadata.generation, async {
                     finalizer::finalizer(&api, TUNNEL_FINALIZER, MANAGER, tunnel, |event| async {
                         match event {
                             Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
@@ -544,7 +583,9 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
 }
 
 fn error_policy(tunnel: Arc<VpcNatTunnel>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.next_delay(&key(&tunnel));
+    let delay = ctx
+        .backoff
+        .next_delay(&key(&tunnel), tunnel.metadata.generation);
     tracing::warn!(tunnel = %key(&tunnel), %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

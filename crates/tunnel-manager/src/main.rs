@@ -55,6 +55,9 @@ struct Args {
     max_concurrent_execs: u16,
 }
 
+/// How many exec timeouts a reconcile may take before `/healthz` calls it stalled.
+const STALL_PER_EXEC: u32 = 4;
+
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     multivpc_runtime::main_with("tunnel-manager", run(args))
@@ -73,6 +76,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     if args.exec_timeout.is_zero() {
         anyhow::bail!("--exec-timeout must be greater than 0");
+    }
+    // A reconcile may run a few execs in a row (a check, a cleanup, a converge): one that only
+    // waits for its execs must not count as stalled.
+    if args.common.stall_timeout < args.exec_timeout * STALL_PER_EXEC {
+        anyhow::bail!(
+            "--stall-timeout ({:?}) must be at least {STALL_PER_EXEC} × --exec-timeout ({:?})",
+            args.common.stall_timeout,
+            args.exec_timeout
+        );
     }
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;
     let reconcile_metrics = runtime.metrics().controller("vpcnattunnel");
