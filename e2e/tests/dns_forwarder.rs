@@ -711,3 +711,42 @@ async fn each_kube_ovn_generation_forwards_clusterset_local() {
         .unwrap();
     env.finish().await;
 }
+
+/// The API server stops for 20 s and starts again (every watch ends; the new server answers
+/// the old resource versions with 410 Gone): afterwards a forward created is programmed and a
+/// forward deleted is cleaned up, without a restart of dns-forwarder. Holds the
+/// `dns-forwarder` lock like every test here, so no other test of this file runs meanwhile.
+#[tokio::test]
+async fn dns_forwarder_acts_again_after_its_api_server_restarts() {
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let (vpc_a, vpc_b) = (Harness::unique_name("vpcr"), Harness::unique_name("vpcr"));
+    let (dns_a, dns_b) = (Harness::unique_name("dnsr"), Harness::unique_name("dnsr"));
+    for (dns, vpc, subnet) in [(&dns_a, &vpc_a, "sub-ra"), (&dns_b, &vpc_b, "sub-rb")] {
+        env.h
+            .install_vpc_dns(CLUSTER, dns, vpc, subnet, VpcDnsForm::V113RoutesAnnotation)
+            .await
+            .unwrap();
+    }
+    env.apply_forward("before", &vpc_a, &[]).await;
+    env.wait_reason("before", "Programmed").await;
+
+    let down = env.h.stop_cluster(CLUSTER).unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    down.start().await.unwrap();
+
+    env.apply_forward("after", &vpc_b, &[]).await;
+    env.wait_reason("after", "Programmed").await;
+    assert!(
+        env.annotation_routes(&format!("vpc-dns-{dns_b}"))
+            .await
+            .contains(&env.route_entry())
+    );
+    env.delete_forward("before").await;
+    assert!(
+        !env.annotation_routes(&format!("vpc-dns-{dns_a}"))
+            .await
+            .contains(&env.route_entry())
+    );
+    env.delete_forward("after").await;
+    env.finish().await;
+}
