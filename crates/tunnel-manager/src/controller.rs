@@ -537,15 +537,9 @@ pub async fn run(
         states: Mutex::new(HashMap::new()),
     });
 
-    let pruning = tokio::spawn({
+    let pruning = caches.every_after_sync(PRUNE_INTERVAL, {
         let ctx = ctx.clone();
-        async move {
-            ctx.caches.synced().await;
-            loop {
-                tokio::time::sleep(PRUNE_INTERVAL).await;
-                ctx.prune();
-            }
-        }
+        move || ctx.prune()
     });
     // Reconciles before the caches synced decided nothing: every object runs once they have.
     let controller = controller.reconcile_all_on(caches.on_synced());
