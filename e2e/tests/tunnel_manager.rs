@@ -1674,7 +1674,7 @@ async fn a_tunnel_manager_killed_mid_converge_finishes_without_duplicates() {
     fixtures::admit_namespace(&c, &vpc, &ns).await.unwrap();
     let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
     let remote = Harness::unique_name("tkr");
-    let gateway_of = |i: usize| if i.is_multiple_of(2) { &gw1 } else { &gw2 };
+    let gateway_of = |i: usize| if i % 2 == 0 { &gw1 } else { &gw2 };
     write_all(TUNNELS, |i| {
         let (c, remote) = (c.clone(), format!("{remote}-{i}"));
         async move {
