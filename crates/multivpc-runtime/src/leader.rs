@@ -48,25 +48,15 @@ fn acts_until(lease: &Lease, identity: &str) -> Option<SystemTime> {
 
 /// Keeps `may_act` true exactly while this replica's last reading of its Lease lets it act
 /// ([`acts_until`]); a reading that fails keeps the previous one, which runs out on its own.
-/// Reads only while the lease manager says this replica leads (a standby costs nothing).
 async fn fence(
     api: Api<Lease>,
     name: String,
     identity: String,
     wake: Arc<Notify>,
-    mut leading: watch::Receiver<bool>,
     may_act: watch::Sender<bool>,
 ) {
     let mut until: Option<SystemTime> = None;
     loop {
-        if !*leading.borrow_and_update() {
-            until = None;
-            may_act.send_if_modified(|was| std::mem::replace(was, false));
-            if leading.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
         match tokio::time::timeout(FENCE_CHECK, api.get_opt(&name)).await {
             Ok(Ok(lease)) => until = lease.as_ref().and_then(|l| acts_until(l, &identity)),
             Ok(Err(err)) => tracing::debug!(%err, "cannot read the leader Lease"),
@@ -134,7 +124,6 @@ where
         lease.to_owned(),
         me,
         wake_fence.clone(),
-        is_leader.clone(),
         may_act_tx,
     ));
 
