@@ -324,15 +324,6 @@ pub async fn run(
         backoff: ErrorBackoff::default(),
     });
 
-    // Forwards deleted without a cleanup this process saw leave no backoff behind.
-    let pruning = caches.every_after_sync(Duration::from_secs(60), {
-        let ctx = ctx.clone();
-        move || {
-            let live: std::collections::HashSet<String> =
-                ctx.stores.forwards.state().iter().map(|f| key(f)).collect();
-            ctx.backoff.retain(|k| live.contains(k));
-        }
-    });
     // Reconciles before the caches synced decided nothing: every object runs once they have.
     let controller = controller.reconcile_all_on(caches.on_synced());
     multivpc_runtime::runtime::drive_controller(
@@ -341,7 +332,6 @@ pub async fn run(
         shutdown,
     )
     .await;
-    pruning.abort();
     Ok(())
 }
 

@@ -161,23 +161,6 @@ impl CacheSync {
         futures::stream::once(async move { this.synced().await })
     }
 
-    /// Runs `prune` every `interval` once the caches have synced, until the handle is aborted:
-    /// for per-object state that must forget objects deleted without a reconcile seeing it.
-    pub fn every_after_sync(
-        &self,
-        interval: std::time::Duration,
-        prune: impl Fn() + Send + 'static,
-    ) -> JoinHandle<()> {
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.synced().await;
-            loop {
-                tokio::time::sleep(interval).await;
-                prune();
-            }
-        })
-    }
-
     /// The probes this marks ready (watches report their failures on them).
     pub fn probes(&self) -> &Probes {
         &self.inner.probes

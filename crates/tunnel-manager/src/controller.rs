@@ -537,9 +537,15 @@ pub async fn run(
         states: Mutex::new(HashMap::new()),
     });
 
-    let pruning = caches.every_after_sync(PRUNE_INTERVAL, {
+    let pruning = tokio::spawn({
         let ctx = ctx.clone();
-        move || ctx.prune()
+        async move {
+            ctx.caches.synced().await;
+            loop {
+                tokio::time::sleep(PRUNE_INTERVAL).await;
+                ctx.prune();
+            }
+        }
     });
     // Reconciles before the caches synced decided nothing: every object runs once they have.
     let controller = controller.reconcile_all_on(caches.on_synced());
