@@ -2,7 +2,6 @@
 {{- define "tunnel-manager.args" -}}
 - --verify-interval={{ .Values.verifyInterval }}
 - --exec-timeout={{ .Values.execTimeout }}
-- --stall-timeout={{ .Values.stallTimeout }}
 - --max-concurrent-execs={{ .Values.maxConcurrentExecs }}
 {{- end -}}
 {{- define "tunnel-manager.env" -}}
