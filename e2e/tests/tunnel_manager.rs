@@ -216,6 +216,53 @@ async fn teardown_pair(
     }
 }
 
+/// One cluster1 NAT gateway (VPC `<prefix>-vpc`) with Submariner installed, and a fresh
+/// namespace for its tunnels: the setup of the single-gateway tests.
+struct OneGateway {
+    c: Client,
+    gw: String,
+    g: NatGateway,
+    ns: String,
+    t: Api<VpcNatTunnel>,
+}
+
+impl OneGateway {
+    async fn up(h: &Harness, prefix: &str) -> Self {
+        let c = h.client("cluster1");
+        prepare(h, "cluster1").await;
+        {
+            let _g = h.exclusive("submariner").await.unwrap();
+            h.install_default_submariner("cluster1", None)
+                .await
+                .unwrap();
+        }
+        let gw = Harness::unique_name(prefix);
+        let g = h
+            .create_nat_gateway(
+                "cluster1",
+                NatGatewaySpec::new(&gw, &format!("{prefix}-vpc")),
+            )
+            .await
+            .unwrap();
+        g.wait_available(h, Duration::from_secs(90)).await.unwrap();
+        let ns = h.unique_namespace("cluster1", prefix).await.unwrap();
+        let t = Api::namespaced(c.clone(), &ns);
+        Self { c, gw, g, ns, t }
+    }
+
+    /// Deletes the gateway, the namespace and the hand-written GatewayExIps `<remote>-cluster9`.
+    async fn down(self, h: &Harness, remotes: impl IntoIterator<Item = String>) {
+        h.delete_nat_gateway(&self.g).await.unwrap();
+        let _ = h.delete_namespace("cluster1", &self.ns).await;
+        let exips: Api<GatewayExIp> = Api::namespaced(self.c.clone(), KUBE_SYSTEM);
+        for remote in remotes {
+            let _ = exips
+                .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
@@ -964,22 +1011,9 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     // namespace (tenancy).
     let h = harness_or_skip!(["cluster1"]);
     let _locks = locks(&h).await;
-    let c = h.client("cluster1");
-    prepare(&h, "cluster1").await;
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner("cluster1", None)
-            .await
-            .unwrap();
-    }
-    let gw = Harness::unique_name("tw");
-    let g = h
-        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tw-vpc"))
-        .await
-        .unwrap();
-    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
-    let ns = h.unique_namespace("cluster1", "tw").await.unwrap();
-    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let env = OneGateway::up(&h, "tw").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
+    let g = &env.g;
     let ctl = start(&h, "cluster1", &[]).await;
     let (early, late) = (
         Harness::unique_name("tw-early"),
@@ -1105,15 +1139,8 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     }
     assert!(!state(&g.node.netns).await.contains("multivpc-tunnel:"));
     drop(ctl);
-    h.delete_nat_gateway(&g).await.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns).await;
     let _ = h.delete_namespace("cluster1", &outsider_ns).await;
-    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-    for remote in [&early, &late, &third] {
-        let _ = exips
-            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
-            .await;
-    }
+    env.down(&h, [early, late, third]).await;
 }
 
 /// A VXLAN ping in each Kube-OVN generation, on its real CRDs and gateway shapes:
@@ -1250,22 +1277,9 @@ async fn wait_healthz(ctl: &ControllerProcess, code: u16, within: Duration) -> S
 async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
     let h = harness_or_skip!(["cluster1"]);
     let _locks = locks(&h).await;
-    let c = h.client("cluster1");
-    prepare(&h, "cluster1").await;
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner("cluster1", None)
-            .await
-            .unwrap();
-    }
-    let gw = Harness::unique_name("tr");
-    let g = h
-        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tr-vpc"))
-        .await
-        .unwrap();
-    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
-    let ns = h.unique_namespace("cluster1", "tr").await.unwrap();
-    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let env = OneGateway::up(&h, "tr").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
+    let g = &env.g;
     let (before, after) = (Harness::unique_name("tr-a"), Harness::unique_name("tr-b"));
     apply_exip(&c, &before, "cluster9", "172.50.8.1", "242.96.0.0/16").await;
     apply_exip(&c, &after, "cluster9", "172.50.8.2", "242.95.0.0/16").await;
@@ -1340,14 +1354,7 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
         .await
         .unwrap();
     drop(ctl);
-    h.delete_nat_gateway(&g).await.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns).await;
-    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-    for remote in [&before, &after] {
-        let _ = exips
-            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
-            .await;
-    }
+    env.down(&h, [before, after]).await;
 }
 
 const LEADER: &str = "leader_election_master_status{name=\"tunnel-manager\"}";
@@ -1361,22 +1368,9 @@ const LEADER: &str = "leader_election_master_status{name=\"tunnel-manager\"}";
 async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
     let h = harness_or_skip!(["cluster1"]);
     let _locks = locks(&h).await;
-    let c = h.client("cluster1");
-    prepare(&h, "cluster1").await;
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner("cluster1", None)
-            .await
-            .unwrap();
-    }
-    let gw = Harness::unique_name("tl");
-    let g = h
-        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tl-vpc"))
-        .await
-        .unwrap();
-    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
-    let ns = h.unique_namespace("cluster1", "tl").await.unwrap();
-    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let env = OneGateway::up(&h, "tl").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
+    let g = &env.g;
     let remotes: Vec<String> = (0..3)
         .map(|i| Harness::unique_name(&format!("tl{i}")))
         .collect();
@@ -1491,14 +1485,7 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
     }
     drop((a, b, proxy));
     let _ = std::fs::remove_file(&through_proxy);
-    h.delete_nat_gateway(&g).await.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns).await;
-    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-    for remote in &remotes {
-        let _ = exips
-            .delete(&format!("{remote}-cluster9"), &DeleteParams::default())
-            .await;
-    }
+    env.down(&h, remotes).await;
 }
 
 /// Forty tunnels of one gateway applied at once converge without one refused write: the
@@ -1509,22 +1496,8 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
 async fn tunnels_applied_at_once_converge_without_a_refused_write() {
     let h = harness_or_skip!(["cluster1"]);
     let _locks = locks(&h).await;
-    let c = h.client("cluster1");
-    prepare(&h, "cluster1").await;
-    {
-        let _g = h.exclusive("submariner").await.unwrap();
-        h.install_default_submariner("cluster1", None)
-            .await
-            .unwrap();
-    }
-    let gw = Harness::unique_name("tn");
-    let g = h
-        .create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tn-vpc"))
-        .await
-        .unwrap();
-    g.wait_available(&h, Duration::from_secs(90)).await.unwrap();
-    let ns = h.unique_namespace("cluster1", "tn").await.unwrap();
-    let t: Api<VpcNatTunnel> = Api::namespaced(c.clone(), &ns);
+    let env = OneGateway::up(&h, "tn").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
     let remote = Harness::unique_name("tn-r");
     let ctl = start(&h, "cluster1", &[]).await;
     let names: Vec<String> = (0..40).map(|i| format!("tn-{i}")).collect();
@@ -1608,12 +1581,6 @@ async fn tunnels_applied_at_once_converge_without_a_refused_write() {
             .unwrap();
     }
     drop(ctl);
-    h.delete_nat_gateway(&g).await.unwrap();
-    let _ = h.delete_namespace("cluster1", &ns).await;
-    let exips: Api<GatewayExIp> = Api::namespaced(c.clone(), KUBE_SYSTEM);
-    for i in 0..names.len() {
-        let _ = exips
-            .delete(&format!("{remote}{i}-cluster9"), &DeleteParams::default())
-            .await;
-    }
+    env.down(&h, (0..names.len()).map(|i| format!("{remote}{i}")))
+        .await;
 }
