@@ -692,7 +692,7 @@ async fn apply(
         };
         match ctx
             .executor
-            .run(&target, "cleanup", script::cleanup(&cfg))
+            .run(&target, "cleanup", script::Call::cleanup(&cfg))
             .await
         {
             Ok(out) if script::reported_changes(&out.stdout).unwrap_or(0) > 0 => {
@@ -729,7 +729,7 @@ async fn apply(
                 .run(
                     &resolved.pod,
                     "converge",
-                    script::converge(cfg, &stale, Mode::Converge),
+                    script::Call::converge(cfg, &stale, Mode::Converge),
                 )
                 .await
             {
@@ -789,7 +789,7 @@ async fn apply(
                 .run(
                     &resolved.pod,
                     "check",
-                    script::converge(cfg, &Stale::default(), Mode::Check),
+                    script::Call::converge(cfg, &Stale::default(), Mode::Check),
                 )
                 .await
             {
@@ -822,7 +822,7 @@ async fn apply(
                     .run(
                         &resolved.pod,
                         "converge",
-                        script::converge(cfg, &stale, Mode::Converge),
+                        script::Call::converge(cfg, &stale, Mode::Converge),
                     )
                     .await
                 {
@@ -928,7 +928,7 @@ async fn withdraw(
     };
     let out = ctx
         .executor
-        .run(&target, "cleanup", script::cleanup(&cfg))
+        .run(&target, "cleanup", script::Call::cleanup(&cfg))
         .await?;
     publish(
         ctx,
@@ -1026,7 +1026,7 @@ async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> 
         Some((target, cfg)) => {
             let out = ctx
                 .executor
-                .run(&target, "cleanup", script::cleanup(&cfg))
+                .run(&target, "cleanup", script::Call::cleanup(&cfg))
                 .await?;
             tracing::info!(tunnel = %k, pod = %target.name, changes = ?script::reported_changes(&out.stdout), "tunnel removed");
             publish(

@@ -1,11 +1,17 @@
-//! Running a script in a gateway pod through `pods/exec`: one call per script, a timeout,
-//! a bound on concurrent execs, and one exec at a time per pod (scripts of tunnels sharing a
-//! gateway never interleave; inside the pod a lock keeps a timed-out script and the next one
-//! apart, see `script`). A slow or dead gateway holds only its own pod's turn and one
+//! Running scripts in gateway pods through `pods/exec`, with **group commit per pod**: the
+//! calls queued for one pod while its previous exec runs go together in its next exec, as the
+//! sections of one script ([`script::batch`]). So a change to many tunnels of a gateway costs
+//! that gateway one or two execs, not one per tunnel, and two scripts never run in one pod at
+//! once (inside the pod a lock keeps a timed-out script and the next one apart, see `script`).
+//!
+//! Execs across pods are bounded by a semaphore; the timeout counts only the exec, not the wait
+//! for the pod's turn or a permit. A slow or dead gateway holds only its own queue and one
 //! permit for at most the timeout, so other gateways go on.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -14,30 +20,34 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, api::AttachParams};
 use multivpc_api::gateway::NAT_GW_CONTAINER;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use tokio::{io::AsyncReadExt, sync::Semaphore};
+use tokio::{
+    io::AsyncReadExt,
+    sync::{Semaphore, oneshot},
+};
 
-use crate::resolve::PodTarget;
+use crate::{resolve::PodTarget, script};
 
-/// Bytes of stdout/stderr kept from one exec.
-const MAX_OUTPUT: usize = 64 * 1024;
+/// Bytes of stdout/stderr kept from one exec (a batch of up to [`MAX_CALLS`] sections).
+const MAX_OUTPUT: usize = 1024 * 1024;
+/// Sections in one exec at most.
+const MAX_CALLS: usize = 200;
+/// Bytes of calls in one script at most: the script is one `sh -c` argument, and Linux refuses
+/// a single argument over 128 KiB (`MAX_ARG_STRLEN`); the functions take ~10 KiB of it.
+const MAX_CALL_BYTES: usize = 96 * 1024;
 
-/// What a script printed on stdout; exit status 0.
+/// What a script (or one section of a batch) printed; exit status 0.
 #[derive(Debug, Clone, Default)]
 pub struct Output {
     pub stdout: String,
 }
 
-/// Why an exec failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an exec failed. A failure of the whole exec is the failure of each call it carried.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ExecError {
     #[error("exec in pod {pod} timed out after {timeout:?}")]
     Timeout { pod: String, timeout: Duration },
-    #[error("exec in pod {pod}: {source}")]
-    Api {
-        pod: String,
-        #[source]
-        source: kube::Error,
-    },
+    #[error("exec in pod {pod}: {message}")]
+    Api { pod: String, message: String },
     #[error("exec in pod {pod}: {message}")]
     Stream { pod: String, message: String },
     #[error("script in pod {pod} exited {code}: {}", summary(.stderr, .stdout))]
@@ -87,6 +97,7 @@ pub fn summary(stderr: &str, stdout: &str) -> String {
 pub struct ExecMetrics {
     duration: HistogramVec,
     failures: IntCounterVec,
+    sections: IntCounterVec,
 }
 
 impl ExecMetrics {
@@ -94,7 +105,7 @@ impl ExecMetrics {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "multivpc_tunnel_exec_duration_seconds",
-                "Duration of script execs in VPC NAT gateway pods",
+                "Duration of execs in VPC NAT gateway pods (the exec only, not the wait for its turn), by script",
             )
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             &["script"],
@@ -102,31 +113,59 @@ impl ExecMetrics {
         let failures = IntCounterVec::new(
             Opts::new(
                 "multivpc_tunnel_exec_failures_total",
-                "Script execs in VPC NAT gateway pods that failed, by script and reason (timeout, api, stream, exit)",
+                "Tunnel scripts (sections of an exec) that failed, by script and reason (timeout, api, stream, exit)",
             ),
             &["script", "reason"],
         )?;
+        let sections = IntCounterVec::new(
+            Opts::new(
+                "multivpc_tunnel_exec_sections_total",
+                "Tunnel scripts carried by execs in VPC NAT gateway pods (one section per tunnel), by script",
+            ),
+            &["script"],
+        )?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(failures.clone()))?;
+        registry.register(Box::new(sections.clone()))?;
         for script in ["converge", "check", "cleanup"] {
             duration.with_label_values(&[script]);
+            sections.with_label_values(&[script]);
             for reason in ["timeout", "api", "stream", "exit"] {
                 failures.with_label_values(&[script, reason]);
             }
         }
-        Ok(Self { duration, failures })
+        Ok(Self {
+            duration,
+            failures,
+            sections,
+        })
     }
 }
 
-/// Runs scripts in gateway pods.
+type ExecFuture = Pin<Box<dyn Future<Output = Result<Output, ExecError>> + Send>>;
+/// Runs a script in a pod: `pods/exec` in production, a stand-in in unit tests.
+type Runner = Arc<dyn Fn(String, String) -> ExecFuture + Send + Sync>;
+
+/// Runs tunnel scripts in gateway pods, batched per pod.
+#[derive(Clone)]
 pub struct Executor {
-    client: Client,
-    /// Kube-OVN's namespace, where every NAT gateway pod runs.
-    namespace: String,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runner: Runner,
     timeout: Duration,
     permits: Semaphore,
-    pod_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Calls waiting for their pod's next exec, by pod UID. A pod has an entry exactly while a
+    /// task drains it, so pods that come and go leave nothing behind.
+    queues: Mutex<HashMap<String, VecDeque<Job>>>,
     metrics: ExecMetrics,
+}
+
+struct Job {
+    kind: &'static str,
+    call: script::Call,
+    reply: oneshot::Sender<Result<Output, ExecError>>,
 }
 
 impl Executor {
@@ -137,72 +176,212 @@ impl Executor {
         concurrency: usize,
         metrics: ExecMetrics,
     ) -> Self {
+        let runner: Runner = Arc::new(move |pod, script| {
+            let (client, namespace) = (client.clone(), namespace.clone());
+            Box::pin(async move { exec(&client, &namespace, &pod, script).await })
+        });
+        Self::with_runner(runner, timeout, concurrency, metrics)
+    }
+
+    fn with_runner(
+        runner: Runner,
+        timeout: Duration,
+        concurrency: usize,
+        metrics: ExecMetrics,
+    ) -> Self {
         Self {
-            client,
-            namespace,
-            timeout,
-            permits: Semaphore::new(concurrency.max(1)),
-            pod_locks: Mutex::new(HashMap::new()),
-            metrics,
+            inner: Arc::new(Inner {
+                runner,
+                timeout,
+                permits: Semaphore::new(concurrency.max(1)),
+                queues: Mutex::new(HashMap::new()),
+                metrics,
+            }),
         }
     }
 
-    fn pod_lock(&self, uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.pod_locks.lock().unwrap_or_else(|p| p.into_inner());
-        // Forget locks nobody holds or waits for (pods come and go).
-        locks.retain(|_, l| Arc::strong_count(l) > 1);
-        locks.entry(uid.to_owned()).or_default().clone()
-    }
-
-    /// Runs `script` (kind `converge`, `check` or `cleanup`) with `sh -c` in the gateway
-    /// container of `pod`. The wait for the pod's turn and a permit counts towards the timeout.
+    /// Runs `call` (kind `converge`, `check` or `cleanup`) in the gateway container of `pod`,
+    /// in the pod's next exec together with the other calls queued for it meanwhile. The output
+    /// is the call's own section.
     pub async fn run(
         &self,
         pod: &PodTarget,
         kind: &'static str,
-        script: String,
+        call: script::Call,
     ) -> Result<Output, ExecError> {
-        let started = Instant::now();
-        let result = self
-            .gated(pod, exec(&self.client, &self.namespace, &pod.name, script))
-            .await;
-        self.metrics
-            .duration
-            .with_label_values(&[kind])
-            .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
-            self.metrics
-                .failures
-                .with_label_values(&[kind, e.label()])
-                .inc();
+        let (reply, answer) = oneshot::channel();
+        let job = Job { kind, call, reply };
+        let start_drain = {
+            let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+            match queues.get_mut(&pod.uid) {
+                Some(queue) => {
+                    queue.push_back(job);
+                    false
+                }
+                None => {
+                    queues.insert(pod.uid.clone(), VecDeque::from([job]));
+                    true
+                }
+            }
+        };
+        if start_drain {
+            tokio::spawn(self.inner.clone().drain(pod.clone()));
         }
-        result
-    }
-
-    /// Runs `work` in `pod`'s turn, holding one permit, within the timeout.
-    async fn gated<T>(
-        &self,
-        pod: &PodTarget,
-        work: impl std::future::Future<Output = Result<T, ExecError>>,
-    ) -> Result<T, ExecError> {
-        tokio::time::timeout(self.timeout, async {
-            let lock = self.pod_lock(&pod.uid);
-            let _turn = lock.lock().await;
-            let _permit = self
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
-            work.await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(ExecError::Timeout {
+        answer.await.unwrap_or_else(|_| {
+            Err(ExecError::Stream {
                 pod: pod.name.clone(),
-                timeout: self.timeout,
+                message: "the exec was abandoned".into(),
             })
         })
     }
+}
+
+impl Inner {
+    /// Runs `pod`'s queued calls, one exec at a time, until its queue is empty.
+    async fn drain(self: Arc<Self>, pod: PodTarget) {
+        while let Some(batch) = self.next_batch(&pod.uid) {
+            let kind = batch[0].kind;
+            let script = script::batch(batch.iter().map(|j| &j.call));
+            let result = {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
+                let started = Instant::now();
+                let result =
+                    tokio::time::timeout(self.timeout, (self.runner)(pod.name.clone(), script))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ExecError::Timeout {
+                                pod: pod.name.clone(),
+                                timeout: self.timeout,
+                            })
+                        });
+                self.metrics
+                    .duration
+                    .with_label_values(&[kind])
+                    .observe(started.elapsed().as_secs_f64());
+                result
+            };
+            // A pod that did not answer (timeout, API, stream) would not answer the calls
+            // queued behind these either: they fail with them, each retried by its tunnel's
+            // backoff, instead of waiting a timeout per batch.
+            let mut batch = batch;
+            if let Err(e) = &result
+                && !matches!(e, ExecError::Exit { .. })
+            {
+                batch.extend(self.take_queued(&pod.uid));
+            }
+            self.metrics
+                .sections
+                .with_label_values(&[kind])
+                .inc_by(batch.len() as u64);
+            let answers = split(&pod.name, batch.len(), result);
+            for (job, answer) in batch.into_iter().zip(answers) {
+                if let Err(e) = &answer {
+                    self.metrics
+                        .failures
+                        .with_label_values(&[job.kind, e.label()])
+                        .inc();
+                }
+                // The caller may be gone (shut down); its answer is not needed then.
+                let _ = job.reply.send(answer);
+            }
+        }
+    }
+
+    /// The calls of `uid`'s next exec: the longest run of queued calls of one kind, within the
+    /// size limits; `None` (and the queue forgotten) when nothing is queued.
+    fn next_batch(&self, uid: &str) -> Option<Vec<Job>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues.get_mut(uid)?;
+        let Some(kind) = queue.front().map(|j| j.kind) else {
+            queues.remove(uid);
+            return None;
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(job) = queue.front() {
+            if job.kind != kind
+                || batch.len() == MAX_CALLS
+                || (!batch.is_empty() && bytes + job.call.len() > MAX_CALL_BYTES)
+            {
+                break;
+            }
+            bytes += job.call.len();
+            batch.extend(queue.pop_front());
+        }
+        Some(batch)
+    }
+
+    /// Every call queued for `uid` now.
+    fn take_queued(&self, uid: &str) -> Vec<Job> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        queues
+            .get_mut(uid)
+            .map(|q| q.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Each call's answer from the outcome of the exec that carried `n` calls: its own section's
+/// output and status. A failure of the exec itself (timeout, API, stream) or before the first
+/// section (no `ip`, the in-pod lock) is every call's.
+fn split(pod: &str, n: usize, result: Result<Output, ExecError>) -> Vec<Result<Output, ExecError>> {
+    let (stdout, stderr, code) = match result {
+        Ok(out) => (out.stdout, String::new(), 0),
+        Err(ExecError::Exit {
+            stdout,
+            stderr,
+            code,
+            ..
+        }) => (stdout, stderr, code),
+        Err(e) => return vec![Err(e); n],
+    };
+    let sections = script::sections(&stdout);
+    if sections.is_empty() {
+        let e = if code == 0 {
+            ExecError::Stream {
+                pod: pod.to_owned(),
+                message: format!("no section output: {}", summary(&stderr, &stdout)),
+            }
+        } else {
+            ExecError::Exit {
+                pod: pod.to_owned(),
+                code,
+                stdout,
+                stderr,
+            }
+        };
+        return vec![Err(e); n];
+    }
+    (0..n)
+        .map(|i| match sections.get(&i) {
+            Some(script::SectionOutput {
+                text,
+                status: Some(0),
+            }) => Ok(Output {
+                stdout: text.clone(),
+            }),
+            Some(script::SectionOutput {
+                text,
+                status: Some(code),
+            }) => Err(ExecError::Exit {
+                pod: pod.to_owned(),
+                code: *code,
+                stdout: text.clone(),
+                stderr: String::new(),
+            }),
+            _ => Err(ExecError::Stream {
+                pod: pod.to_owned(),
+                message: format!(
+                    "the script ended before tunnel section {i} finished (exit {code}): {}",
+                    summary(&stderr, "")
+                ),
+            }),
+        })
+        .collect()
 }
 
 async fn exec(
@@ -220,9 +399,9 @@ async fn exec(
     let mut process = pods
         .exec(pod, vec!["sh".to_owned(), "-c".to_owned(), script], &params)
         .await
-        .map_err(|source| ExecError::Api {
+        .map_err(|e| ExecError::Api {
             pod: pod.to_owned(),
-            source,
+            message: e.to_string(),
         })?;
     let stream_err = |e: &dyn std::fmt::Display| ExecError::Stream {
         pod: pod.to_owned(),
@@ -286,7 +465,10 @@ fn exit_status_from_message(m: &str) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+    use crate::script::{CleanupConfig, RuleTag};
 
     #[test]
     fn exit_codes_from_messages() {
@@ -304,65 +486,228 @@ mod tests {
         }
     }
 
-    fn executor(timeout: Duration, concurrency: usize) -> Executor {
-        // A client that is never used: the gating is tested with stand-in work.
-        let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let client = Client::try_from(config).unwrap();
+    /// A call whose device name is `dev`, so a stand-in can tell calls apart.
+    fn call(dev: &str) -> script::Call {
+        let device = dev.parse().unwrap();
+        script::Call::cleanup(&CleanupConfig {
+            tag: RuleTag::new("ns1", &device).unwrap(),
+            device,
+            delete_device: true,
+            remote_cidr: None,
+            local_cidr: None,
+        })
+    }
+
+    /// What a pod answers a batch with, as the real script would: each section's output and
+    /// status, `fail` sections exiting 1.
+    fn answer(script: &str, fail: &[&str]) -> Result<Output, ExecError> {
+        let mut stdout = String::new();
+        let mut status = 0;
+        for line in script.lines() {
+            let Some(rest) = line.strip_prefix("section ") else {
+                continue;
+            };
+            let (n, call) = rest.split_once(' ').unwrap();
+            let dev = call.split('\'').nth(1).unwrap();
+            let code = i32::from(fail.contains(&dev));
+            stdout.push_str(&format!(
+                "multivpc-section={n}\nran {dev}\nmultivpc-changes=0\nmultivpc-section-status={code}\n"
+            ));
+            status = status.max(code);
+        }
+        if status == 0 {
+            Ok(Output { stdout })
+        } else {
+            Err(ExecError::Exit {
+                pod: "gw".into(),
+                code: status,
+                stdout,
+                stderr: String::new(),
+            })
+        }
+    }
+
+    /// An executor whose pods answer with `answer`, each exec taking `delay` (or forever, on
+    /// pods named `dead`), counting the execs.
+    fn executor(
+        timeout: Duration,
+        concurrency: usize,
+        delay: Duration,
+        fail: &'static [&'static str],
+    ) -> (Executor, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let execs = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
+        let (e, r) = (execs.clone(), running.clone());
+        let runner: Runner = Arc::new(move |pod: String, script: String| {
+            let (e, r) = (e.clone(), r.clone());
+            Box::pin(async move {
+                e.fetch_add(1, Ordering::SeqCst);
+                if pod == "dead" {
+                    std::future::pending::<()>().await;
+                }
+                let now = r.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(now, 0, "two execs at once in a one-pod test");
+                tokio::time::sleep(delay).await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                answer(&script, fail)
+            })
+        });
         let metrics = ExecMetrics::register(&Registry::new()).unwrap();
-        Executor::new(client, "kube-system".into(), timeout, concurrency, metrics)
+        let ex = Executor::with_runner(runner, timeout, concurrency, metrics);
+        (ex, execs, running)
+    }
+
+    async fn run_all(
+        ex: &Executor,
+        pod: &PodTarget,
+        devs: &[String],
+    ) -> Vec<Result<Output, ExecError>> {
+        let tasks: Vec<_> = devs
+            .iter()
+            .map(|d| {
+                let (ex, pod, c) = (ex.clone(), pod.clone(), call(d));
+                tokio::spawn(async move { ex.run(&pod, "cleanup", c).await })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_queued_for_a_pod_share_its_next_exec() {
+        let (ex, execs, _) = executor(Duration::from_secs(30), 8, Duration::from_secs(1), &[]);
+        let first = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run(&target("gw"), "cleanup", call("vx0")).await })
+        };
+        // While the first call's exec runs, 49 more arrive: they wait for it and go in one more.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(execs.load(Ordering::SeqCst), 1);
+        let devs: Vec<String> = (1..50).map(|i| format!("vx{i}")).collect();
+        let out = run_all(&ex, &target("gw"), &devs).await;
+        assert_eq!(execs.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            first.await.unwrap().unwrap().stdout,
+            "ran vx0\nmultivpc-changes=0\n"
+        );
+        for (d, o) in devs.iter().zip(out) {
+            assert_eq!(o.unwrap().stdout, format!("ran {d}\nmultivpc-changes=0\n"));
+        }
+        assert!(
+            ex.inner.queues.lock().unwrap().is_empty(),
+            "queue forgotten"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_bounded() {
+        let (ex, execs, _) = executor(Duration::from_secs(30), 8, Duration::from_secs(1), &[]);
+        let devs: Vec<String> = (0..(2 * MAX_CALLS + 1)).map(|i| format!("vx{i}")).collect();
+        let out = run_all(&ex, &target("gw"), &devs).await;
+        assert!(out.iter().all(|o| o.is_ok()));
+        // Two full execs and one for the last call.
+        assert_eq!(execs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_section_fails_its_call_alone() {
+        let (ex, _, _) = executor(Duration::from_secs(30), 8, Duration::from_secs(1), &["vx2"]);
+        let devs: Vec<String> = (0..4).map(|i| format!("vx{i}")).collect();
+        let out = run_all(&ex, &target("gw"), &devs).await;
+        for (d, o) in devs.iter().zip(out) {
+            match (d.as_str(), o) {
+                (
+                    "vx2",
+                    Err(ExecError::Exit {
+                        code: 1, stdout, ..
+                    }),
+                ) => {
+                    assert_eq!(stdout, "ran vx2\nmultivpc-changes=0\n")
+                }
+                ("vx2", o) => panic!("vx2: {o:?}"),
+                (_, o) => assert!(o.is_ok(), "{d}: {o:?}"),
+            }
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_dead_gateway_times_out_without_blocking_others() {
-        let ex = Arc::new(executor(Duration::from_secs(30), 2));
+        let (ex, execs, _) = executor(Duration::from_secs(30), 2, Duration::ZERO, &[]);
         let dead = target("dead");
-        // Three scripts queue on the dead gateway (one at a time per pod) ...
-        let stuck: Vec<_> = (0..3)
-            .map(|_| {
-                let (ex, dead) = (ex.clone(), dead.clone());
-                tokio::spawn(async move {
-                    ex.gated(&dead, std::future::pending::<Result<(), ExecError>>())
-                        .await
-                })
-            })
-            .collect();
+        let spawn_dead = |dev: &'static str| {
+            let (ex, dead) = (ex.clone(), dead.clone());
+            tokio::spawn(async move { ex.run(&dead, "cleanup", call(dev)).await })
+        };
+        let mut stuck = vec![spawn_dead("vx1")];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Two more queue behind the exec that hangs ...
+        stuck.extend([spawn_dead("vx2"), spawn_dead("vx3")]);
         tokio::task::yield_now().await;
         // ... while other gateways' scripts run at once.
         let started = tokio::time::Instant::now();
         for name in ["a", "b", "c", "d"] {
-            ex.gated(&target(name), async { Ok::<_, ExecError>(()) })
-                .await
-                .unwrap();
+            ex.run(&target(name), "cleanup", call("vx1")).await.unwrap();
         }
         assert!(started.elapsed() < Duration::from_secs(1));
+        // The hung exec's timeout fails the calls queued behind it too: one exec in the dead
+        // pod, not one timeout per batch.
         for s in stuck {
             let err = s.await.unwrap().unwrap_err();
             assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
         }
+        assert_eq!(execs.load(Ordering::SeqCst), 1 + 4);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_script_at_a_time_per_pod() {
-        let ex = Arc::new(executor(Duration::from_secs(30), 8));
-        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                let (ex, running) = (ex.clone(), running.clone());
-                tokio::spawn(async move {
-                    ex.gated(&target("gw"), async {
-                        let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        assert_eq!(now, 0, "two scripts in one pod at once");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                        Ok::<_, ExecError>(())
-                    })
-                    .await
-                })
+    async fn the_timeout_counts_only_the_exec() {
+        // One permit, execs of 20 s each, a 30 s timeout: the calls queued behind others wait
+        // longer than the timeout in all and still succeed.
+        let (ex, execs, _) = executor(Duration::from_secs(30), 1, Duration::from_secs(20), &[]);
+        let tasks: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|p| {
+                let ex = ex.clone();
+                tokio::spawn(async move { ex.run(&target(p), "cleanup", call("vx1")).await })
             })
             .collect();
         for t in tasks {
             t.await.unwrap().unwrap();
         }
+        assert_eq!(execs.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_whole_exec_failure_is_every_calls() {
+        let timeout = Err(ExecError::Timeout {
+            pod: "gw".into(),
+            timeout: Duration::from_secs(1),
+        });
+        assert!(
+            split("gw", 3, timeout)
+                .iter()
+                .all(|r| matches!(r, Err(ExecError::Timeout { .. })))
+        );
+        // The prelude failed: no section ran.
+        let prelude = Err(ExecError::Exit {
+            pod: "gw".into(),
+            code: 1,
+            stdout: String::new(),
+            stderr: "multivpc: ip (iproute2) not found\n".into(),
+        });
+        for r in split("gw", 2, prelude) {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("ip (iproute2) not found"), "{e}");
+        }
+        // Cut after the first section.
+        let cut = Ok(Output {
+            stdout: "multivpc-section=0\nmultivpc-changes=0\nmultivpc-section-status=0\nmultivpc-section=1\n".into(),
+        });
+        let r = split("gw", 2, cut);
+        assert!(r[0].is_ok());
+        assert!(matches!(&r[1], Err(ExecError::Stream { .. })), "{:?}", r[1]);
     }
 
     #[test]

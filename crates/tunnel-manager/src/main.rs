@@ -45,7 +45,8 @@ struct Args {
     #[arg(long, env = "VERIFY_INTERVAL", default_value = "5m", value_parser = duration)]
     verify_interval: Duration,
 
-    /// Time limit of one script exec in a gateway pod, including the wait for its turn.
+    /// Time limit of one exec in a gateway pod (the exec itself, not the wait for the pod's turn
+    /// or a permit).
     #[arg(long, env = "EXEC_TIMEOUT", default_value = "30s", value_parser = duration)]
     exec_timeout: Duration,
 

@@ -387,7 +387,11 @@ fn only_our_devices_are_ever_deleted() {
     assert!(ok, "{err}");
     let (ok, out, err) = ns.sh(&script::converge(&cfg, &Stale::default(), Mode::Converge));
     assert!(!ok, "converge replaced a foreign device: {out}");
-    assert!(err.contains("is not ours"), "{err}");
+    // A section's stderr is part of its output (script::sections).
+    assert!(
+        out.contains("multivpc: device") && out.contains("is not ours"),
+        "{out}{err}"
+    );
     assert!(ns.state().contains(&format!("{}@vxpeer", cfg.device)));
     // Cleanup (status says we programmed it) leaves the foreign device in place.
     let (ok, out, err) = ns.sh(&script::cleanup(&cleanup_of(&cfg, false)));

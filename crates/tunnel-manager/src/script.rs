@@ -12,8 +12,10 @@
 //!   act on (the periodic drift verification);
 //! - **cleanup** removes the device, the routes and every rule tagged for the tunnel.
 //!
-//! Every script ends by printing `multivpc-changes=<n>`; a failing command stops the script with
-//! exit status 1 and a `multivpc: …` line on stderr.
+//! One script carries any number of tunnels of one gateway: the steps are shell functions
+//! defined once, and each tunnel is one *section*, a call of one of them in a subshell between
+//! markers ([`batch`], [`sections`]). Every section ends by printing `multivpc-changes=<n>`; a
+//! failing command stops that section alone with exit status 1 and a `multivpc: …` line.
 
 use std::{fmt, net::Ipv4Addr};
 
@@ -23,15 +25,15 @@ use multivpc_api::{
     tunnel::MAX_VNI,
 };
 
-/// The gateway pod's interface towards the VPC (Kube-OVN's `VPC_INTERFACE`).
-pub const VPC_INTERFACE: &str = "eth0";
 /// The gateway pod's interface on the external network (Kube-OVN's `EXTERNAL_INTERFACE`).
 pub const EXTERNAL_INTERFACE: &str = "net1";
 /// Routing protocol number marking the routes tunnel-manager programs (`ip route … proto 178`).
 /// Cleanup and stale-route removal delete only routes carrying it, so a status that names a
 /// route someone else owns (Kube-OVN's, the user's) deletes nothing: the pod confirms what is
-/// ours. 178 is unassigned in iproute2's rt_protos.
-pub const ROUTE_PROTO: u8 = 178;
+/// ours. 178 is unassigned in iproute2's rt_protos. The functions spell it out (and `eth0`, the
+/// interface towards the VPC, Kube-OVN's `VPC_INTERFACE`); a test holds them to this.
+#[cfg(test)]
+const ROUTE_PROTO: u8 = 178;
 /// Marker line the scripts end with.
 pub const CHANGES_MARKER: &str = "multivpc-changes=";
 
@@ -240,8 +242,8 @@ pub enum Mode {
     Check,
 }
 
+/// Once per script: helpers, the iptables flavour and the gateway's lock.
 const PRELUDE: &str = r#"set -u
-changes=0
 fail() { echo "multivpc: $*" >&2; exit 1; }
 step() { d=$1; shift; changes=$((changes + 1)); echo "change: $d"; [ "$mode" = check ] && return 0; "$@" || fail "$d: command failed: $*"; }
 command -v ip >/dev/null 2>&1 || fail "ip (iproute2) not found"
@@ -266,196 +268,214 @@ done
 [ -z "$lock" ] || trap 'rm -f "$lock"' EXIT
 "#;
 
-/// The POSTROUTING rules carrying `tag`, one per line of `$tagged`, as `iptables -S` prints
-/// them without `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment that
-/// holds `:` or `/`), so each line split into words is that rule's own arguments again: a rule
-/// is deleted by what it matches, never by a line number another writer may have shifted.
-fn tagged_rules(tag: &RuleTag) -> String {
-    let plain = tag.to_string();
-    let pattern = plain.replace('.', "\\.");
-    format!(
-        "tagged=$($ipt -t nat -S POSTROUTING | grep -F -e {quoted_word} -e {plain_word} | sed {sed})\n",
-        quoted_word = quote(&format!(" --comment \"{plain}\" ")),
-        plain_word = quote(&format!(" --comment {plain} ")),
-        sed = quote(&format!(
-            "s|^-A POSTROUTING ||; s| --comment \"{pattern}\" | --comment {plain} |"
-        )),
-    )
+/// The shell functions each tunnel's part of a script calls, defined once per script: a call is
+/// one short line of quoted values, so one exec carries hundreds of tunnels within the length a
+/// single `sh -c` argument may have.
+const FUNCTIONS: &str = r#"# The POSTROUTING rules tagged $1, one per line of $tagged, as `iptables -S` prints them without
+# `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment holding `:` or `/`):
+# each line split into words is that rule's own arguments again, so a rule is deleted by what it
+# matches, never by a line number another writer may have shifted.
+tagged_rules() {
+  pattern=$(printf '%s' "$1" | sed 's/[.]/\\./g')
+  tagged=$($ipt -t nat -S POSTROUTING | grep -F -e " --comment \"$1\" " -e " --comment $1 " | sed "s|^-A POSTROUTING ||; s| --comment \"$pattern\" | --comment $1 |")
+}
+# Deletes each rule of $tagged, as step $1. A here-document, not a pipe: the loop runs in this
+# shell, so step counts and fails it.
+delete_tagged() {
+  while IFS= read -r r; do
+    [ -n "$r" ] || continue
+    set -f
+    step "$1: $r" $ipt -t nat -D POSTROUTING $r
+    set +f
+  done <<MULTIVPC_RULES
+$tagged
+MULTIVPC_RULES
+}
+# converge_tunnel MODE DEV gre|vxlan VNI PORT LOCAL_IP REMOTE_IP ADDR LOCAL_CIDR OVN_GW REMOTE_CIDR
+#                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL
+converge_tunnel() {
+  mode=$1 dev=$2 encap=$3 vni=$4 port=$5 lip=$6 rip=$7 addr=$8 lcidr=$9
+  shift 9
+  via=$1 rcidr=$2 snat=$3 tag=$4 alias=$5 stale_r=$6 stale_l=$7
+  [ -e /sys/class/net/net1 ] || fail 'the gateway has no net1 interface'
+  # Kube-OVN v1.12's nat-gateway.sh `init` turns ARP off on net1 and only `add_eip` turns it
+  # back on; without ARP the underlay packets cannot reach the peer (docs/tunnel-manager.md).
+  case "$(ip -o link show dev net1)" in *'<NOARP,'*|*'<NOARP>'*|*',NOARP,'*|*',NOARP>'*) step "ARP on net1 (Kube-OVN v1.12 leaves it off until an EIP exists)" ip link set dev net1 arp on ;; esac
+  # Device: recreated when missing or when its alias or kernel parameters differ.
+  if [ "$encap" = gre ]; then
+    set -- "remote $rip " "local $lip " "gre "; same_kind='link/gre '
+  else
+    set -- "remote $rip " "local $lip " "vxlan id $vni " "dstport $port "; same_kind=' vxlan id '
+  fi
+  ok=1
+  if [ -e "/sys/class/net/$dev" ]; then
+    [ "$(cat "/sys/class/net/$dev/ifalias" 2>/dev/null)" = "$alias" ] || ok=0
+    details="$(ip -d link show dev "$dev" 2>/dev/null | tr '\n' ' ') "
+    for e in "$@"; do case "$details" in *"$e"*) ;; *) ok=0 ;; esac; done
+    # Replaced only when it is ours (alias) or a tunnel device of the same kind (the original
+    # Go operator's, adopted); anything else of that name is someone else's and stays.
+    if [ "$ok" = 0 ]; then
+      case "$(cat "/sys/class/net/$dev/ifalias" 2>/dev/null)" in
+        'multivpc '*) ;;
+        *) case "$details" in *"$same_kind"*) ;; *) fail "device $dev exists and is not ours (no multivpc alias, not a tunnel device of this kind): refusing to replace it" ;; esac ;;
+      esac
+      step "device $dev has other parameters: delete it" ip link del dev "$dev"
+    fi
+  fi
+  if [ ! -e "/sys/class/net/$dev" ] || [ "$ok" = 0 ]; then
+    if [ "$encap" = gre ]; then
+      step "create device $dev" ip tunnel add "$dev" mode gre remote "$rip" local "$lip" ttl 255
+    else
+      step "create device $dev" ip link add "$dev" type vxlan id "$vni" remote "$rip" local "$lip" dev net1 dstport "$port"
+    fi
+    step "label device $dev" ip link set dev "$dev" alias "$alias"
+  fi
+  # In check mode a missing device cannot be inspected further: it already counts.
+  if [ -e "/sys/class/net/$dev" ]; then
+    # VXLAN is L2: each end answers ARP for the Globalnet CIDR behind it, so that
+    # `<remote cidr> dev <device>` works without knowing the peer's tunnel address.
+    if [ "$encap" = vxlan ]; then
+      pa="/proc/sys/net/ipv4/conf/$dev/proxy_arp"
+      [ "$(cat "$pa" 2>/dev/null)" = 1 ] || step "proxy_arp on $dev" sh -c 'echo 1 > "$1"' sh "$pa"
+    fi
+    # Address: exactly the wanted one.
+    have=$(ip -o -4 addr show dev "$dev" | awk '{ print $4 }')
+    for a in $have; do [ "$a" = "$addr" ] || step "remove address $a from $dev" ip addr del "$a" dev "$dev"; done
+    case " $(echo $have) " in *" $addr "*) ;; *) step "address $addr on $dev" ip addr replace "$addr" dev "$dev" ;; esac
+    flags=$(cat "/sys/class/net/$dev/flags")
+    [ $((flags & 1)) = 1 ] || step "set $dev up" ip link set dev "$dev" up
+  fi
+  # Routes.
+  r="$(ip -4 route show exact "$lcidr" | tr '\n' ' ') "
+  case "$r" in *"via $via dev eth0 proto 178 "*) ;; *) step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178 ;; esac
+  r="$(ip -4 route show exact "$rcidr" | tr '\n' ' ') "
+  case "$r" in *"dev $dev proto 178 "*) ;; *) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;; esac
+  if [ -n "$stale_r" ] && [ -n "$(ip -4 route show exact "$stale_r" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove stale route $stale_r" ip route del "$stale_r" dev "$dev" proto 178; fi
+  if [ -n "$stale_l" ] && [ -n "$(ip -4 route show exact "$stale_l" dev eth0 proto 178 2>/dev/null)" ]; then step "remove stale route $stale_l" ip route del "$stale_l" dev eth0 proto 178; fi
+  # SNAT: exactly one rule tagged for this tunnel, and it is the wanted one.
+  tagged_rules "$tag"
+  if [ "$(printf '%s\n' "$tagged" | grep -c .)" = 1 ] && $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null; then :; else
+    delete_tagged "remove stale SNAT rule"
+    step "SNAT to $snat for $rcidr" $ipt -t nat -I POSTROUTING 1 -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat"
+  fi
+  # The original Go operator's untagged rule for the same traffic (adoption). It ran plain
+  # `iptables`, whichever flavour that was in the image, so every flavour present is searched;
+  # names resolving to the same binary are searched once.
+  seen=' '
+  for f in "$ipt" iptables iptables-legacy iptables-nft; do
+    p=$(command -v "$f" 2>/dev/null) || continue
+    p=$(readlink -f "$p" 2>/dev/null || echo "$p")
+    case "$seen" in *" $p "*) continue ;; esac
+    seen="$seen$p "
+    if "$f" -t nat -C POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" 2>/dev/null; then step "remove untagged SNAT rule ($f)" "$f" -t nat -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat"; fi
+  done
+}
+# cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR (either route may be empty)
+cleanup_tunnel() {
+  mode=converge dev=$1 delete_dev=$2 tag=$3 rcidr=$4 lcidr=$5
+  if [ -n "$rcidr" ] && [ -n "$(ip -4 route show exact "$rcidr" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove route $rcidr" ip route del "$rcidr" dev "$dev" proto 178; fi
+  if [ -n "$lcidr" ] && [ -n "$(ip -4 route show exact "$lcidr" dev eth0 proto 178 2>/dev/null)" ]; then step "remove route $lcidr" ip route del "$lcidr" dev eth0 proto 178; fi
+  # Only a device marked as ours: status says what was programmed, the pod confirms it.
+  if [ "$delete_dev" = 1 ] && [ -e "/sys/class/net/$dev" ]; then
+    case "$(cat "/sys/class/net/$dev/ifalias" 2>/dev/null)" in
+      'multivpc '*) step "delete device $dev" ip link del dev "$dev" ;;
+      *) echo "note: device $dev has no multivpc alias: not ours, left in place" ;;
+    esac
+  fi
+  tagged_rules "$tag"
+  delete_tagged "remove SNAT rule"
+}
+# section N FUNCTION ARGS...: one tunnel's part, in a subshell (its variables and its failure
+# stay its own), stderr with stdout, between markers the executor splits the output by.
+section() {
+  echo "multivpc-section=$1"
+  shift
+  ( trap - EXIT; changes=0; "$@"; echo "multivpc-changes=$changes" ) 2>&1
+  rc=$?
+  echo "multivpc-section-status=$rc"
+  [ "$rc" = 0 ] || status=$rc
+}
+status=0
+"#;
+
+/// Marker opening a section's output: `multivpc-section=<n>`.
+pub const SECTION_MARKER: &str = "multivpc-section=";
+/// Marker closing it with the section's exit status: `multivpc-section-status=<code>`.
+pub const SECTION_STATUS_MARKER: &str = "multivpc-section-status=";
+
+/// One tunnel's part of a script: a call of one of the script's functions with quoted values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call(String);
+
+impl Call {
+    /// Converges (or, with [`Mode::Check`], only checks) the tunnel `cfg`; `stale` names what
+    /// an earlier spec programmed that this one no longer wants.
+    pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> Self {
+        let (encap, vni, port) = match cfg.encap {
+            Encap::Gre => ("gre", String::new(), String::new()),
+            Encap::Vxlan { vni, port } => ("vxlan", vni.get().to_string(), port.get().to_string()),
+        };
+        let opt = |c: Option<Ipv4Cidr>| c.map(q).unwrap_or_else(|| "''".into());
+        let words = [
+            q(match mode {
+                Mode::Converge => "converge",
+                Mode::Check => "check",
+            }),
+            q(&cfg.device),
+            q(encap),
+            q(vni),
+            q(port),
+            q(cfg.local_ip),
+            q(cfg.remote_ip),
+            q(cfg.interface_addr),
+            q(cfg.local_cidr),
+            q(cfg.ovn_gateway),
+            q(cfg.remote_cidr),
+            q(cfg.snat),
+            q(&cfg.tag),
+            q(cfg.device_alias()),
+            opt(stale.remote_cidr.filter(|c| *c != cfg.remote_cidr)),
+            opt(stale.local_cidr.filter(|c| *c != cfg.local_cidr)),
+        ];
+        Self(format!("converge_tunnel {}", words.join(" ")))
+    }
+
+    /// Removes the tunnel `cfg` (device, routes, every rule tagged for it).
+    pub fn cleanup(cfg: &CleanupConfig) -> Self {
+        let opt = |c: Option<Ipv4Cidr>| c.map(q).unwrap_or_else(|| "''".into());
+        Self(format!(
+            "cleanup_tunnel {} {} {} {} {}",
+            q(&cfg.device),
+            if cfg.delete_device { "1" } else { "0" },
+            q(&cfg.tag),
+            opt(cfg.remote_cidr),
+            opt(cfg.local_cidr),
+        ))
+    }
+
+    /// Bytes this call adds to a script.
+    pub fn len(&self) -> usize {
+        self.0.len() + 16
+    }
 }
 
-/// Runs `step` with `description` on each rule of `$tagged` (see [`tagged_rules`]), deleting
-/// it. A here-document, not a pipe: the loop runs in this shell, so `step` counts and fails it.
-fn delete_tagged(description: &str) -> String {
-    format!(
-        "while IFS= read -r r; do\n  [ -n \"$r\" ] || continue\n  set -f\n  step \"{description}: $r\" $ipt -t nat -D POSTROUTING $r\n  set +f\ndone <<MULTIVPC_RULES\n$tagged\nMULTIVPC_RULES\n"
-    )
-}
-
-fn epilogue() -> String {
-    format!("echo \"{CHANGES_MARKER}$changes\"\n")
-}
-
-/// The converge (or, with [`Mode::Check`], the read-only check) script for `cfg`.
-pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
-    let dev = q(&cfg.device);
-    let mut s = String::new();
-    s.push_str(&format!(
-        "mode={}\n",
-        quote(match mode {
-            Mode::Converge => "converge",
-            Mode::Check => "check",
-        })
-    ));
-    s.push_str(PRELUDE);
-    s.push_str(&format!("dev={dev}\n"));
-    s.push_str(&format!(
-        "[ -e /sys/class/net/{EXTERNAL_INTERFACE} ] || fail 'the gateway has no {EXTERNAL_INTERFACE} interface'\n"
-    ));
-    // Kube-OVN v1.12's nat-gateway.sh `init` turns ARP off on net1 and only `add_eip` (the
-    // first IptablesEIP) turns it back on; v1.13 dropped the `arp off`. Without ARP the tunnel's
-    // underlay packets cannot reach the peer, so it is turned on, as add_eip and later versions
-    // leave it (docs/tunnel-manager.md, "Kube-OVN v1.12 and ARP on net1").
-    s.push_str(&format!(
-        "case \"$(ip -o link show dev {EXTERNAL_INTERFACE})\" in *'<NOARP,'*|*'<NOARP>'*|*',NOARP,'*|*',NOARP>'*) step \"ARP on {EXTERNAL_INTERFACE} (Kube-OVN v1.12 leaves it off until an EIP exists)\" ip link set dev {EXTERNAL_INTERFACE} arp on ;; esac\n"
-    ));
-
-    // Device: recreate when missing or when its alias or kernel parameters differ.
-    let alias = q(cfg.device_alias());
-    let mut expected = vec![
-        format!("remote {} ", cfg.remote_ip),
-        format!("local {} ", cfg.local_ip),
-    ];
-    let create = match cfg.encap {
-        Encap::Gre => {
-            expected.push("gre ".into());
-            format!(
-                "ip tunnel add \"$dev\" mode gre remote {} local {} ttl 255",
-                q(cfg.remote_ip),
-                q(cfg.local_ip)
-            )
-        }
-        Encap::Vxlan { vni, port } => {
-            expected.push(format!("vxlan id {} ", vni.get()));
-            expected.push(format!("dstport {} ", port.get()));
-            format!(
-                "ip link add \"$dev\" type vxlan id {} remote {} local {} dev {EXTERNAL_INTERFACE} dstport {}",
-                q(vni.get()),
-                q(cfg.remote_ip),
-                q(cfg.local_ip),
-                q(port.get())
-            )
-        }
-    };
-    s.push_str("ok=1\n");
-    s.push_str("if [ -e \"/sys/class/net/$dev\" ]; then\n");
-    s.push_str(&format!(
-        "  [ \"$(cat \"/sys/class/net/$dev/ifalias\" 2>/dev/null)\" = {alias} ] || ok=0\n"
-    ));
-    s.push_str("  details=\"$(ip -d link show dev \"$dev\" 2>/dev/null | tr '\\n' ' ') \"\n");
-    for e in &expected {
-        s.push_str(&format!(
-            "  case \"$details\" in *{}*) ;; *) ok=0 ;; esac\n",
-            quote(e)
-        ));
+/// The script running `calls` in order, each as its own section (see [`sections`]). It exits
+/// with the status of the last section that failed (0 when none did); a failure before the
+/// first section (no `ip`, the lock held for too long) fails them all.
+pub fn batch<'a>(calls: impl IntoIterator<Item = &'a Call>) -> String {
+    let mut s = String::from(PRELUDE);
+    s.push_str(FUNCTIONS);
+    for (i, call) in calls.into_iter().enumerate() {
+        s.push_str(&format!("section {i} {}\n", call.0));
     }
-    // Replaced only when it is ours (alias) or a tunnel device of the same kind (the original
-    // Go operator's, adopted); anything else of that name is someone else's and is left alone.
-    s.push_str("  if [ \"$ok\" = 0 ]; then\n");
-    s.push_str("    case \"$(cat \"/sys/class/net/$dev/ifalias\" 2>/dev/null)\" in\n");
-    s.push_str("      'multivpc '*) ;;\n");
-    let same_kind = match cfg.encap {
-        Encap::Gre => "*'link/gre '*",
-        Encap::Vxlan { .. } => "*' vxlan id '*",
-    };
-    s.push_str(&format!("      *) case \"$details\" in {same_kind}) ;; *) fail \"device $dev exists and is not ours (no multivpc alias, not a tunnel device of this kind): refusing to replace it\" ;; esac ;;\n"));
-    s.push_str("    esac\n");
-    s.push_str(
-        "    step \"device $dev has other parameters: delete it\" ip link del dev \"$dev\"\n",
-    );
-    s.push_str("  fi\n");
-    s.push_str("fi\n");
-    s.push_str("if [ ! -e \"/sys/class/net/$dev\" ] || [ \"$ok\" = 0 ]; then\n");
-    s.push_str(&format!("  step \"create device $dev\" {create}\n"));
-    s.push_str(&format!(
-        "  step \"label device $dev\" ip link set dev \"$dev\" alias {alias}\n"
-    ));
-    s.push_str("fi\n");
-    // In check mode a missing device cannot be inspected further: it already counts.
-    s.push_str("if [ -e \"/sys/class/net/$dev\" ]; then\n");
-    if matches!(cfg.encap, Encap::Vxlan { .. }) {
-        // VXLAN is L2: each end answers ARP for the Globalnet CIDR behind it, so that
-        // `<remote cidr> dev <device>` works without knowing the peer's tunnel address.
-        s.push_str("  pa=\"/proc/sys/net/ipv4/conf/$dev/proxy_arp\"\n");
-        s.push_str("  [ \"$(cat \"$pa\" 2>/dev/null)\" = 1 ] || step \"proxy_arp on $dev\" sh -c 'echo 1 > \"$1\"' sh \"$pa\"\n");
-    }
-    // Address: exactly the wanted one.
-    let addr = q(cfg.interface_addr);
-    s.push_str(&format!("  want={addr}\n"));
-    s.push_str("  have=$(ip -o -4 addr show dev \"$dev\" | awk '{ print $4 }')\n");
-    s.push_str("  for a in $have; do [ \"$a\" = \"$want\" ] || step \"remove address $a from $dev\" ip addr del \"$a\" dev \"$dev\"; done\n");
-    s.push_str("  case \" $(echo $have) \" in *\" $want \"*) ;; *) step \"address $want on $dev\" ip addr replace \"$want\" dev \"$dev\" ;; esac\n");
-    s.push_str("  flags=$(cat \"/sys/class/net/$dev/flags\")\n");
-    s.push_str("  [ $((flags & 1)) = 1 ] || step \"set $dev up\" ip link set dev \"$dev\" up\n");
-    s.push_str("fi\n");
-
-    // Routes.
-    let local = q(cfg.local_cidr);
-    let via = q(cfg.ovn_gateway);
-    let remote = q(cfg.remote_cidr);
-    s.push_str(&format!(
-        "r=\"$(ip -4 route show exact {local} | tr '\\n' ' ') \"\n"
-    ));
-    s.push_str(&format!(
-        "case \"$r\" in *\"via \"{via}\" dev {VPC_INTERFACE} proto {ROUTE_PROTO} \"*) ;; *) step \"route \"{local}\" via \"{via} ip route replace {local} via {via} dev {VPC_INTERFACE} proto {ROUTE_PROTO} ;; esac\n"
-    ));
-    s.push_str(&format!(
-        "r=\"$(ip -4 route show exact {remote} | tr '\\n' ' ') \"\n"
-    ));
-    s.push_str(&format!(
-        "case \"$r\" in *\"dev $dev proto {ROUTE_PROTO} \"*) ;; *) [ \"$mode\" = check ] || [ -e \"/sys/class/net/$dev\" ] || fail \"device $dev vanished\"; step \"route \"{remote}\" dev $dev\" ip route replace {remote} dev \"$dev\" proto {ROUTE_PROTO} ;; esac\n"
-    ));
-    if let Some(old) = stale.remote_cidr.filter(|c| *c != cfg.remote_cidr) {
-        let old = q(old);
-        s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {old} dev \"$dev\" proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev \"$dev\" proto {ROUTE_PROTO}\n"
-        ));
-    }
-    if let Some(old) = stale.local_cidr.filter(|c| *c != cfg.local_cidr) {
-        let old = q(old);
-        s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {old} dev {VPC_INTERFACE} proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove stale route \"{old} ip route del {old} dev {VPC_INTERFACE} proto {ROUTE_PROTO}\n"
-        ));
-    }
-
-    // SNAT: exactly one rule tagged for this tunnel, and it is the wanted one.
-    let tag = q(&cfg.tag);
-    let to = q(cfg.snat);
-    let rule = format!("-d {remote} -m comment --comment {tag} -j SNAT --to-source {to}");
-    s.push_str(&tagged_rules(&cfg.tag));
-    s.push_str(&format!(
-        "if [ \"$(printf '%s\\n' \"$tagged\" | grep -c .)\" = 1 ] && $ipt -t nat -C POSTROUTING {rule} 2>/dev/null; then :; else\n"
-    ));
-    s.push_str(&delete_tagged("remove stale SNAT rule"));
-    s.push_str(&format!(
-        "  step \"SNAT to \"{to}\" for \"{remote} $ipt -t nat -I POSTROUTING 1 {rule}\n"
-    ));
-    s.push_str("fi\n");
-    // The original Go operator's untagged rule for the same traffic (adoption). It ran plain
-    // `iptables`, whichever flavour that was in the image, so every flavour present is searched;
-    // names resolving to the same binary are searched once.
-    let untagged = format!("-d {remote} -j SNAT --to-source {to}");
-    s.push_str("seen=' '\n");
-    s.push_str("for f in \"$ipt\" iptables iptables-legacy iptables-nft; do\n");
-    s.push_str("  p=$(command -v \"$f\" 2>/dev/null) || continue\n");
-    s.push_str("  p=$(readlink -f \"$p\" 2>/dev/null || echo \"$p\")\n");
-    s.push_str("  case \"$seen\" in *\" $p \"*) continue ;; esac\n");
-    s.push_str("  seen=\"$seen$p \"\n");
-    s.push_str(&format!(
-        "  if \"$f\" -t nat -C POSTROUTING {untagged} 2>/dev/null; then step \"remove untagged SNAT rule ($f)\" \"$f\" -t nat -D POSTROUTING {untagged}; fi\n"
-    ));
-    s.push_str("done\n");
-    s.push_str(&epilogue());
+    s.push_str("exit \"$status\"\n");
     s
+}
+
+/// The converge (or, with [`Mode::Check`], the read-only check) script for `cfg` alone.
+#[cfg(test)]
+pub fn converge(cfg: &TunnelConfig, stale: &Stale, mode: Mode) -> String {
+    batch([&Call::converge(cfg, stale, mode)])
 }
 
 /// What cleanup removes.
@@ -472,38 +492,48 @@ pub struct CleanupConfig {
     pub local_cidr: Option<Ipv4Cidr>,
 }
 
-/// The cleanup script: removes the device, the routes and every rule tagged for the tunnel.
+/// The cleanup script for `cfg` alone.
+#[cfg(test)]
 pub fn cleanup(cfg: &CleanupConfig) -> String {
-    let mut s = String::from("mode='converge'\n");
-    s.push_str(PRELUDE);
-    s.push_str(&format!("dev={}\n", q(&cfg.device)));
-    if let Some(remote) = cfg.remote_cidr {
-        let remote = q(remote);
-        s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {remote} dev \"$dev\" proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove route \"{remote} ip route del {remote} dev \"$dev\" proto {ROUTE_PROTO}\n"
-        ));
+    batch([&Call::cleanup(cfg)])
+}
+
+/// What one section of a script printed (stdout and stderr together) and its exit status;
+/// `None` for a section whose end the output does not reach (the script died or its output was
+/// cut).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionOutput {
+    pub text: String,
+    pub status: Option<i32>,
+}
+
+/// Splits a script's stdout into its sections' outputs, by section number.
+pub fn sections(stdout: &str) -> std::collections::BTreeMap<usize, SectionOutput> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut current: Option<(usize, String)> = None;
+    for line in stdout.lines() {
+        if let Some(n) = line
+            .strip_prefix(SECTION_MARKER)
+            .and_then(|n| n.parse().ok())
+        {
+            if let Some((i, text)) = current.take() {
+                out.insert(i, SectionOutput { text, status: None });
+            }
+            current = Some((n, String::new()));
+        } else if let Some(code) = line.strip_prefix(SECTION_STATUS_MARKER) {
+            if let Some((i, text)) = current.take() {
+                let status = code.trim().parse().ok();
+                out.insert(i, SectionOutput { text, status });
+            }
+        } else if let Some((_, text)) = current.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
     }
-    if let Some(local) = cfg.local_cidr {
-        let local = q(local);
-        s.push_str(&format!(
-            "[ -z \"$(ip -4 route show exact {local} dev {VPC_INTERFACE} proto {ROUTE_PROTO} 2>/dev/null)\" ] || step \"remove route \"{local} ip route del {local} dev {VPC_INTERFACE} proto {ROUTE_PROTO}\n"
-        ));
+    if let Some((i, text)) = current {
+        out.insert(i, SectionOutput { text, status: None });
     }
-    if cfg.delete_device {
-        // Only a device marked as ours: status says what was programmed, the pod confirms it.
-        s.push_str("if [ -e \"/sys/class/net/$dev\" ]; then\n");
-        s.push_str("  case \"$(cat \"/sys/class/net/$dev/ifalias\" 2>/dev/null)\" in\n");
-        s.push_str("    'multivpc '*) step \"delete device $dev\" ip link del dev \"$dev\" ;;\n");
-        s.push_str(
-            "    *) echo \"note: device $dev has no multivpc alias: not ours, left in place\" ;;\n",
-        );
-        s.push_str("  esac\n");
-        s.push_str("fi\n");
-    }
-    s.push_str(&tagged_rules(&cfg.tag));
-    s.push_str(&delete_tagged("remove SNAT rule"));
-    s.push_str(&epilogue());
-    s
+    out
 }
 
 /// The number of changes a script reported (`multivpc-changes=<n>`), if it got that far.
@@ -628,73 +658,84 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn vxlan_script_has_the_commands_of_the_issue() {
+    fn a_vxlan_call_carries_every_value_quoted() {
+        let call = Call::converge(&vxlan(), &Stale::default(), Mode::Converge);
+        assert_eq!(
+            call.0,
+            "converge_tunnel 'converge' 'vx1' 'vxlan' '100' '4789' '172.50.1.11' '172.50.2.11' \
+             '10.100.0.1/24' '242.0.0.0/16' '10.1.0.1' '242.1.0.0/16' '242.0.0.1-242.0.0.8' \
+             'multivpc-tunnel:ns1/vx1' \
+             'multivpc vxlan id=100 local=172.50.1.11 remote=172.50.2.11 dstport=4789 dev=net1' '' ''"
+        );
         let s = converge(&vxlan(), &Stale::default(), Mode::Converge);
-        assert!(s.starts_with("mode='converge'\n"), "{s}");
-        assert!(s.contains("dev='vx1'"), "{s}");
+        assert!(s.contains(&format!("section 0 {}\n", call.0)), "{s}");
         assert!(s.contains(
-            "ip link add \"$dev\" type vxlan id '100' remote '172.50.2.11' local '172.50.1.11' dev net1 dstport '4789'"
+            "ip link add \"$dev\" type vxlan id \"$vni\" remote \"$rip\" local \"$lip\" dev net1 dstport \"$port\""
         ), "{s}");
-        assert!(s.contains("want='10.100.0.1/24'"));
-        assert!(s.contains("ip route replace '242.0.0.0/16' via '10.1.0.1' dev eth0"));
-        assert!(s.contains("ip route replace '242.1.0.0/16' dev \"$dev\""));
+        assert!(s.contains("ip route replace \"$lcidr\" via \"$via\" dev eth0 proto 178"));
+        assert!(s.contains("ip route replace \"$rcidr\" dev \"$dev\" proto 178"));
         assert!(s.contains(
-            "$ipt -t nat -I POSTROUTING 1 -d '242.1.0.0/16' -m comment --comment 'multivpc-tunnel:ns1/vx1' -j SNAT --to-source '242.0.0.1-242.0.0.8'"
+            "$ipt -t nat -I POSTROUTING 1 -d \"$rcidr\" -m comment --comment \"$tag\" -j SNAT --to-source \"$snat\""
         ), "{s}");
-        assert!(s.contains("proxy_arp"));
         assert!(s.contains("iptables-legacy -t nat -S INPUT 1"));
-        assert!(s.trim_end().ends_with("echo \"multivpc-changes=$changes\""));
-        // No stale removal without a stale spec.
-        assert!(!s.contains("remove stale route"));
+        assert!(s.trim_end().ends_with("exit \"$status\""));
     }
 
     #[test]
-    fn gre_script_uses_ip_tunnel_with_ttl() {
+    fn a_gre_call_names_gre_and_its_alias() {
+        let call = Call::converge(&gre(), &Stale::default(), Mode::Converge);
+        assert!(
+            call.0
+                .starts_with("converge_tunnel 'converge' 'ovn-gre0' 'gre' '' '' "),
+            "{}",
+            call.0
+        );
+        assert!(
+            call.0
+                .contains("'multivpc gre local=172.50.1.11 remote=172.50.2.11 ttl=255'")
+        );
         let s = converge(&gre(), &Stale::default(), Mode::Converge);
         assert!(
-            s.contains(
-                "ip tunnel add \"$dev\" mode gre remote '172.50.2.11' local '172.50.1.11' ttl 255"
-            ),
-            "{s}"
+            s.contains("ip tunnel add \"$dev\" mode gre remote \"$rip\" local \"$lip\" ttl 255")
         );
-        assert!(!s.contains("vxlan"));
-        assert!(!s.contains("proxy_arp"), "GRE is point-to-point, no ARP");
-        assert!(s.contains("'multivpc gre local=172.50.1.11 remote=172.50.2.11 ttl=255'"));
     }
 
     #[test]
-    fn stale_routes_are_removed_only_when_they_differ() {
+    fn stale_routes_are_passed_only_when_they_differ() {
         let cfg = vxlan();
         let same = Stale {
             remote_cidr: Some(cfg.remote_cidr),
             local_cidr: Some(cfg.local_cidr),
         };
-        assert!(!converge(&cfg, &same, Mode::Converge).contains("remove stale route"));
+        assert!(
+            Call::converge(&cfg, &same, Mode::Converge)
+                .0
+                .ends_with(" '' ''")
+        );
         let old = Stale {
             remote_cidr: Some("242.9.0.0/16".parse().unwrap()),
             local_cidr: Some("242.8.0.0/16".parse().unwrap()),
         };
-        let s = converge(&cfg, &old, Mode::Converge);
         assert!(
-            s.contains("ip route del '242.9.0.0/16' dev \"$dev\""),
-            "{s}"
+            Call::converge(&cfg, &old, Mode::Converge)
+                .0
+                .ends_with(" '242.9.0.0/16' '242.8.0.0/16'")
         );
-        assert!(s.contains("ip route del '242.8.0.0/16' dev eth0"), "{s}");
     }
 
     #[test]
-    fn check_mode_differs_only_in_the_mode_line() {
-        let c = converge(&vxlan(), &Stale::default(), Mode::Converge);
-        let k = converge(&vxlan(), &Stale::default(), Mode::Check);
+    fn check_mode_differs_only_in_the_mode_word() {
+        let c = Call::converge(&vxlan(), &Stale::default(), Mode::Converge);
+        let k = Call::converge(&vxlan(), &Stale::default(), Mode::Check);
         assert_eq!(
-            c.replacen("mode='converge'", "mode='check'", 1),
-            k,
+            c.0.replacen("'converge'", "'check'", 1),
+            k.0,
             "one body, two modes"
         );
     }
 
     #[test]
-    fn cleanup_removes_device_routes_and_tagged_rules() {
+    fn a_cleanup_call_names_only_what_goes() {
         let cfg = CleanupConfig {
             device: "vx1".parse().unwrap(),
             delete_device: true,
@@ -702,35 +743,74 @@ pub(crate) mod tests {
             remote_cidr: Some("242.1.0.0/16".parse().unwrap()),
             local_cidr: None,
         };
-        let s = cleanup(&cfg);
-        assert!(s.contains("ip link del dev \"$dev\""));
-        assert!(s.contains("ip route del '242.1.0.0/16' dev \"$dev\""));
-        assert!(!s.contains("dev eth0"), "shared local route kept: {s}");
-        assert!(s.contains("' --comment multivpc-tunnel:ns1/vx1 '"), "{s}");
-        let kept = cleanup(&CleanupConfig {
+        assert_eq!(
+            Call::cleanup(&cfg).0,
+            "cleanup_tunnel 'vx1' 1 'multivpc-tunnel:ns1/vx1' '242.1.0.0/16' ''"
+        );
+        let kept = Call::cleanup(&CleanupConfig {
             delete_device: false,
             remote_cidr: None,
             ..cfg
         });
-        assert!(
-            !kept.contains("ip link del") && !kept.contains("ip route del"),
-            "{kept}"
-        );
-        assert!(
-            kept.contains("' --comment multivpc-tunnel:ns1/vx1 '"),
-            "{kept}"
+        assert_eq!(
+            kept.0,
+            "cleanup_tunnel 'vx1' 0 'multivpc-tunnel:ns1/vx1' '' ''"
         );
     }
 
     #[test]
+    fn sections_split_the_output_by_marker() {
+        let out = "note: before\nmultivpc-section=0\nchange: a\nmultivpc-changes=1\n\
+                   multivpc-section-status=0\nmultivpc-section=1\nmultivpc: boom\n\
+                   multivpc-section-status=1\nmultivpc-section=2\nchange: b\n";
+        let s = sections(out);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[&0].status, Some(0));
+        assert_eq!(reported_changes(&s[&0].text), Some(1));
+        assert_eq!(s[&1].status, Some(1));
+        assert_eq!(s[&1].text, "multivpc: boom\n");
+        assert_eq!(s[&2].status, None, "cut off before its end");
+    }
+
+    #[test]
+    fn one_failing_section_leaves_the_others_alone() {
+        let script = format!(
+            "{PRELUDE}{FUNCTIONS}section 0 true\nsection 1 fail nope\nsection 2 step x true\nexit \"$status\"\n"
+        )
+        .replace("command -v \"$ipt\" >/dev/null 2>&1 || fail \"$ipt not found\"\n", "");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env("mode", "converge")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !stdout.contains("multivpc-section=0") {
+            // No `ip` on this host: the prelude refused, as it would in such a pod.
+            assert!(String::from_utf8_lossy(&out.stderr).contains("ip (iproute2) not found"));
+            return;
+        }
+        assert_eq!(out.status.code(), Some(1), "{stdout}");
+        let s = sections(&stdout);
+        assert_eq!(s[&0].status, Some(0));
+        assert_eq!(s[&1].status, Some(1));
+        assert!(s[&1].text.contains("multivpc: nope"), "{stdout}");
+        assert_eq!(s[&2].status, Some(0));
+        assert_eq!(reported_changes(&s[&2].text), Some(1));
+    }
+
+    #[test]
     fn every_single_quote_is_balanced() {
-        // Each line must have an even number of single quotes outside of the `'\''` escape,
-        // otherwise a value would have escaped its quoting.
+        // Values reach a script only in its call lines: each must have an even number of
+        // single quotes, otherwise a value would have escaped its quoting. (The fixed body is
+        // checked by `sh -n` below.)
         for s in [
             converge(&vxlan(), &Stale::default(), Mode::Converge),
             converge(&gre(), &Stale::default(), Mode::Check),
         ] {
-            for line in s.lines() {
+            let calls: Vec<&str> = s.lines().filter(|l| l.starts_with("section ")).collect();
+            assert_eq!(calls.len(), 1);
+            for line in calls {
                 assert_eq!(
                     line.matches('\'').count() % 2,
                     0,
@@ -738,6 +818,15 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_route_we_touch_carries_our_protocol() {
+        let proto = format!("proto {ROUTE_PROTO}");
+        for line in FUNCTIONS.lines().filter(|l| l.contains("ip route")) {
+            assert!(line.contains(&proto), "{line}");
+        }
+        assert!(FUNCTIONS.contains("via \"$via\" dev eth0 proto 178"));
     }
 
     #[test]
