@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::{StreamExt, future};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -310,6 +311,35 @@ impl Context {
     }
 }
 
+/// What the other tunnels of a gateway decide from about a tunnel: its spec (conflicts, by
+/// precedence), whether it is being deleted, and which pod and local route it holds (shared
+/// routes, interface take-over).
+#[derive(Clone, PartialEq, Eq)]
+struct PeerFacts {
+    uid: Option<String>,
+    generation: Option<i64>,
+    deleting: bool,
+    pod_uid: Option<String>,
+    local_route: Option<String>,
+}
+
+impl PeerFacts {
+    fn of(t: &VpcNatTunnel) -> Self {
+        let status = t.status.as_ref();
+        Self {
+            uid: t.metadata.uid.clone(),
+            generation: t.metadata.generation,
+            deleting: t.metadata.deletion_timestamp.is_some(),
+            pod_uid: status
+                .and_then(|s| s.gateway_pod.as_ref())
+                .map(|p| p.uid.clone()),
+            local_route: status
+                .and_then(|s| s.applied.as_ref())
+                .map(|a| a.local_route.clone()),
+        }
+    }
+}
+
 fn key(t: &VpcNatTunnel) -> String {
     format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
 }
@@ -405,8 +435,19 @@ pub async fn run(
             (Some(store), Some(stream.touched_objects()))
         }
     };
+    // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
+    // so a dead gateway's tunnels wait for their pod without holding up other gateways.
+    let (tunnels, tunnels_stream) = watch::reflect(
+        Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
+        watcher::Config::default(),
+        &caches,
+        &watch_metrics,
+    );
+    let tunnels_stream = tunnels_stream.applied_objects();
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
-    // wakes the others of its gateway.
+    // that they decide from ([`PeerFacts`]) wakes the others of its gateway.
+    let peers_tunnels = tunnels.clone();
+    let mut seen = HashMap::<String, PeerFacts>::new();
     let peers_stream = watch::isolate_errors(
         "VpcNatTunnel".into(),
         caches.probes().clone(),
@@ -420,17 +461,38 @@ pub async fn run(
             |_| None,
         ),
     )
-    .touched_objects();
+    .filter_map(|event| future::ready(event.ok()))
+    .flat_map(move |event| {
+        let changed: Vec<VpcNatTunnel> = match event {
+            watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
+                let facts = PeerFacts::of(&t);
+                // A write that changed nothing its peers decide from (its own status
+                // conditions, most often) wakes no one.
+                if seen.insert(key(&t), facts.clone()) == Some(facts) {
+                    vec![]
+                } else {
+                    vec![t]
+                }
+            }
+            watcher::Event::Delete(t) => {
+                seen.remove(&key(&t));
+                vec![t]
+            }
+            watcher::Event::Init | watcher::Event::InitDone => vec![],
+        };
+        let peers: Vec<ObjectRef<VpcNatTunnel>> = changed
+            .iter()
+            .flat_map(|t| {
+                let k = key(t);
+                refs(peers_tunnels.state().into_iter().filter(move |o| {
+                    key(o) != k
+                        && (o.spec.nat_gw_dp == t.spec.nat_gw_dp || o.name_any() == t.name_any())
+                }))
+            })
+            .collect();
+        futures::stream::iter(peers)
+    });
 
-    // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
-    // so a dead gateway's tunnels wait for their pod without holding up other gateways.
-    let (tunnels, tunnels_stream) = watch::reflect(
-        Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
-        watcher::Config::default(),
-        &caches,
-        &watch_metrics,
-    );
-    let tunnels_stream = tunnels_stream.applied_objects();
     let controller = Controller::for_stream(tunnels_stream, tunnels);
     let stores = Stores {
         tunnels: controller.store(),
@@ -443,8 +505,7 @@ pub async fn run(
         vpcs,
         service_discovery,
     };
-    let (s1, s2, s3, s4, s5, s6) = (
-        stores.clone(),
+    let (s1, s2, s3, s4, s5) = (
         stores.clone(),
         stores.clone(),
         stores.clone(),
@@ -508,13 +569,7 @@ pub async fn run(
         .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
             refs(s4.tunnels.state())
         })
-        .watches_stream(peers_stream, move |t: VpcNatTunnel| {
-            let k = key(&t);
-            refs(s6.tunnels.state().into_iter().filter(|o| {
-                key(o) != k
-                    && (o.spec.nat_gw_dp == t.spec.nat_gw_dp || o.name_any() == t.name_any())
-            }))
-        });
+        .reconcile_on(peers_stream);
     let controller = match sd_stream {
         Some(sd_stream) => controller.watches_stream(sd_stream, move |_: ServiceDiscovery| {
             refs(s5.tunnels.state())
@@ -658,7 +713,9 @@ async fn apply(
             .contains(&nr.reason)
                 && let Some(prev) = &old.gateway_pod
             {
-                withdraw(tunnel, ctx, &old, prev, &snapshot).await?;
+                let plan = withdrawal(tunnel, &old, prev, &snapshot);
+                drop(snapshot);
+                withdraw(tunnel, ctx, plan).await?;
                 status.gateway_pod = None;
                 status.applied = None;
                 ctx.forget(&k);
@@ -676,20 +733,19 @@ async fn apply(
         }
     };
 
+    // Everything decided from the caches is decided now: the snapshot (every tunnel, pod and
+    // GatewayExIp) is not held across an exec, so waiting reconciles cost little memory.
+    let move_out = old
+        .gateway_pod
+        .as_ref()
+        .filter(|prev| prev.name != resolved.pod.name)
+        .and_then(|prev| withdrawal(tunnel, &old, prev, &snapshot));
+    let stale = stale_of(tunnel, &old, &resolved, &snapshot);
+    drop(snapshot);
+
     // Failover: the tunnel moved to another gateway instance; take it out of the old pod.
-    if let Some(prev) = &old.gateway_pod
-        && prev.name != resolved.pod.name
-        && let Some(pod) = snapshot
-            .pods
-            .iter()
-            .find(|p| p.name_any() == prev.name && p.uid().as_deref() == Some(&prev.uid))
-        && resolve::pod_may_hold_state(pod)
-        && let Some(cfg) = cleanup_config(tunnel, &old, &prev.uid, &snapshot)
-    {
-        let target = PodTarget {
-            name: prev.name.clone(),
-            uid: prev.uid.clone(),
-        };
+    if let Some((target, cfg)) = move_out {
+        let prev = &target;
         match ctx
             .executor
             .run(&target, "cleanup", script::Call::cleanup(&cfg))
@@ -723,7 +779,6 @@ async fn apply(
     let interval = ctx.settings.verify_interval;
     match ctx.programmed_matches(&k, &resolved) {
         None => {
-            let stale = stale_of(tunnel, &old, &resolved, &snapshot);
             let out = match ctx
                 .executor
                 .run(
@@ -816,7 +871,6 @@ async fn apply(
                     .verifications
                     .with_label_values(&["drift"])
                     .inc();
-                let stale = stale_of(tunnel, &old, &resolved, &snapshot);
                 if let Err(e) = ctx
                     .executor
                     .run(
@@ -905,27 +959,37 @@ async fn apply(
     })
 }
 
-/// Removes a refused tunnel's state from the pod it was programmed into, if that pod still
-/// holds it.
-async fn withdraw(
+/// What taking `tunnel` out of pod `prev` (where it was programmed) removes, if that pod still
+/// holds its state.
+fn withdrawal(
     tunnel: &VpcNatTunnel,
-    ctx: &Context,
     old: &VpcNatTunnelStatus,
     prev: &PodRef,
     snapshot: &Snapshot,
-) -> Result<(), Error> {
+) -> Option<(PodTarget, CleanupConfig)> {
     let holds = snapshot.pods.iter().any(|p| {
         p.name_any() == prev.name
             && p.uid().as_deref() == Some(&prev.uid)
             && resolve::pod_may_hold_state(p)
     });
-    let Some(cfg) = cleanup_config(tunnel, old, &prev.uid, snapshot).filter(|_| holds) else {
-        return Ok(());
-    };
+    let cfg = cleanup_config(tunnel, old, &prev.uid, snapshot).filter(|_| holds)?;
     let target = PodTarget {
         name: prev.name.clone(),
         uid: prev.uid.clone(),
     };
+    Some((target, cfg))
+}
+
+/// Removes a refused tunnel's state from the pod it was programmed into ([`withdrawal`]).
+async fn withdraw(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    plan: Option<(PodTarget, CleanupConfig)>,
+) -> Result<(), Error> {
+    let Some((target, cfg)) = plan else {
+        return Ok(());
+    };
+    let prev = &target;
     let out = ctx
         .executor
         .run(&target, "cleanup", script::Call::cleanup(&cfg))
@@ -1022,7 +1086,9 @@ async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> 
                 uid: p.uid().unwrap_or_default(),
             })
     });
-    match target.and_then(|t| cleanup_config(tunnel, &old, &t.uid, &snapshot).map(|c| (t, c))) {
+    let plan = target.and_then(|t| cleanup_config(tunnel, &old, &t.uid, &snapshot).map(|c| (t, c)));
+    drop(snapshot);
+    match plan {
         Some((target, cfg)) => {
             let out = ctx
                 .executor
