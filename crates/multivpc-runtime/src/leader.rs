@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Probes;
 
 /// Lease timing: a leader that stops renewing is replaced after `DURATION` seconds; it renews
-/// `GRACE` seconds before expiry (controller-runtime uses 15 s / 10 s renew deadline).
+/// `GRACE` seconds before expiry, so every 5 s (controller-runtime: 15 s, retrying every 2 s).
+/// A renewal that waits behind a busy API server then still lands long before the fence
+/// ([`FENCE_MARGIN`] before expiry) would stop the controller.
 const DURATION_SECONDS: u64 = 15;
-const GRACE_SECONDS: u64 = 5;
+const GRACE_SECONDS: u64 = 10;
 
 /// How often a leader reads its Lease back (and the longest one reading may take).
 const FENCE_CHECK: Duration = Duration::from_secs(2);
@@ -75,6 +77,13 @@ async fn fence(
             _ = wake.notified() => {}
         }
     }
+}
+
+/// Waits until `rx` holds `want`; false once its sender is gone. The borrow ends here: a
+/// `watch::Ref` held across an await blocks the sender's next send, and with it a runtime
+/// worker thread (a leader draining its controller while the fence reports would hang).
+async fn wait_until(rx: &mut watch::Receiver<bool>, want: bool) -> bool {
+    rx.wait_for(|v| *v == want).await.is_ok()
 }
 
 /// Identity of this replica in the Lease: the pod name when running in a pod.
@@ -133,8 +142,8 @@ where
         tracing::info!(lease, namespace, "waiting for leadership");
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            changed = is_leader.wait_for(|leading| *leading) => {
-                if changed.is_err() {
+            open = wait_until(&mut is_leader, true) => {
+                if !open {
                     break Err(anyhow::anyhow!("leader election task stopped"));
                 }
             }
@@ -143,12 +152,12 @@ where
         wake_fence.notify_one();
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            acting = may_act.wait_for(|acting| *acting) => {
-                if acting.is_err() {
+            open = wait_until(&mut may_act, true) => {
+                if !open {
                     break Err(anyhow::anyhow!("leader fencing task stopped"));
                 }
             }
-            _ = is_leader.wait_for(|leading| !*leading) => continue,
+            _ = wait_until(&mut is_leader, false) => continue,
         }
         tracing::info!(lease, "became leader; starting controller");
         leader_gauge.set(1);
@@ -158,18 +167,18 @@ where
         tokio::pin!(run);
         tokio::select! {
             ended = &mut run => break ended,
-            lost = is_leader.wait_for(|leading| !*leading) => {
+            open = wait_until(&mut is_leader, false) => {
                 tracing::warn!(lease, "lost leadership; stopping controller");
                 term.cancel();
                 let drained = run.await;
                 probes.set_synced(false);
-                if lost.is_err() {
+                if !open {
                     break drained.and(Err(anyhow::anyhow!("leader election task stopped")));
                 }
                 drained?;
             }
-            fenced = may_act.wait_for(|acting| !*acting) => {
-                if fenced.is_err() {
+            open = wait_until(&mut may_act, false) => {
+                if !open {
                     term.cancel();
                     break run.await.and(Err(anyhow::anyhow!("leader fencing task stopped")));
                 }
