@@ -5,7 +5,7 @@
 //! (`metadata.finalizers` is a set), which succeeds whatever the list holds now and leaves other
 //! finalizers alone, and the object it returns goes straight on to `Apply`. Removal stays kube's
 //! (test the finalizer at its index, then remove it), so another controller's finalizer is never
-//! taken by mistake.
+//! taken by mistake; an object already gone when its finalizer is removed is done, not an error.
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -38,7 +38,14 @@ where
 {
     let has = obj.finalizers().iter().any(|f| f == name);
     if has || obj.meta().deletion_timestamp.is_some() {
-        return kube_finalizer::finalizer(api, name, obj, reconcile).await;
+        return match kube_finalizer::finalizer(api, name, obj, reconcile).await {
+            // Gone since the cache saw it: an earlier cleanup released it and the API server
+            // deleted it, so there is nothing left to release.
+            Err(Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
+                Ok(Action::await_change())
+            }
+            other => other,
+        };
     }
     let object_name = obj.meta().name.clone().ok_or(Error::UnnamedObject)?;
     let patch = serde_json::json!({
