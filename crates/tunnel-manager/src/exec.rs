@@ -29,11 +29,8 @@ use crate::{resolve::PodTarget, script};
 
 /// Bytes of stdout/stderr kept from one exec (a batch of up to [`MAX_CALLS`] sections).
 const MAX_OUTPUT: usize = 1024 * 1024;
-/// Sections in one exec at most.
+/// Sections in one exec at most (the request URI bounds them too, see [`script::call_budget`]).
 const MAX_CALLS: usize = 200;
-/// Bytes of calls in one script at most: the script is one `sh -c` argument, and Linux refuses
-/// a single argument over 128 KiB (`MAX_ARG_STRLEN`); the functions take ~10 KiB of it.
-const MAX_CALL_BYTES: usize = 96 * 1024;
 
 /// What a script (or one section of a batch) printed; exit status 0.
 #[derive(Debug, Clone, Default)]
@@ -302,10 +299,11 @@ impl Inner {
         };
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let budget = script::call_budget();
         while let Some(job) = queue.front() {
             if job.kind != kind
                 || batch.len() == MAX_CALLS
-                || (!batch.is_empty() && bytes + job.call.len() > MAX_CALL_BYTES)
+                || (!batch.is_empty() && bytes + job.call.len() > budget)
             {
                 break;
             }
@@ -542,6 +540,7 @@ mod tests {
             let (e, r) = (e.clone(), r.clone());
             Box::pin(async move {
                 e.fetch_add(1, Ordering::SeqCst);
+                assert!(script::encoded_len(&script) <= script::MAX_ENCODED_SCRIPT);
                 if pod == "dead" {
                     std::future::pending::<()>().await;
                 }

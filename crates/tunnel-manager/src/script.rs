@@ -453,11 +453,38 @@ impl Call {
         ))
     }
 
-    /// Bytes this call adds to a script.
+    /// Bytes this call adds to a script as it travels: `pods/exec` carries the command in the
+    /// request URI, form-encoded ([`encoded_len`]).
     pub fn len(&self) -> usize {
-        self.0.len() + 16
+        encoded_len(&self.0) + encoded_len("section 0000 \n")
     }
 }
+
+/// Encoded bytes of a script's command in the `pods/exec` URI at most: the client refuses a URI
+/// over 64 KiB ("uri too long"), and the path and the other parameters need some.
+pub const MAX_ENCODED_SCRIPT: usize = 60_000;
+
+/// Bytes of `s` once form-encoded as a URI query value, as the exec request carries it: ASCII
+/// letters, digits and `*-._` stay, a space becomes `+`, every other byte `%XX`.
+pub fn encoded_len(s: &str) -> usize {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"*-._ ".contains(&b) {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+/// Encoded bytes the calls of one script may take ([`Call::len`] each): what the prelude and the
+/// functions leave of [`MAX_ENCODED_SCRIPT`].
+pub fn call_budget() -> usize {
+    MAX_ENCODED_SCRIPT - encoded_len(PRELUDE) - encoded_len(FUNCTIONS) - encoded_len(EPILOGUE)
+}
+
+const EPILOGUE: &str = "exit \"$status\"\n";
 
 /// The script running `calls` in order, each as its own section (see [`sections`]). It exits
 /// with the status of the last section that failed (0 when none did); a failure before the
@@ -468,7 +495,7 @@ pub fn batch<'a>(calls: impl IntoIterator<Item = &'a Call>) -> String {
     for (i, call) in calls.into_iter().enumerate() {
         s.push_str(&format!("section {i} {}\n", call.0));
     }
-    s.push_str("exit \"$status\"\n");
+    s.push_str(EPILOGUE);
     s
 }
 
@@ -818,6 +845,54 @@ pub(crate) mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_full_batch_fits_the_exec_uri() {
+        // The longest call there is: the longest names and addresses, both stale routes.
+        let device: InterfaceName = "a23456789012345".parse().unwrap();
+        let cfg = TunnelConfig {
+            tag: RuleTag::new(&"n".repeat(63), &device).unwrap(),
+            device,
+            encap: Encap::Vxlan {
+                vni: Vni::new(MAX_VNI).unwrap(),
+                port: Port::new(65535).unwrap(),
+            },
+            local_ip: "255.255.255.255".parse().unwrap(),
+            remote_ip: "255.255.255.254".parse().unwrap(),
+            interface_addr: "255.255.255.253/32".parse().unwrap(),
+            local_cidr: "255.255.255.0/24".parse().unwrap(),
+            ovn_gateway: "255.255.255.252".parse().unwrap(),
+            remote_cidr: "255.255.254.0/24".parse().unwrap(),
+            snat: EgressRange::new(
+                "255.255.255.250".parse().unwrap(),
+                "255.255.255.251".parse().unwrap(),
+            )
+            .unwrap(),
+        };
+        let stale = Stale {
+            remote_cidr: Some("255.255.253.0/24".parse().unwrap()),
+            local_cidr: Some("255.255.252.0/24".parse().unwrap()),
+        };
+        let call = Call::converge(&cfg, &stale, Mode::Converge);
+        let n = call_budget() / call.len();
+        assert!(n >= 64, "only {n} calls fit");
+        let calls = vec![call; n];
+        let script = batch(&calls);
+        let form: String = url_form(&script);
+        assert_eq!(form.len(), encoded_len(&script));
+        assert!(form.len() <= MAX_ENCODED_SCRIPT, "{}", form.len());
+    }
+
+    /// Form-encodes `s` as the exec request does (for the test above).
+    fn url_form(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b' ' => "+".to_owned(),
+                b if b.is_ascii_alphanumeric() || b"*-._".contains(&b) => (b as char).to_string(),
+                b => format!("%{b:02X}"),
+            })
+            .collect()
     }
 
     #[test]
