@@ -222,6 +222,13 @@ impl ControllerProcess {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok()))
     }
 
+    /// Sends SIGKILL, as the OOM killer or a node failure would, and reaps the process.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends SIGTERM and waits for the exit (kills after 10 s); returns whether it exited 0.
     pub fn stop(&mut self) -> Result<bool> {
         // SAFETY: signalling our own child by pid.
