@@ -156,6 +156,11 @@ struct Inner {
     /// Calls waiting for their pod's next exec, by pod UID. A pod has an entry exactly while a
     /// task drains it, so pods that come and go leave nothing behind.
     queues: Mutex<HashMap<String, VecDeque<Job>>>,
+    /// Sections per exec for pods whose exec timed out, below [`MAX_CALLS`]: quartered at a
+    /// timeout, doubled at each exec that ends in time (gone once back at the maximum). A pod
+    /// slowed by its own size (every command there scans its growing rule set) then gets
+    /// batches it can finish, instead of the same too-big batch timing out again and again.
+    caps: Mutex<HashMap<String, usize>>,
     metrics: ExecMetrics,
 }
 
@@ -192,6 +197,7 @@ impl Executor {
                 timeout,
                 permits: Semaphore::new(concurrency.max(1)),
                 queues: Mutex::new(HashMap::new()),
+                caps: Mutex::new(HashMap::new()),
                 metrics,
             }),
         }
@@ -236,7 +242,7 @@ impl Executor {
 impl Inner {
     /// Runs `pod`'s queued calls, one exec at a time, until its queue is empty.
     async fn drain(self: Arc<Self>, pod: PodTarget) {
-        while let Some(batch) = self.next_batch(&pod.uid) {
+        while let Some(batch) = self.next_batch(&pod.uid, self.cap(&pod.uid)) {
             let kind = batch[0].kind;
             let script = script::batch(batch.iter().map(|j| &j.call));
             let result = {
@@ -261,6 +267,7 @@ impl Inner {
                     .observe(started.elapsed().as_secs_f64());
                 result
             };
+            self.adapt(&pod.uid, batch.len(), &result);
             // A pod that did not answer (timeout, API, stream) would not answer the calls
             // queued behind these either: they fail with them, each retried by its tunnel's
             // backoff, instead of waiting a timeout per batch.
@@ -290,7 +297,7 @@ impl Inner {
 
     /// The calls of `uid`'s next exec: the longest run of queued calls of one kind, within the
     /// size limits; `None` (and the queue forgotten) when nothing is queued.
-    fn next_batch(&self, uid: &str) -> Option<Vec<Job>> {
+    fn next_batch(&self, uid: &str, cap: usize) -> Option<Vec<Job>> {
         let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
         let queue = queues.get_mut(uid)?;
         let Some(kind) = queue.front().map(|j| j.kind) else {
@@ -302,7 +309,7 @@ impl Inner {
         let budget = script::call_budget();
         while let Some(job) = queue.front() {
             if job.kind != kind
-                || batch.len() == MAX_CALLS
+                || batch.len() == cap
                 || (!batch.is_empty() && bytes + job.call.len() > budget)
             {
                 break;
@@ -311,6 +318,31 @@ impl Inner {
             batch.extend(queue.pop_front());
         }
         Some(batch)
+    }
+
+    /// Sections `uid`'s next exec may carry.
+    fn cap(&self, uid: &str) -> usize {
+        let caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        caps.get(uid).copied().unwrap_or(MAX_CALLS)
+    }
+
+    /// Adjusts `uid`'s cap after an exec of `carried` sections ended with `result`.
+    fn adapt(&self, uid: &str, carried: usize, result: &Result<Output, ExecError>) {
+        let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = caps.get(uid).copied().unwrap_or(MAX_CALLS);
+        let next = match result {
+            Err(ExecError::Timeout { .. }) => (carried / 4).max(1),
+            _ => cap.saturating_mul(2),
+        };
+        if next >= MAX_CALLS {
+            caps.remove(uid);
+        } else {
+            // Bounded: pods that timed out and went away must not pile up.
+            if caps.len() >= 4096 && !caps.contains_key(uid) {
+                caps.clear();
+            }
+            caps.insert(uid.to_owned(), next);
+        }
     }
 
     /// Every call queued for `uid` now.
@@ -609,6 +641,30 @@ mod tests {
         assert!(out.iter().all(|o| o.is_ok()));
         // Two full execs and one for the last call.
         assert_eq!(execs.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_timeout_shrinks_the_pods_batches_and_execs_in_time_grow_them_back() {
+        let (ex, _, _) = executor(Duration::from_secs(30), 8, Duration::ZERO, &[]);
+        let inner = &ex.inner;
+        let timeout = Err(ExecError::Timeout {
+            pod: "gw".into(),
+            timeout: Duration::from_secs(30),
+        });
+        let ok = Ok(Output::default());
+        assert_eq!(inner.cap("u"), MAX_CALLS);
+        inner.adapt("u", 120, &timeout);
+        assert_eq!(inner.cap("u"), 30);
+        inner.adapt("u", 30, &timeout);
+        assert_eq!(inner.cap("u"), 7);
+        inner.adapt("u", 1, &timeout);
+        assert_eq!(inner.cap("u"), 1, "never below one");
+        for _ in 0..8 {
+            inner.adapt("u", 1, &ok);
+        }
+        assert_eq!(inner.cap("u"), MAX_CALLS);
+        assert!(inner.caps.lock().unwrap().is_empty(), "forgotten at the maximum");
+        assert_eq!(inner.cap("other"), MAX_CALLS, "per pod");
     }
 
     #[tokio::test(start_paused = true)]
