@@ -523,24 +523,31 @@ fn a_script_waits_for_the_one_still_running_in_its_gateway() {
     // A stand-in for a timed-out script: a shell of this netns holding the lock for 2 s.
     let holder = "netns=$(readlink /proc/self/ns/net); netns=${netns#net:[}; netns=${netns%]}; \
                   lock=/tmp/multivpc-lock-$netns; ln -s $$ $lock; sleep 2; rm -f $lock";
-    let (name, started) = (ns.0.clone(), std::time::Instant::now());
-    let held = std::thread::spawn(move || run(&["ip", "netns", "exec", &name, "sh", "-c", holder]));
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(ns.script(&converge) > 0);
-    let waited = started.elapsed();
-    assert!(held.join().unwrap().0);
-    assert!(
-        waited >= std::time::Duration::from_secs(2),
-        "the script ran while the other held the gateway ({waited:?})"
-    );
-
-    // A lock left by a script that is gone (its PID no longer runs) does not block.
     let (_, netns, _) = ns.sh("readlink /proc/self/ns/net");
     let id = netns
         .trim()
         .trim_start_matches("net:[")
         .trim_end_matches(']');
     let lock = format!("/tmp/multivpc-lock-{id}");
+    let name = ns.0.clone();
+    let held = std::thread::spawn(move || run(&["ip", "netns", "exec", &name, "sh", "-c", holder]));
+    // The script starts once the holder has the lock (however long a busy machine takes to
+    // get there), and must not finish before the holder lets go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::symlink_metadata(&lock).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the holder never took {lock}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let started = std::time::Instant::now();
+    assert!(ns.script(&converge) > 0);
+    let waited = started.elapsed();
+    assert!(held.join().unwrap().0);
+    assert!(
+        waited >= std::time::Duration::from_millis(1500),
+        "the script ran while the other held the gateway ({waited:?})"
+    );
+
+    // A lock left by a script that is gone (its PID no longer runs) does not block.
     let (ok, _, err) = ns.sh(&format!("ln -s 999999999 {lock}"));
     assert!(ok, "{err}");
     assert_eq!(
