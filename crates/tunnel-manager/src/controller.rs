@@ -340,6 +340,12 @@ impl PeerFacts {
     }
 }
 
+/// Reconciles in flight at most. Unbounded, 5000 tunnels created at once sent 5000 requests
+/// at once: the API server answered everything late (the Lease too, so the leader fenced
+/// itself). Enough for large batches per gateway pod ([`crate::exec`]); a dead gateway's
+/// tunnels hold their places for one exec timeout at most (its queued calls fail together).
+const MAX_RECONCILES: u16 = 256;
+
 fn key(t: &VpcNatTunnel) -> String {
     format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
 }
@@ -435,8 +441,6 @@ pub async fn run(
             (Some(store), Some(stream.touched_objects()))
         }
     };
-    // Unbounded reconcile concurrency: execs are bounded by the executor, per pod and overall,
-    // so a dead gateway's tunnels wait for their pod without holding up other gateways.
     let (tunnels, tunnels_stream) = watch::reflect(
         Api::<Decoded<VpcNatTunnel>>::all(c.clone()),
         watcher::Config::default(),
@@ -493,7 +497,10 @@ pub async fn run(
         futures::stream::iter(peers)
     });
 
-    let controller = Controller::for_stream(tunnels_stream, tunnels);
+    // Bounded reconcile concurrency ([`MAX_RECONCILES`]); execs are bounded by the executor, per
+    // pod and overall.
+    let controller = Controller::for_stream(tunnels_stream, tunnels)
+        .with_config(kube::runtime::controller::Config::default().concurrency(MAX_RECONCILES));
     let stores = Stores {
         tunnels: controller.store(),
         exips,
