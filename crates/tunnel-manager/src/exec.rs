@@ -663,7 +663,10 @@ mod tests {
             inner.adapt("u", 1, &ok);
         }
         assert_eq!(inner.cap("u"), MAX_CALLS);
-        assert!(inner.caps.lock().unwrap().is_empty(), "forgotten at the maximum");
+        assert!(
+            inner.caps.lock().unwrap().is_empty(),
+            "forgotten at the maximum"
+        );
         assert_eq!(inner.cap("other"), MAX_CALLS, "per pod");
     }
 

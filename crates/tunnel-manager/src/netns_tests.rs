@@ -535,7 +535,10 @@ fn a_script_waits_for_the_one_still_running_in_its_gateway() {
     // get there), and must not finish before the holder lets go.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::fs::symlink_metadata(&lock).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the holder never took {lock}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never took {lock}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let started = std::time::Instant::now();
