@@ -242,6 +242,10 @@ impl Executor {
 impl Inner {
     /// Runs `pod`'s queued calls, one exec at a time, until its queue is empty.
     async fn drain(self: Arc<Self>, pod: PodTarget) {
+        let _unwedge = Unwedge {
+            inner: &self,
+            uid: &pod.uid,
+        };
         while let Some(batch) = self.next_batch(&pod.uid, self.cap(&pod.uid)) {
             let kind = batch[0].kind;
             let script = script::batch(batch.iter().map(|j| &j.call));
@@ -352,6 +356,25 @@ impl Inner {
             .get_mut(uid)
             .map(|q| q.drain(..).collect())
             .unwrap_or_default()
+    }
+}
+
+/// Forgets a pod's queue when its drain task panics: the calls queued there fail (their
+/// callers see an abandoned exec and retry), and the pod's next call starts a new drain instead
+/// of queueing behind one that is gone.
+struct Unwedge<'a> {
+    inner: &'a Inner,
+    uid: &'a str,
+}
+
+impl Drop for Unwedge<'_> {
+    fn drop(&mut self) {
+        // Only on a panic: a drain that ends normally has removed its queue itself, and a new
+        // drain may own the entry by now.
+        if std::thread::panicking() {
+            let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+            queues.remove(self.uid);
+        }
     }
 }
 
@@ -641,6 +664,50 @@ mod tests {
         assert!(out.iter().all(|o| o.is_ok()));
         // Two full execs and one for the last call.
         assert_eq!(execs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_drain_that_panics_leaves_the_pod_usable() {
+        let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p = panicked.clone();
+        let runner: Runner = Arc::new(move |_pod: String, script: String| {
+            let p = p.clone();
+            Box::pin(async move {
+                if !p.swap(true, Ordering::SeqCst) {
+                    // Give the calls behind this one time to queue.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    panic!("a bug in the exec path");
+                }
+                answer(&script, &[])
+            })
+        });
+        let metrics = ExecMetrics::register(&Registry::new()).unwrap();
+        let ex = Executor::with_runner(runner, Duration::from_secs(30), 8, metrics);
+        let first = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run(&target("gw"), "cleanup", call("vx0")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let queued = {
+            let ex = ex.clone();
+            tokio::spawn(async move { ex.run(&target("gw"), "cleanup", call("vx1")).await })
+        };
+        assert!(
+            first.await.unwrap().is_err(),
+            "the panicking exec's call fails"
+        );
+        assert!(
+            queued.await.unwrap().is_err(),
+            "so does the one queued behind it"
+        );
+        // The pod's next call is not stuck behind the dead drain.
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            ex.run(&target("gw"), "cleanup", call("vx2")),
+        )
+        .await
+        .expect("the next call runs");
+        assert_eq!(next.unwrap().stdout, "ran vx2\nmultivpc-changes=0\n");
     }
 
     #[test]
