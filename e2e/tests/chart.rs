@@ -514,9 +514,15 @@ async fn install_upgrade_rolls_the_deployment_and_uninstall_keeps_crds_and_objec
         format!("{release}-tunnel-manager"),
         format!("{release}-exip-syncer"),
     ];
+    // `helm --wait` can return a moment before kube-controller-manager counts the ready pod in
+    // the Deployment's status (seen once in CI): wait for the count, within a bound.
+    let api = Api::<Deployment>::namespaced(c.clone(), &ns);
     for d in &deployments {
-        let dep = deployment(&c, &ns, d).await;
-        assert_eq!(dep.status.unwrap().ready_replicas, Some(1), "{d}");
+        wait_for_object(&api, d, Duration::from_secs(60), |dep: &Deployment| {
+            dep.status.as_ref().and_then(|s| s.ready_replicas) == Some(1)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{d} never counted 1 ready replica: {e:#}"));
     }
     let crds = h
         .kubectl(CLUSTER, &["get", "crd", "-o", "name"])
