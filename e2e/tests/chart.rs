@@ -1606,6 +1606,22 @@ async fn chart_service_accounts_are_held_to_their_work_by_admission_policies() {
     )
     .await
     .unwrap();
+    // Just-installed policy bindings may take the API server a moment to enforce (seen once on
+    // a freshly started harness): wait, within a bound, for the first refusal.
+    wait_for(
+        "the chart's policies in force",
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                match exec_admission(&tm, KUBE_SYSTEM, &pod, "sidecar").await {
+                    Err(e) if e.contains("ValidatingAdmissionPolicy") => Check::Done(()),
+                    other => Check::Pending(format!("{other:?}")),
+                },
+            )
+        },
+    )
+    .await
+    .unwrap();
     refused_by_policy(
         "exec into another container of the gateway pod",
         exec_admission(&tm, KUBE_SYSTEM, &pod, "sidecar").await,
