@@ -215,7 +215,7 @@ impl Executor {
         let (reply, answer) = oneshot::channel();
         let job = Job { kind, call, reply };
         let start_drain = {
-            let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queues = self.inner.queues();
             match queues.get_mut(&pod.uid) {
                 Some(queue) => {
                     queue.push_back(job);
@@ -240,6 +240,16 @@ impl Executor {
 }
 
 impl Inner {
+    /// The queues (a panic elsewhere while holding them leaves them usable: every change to
+    /// them is one insert, push or removal).
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Job>>> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn caps(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.caps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `pod`'s queued calls, one exec at a time, until its queue is empty.
     async fn drain(self: Arc<Self>, pod: PodTarget) {
         let _unwedge = Unwedge {
@@ -302,7 +312,7 @@ impl Inner {
     /// The calls of `uid`'s next exec: the longest run of queued calls of one kind, within the
     /// size limits; `None` (and the queue forgotten) when nothing is queued.
     fn next_batch(&self, uid: &str, cap: usize) -> Option<Vec<Job>> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues();
         let queue = queues.get_mut(uid)?;
         let Some(kind) = queue.front().map(|j| j.kind) else {
             queues.remove(uid);
@@ -326,13 +336,13 @@ impl Inner {
 
     /// Sections `uid`'s next exec may carry.
     fn cap(&self, uid: &str) -> usize {
-        let caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        let caps = self.caps();
         caps.get(uid).copied().unwrap_or(MAX_CALLS)
     }
 
     /// Adjusts `uid`'s cap after an exec of `carried` sections ended with `result`.
     fn adapt(&self, uid: &str, carried: usize, result: &Result<Output, ExecError>) {
-        let mut caps = self.caps.lock().unwrap_or_else(|p| p.into_inner());
+        let mut caps = self.caps();
         let cap = caps.get(uid).copied().unwrap_or(MAX_CALLS);
         let next = match result {
             Err(ExecError::Timeout { .. }) => (carried / 4).max(1),
@@ -351,7 +361,7 @@ impl Inner {
 
     /// Every call queued for `uid` now.
     fn take_queued(&self, uid: &str) -> Vec<Job> {
-        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let mut queues = self.queues();
         queues
             .get_mut(uid)
             .map(|q| q.drain(..).collect())
@@ -372,7 +382,7 @@ impl Drop for Unwedge<'_> {
         // Only on a panic: a drain that ends normally has removed its queue itself, and a new
         // drain may own the entry by now.
         if std::thread::panicking() {
-            let mut queues = self.inner.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queues = self.inner.queues();
             queues.remove(self.uid);
         }
     }
