@@ -7,6 +7,10 @@
 //! `renewTime + leaseDuration - FENCE_MARGIN` of the last renewal it saw: one it cannot see
 //! renewed stops before a standby may take over (at `renewTime + leaseDuration`, judged by the
 //! standby against the same renewTime).
+//!
+//! The Lease and the fence run on a thread of their own, with their own runtime and client: a
+//! controller busy on every worker thread (thousands of reconciles at once) would otherwise
+//! delay the renewal and the fence's reading until the leader fenced itself.
 
 use std::{
     future::Future,
@@ -18,7 +22,7 @@ use anyhow::Context as _;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Probes;
@@ -98,13 +102,100 @@ fn identity() -> String {
     format!("{host}_{}_{nanos:08x}", std::process::id())
 }
 
+/// The Lease side of an election, running on its own thread: whether this replica holds the
+/// Lease, whether the fence lets it act, and the thread's end.
+struct LeaseThread {
+    is_leader: watch::Receiver<bool>,
+    may_act: watch::Receiver<bool>,
+    wake_fence: Arc<Notify>,
+    /// The lease task's result, sent once it has ended (after `is_leader` is dropped, once the
+    /// Lease is released).
+    released: oneshot::Receiver<anyhow::Result<()>>,
+}
+
+type Started = anyhow::Result<(watch::Receiver<bool>, watch::Receiver<bool>)>;
+
+impl LeaseThread {
+    /// Starts the thread and waits until the Lease manager is set up.
+    async fn start(config: kube::Config, lease: &str, namespace: &str) -> anyhow::Result<Self> {
+        let (started_tx, started) = oneshot::channel::<Started>();
+        let (released_tx, released) = oneshot::channel();
+        let wake_fence = Arc::new(Notify::new());
+        let wake = wake_fence.clone();
+        let (lease, namespace) = (lease.to_owned(), namespace.to_owned());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the leader election runtime")?;
+        std::thread::Builder::new()
+            .name("leader-lease".to_owned())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    // Built here: a client's connection tasks run on the runtime it is made on.
+                    let setup = async {
+                        let client = Client::try_from(config)
+                            .context("invalid Kubernetes client configuration")?;
+                        let me = identity();
+                        let manager = LeaseManagerBuilder::new(client.clone(), &lease)
+                            .with_namespace(&namespace)
+                            .with_identity(me.clone())
+                            .with_duration(DURATION_SECONDS)
+                            .with_grace(GRACE_SECONDS)
+                            .build()
+                            .await
+                            .with_context(|| {
+                                format!("cannot set up leader election Lease {namespace}/{lease}")
+                            })?;
+                        anyhow::Ok((client, me, manager))
+                    };
+                    let (client, me, manager) = match setup.await {
+                        Ok(set_up) => set_up,
+                        Err(err) => {
+                            let _ = started_tx.send(Err(err));
+                            return;
+                        }
+                    };
+                    let (is_leader, lease_task) = manager.watch().await;
+                    let (may_act_tx, may_act) = watch::channel(false);
+                    let fence_task = tokio::spawn(fence(
+                        Api::namespaced(client, &namespace),
+                        lease,
+                        me,
+                        wake,
+                        may_act_tx,
+                    ));
+                    if started_tx.send(Ok((is_leader, may_act))).is_err() {
+                        fence_task.abort();
+                    }
+                    let ended = match lease_task.await {
+                        Ok(result) => result.map(drop).map_err(anyhow::Error::from),
+                        Err(err) => Err(anyhow::anyhow!("leader election task failed: {err}")),
+                    };
+                    fence_task.abort();
+                    let _ = released_tx.send(ended);
+                });
+            })
+            .context("cannot start the leader election thread")?;
+        let (is_leader, may_act) = started
+            .await
+            .map_err(|_| anyhow::anyhow!("the leader election thread stopped"))??;
+        Ok(Self {
+            is_leader,
+            may_act,
+            wake_fence,
+            released,
+        })
+    }
+}
+
 /// Runs `controller` while this replica leads `lease` in `namespace`, until `shutdown`.
+/// `config` is the cluster's client configuration; the Lease gets a client of its own.
 ///
 /// `controller` receives a token cancelled when leadership is lost or the process shuts down;
 /// it must return once it has drained. A controller that returns on its own (an error) ends
 /// the process with that result.
 pub async fn run_elected<F, Fut>(
-    client: Client,
+    config: kube::Config,
     lease: &str,
     namespace: &str,
     leader_gauge: prometheus::IntGauge,
@@ -116,25 +207,12 @@ where
     F: FnMut(CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let me = identity();
-    let manager = LeaseManagerBuilder::new(client.clone(), lease)
-        .with_namespace(namespace)
-        .with_identity(me.clone())
-        .with_duration(DURATION_SECONDS)
-        .with_grace(GRACE_SECONDS)
-        .build()
-        .await
-        .with_context(|| format!("cannot set up leader election Lease {namespace}/{lease}"))?;
-    let (mut is_leader, lease_task) = manager.watch().await;
-    let (may_act_tx, mut may_act) = watch::channel(false);
-    let wake_fence = Arc::new(Notify::new());
-    let fence_task = tokio::spawn(fence(
-        Api::namespaced(client, namespace),
-        lease.to_owned(),
-        me,
-        wake_fence.clone(),
-        may_act_tx,
-    ));
+    let LeaseThread {
+        mut is_leader,
+        mut may_act,
+        wake_fence,
+        released,
+    } = LeaseThread::start(config, lease, namespace).await?;
 
     let result = loop {
         leader_gauge.set(0);
@@ -194,11 +272,10 @@ where
             }
         }
     };
-    fence_task.abort();
     leader_gauge.set(0);
-    // Dropping the receiver makes the lease task release the Lease for a quick hand-over.
-    drop(is_leader);
-    if let Ok(Err(err)) = lease_task.await {
+    // Dropping the receivers makes the lease task release the Lease for a quick hand-over.
+    drop((is_leader, may_act));
+    if let Ok(Err(err)) = released.await {
         tracing::warn!(%err, "could not release the leader Lease");
     }
     result

@@ -23,9 +23,9 @@ pub struct Runtime {
     name: &'static str,
     args: CommonArgs,
     client: Client,
-    /// The leader Lease's own client (its own connection): a renewal must not queue behind
-    /// the controller's requests, or a busy leader fences itself.
-    lease_client: Client,
+    /// The client configuration, for the leader Lease's own client (on its own thread: a
+    /// renewal must not queue behind the controller's work, or a busy leader fences itself).
+    config: kube::Config,
     metrics: Metrics,
     probes: Probes,
     shutdown: CancellationToken,
@@ -39,7 +39,7 @@ impl Runtime {
     pub async fn init(name: &'static str, args: CommonArgs) -> anyhow::Result<Self> {
         // Connect before logging starts: an unreachable cluster is then reported once, by
         // `main_with`, instead of also through the client's own error log lines.
-        let (client, lease_client) = connect().await?;
+        let (client, config) = connect().await?;
         telemetry::init(args.log_format);
         let metrics = Metrics::new();
         let probes = Probes::new(args.stall_timeout);
@@ -64,7 +64,7 @@ impl Runtime {
             name,
             args,
             client,
-            lease_client,
+            config,
             metrics,
             probes,
             shutdown,
@@ -109,7 +109,7 @@ impl Runtime {
         let leader_gauge = self.metrics.leader_status(self.name);
         let result = if self.args.leader_elect {
             leader::run_elected(
-                self.lease_client.clone(),
+                self.config.clone(),
                 &format!("multivpc-{}", self.name),
                 &self.args.leader_election_namespace,
                 leader_gauge,
@@ -133,19 +133,18 @@ impl Runtime {
 
 /// Infers the client configuration (in-cluster, then kubeconfig) and checks the API server
 /// answers, so a wrong or missing cluster is one clear line at start-up, not a retry loop.
-/// Returns the controller's client and the leader Lease's (same configuration, own connection).
-async fn connect() -> anyhow::Result<(Client, Client)> {
+/// Returns the client and its configuration.
+async fn connect() -> anyhow::Result<(Client, kube::Config)> {
     // The inferred-config error already names both sources it tried; its source chain would
     // only repeat them.
     let config = kube::Config::infer()
         .await
         .map_err(|err| anyhow::anyhow!("no usable Kubernetes configuration: {err}"))?;
     let url = config.cluster_url.clone();
-    let lease_client =
+    let client =
         Client::try_from(config.clone()).context("invalid Kubernetes client configuration")?;
-    let client = Client::try_from(config).context("invalid Kubernetes client configuration")?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok((client, lease_client)),
+        Ok(Ok(_)) => Ok((client, config)),
         Ok(Err(err)) => {
             Err(err).with_context(|| format!("cannot reach the Kubernetes API server at {url}"))
         }
