@@ -1,21 +1,57 @@
 //! A loopback TCP proxy in front of an API server that a test can cut: a controller given a
 //! kubeconfig through it loses the API server (every connection dropped, new ones closed at
-//! once) while everything else still reaches it. The network partition of one replica.
+//! once) while everything else still reaches it. The network partition of one replica. Or
+//! freeze it: connections stay open and their bytes are held, as through a path that silently
+//! stopped delivering (no reset, no error; only timeouts notice).
 
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context, Result};
 use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::watch,
     task::JoinHandle,
 };
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Open,
+    Frozen,
+    Cut,
+}
+
 /// The proxy; it stops when dropped.
 pub struct CuttableProxy {
     pub addr: SocketAddr,
-    open: watch::Sender<bool>,
+    state: watch::Sender<Link>,
     task: JoinHandle<()>,
+}
+
+/// Copies `from` to `to`, holding what it read while the path is frozen; ends when the path is
+/// cut or either side closes.
+async fn relay(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    mut state: watch::Receiver<Link>,
+) {
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = state.wait_for(|s| *s == Link::Cut) => return,
+        };
+        match state.wait_for(|s| *s != Link::Frozen).await {
+            Ok(s) if *s == Link::Open => {}
+            _ => return,
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl CuttableProxy {
@@ -23,39 +59,46 @@ impl CuttableProxy {
     pub async fn start(target: SocketAddr) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let (open, _) = watch::channel(true);
+        let (state, _) = watch::channel(Link::Open);
         let task = tokio::spawn({
-            let open = open.clone();
+            let state = state.clone();
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
-                    if !*open.borrow() {
+                    if *state.borrow() == Link::Cut {
                         continue; // dropped: closed at once
                     }
-                    let mut cut = open.subscribe();
+                    let (up, down) = (state.subscribe(), state.subscribe());
                     tokio::spawn(async move {
                         let Ok(outbound) = TcpStream::connect(target).await else {
                             return;
                         };
-                        let (mut inbound, mut outbound) = (inbound, outbound);
+                        let (in_read, in_write) = inbound.into_split();
+                        let (out_read, out_write) = outbound.into_split();
                         tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = cut.wait_for(|open| !*open) => {}
+                            () = relay(in_read, out_write, up) => {}
+                            () = relay(out_read, in_write, down) => {}
                         }
                     });
                 }
             }
         });
-        Ok(Self { addr, open, task })
+        Ok(Self { addr, state, task })
     }
 
     /// Drops every connection and refuses new ones until [`CuttableProxy::restore`].
     pub fn cut(&self) {
-        self.open.send_replace(false);
+        self.state.send_replace(Link::Cut);
     }
 
-    /// Forwards again.
+    /// Holds every byte in both directions (connections stay open, new ones are accepted)
+    /// until [`CuttableProxy::restore`].
+    pub fn freeze(&self) {
+        self.state.send_replace(Link::Frozen);
+    }
+
+    /// Forwards again (what a freeze held is delivered).
     pub fn restore(&self) {
-        self.open.send_replace(true);
+        self.state.send_replace(Link::Open);
     }
 
     /// A proxy in front of the API server of the kubeconfig at `from`, and a copy of that

@@ -1349,6 +1349,14 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
     // The watches work again, so /healthz recovers (at most STREAK_GAP after the last error
     // for a watch that resumed without an event).
     wait_healthz(&ctl, 200, Duration::from_secs(150)).await;
+    // What etcd compaction does to a watch: its resource version answered 410 Gone ("too old
+    // resource version", the new server's watch cache starts after it), then a relist.
+    let log = ctl.log_tail(100_000);
+    assert!(
+        log.contains("too old resource version") || log.contains("410"),
+        "no watch was answered 410 Gone:\n{}",
+        ctl.log_tail(40)
+    );
 
     t.delete("tr-b", &DeleteParams::default()).await.unwrap();
     wait_for_deletion(&t, "tr-b", Duration::from_secs(60))
@@ -1356,6 +1364,101 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
         .unwrap();
     drop(ctl);
     env.down(&h, [before, after]).await;
+}
+
+/// tunnel-manager's connection to its API server freezes: open, but delivering nothing (no
+/// reset, no error). A reconcile then waits on a request that does not return; past the stall
+/// timeout /healthz fails and names it (the kubelet would restart the container). Thawed, the
+/// held request completes, a tunnel created meanwhile is programmed, and /healthz recovers.
+#[tokio::test]
+async fn a_frozen_api_server_connection_fails_healthz_until_it_thaws() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let env = OneGateway::up(&h, "tf").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
+    let g = &env.g;
+    let (first, second) = (Harness::unique_name("tf-a"), Harness::unique_name("tf-b"));
+    apply_exip(&c, &first, "cluster9", "172.50.9.1", "242.94.0.0/16").await;
+    apply_exip(&c, &second, "cluster9", "172.50.9.2", "242.93.0.0/16").await;
+    let through_proxy = h
+        .run_dir()
+        .join("logs")
+        .join(format!("{ns}-proxied-kubeconfig.yaml"));
+    let proxy =
+        multivpc_e2e::proxy::CuttableProxy::in_front_of(&h.kubeconfig("cluster1"), &through_proxy)
+            .await
+            .unwrap();
+    let ctl = controllers::spawn(
+        h.run_dir(),
+        "tunnel-manager",
+        &through_proxy,
+        &[
+            "--cluster-id=cluster1",
+            "--stall-timeout=10s",
+            "--exec-timeout=2500ms",
+            "--verify-interval=3s",
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    apply_tunnel(
+        &c,
+        &ns,
+        "tf-a",
+        "cluster9",
+        &first,
+        &gw,
+        "10.254.6.1/30",
+        23,
+        &[],
+    )
+    .await;
+    wait_programmed(&t, "tf-a", |_| true).await;
+    assert_eq!(healthz(&ctl).await.0, 200);
+
+    proxy.freeze();
+    // The next verification's exec times out and its status write waits on the frozen path.
+    let why = wait_healthz(&ctl, 503, Duration::from_secs(90)).await;
+    assert!(
+        why.contains("reconcile of") && why.contains("has run for"),
+        "{why}"
+    );
+    eprintln!("/healthz with the connection frozen: {why}");
+    apply_tunnel(
+        &c,
+        &ns,
+        "tf-b",
+        "cluster9",
+        &second,
+        &gw,
+        "10.254.7.1/30",
+        24,
+        &[],
+    )
+    .await;
+
+    proxy.restore();
+    wait_programmed(&t, "tf-b", |_| true).await;
+    wait_healthz(&ctl, 200, Duration::from_secs(60)).await;
+    let inside = wait_state(&g.node.netns, "both tunnels", |s| {
+        s.matches("multivpc-tunnel:").count() == 2
+    })
+    .await;
+    assert!(
+        inside.contains(&format!("multivpc-tunnel:{ns}/tf-b")),
+        "{inside}"
+    );
+
+    for name in ["tf-a", "tf-b"] {
+        t.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(&t, name, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    drop((ctl, proxy));
+    let _ = std::fs::remove_file(&through_proxy);
+    env.down(&h, [first, second]).await;
 }
 
 const LEADER: &str = "leader_election_master_status{name=\"tunnel-manager\"}";
