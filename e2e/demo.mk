@@ -20,7 +20,7 @@ demo-stop: ## Stop only the demo's controllers (clusters stay up)
 demo-down: demo-stop ## Stop the demo's controllers, then every harness cluster, gateway and netns (make e2e-down)
 	@$(MAKE) --no-print-directory e2e-down
 
-BENCH_ARGS ?= --profile release --sizes 100,1000,5000 --gateways 4
+BENCH_ARGS ?= --profile release --shapes 100x4,1000x4,5000x4,1000x50
 
 .PHONY: bench
 bench: ## Benchmarks against the local harness (release controllers, ~20 min) -> docs/BENCHMARKS.md; no test may run meanwhile

@@ -31,6 +31,7 @@ use multivpc_runtime::{
     events::Events,
     finalizer,
     metrics::ReconcileMetrics,
+    own_writes::OwnWrites,
     status::apply_status,
     watch::{self, Decoded, WatchMetrics},
 };
@@ -196,6 +197,8 @@ pub struct Context {
     pub metrics: DnsMetrics,
     pub repair_limiter: RepairLimiter,
     pub backoff: ErrorBackoff,
+    /// Forwards as this process last wrote them (finalizer, status), until the cache shows it.
+    pub writes: OwnWrites<VpcDnsForward>,
 }
 
 /// Builds the controller and runs it until `shutdown`; marks `probes` once every cache is synced.
@@ -322,6 +325,7 @@ pub async fn run(
         metrics,
         repair_limiter: RepairLimiter::new(repair_spacing),
         backoff: ErrorBackoff::default(),
+        writes: OwnWrites::default(),
     });
 
     // Reconciles before the caches synced decided nothing: every object runs once they have.
@@ -352,12 +356,19 @@ async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Act
             let k = key(&forward);
             ctx2.caches
                 .reconcile(&ctx2.backoff, &k, forward.metadata.generation, async {
-                    finalizer::finalizer(&api, DNS_FINALIZER, MANAGER, forward, |event| async {
-                        match event {
-                            Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
-                            Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
-                        }
-                    })
+                    finalizer::finalizer(
+                        &api,
+                        DNS_FINALIZER,
+                        MANAGER,
+                        &ctx2.writes,
+                        forward,
+                        |event| async {
+                            match event {
+                                Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
+                                Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
+                            }
+                        },
+                    )
                     .await
                     .map_err(|e| Error::Finalizer(Box::new(e)))
                 })
@@ -645,7 +656,8 @@ async fn write_status(
         )
         .await;
     }
-    apply_status(api, &forward.name_any(), MANAGER, &status).await?;
+    let written = apply_status(api, &forward.name_any(), MANAGER, &status).await?;
+    ctx.writes.wrote(forward, written);
     Ok(())
 }
 

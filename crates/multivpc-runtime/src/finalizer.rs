@@ -6,6 +6,8 @@
 //! finalizers alone, and the object it returns goes straight on to `Apply`. Removal stays kube's
 //! (test the finalizer at its index, then remove it), so another controller's finalizer is never
 //! taken by mistake; an object already gone when its finalizer is removed is done, not an error.
+//! The object it works on is the newest this process knows ([`OwnWrites`]), and its add is
+//! recorded there, so a reconcile that runs before the cache has seen the add does not repeat it.
 
 use std::{fmt::Debug, sync::Arc};
 
@@ -20,6 +22,8 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::own_writes::OwnWrites;
+
 /// Runs `reconcile` for `obj` with finalizer `name`, as kube's `finalizer` does: `Apply` once the
 /// finalizer is on the object, `Cleanup` when it is being deleted (the finalizer goes once
 /// cleanup succeeds). `manager` is the field manager that owns the finalizer.
@@ -27,6 +31,7 @@ pub async fn finalizer<K, F, Fut>(
     api: &Api<K>,
     name: &str,
     manager: &str,
+    writes: &OwnWrites<K>,
     obj: Arc<K>,
     reconcile: F,
 ) -> Result<Action, Error<Fut::Error>>
@@ -36,6 +41,7 @@ where
     Fut: TryFuture<Ok = Action>,
     Fut::Error: std::error::Error + 'static,
 {
+    let obj = writes.newest(obj);
     let has = obj.finalizers().iter().any(|f| f == name);
     if has || obj.meta().deletion_timestamp.is_some() {
         return match kube_finalizer::finalizer(api, name, obj, reconcile).await {
@@ -61,5 +67,6 @@ where
         )
         .await
         .map_err(Error::AddFinalizer)?;
-    kube_finalizer::finalizer(api, name, Arc::new(updated), reconcile).await
+    let updated = writes.wrote(&obj, updated);
+    kube_finalizer::finalizer(api, name, updated, reconcile).await
 }

@@ -7,6 +7,7 @@
 //! - [`admin`]: the `/metrics`, `/healthz` and `/readyz` endpoints;
 //! - [`liveness`]: what `/healthz` fails on (a watch or reconcile that stalls);
 //! - [`finalizer`]: kube's finalizer helper with an add that cannot be refused;
+//! - [`own_writes`]: this process's last writes, until its cache shows them;
 //! - [`watch`]: caches fed by watches that one undecodable object cannot stop;
 //! - [`leader`]: Lease-based leader election that starts and stops the controller;
 //! - [`Runtime`]: ties them together with graceful shutdown on SIGTERM.
@@ -19,6 +20,7 @@ pub mod finalizer;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;
+pub mod own_writes;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;

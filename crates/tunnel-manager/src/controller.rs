@@ -43,6 +43,7 @@ use multivpc_runtime::{
     events::Events,
     finalizer,
     metrics::ReconcileMetrics,
+    own_writes::OwnWrites,
     status::apply_status,
     watch::{self, Decoded, WatchMetrics},
 };
@@ -239,6 +240,8 @@ pub struct Context {
     pub metrics: TunnelMetrics,
     pub executor: Executor,
     pub backoff: ErrorBackoff,
+    /// Tunnels as this process last wrote them (finalizer, status), until the cache shows it.
+    pub writes: OwnWrites<VpcNatTunnel>,
     programmed: Mutex<HashMap<String, Programmed>>,
     states: Mutex<HashMap<String, &'static str>>,
 }
@@ -283,8 +286,13 @@ impl Context {
     /// Forgets everything kept for tunnels that are gone (deleted without a cleanup this
     /// process saw: a finalizer removed by hand, a deletion while it was a standby).
     fn prune(&self) {
-        let live: std::collections::HashSet<String> =
-            self.stores.tunnels.state().iter().map(|t| key(t)).collect();
+        let tunnels = self.stores.tunnels.state();
+        let live: std::collections::HashSet<String> = tunnels.iter().map(|t| key(t)).collect();
+        let uids: std::collections::HashSet<&str> = tunnels
+            .iter()
+            .filter_map(|t| t.metadata.uid.as_deref())
+            .collect();
+        self.writes.retain(|uid| uids.contains(uid));
         self.programmed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -595,6 +603,7 @@ pub async fn run(
         metrics,
         executor,
         backoff: ErrorBackoff::default(),
+        writes: OwnWrites::default(),
         programmed: Mutex::new(HashMap::new()),
         states: Mutex::new(HashMap::new()),
     });
@@ -630,12 +639,19 @@ async fn reconcile(tunnel: Arc<VpcNatTunnel>, ctx: Arc<Context>) -> Result<Actio
             let k = key(&tunnel);
             ctx2.caches
                 .reconcile(&ctx2.backoff, &k, tunnel.metadata.generation, async {
-                    finalizer::finalizer(&api, TUNNEL_FINALIZER, MANAGER, tunnel, |event| async {
-                        match event {
-                            Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
-                            Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,
-                        }
-                    })
+                    finalizer::finalizer(
+                        &api,
+                        TUNNEL_FINALIZER,
+                        MANAGER,
+                        &ctx2.writes,
+                        tunnel,
+                        |event| async {
+                            match event {
+                                Finalizer::Apply(t) => apply(&t, &ctx2, &api).await,
+                                Finalizer::Cleanup(t) => cleanup(&t, &ctx2).await,
+                            }
+                        },
+                    )
                     .await
                     .map_err(|e| Error::Finalizer(Box::new(e)))
                 })
@@ -1155,7 +1171,8 @@ async fn write_status(
         )
         .await;
     }
-    apply_status(api, &tunnel.name_any(), MANAGER, &status).await?;
+    let written = apply_status(api, &tunnel.name_any(), MANAGER, &status).await?;
+    ctx.writes.wrote(tunnel, written);
     Ok(())
 }
 
