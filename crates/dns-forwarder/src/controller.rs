@@ -328,6 +328,16 @@ pub async fn run(
         writes: OwnWrites::default(),
     });
 
+    let pruning = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            ctx.caches.synced().await;
+            loop {
+                tokio::time::sleep(PRUNE_INTERVAL).await;
+                ctx.prune();
+            }
+        }
+    });
     // Reconciles before the caches synced decided nothing: every object runs once they have.
     let controller = controller.reconcile_all_on(caches.on_synced());
     multivpc_runtime::runtime::drive_controller(
@@ -336,7 +346,26 @@ pub async fn run(
         shutdown,
     )
     .await;
+    pruning.abort();
     Ok(())
+}
+
+/// How often what is kept per forward is pruned of forwards that are gone.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Context {
+    /// Forgets what is kept for forwards deleted without a cleanup this process saw (a
+    /// finalizer removed by hand, a deletion while it was a standby).
+    fn prune(&self) {
+        let forwards = self.stores.forwards.state();
+        let keys: std::collections::HashSet<String> = forwards.iter().map(|f| key(f)).collect();
+        let uids: std::collections::HashSet<&str> = forwards
+            .iter()
+            .filter_map(|f| f.metadata.uid.as_deref())
+            .collect();
+        self.backoff.retain(|k| keys.contains(k));
+        self.writes.retain(|uid| uids.contains(uid));
+    }
 }
 
 fn key(forward: &VpcDnsForward) -> String {
