@@ -460,6 +460,10 @@ pub async fn run(
     // that they decide from ([`PeerFacts`]) wakes the others of its gateway.
     let peers_tunnels = tunnels.clone();
     let mut seen = HashMap::<String, PeerFacts>::new();
+    // During a relist, the tunnels listed so far: at its end they replace `seen`, which forgets
+    // the tunnels deleted while the watch was away (their peers are reconciled anyway: a
+    // relist hands the controller every tunnel).
+    let mut relisted: Option<HashMap<String, PeerFacts>> = None;
     let peers_stream = watch::isolate_errors(
         "VpcNatTunnel".into(),
         caches.probes().clone(),
@@ -478,6 +482,9 @@ pub async fn run(
         let changed: Vec<VpcNatTunnel> = match event {
             watcher::Event::Apply(t) | watcher::Event::InitApply(t) => {
                 let facts = PeerFacts::of(&t);
+                if let Some(listed) = relisted.as_mut() {
+                    listed.insert(key(&t), facts.clone());
+                }
                 // A write that changed nothing its peers decide from (its own status
                 // conditions, most often) wakes no one.
                 if seen.insert(key(&t), facts.clone()) == Some(facts) {
@@ -490,7 +497,16 @@ pub async fn run(
                 seen.remove(&key(&t));
                 vec![t]
             }
-            watcher::Event::Init | watcher::Event::InitDone => vec![],
+            watcher::Event::Init => {
+                relisted = Some(HashMap::new());
+                vec![]
+            }
+            watcher::Event::InitDone => {
+                if let Some(listed) = relisted.take() {
+                    seen = listed;
+                }
+                vec![]
+            }
         };
         let peers: Vec<ObjectRef<VpcNatTunnel>> = changed
             .iter()
