@@ -1058,8 +1058,9 @@ async fn exec_failed(
     err: ExecError,
 ) -> Error {
     let message = err.to_string();
-    // Every failed exec is an event (exit status and stderr included); retries back off.
-    publish(ctx, tunnel, EventType::Warning, why, message.clone()).await;
+    // The condition carries the latest failure (exit status and stderr); its event comes with
+    // the first failure of this reason (write_status), not with every retry: the retries back
+    // off and count in multivpc_tunnel_exec_failures_total.
     if let Err(e) = write_status(
         tunnel,
         ctx,
@@ -1175,9 +1176,7 @@ async fn write_status(
     if status == old {
         return Ok(()); // Steady state: no write.
     }
-    let exec_reason =
-        [reason::CONVERGE_FAILED, reason::VERIFICATION_FAILED].contains(&condition.reason);
-    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status && !exec_reason {
+    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status {
         publish(
             ctx,
             tunnel,
