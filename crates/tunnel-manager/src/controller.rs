@@ -4,7 +4,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -170,10 +173,46 @@ pub struct Stores {
     /// Only without `--cluster-id`: ServiceDiscovery holds the broker token, which
     /// tunnel-manager has no use for, so the chart grants it only when it cannot render the ID.
     pub service_discovery: Option<Store<ServiceDiscovery>>,
+    /// Bumped by every event of every watch, after its cache applied it.
+    changes: Arc<AtomicU64>,
+    /// The last snapshot, and the count of changes it was taken after: reconciles between two
+    /// events share it (and what it works out once, such as each gateway's claims).
+    latest: Arc<Mutex<Option<Latest>>>,
+}
+
+/// A snapshot and the count of changes it was taken after.
+type Latest = (u64, Arc<Snapshot>);
+
+/// `stream`, each item of which (a cache's event, after the cache applied it) counts in
+/// `changes`.
+fn counted<S: futures::Stream>(
+    changes: &Arc<AtomicU64>,
+    stream: S,
+) -> impl futures::Stream<Item = S::Item> + use<S> {
+    let changes = changes.clone();
+    stream.inspect(move |_| {
+        changes.fetch_add(1, Ordering::Release);
+    })
 }
 
 impl Stores {
-    fn snapshot(&self, settings: &Settings) -> Snapshot {
+    /// What the caches hold now: the last snapshot when no watch event came since it was
+    /// taken, else a new one. A reconcile triggered by an event runs after that event was
+    /// counted, so it never gets a snapshot from before it.
+    fn snapshot(&self, settings: &Settings) -> Arc<Snapshot> {
+        let changes = self.changes.load(Ordering::Acquire);
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, snapshot)) = latest.as_ref()
+            && *at == changes
+        {
+            return snapshot.clone();
+        }
+        let snapshot = Arc::new(self.take_snapshot(settings));
+        *latest = Some((changes, snapshot.clone()));
+        snapshot
+    }
+
+    fn take_snapshot(&self, settings: &Settings) -> Snapshot {
         let cluster_id = settings.cluster_id.clone().or_else(|| {
             self.service_discovery
                 .iter()
@@ -213,6 +252,7 @@ impl Stores {
                 .map(|v| (v.name_any(), v))
                 .collect(),
             tenancy: settings.tenancy,
+            claims: Default::default(),
         }
     }
 }
@@ -380,6 +420,7 @@ pub async fn run(
     let c = client.clone();
     // Every watch stream is counted: the caches are synced when all have listed.
     let caches = CacheSync::new(probes);
+    let changes = Arc::new(AtomicU64::new(0));
 
     let (exips, exips_stream) = watch::reflect(
         Api::<Decoded<GatewayExIp>>::namespaced(c.clone(), &settings.exip_namespace),
@@ -387,14 +428,14 @@ pub async fn run(
         &caches,
         &watch_metrics,
     );
-    let exips_stream = exips_stream.touched_objects();
+    let exips_stream = counted(&changes, exips_stream).touched_objects();
     let (pods, pods_stream) = watch::reflect(
         Api::<Decoded<Pod>>::namespaced(c.clone(), &settings.kube_ovn.namespace),
         watcher::Config::default().labels(&KubeOvn::pod_selector()),
         &caches,
         &watch_metrics,
     );
-    let pods_stream = pods_stream.touched_objects();
+    let pods_stream = counted(&changes, pods_stream).touched_objects();
     // Only this cluster's Cluster is read; with the ID known, only it is watched (the chart's
     // Role then names it).
     let clusters_config = match &settings.cluster_id {
@@ -407,35 +448,35 @@ pub async fn run(
         &caches,
         &watch_metrics,
     );
-    let clusters_stream = clusters_stream.touched_objects();
+    let clusters_stream = counted(&changes, clusters_stream).touched_objects();
     let (egress, egress_stream) = watch::reflect(
         Api::<Decoded<ClusterGlobalEgressIP>>::all(c.clone()),
         watcher::Config::default().fields(&format!("metadata.name={CLUSTER_EGRESS_IP_NAME}")),
         &caches,
         &watch_metrics,
     );
-    let egress_stream = egress_stream.touched_objects();
+    let egress_stream = counted(&changes, egress_stream).touched_objects();
     let (gateways, gateways_stream) = watch::reflect(
         Api::<Decoded<VpcNatGateway>>::all(c.clone()),
         watcher::Config::default(),
         &caches,
         &watch_metrics,
     );
-    let gateways_stream = gateways_stream.touched_objects();
+    let gateways_stream = counted(&changes, gateways_stream).touched_objects();
     let (subnets, subnets_stream) = watch::reflect(
         Api::<Decoded<Subnet>>::all(c.clone()),
         watcher::Config::default(),
         &caches,
         &watch_metrics,
     );
-    let subnets_stream = subnets_stream.touched_objects();
+    let subnets_stream = counted(&changes, subnets_stream).touched_objects();
     let (vpcs, vpcs_stream) = watch::reflect(
         Api::<Decoded<Vpc>>::all(c.clone()),
         watcher::Config::default(),
         &caches,
         &watch_metrics,
     );
-    let vpcs_stream = vpcs_stream.touched_objects();
+    let vpcs_stream = counted(&changes, vpcs_stream).touched_objects();
     let (service_discovery, sd_stream) = match settings.cluster_id {
         Some(_) => (None, None),
         None => {
@@ -446,7 +487,10 @@ pub async fn run(
                 &caches,
                 &watch_metrics,
             );
-            (Some(store), Some(stream.touched_objects()))
+            (
+                Some(store),
+                Some(counted(&changes, stream).touched_objects()),
+            )
         }
     };
     let (tunnels, tunnels_stream) = watch::reflect(
@@ -455,7 +499,7 @@ pub async fn run(
         &caches,
         &watch_metrics,
     );
-    let tunnels_stream = tunnels_stream.applied_objects();
+    let tunnels_stream = counted(&changes, tunnels_stream).applied_objects();
     // Tunnels of one gateway decide conflicts and shared routes together: a change to one
     // that they decide from ([`PeerFacts`]) wakes the others of its gateway.
     let peers_tunnels = tunnels.clone();
@@ -535,6 +579,8 @@ pub async fn run(
         subnets,
         vpcs,
         service_discovery,
+        changes,
+        latest: Arc::default(),
     };
     let (s1, s2, s3, s4, s5) = (
         stores.clone(),

@@ -2,7 +2,11 @@
 //! §4 inputs). Pure: a missing or bad input becomes a `Ready=False` reason; everything that goes
 //! into a script leaves here as a typed, validated value.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::{Arc, OnceLock},
+};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -64,6 +68,48 @@ pub struct Snapshot {
     /// Vpcs, by name: which namespaces each admits.
     pub vpcs: BTreeMap<String, Arc<Vpc>>,
     pub tenancy: Tenancy,
+    /// What each gateway instance's tunnels claim ([`Snapshot::claims`]), worked out once per
+    /// snapshot on first use; leave it empty.
+    pub claims: OnceLock<HashMap<String, Vec<Claim>>>,
+}
+
+/// An admitted tunnel's hold on its gateway instance: its interface name, and its remote CIDR
+/// when that resolves.
+pub type Claim = (Arc<VpcNatTunnel>, Option<Ipv4Cidr>);
+
+impl Snapshot {
+    /// The tunnels holding an interface name or a remote CIDR on gateway instance `instance`, in
+    /// precedence order: each live, admitted tunnel there that clashes with none before it. A
+    /// tunnel's own conflict is then decided by the claims that precede it ([`conflict`]), so
+    /// the whole gateway is worked out once per snapshot instead of once per tunnel.
+    pub fn claims(&self, instance: &str) -> &[Claim] {
+        self.claims
+            .get_or_init(|| {
+                let mut by_instance: HashMap<String, Vec<Claim>> = HashMap::new();
+                for t in &self.tunnels {
+                    if is_live(t) && admitted(t, self).is_ok() {
+                        let cidr = remote_endpoint(t, self).ok().map(|(_, cidr)| cidr);
+                        by_instance
+                            .entry(local_instance(t, self))
+                            .or_default()
+                            .push((t.clone(), cidr));
+                    }
+                }
+                for claims in by_instance.values_mut() {
+                    claims.sort_by_key(|(t, _)| precedence(t));
+                    let mut held: Vec<Claim> = Vec::with_capacity(claims.len());
+                    for (t, cidr) in claims.drain(..) {
+                        if clash(&t, cidr, &held).is_none() {
+                            held.push((t, cidr));
+                        }
+                    }
+                    *claims = held;
+                }
+                by_instance
+            })
+            .get(instance)
+            .map_or(&[], Vec::as_slice)
+    }
 }
 
 /// A gateway pod identified by name and UID.
@@ -349,30 +395,11 @@ pub fn conflict(
     remote_cidr: Ipv4Cidr,
     snapshot: &Snapshot,
 ) -> Option<NotReady> {
-    let mut earlier: Vec<(&VpcNatTunnel, Option<Ipv4Cidr>)> = snapshot
-        .tunnels
-        .iter()
-        .filter(|other| {
-            !same_object(other, tunnel)
-                && is_live(other)
-                && precedes(other, tunnel)
-                && local_instance(other, snapshot) == instance
-                && admitted(other, snapshot).is_ok()
-        })
-        .map(|other| {
-            let cidr = remote_endpoint(other, snapshot).ok().map(|(_, cidr)| cidr);
-            (other.as_ref(), cidr)
-        })
-        .collect();
-    earlier.sort_by_key(|(other, _)| precedence(other));
-    let mut admitted: Vec<(&VpcNatTunnel, Option<Ipv4Cidr>)> = Vec::new();
-    for (other, cidr) in earlier {
-        if clash(other, cidr, &admitted).is_none() {
-            admitted.push((other, cidr));
-        }
-    }
+    let claims = snapshot.claims(instance);
+    // Claims are in precedence order; those strictly before `tunnel` (never itself) decide.
+    let earlier = &claims[..claims.partition_point(|(other, _)| precedes(other, tunnel))];
     let name = tunnel.name_any();
-    clash(tunnel, Some(remote_cidr), &admitted).map(|(holder, holder_cidr)| {
+    clash(tunnel, Some(remote_cidr), earlier).map(|(holder, holder_cidr)| {
         let holder_key = format!(
             "{}/{}",
             holder.namespace().unwrap_or_default(),
@@ -400,10 +427,11 @@ pub fn conflict(
 fn clash<'a>(
     tunnel: &VpcNatTunnel,
     cidr: Option<Ipv4Cidr>,
-    admitted: &[(&'a VpcNatTunnel, Option<Ipv4Cidr>)],
+    admitted: &'a [Claim],
 ) -> Option<(&'a VpcNatTunnel, Option<Ipv4Cidr>)> {
     let name = tunnel.name_any();
-    admitted.iter().find_map(|&(holder, holder_cidr)| {
+    admitted.iter().find_map(|(holder, holder_cidr)| {
+        let (holder, holder_cidr) = (holder.as_ref(), *holder_cidr);
         if holder.name_any() == name {
             return Some((holder, None));
         }
@@ -1197,6 +1225,7 @@ mod tests {
         // routes rgw3's CIDR, yet a later tunnel to rgw3 is admitted.
         let third = tunnel("ns4", "vx3", "gw1", "rgw3", 5);
         s.tunnels.push(third.clone());
+        s.claims.take(); // A changed snapshot works its claims out again.
         assert!(
             resolve(&third, &s).is_ok(),
             "{:?}",
@@ -1205,6 +1234,7 @@ mod tests {
         // And a later rival of the admitted one is refused naming it, not the refused one.
         let fourth = tunnel("ns5", "vx4", "gw1", "rgw3", 6);
         s.tunnels.push(fourth.clone());
+        s.claims.take();
         let refused = resolve(&fourth, &s).unwrap_err();
         assert_eq!(refused.reason, reason::REMOTE_CIDR_CONFLICT);
         assert!(refused.message.contains("ns4/vx3"), "{}", refused.message);
@@ -1212,6 +1242,7 @@ mod tests {
         let mut gone = (*first).clone();
         gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(9).unwrap()));
         s.tunnels[0] = Arc::new(gone);
+        s.claims.take();
         assert!(resolve(&same_name, &s).is_ok());
     }
 
