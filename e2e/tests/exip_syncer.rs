@@ -370,6 +370,53 @@ async fn broker_outage_loses_nothing_and_converges_when_it_returns() {
         .unwrap();
 }
 
+// ------------------------------------------------------------------ member API server restart
+
+/// cluster1's control plane stops for 20 s and starts again: every watch of its exip-syncer
+/// ends, and the new server answers their resource versions with 410 Gone. exip-syncer acts
+/// again without a restart: a gateway created afterwards is published and reaches cluster2,
+/// and one deleted afterwards leaves the broker and cluster2.
+#[tokio::test]
+async fn exip_syncer_acts_again_after_its_member_api_server_restarts() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let h = &env.h;
+    let c2 = h.client(C2);
+    let vpc = Harness::unique_name("rvpc");
+    let a = new_gateway(h, C1, "ra", &vpc).await;
+    let a_name = format!("{}-{C1}", a.spec.name);
+    wait_exip(&exips(&c2), &a_name, ext_ip(&a.node.external_ip)).await;
+
+    let down = h.stop_cluster(C1).unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    down.start().await.unwrap();
+    let back = std::time::Instant::now();
+    let b = new_gateway(h, C1, "rb", &vpc).await;
+    let b_name = format!("{}-{C1}", b.spec.name);
+    h.delete_nat_gateway(&a).await.unwrap();
+    wait_exip(&exips(&c2), &b_name, ext_ip(&b.node.external_ip)).await;
+    eprintln!(
+        "API server back to a new gateway on cluster2: {:.1}s",
+        back.elapsed().as_secs_f64()
+    );
+    for api in [broker_exips(h), exips(&c2)] {
+        wait_for_deletion(&api, &a_name, CONVERGE)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    }
+    let log = env.syncers[0].log_tail(100_000);
+    assert!(
+        log.contains("too old resource version") || log.contains("410"),
+        "no watch was answered 410 Gone:\n{}",
+        env.logs()
+    );
+
+    h.delete_nat_gateway(&b).await.unwrap();
+    wait_for_deletion(&exips(&c2), &b_name, CONVERGE)
+        .await
+        .unwrap();
+}
+
 // ------------------------------------------------------------------ failover
 
 #[tokio::test]
