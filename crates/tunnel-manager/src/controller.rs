@@ -36,9 +36,7 @@ use multivpc_api::{
     },
     gateway::KubeOvn,
     keys::TUNNEL_FINALIZER,
-    net::Ipv4Cidr,
     tenancy::Tenancy,
-    tunnel::PodRef,
 };
 use multivpc_runtime::{
     admin::{CacheSync, Probes},
@@ -55,8 +53,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     exec::{ExecError, Executor},
-    resolve::{self, PodTarget, Resolved, Snapshot, reason},
-    script::{self, CleanupConfig, Mode, Stale, TunnelConfig},
+    plan::{self, Plan, Removal, Step},
+    resolve::{self, Resolved, Snapshot, reason},
+    script::{self, Mode, Stale, TunnelConfig},
 };
 
 /// Name under which this controller writes (field manager, event reporter).
@@ -730,37 +729,6 @@ fn error_policy(tunnel: Arc<VpcNatTunnel>, err: &Error, ctx: Arc<Context>) -> Ac
     Action::requeue(delay)
 }
 
-/// A stable per-tunnel delay in `[0, max)`.
-fn jitter(key: &str, max: Duration) -> Duration {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-    Duration::from_nanos(h.finish().checked_rem(nanos).unwrap_or(0))
-}
-
-fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
-    s.parse().ok()
-}
-
-/// Routes programmed under the previous spec, for the converge script to remove.
-fn stale_of(
-    tunnel: &VpcNatTunnel,
-    old: &VpcNatTunnelStatus,
-    resolved: &Resolved,
-    snapshot: &Snapshot,
-) -> Stale {
-    let Some(applied) = &old.applied else {
-        return Stale::default();
-    };
-    let local_cidr = parse_cidr(&applied.local_route)
-        .filter(|c| !resolve::local_route_shared(tunnel, &resolved.pod.uid, *c, snapshot));
-    Stale {
-        remote_cidr: parse_cidr(&applied.remote_route),
-        local_cidr,
-    }
-}
-
 fn change_summary(stdout: &str) -> String {
     let lines = script::change_lines(stdout);
     let shown: Vec<&str> = lines.iter().take(6).copied().collect();
@@ -778,62 +746,77 @@ async fn apply(
     api: &Api<VpcNatTunnel>,
 ) -> Result<Action, Error> {
     let k = key(tunnel);
-    let snapshot = ctx.stores.snapshot(&ctx.settings);
-    let old = tunnel.status.clone().unwrap_or_default();
-    let resolved = match resolve::resolve(tunnel, &snapshot) {
-        Ok(r) => r,
-        Err(nr) => {
-            let mut status = old.clone();
-            if nr.local_gateway.is_some() {
-                status.local_gateway = nr.local_gateway.clone();
-            }
-            // A refused tunnel keeps nothing in the gateway: when an earlier tunnel claims its
-            // interface name or remote CIDR after it was programmed, or its VPC stops admitting
-            // its namespace, it withdraws.
-            if [
-                reason::INTERFACE_NAME_CONFLICT,
-                reason::REMOTE_CIDR_CONFLICT,
-                reason::NAMESPACE_NOT_ADMITTED,
-            ]
-            .contains(&nr.reason)
-                && let Some(prev) = &old.gateway_pod
-            {
-                let plan = withdrawal(tunnel, &old, prev, &snapshot);
-                drop(snapshot);
-                withdraw(tunnel, ctx, plan).await?;
-                status.gateway_pod = None;
-                status.applied = None;
-                ctx.forget(&k);
-            }
-            write_status(
-                tunnel,
-                ctx,
-                api,
-                status,
-                &DesiredCondition::not_ready(nr.reason, nr.message),
-            )
-            .await?;
-            ctx.set_state(&k, Some(nr.reason));
-            return Ok(Action::await_change());
-        }
-    };
-
-    // Everything decided from the caches is decided now: the snapshot (every tunnel, pod and
+    // Everything decided from the caches is decided here: the snapshot (every tunnel, pod and
     // GatewayExIp) is not held across an exec, so waiting reconciles cost little memory.
-    let move_out = old
-        .gateway_pod
-        .as_ref()
-        .filter(|prev| prev.name != resolved.pod.name)
-        .and_then(|prev| withdrawal(tunnel, &old, prev, &snapshot));
-    let stale = stale_of(tunnel, &old, &resolved, &snapshot);
-    drop(snapshot);
+    let decided = {
+        let snapshot = ctx.stores.snapshot(&ctx.settings);
+        let resolution = resolve::resolve(tunnel, &snapshot);
+        let since_checked = resolution
+            .as_ref()
+            .ok()
+            .and_then(|r| ctx.programmed_matches(&k, r))
+            .map(|at| at.elapsed());
+        plan::plan(
+            tunnel,
+            resolution,
+            &snapshot,
+            since_checked,
+            ctx.settings.verify_interval,
+        )
+    };
+    match decided {
+        Plan::Refuse(refusal) => refuse(tunnel, ctx, api, *refusal).await,
+        Plan::Program(programming) => program(tunnel, ctx, api, *programming).await,
+    }
+}
+
+/// Executes a [`plan::Refusal`].
+async fn refuse(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    api: &Api<VpcNatTunnel>,
+    refusal: plan::Refusal,
+) -> Result<Action, Error> {
+    let k = key(tunnel);
+    if let Some(removal) = &refusal.removal {
+        withdraw(tunnel, ctx, removal).await?;
+    }
+    if refusal.leaves_pod {
+        ctx.forget(&k);
+    }
+    let reason = refusal.condition.reason;
+    write_status(tunnel, ctx, api, refusal.status, &refusal.condition).await?;
+    ctx.set_state(&k, Some(reason));
+    Ok(Action::await_change())
+}
+
+/// Executes a [`plan::Programming`]: out of the previous pod, the step's script, the status.
+async fn program(
+    tunnel: &VpcNatTunnel,
+    ctx: &Context,
+    api: &Api<VpcNatTunnel>,
+    programming: plan::Programming,
+) -> Result<Action, Error> {
+    let k = key(tunnel);
+    let plan::Programming {
+        resolved,
+        move_out,
+        stale,
+        step,
+        status,
+        condition,
+    } = programming;
+    let old = tunnel.status.clone().unwrap_or_default();
 
     // Failover: the tunnel moved to another gateway instance; take it out of the old pod.
-    if let Some((target, cfg)) = move_out {
-        let prev = &target;
+    if let Some(removal) = move_out {
         match ctx
             .executor
-            .run(&target, "cleanup", script::Call::cleanup(&cfg))
+            .run(
+                &removal.pod,
+                "cleanup",
+                script::Call::cleanup(&removal.cleanup),
+            )
             .await
         {
             Ok(out) if script::reported_changes(&out.stdout).unwrap_or(0) > 0 => {
@@ -844,7 +827,7 @@ async fn apply(
                     "TunnelMoved",
                     format!(
                         "removed from pod {} before programming pod {} (gateway {})",
-                        prev.name, resolved.pod.name, resolved.local_gateway
+                        removal.pod.name, resolved.pod.name, resolved.local_gateway
                     ),
                 )
                 .await
@@ -857,22 +840,16 @@ async fn apply(
     }
 
     let cfg = &resolved.config;
-    let applied = resolve::applied_of(cfg);
-    // Programmed before with this very configuration (Ready may have dropped meanwhile, e.g.
-    // while the gateway pod was being replaced): changes now are repairs.
-    let was_programmed = old.applied.as_ref() == Some(&applied) && old.gateway_pod.is_some();
-    let interval = ctx.settings.verify_interval;
-    match ctx.programmed_matches(&k, &resolved) {
-        None => {
-            let out = match ctx
-                .executor
-                .run(
-                    &resolved.pod,
-                    "converge",
-                    script::Call::converge(cfg, &stale, Mode::Converge),
-                )
-                .await
-            {
+    let converge = || {
+        ctx.executor.run(
+            &resolved.pod,
+            "converge",
+            script::Call::converge(cfg, &stale, Mode::Converge),
+        )
+    };
+    match step {
+        Step::Converge { repair } => {
+            let out = match converge().await {
                 Ok(out) => out,
                 Err(e) => {
                     return Err(
@@ -882,57 +859,38 @@ async fn apply(
             };
             let changes = script::reported_changes(&out.stdout).unwrap_or(0);
             if changes > 0 {
-                tracing::info!(tunnel = %k, pod = %resolved.pod.name, changes, repair = was_programmed, "converged: {}", change_summary(&out.stdout));
-            }
-            if changes > 0 {
-                if was_programmed {
-                    let cause = if old.gateway_pod.as_ref().map(|p| p.uid.as_str())
-                        != Some(resolved.pod.uid.as_str())
-                    {
-                        "pod_replaced"
-                    } else {
-                        "drift"
-                    };
-                    ctx.metrics.repairs.with_label_values(&[cause]).inc();
-                    publish(
-                        ctx,
-                        tunnel,
-                        EventType::Warning,
-                        "Repaired",
-                        format!(
-                            "re-programmed pod {} ({cause}): {}",
-                            resolved.pod.name,
-                            change_summary(&out.stdout)
-                        ),
-                    )
-                    .await;
-                } else {
-                    publish(
-                        ctx,
-                        tunnel,
+                let summary = change_summary(&out.stdout);
+                tracing::info!(tunnel = %k, pod = %resolved.pod.name, changes, repair = repair.is_some(), "converged: {summary}");
+                let pod = &resolved.pod.name;
+                let (type_, why, note) = match repair {
+                    Some(cause) => {
+                        ctx.metrics.repairs.with_label_values(&[cause]).inc();
+                        (
+                            EventType::Warning,
+                            "Repaired",
+                            format!("re-programmed pod {pod} ({cause}): {summary}"),
+                        )
+                    }
+                    None => (
                         EventType::Normal,
                         reason::PROGRAMMED,
-                        format!(
-                            "programmed pod {}: {}",
-                            resolved.pod.name,
-                            change_summary(&out.stdout)
-                        ),
-                    )
-                    .await;
-                }
+                        format!("programmed pod {pod}: {summary}"),
+                    ),
+                };
+                publish(ctx, tunnel, type_, why, note).await;
             }
             ctx.remember(&k, &resolved);
         }
-        Some(checked_at) if interval.is_some_and(|i| checked_at.elapsed() >= i) => {
-            let out = match ctx
+        Step::Verify => {
+            let check = ctx
                 .executor
                 .run(
                     &resolved.pod,
                     "check",
                     script::Call::converge(cfg, &Stale::default(), Mode::Check),
                 )
-                .await
-            {
+                .await;
+            let out = match check {
                 Ok(out) => out,
                 Err(e) => {
                     ctx.metrics
@@ -956,31 +914,23 @@ async fn apply(
                     .verifications
                     .with_label_values(&["drift"])
                     .inc();
-                if let Err(e) = ctx
-                    .executor
-                    .run(
-                        &resolved.pod,
-                        "converge",
-                        script::Call::converge(cfg, &stale, Mode::Converge),
-                    )
-                    .await
-                {
+                if let Err(e) = converge().await {
                     ctx.forget(&k);
                     return Err(
                         exec_failed(tunnel, ctx, api, &old, reason::CONVERGE_FAILED, e).await,
                     );
                 }
                 ctx.metrics.repairs.with_label_values(&["drift"]).inc();
-                tracing::warn!(tunnel = %k, pod = %resolved.pod.name, "drift repaired: {}", change_summary(&out.stdout));
+                let summary = change_summary(&out.stdout);
+                tracing::warn!(tunnel = %k, pod = %resolved.pod.name, "drift repaired: {summary}");
                 publish(
                     ctx,
                     tunnel,
                     EventType::Warning,
                     "DriftRepaired",
                     format!(
-                        "verification found drift in pod {} and repaired it: {}",
-                        resolved.pod.name,
-                        change_summary(&out.stdout)
+                        "verification found drift in pod {} and repaired it: {summary}",
+                        resolved.pod.name
                     ),
                 )
                 .await;
@@ -992,92 +942,26 @@ async fn apply(
             }
             ctx.remember(&k, &resolved);
         }
-        Some(_) => {}
+        Step::Nothing => {}
     }
 
-    let status = VpcNatTunnelStatus {
-        observed_generation: tunnel.metadata.generation,
-        conditions: old.conditions.clone(),
-        local_gateway: Some(resolved.local_gateway.clone()),
-        gateway_pod: Some(PodRef {
-            name: resolved.pod.name.clone(),
-            uid: resolved.pod.uid.clone(),
-        }),
-        local_ip: Some(cfg.local_ip.to_string()),
-        remote_ip: Some(cfg.remote_ip.to_string()),
-        local_globalnet_cidr: Some(cfg.local_cidr.to_string()),
-        remote_globalnet_cidr: Some(cfg.remote_cidr.to_string()),
-        ovn_gateway_ip: Some(cfg.ovn_gateway.to_string()),
-        egress_range: Some(cfg.snat.to_string()),
-        applied: Some(applied),
-    };
-    let mut message = format!(
-        "{} tunnel {} programmed in pod {} (gateway {})",
-        cfg.encap.tunnel_type(),
-        cfg.device,
-        resolved.pod.name,
-        resolved.local_gateway
-    );
-    if let Some(note) = &resolved.note {
-        message.push_str("; ");
-        message.push_str(note);
-    }
-    write_status(
-        tunnel,
-        ctx,
-        api,
-        status,
-        &DesiredCondition::ready(reason::PROGRAMMED, message),
-    )
-    .await?;
+    write_status(tunnel, ctx, api, status, &condition).await?;
     ctx.set_state(&k, Some(reason::PROGRAMMED));
-
-    // Wake for the next verification (measured from the last one), spread over up to a tenth
-    // of the interval so that tunnels converged together are not all verified together.
-    Ok(match (interval, ctx.programmed_matches(&k, &resolved)) {
-        (Some(i), Some(at)) => Action::requeue(
-            (i + jitter(&k, i / 10))
-                .saturating_sub(at.elapsed())
-                .max(Duration::from_secs(1)),
-        ),
-        _ => Action::await_change(),
-    })
+    let since_checked = ctx.programmed_matches(&k, &resolved).map(|at| at.elapsed());
+    Ok(
+        match plan::next_verification(&k, ctx.settings.verify_interval, since_checked) {
+            Some(wait) => Action::requeue(wait),
+            None => Action::await_change(),
+        },
+    )
 }
 
-/// What taking `tunnel` out of pod `prev` (where it was programmed) removes, if that pod still
-/// holds its state.
-fn withdrawal(
-    tunnel: &VpcNatTunnel,
-    old: &VpcNatTunnelStatus,
-    prev: &PodRef,
-    snapshot: &Snapshot,
-) -> Option<(PodTarget, CleanupConfig)> {
-    let holds = snapshot.pods.iter().any(|p| {
-        p.name_any() == prev.name
-            && p.uid().as_deref() == Some(&prev.uid)
-            && resolve::pod_may_hold_state(p)
-    });
-    let cfg = cleanup_config(tunnel, old, &prev.uid, snapshot).filter(|_| holds)?;
-    let target = PodTarget {
-        name: prev.name.clone(),
-        uid: prev.uid.clone(),
-    };
-    Some((target, cfg))
-}
-
-/// Removes a refused tunnel's state from the pod it was programmed into ([`withdrawal`]).
-async fn withdraw(
-    tunnel: &VpcNatTunnel,
-    ctx: &Context,
-    plan: Option<(PodTarget, CleanupConfig)>,
-) -> Result<(), Error> {
-    let Some((target, cfg)) = plan else {
-        return Ok(());
-    };
-    let prev = &target;
+/// Removes a refused tunnel's state from the pod it was programmed into.
+async fn withdraw(tunnel: &VpcNatTunnel, ctx: &Context, removal: &Removal) -> Result<(), Error> {
+    let prev = &removal.pod;
     let out = ctx
         .executor
-        .run(&target, "cleanup", script::Call::cleanup(&cfg))
+        .run(prev, "cleanup", script::Call::cleanup(&removal.cleanup))
         .await?;
     publish(
         ctx,
@@ -1122,63 +1006,18 @@ async fn exec_failed(
     Error::Exec(err)
 }
 
-/// What cleanup removes from pod `pod_uid`. When another live tunnel of the same name has taken
-/// the interface over (while this one is deleted or refused), only this tunnel's tagged rules go.
-fn cleanup_config(
-    tunnel: &VpcNatTunnel,
-    old: &VpcNatTunnelStatus,
-    pod_uid: &str,
-    snapshot: &Snapshot,
-) -> Option<CleanupConfig> {
-    let device = resolve::device_of(tunnel).ok()?;
-    let tag = resolve::tag_of(tunnel).ok()?;
-    let taken = snapshot.tunnels.iter().any(|o| {
-        o.metadata.deletion_timestamp.is_none()
-            && o.name_any() == tunnel.name_any()
-            && key(o) != key(tunnel)
-            && o.status
-                .as_ref()
-                .and_then(|s| s.gateway_pod.as_ref())
-                .is_some_and(|p| p.uid == pod_uid)
-    });
-    let applied = old.applied.as_ref();
-    Some(CleanupConfig {
-        device,
-        delete_device: !taken,
-        tag,
-        remote_cidr: applied
-            .and_then(|a| parse_cidr(&a.remote_route))
-            .filter(|_| !taken),
-        local_cidr: applied
-            .and_then(|a| parse_cidr(&a.local_route))
-            .filter(|c| !resolve::local_route_shared(tunnel, pod_uid, *c, snapshot)),
-    })
-}
-
 async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> {
     let k = key(tunnel);
     ctx.set_state(&k, Some("Deleting"));
-    let snapshot = ctx.stores.snapshot(&ctx.settings);
-    let old = tunnel.status.clone().unwrap_or_default();
-    // Only the pod this tunnel was programmed into holds its state; a pod that is gone (or no
-    // longer running) took that state with it.
-    let target = old.gateway_pod.as_ref().and_then(|prev| {
-        snapshot
-            .pods
-            .iter()
-            .find(|p| p.name_any() == prev.name && resolve::pod_may_hold_state(p))
-            .map(|p| PodTarget {
-                name: prev.name.clone(),
-                uid: p.uid().unwrap_or_default(),
-            })
-    });
-    let plan = target.and_then(|t| cleanup_config(tunnel, &old, &t.uid, &snapshot).map(|c| (t, c)));
-    drop(snapshot);
-    match plan {
-        Some((target, cfg)) => {
+    let removal = plan::deletion(tunnel, &ctx.stores.snapshot(&ctx.settings));
+    match removal {
+        Some(Removal {
+            pod: target,
+            cleanup,
+        }) => {
             let out = ctx
                 .executor
-                .run(&target, "cleanup", script::Call::cleanup(&cfg))
+                .run(&target, "cleanup", script::Call::cleanup(&cleanup))
                 .await?;
             tracing::info!(tunnel = %k, pod = %target.name, changes = ?script::reported_changes(&out.stdout), "tunnel removed");
             publish(
@@ -1252,105 +1091,6 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use multivpc_api::{TunnelType, VpcNatTunnelSpec, tunnel::AppliedTunnel};
-
-    fn tunnel(ns: &str, name: &str, pod_uid: Option<&str>, local_route: &str) -> VpcNatTunnel {
-        let mut t = VpcNatTunnel::new(
-            name,
-            VpcNatTunnelSpec {
-                cluster_id: "cluster2".into(),
-                gateway_name: "rgw".into(),
-                interface_addr: "10.100.0.1/24".into(),
-                nat_gw_dp: "gw1".into(),
-                tunnel_type: TunnelType::Vxlan,
-                vni: None,
-                dst_port: None,
-            },
-        );
-        t.metadata.namespace = Some(ns.into());
-        t.status = Some(VpcNatTunnelStatus {
-            gateway_pod: pod_uid.map(|uid| PodRef {
-                name: "vpc-nat-gw-gw1-0".into(),
-                uid: uid.into(),
-            }),
-            applied: Some(AppliedTunnel {
-                local_route: local_route.into(),
-                remote_route: "242.1.0.0/16".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        t
-    }
-
-    fn snapshot(tunnels: Vec<VpcNatTunnel>) -> Snapshot {
-        Snapshot {
-            tunnels: tunnels.into_iter().map(Arc::new).collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn cleanup_keeps_what_others_still_use() {
-        let me = tunnel("ns1", "vx1", Some("u1"), "242.0.0.0/16");
-        let alone = cleanup_config(
-            &me,
-            me.status.as_ref().unwrap(),
-            "u1",
-            &snapshot(vec![me.clone()]),
-        )
-        .unwrap();
-        assert_eq!(alone.local_cidr, Some("242.0.0.0/16".parse().unwrap()));
-        assert_eq!(alone.remote_cidr, Some("242.1.0.0/16".parse().unwrap()));
-        assert_eq!(alone.tag.to_string(), "multivpc-tunnel:ns1/vx1");
-
-        // Another live tunnel of the same pod records the same local route: it stays.
-        let sibling = tunnel("ns1", "vx2", Some("u1"), "242.0.0.0/16");
-        let shared = cleanup_config(
-            &me,
-            me.status.as_ref().unwrap(),
-            "u1",
-            &snapshot(vec![me.clone(), sibling]),
-        )
-        .unwrap();
-        assert_eq!(shared.local_cidr, None);
-
-        // A live tunnel of the same name (another namespace) has taken the device over: only
-        // this tunnel's rules go (the heir also records the local route).
-        let heir = tunnel("ns2", "vx1", Some("u1"), "242.0.0.0/16");
-        let rules_only = cleanup_config(
-            &me,
-            me.status.as_ref().unwrap(),
-            "u1",
-            &snapshot(vec![me.clone(), heir.clone()]),
-        )
-        .unwrap();
-        assert!(!rules_only.delete_device);
-        assert_eq!(rules_only.remote_cidr, None);
-        assert_eq!(rules_only.local_cidr, None);
-        // ... unless it is being deleted too.
-        let mut leaving = heir;
-        leaving.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::from_second(1).unwrap()));
-        assert!(
-            cleanup_config(
-                &me,
-                me.status.as_ref().unwrap(),
-                "u1",
-                &snapshot(vec![me.clone(), leaving])
-            )
-            .unwrap()
-            .delete_device
-        );
-    }
-
-    #[test]
-    fn jitter_is_bounded_and_stable() {
-        let max = Duration::from_secs(30);
-        assert!(jitter("ns/a", max) < max);
-        assert_eq!(jitter("ns/a", max), jitter("ns/a", max));
-        assert_eq!(jitter("ns/a", Duration::ZERO), Duration::ZERO);
-    }
 
     #[test]
     fn change_summaries_are_bounded() {

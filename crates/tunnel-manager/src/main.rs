@@ -5,6 +5,7 @@ mod controller;
 mod exec;
 #[cfg(test)]
 mod netns_tests;
+mod plan;
 mod resolve;
 mod script;
 

@@ -669,7 +669,7 @@ pub fn local_route_shared(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use multivpc_api::{
@@ -758,7 +758,13 @@ mod tests {
         }
     }
 
-    fn tunnel(ns: &str, name: &str, gw: &str, remote_gw: &str, created: i64) -> Arc<VpcNatTunnel> {
+    pub(crate) fn tunnel(
+        ns: &str,
+        name: &str,
+        gw: &str,
+        remote_gw: &str,
+        created: i64,
+    ) -> Arc<VpcNatTunnel> {
         let mut t = VpcNatTunnel::new(
             name,
             VpcNatTunnelSpec {
@@ -781,7 +787,7 @@ mod tests {
     };
 
     /// `<gw>-<cluster>` with exip-syncer's labels: this cluster's own (cluster1) or a copy.
-    fn exip(name: &str, ip: &str, cidr: &str) -> Arc<GatewayExIp> {
+    pub(crate) fn exip(name: &str, ip: &str, cidr: &str) -> Arc<GatewayExIp> {
         let (gw, cluster) = name.rsplit_once('-').unwrap();
         let mut o = GatewayExIp::new(
             name,
@@ -813,7 +819,7 @@ mod tests {
         .unwrap()
     }
 
-    fn pod(gw: &str, uid: &str) -> Arc<Pod> {
+    pub(crate) fn pod(gw: &str, uid: &str) -> Arc<Pod> {
         Arc::new(
             serde_json::from_value(json!({
                 "metadata": {
@@ -854,7 +860,7 @@ mod tests {
         ))
     }
 
-    fn snapshot() -> Snapshot {
+    pub(crate) fn snapshot() -> Snapshot {
         let mut s = Snapshot {
             cluster_id: Some("cluster1".into()),
             pods: vec![pod("gw1", "uid-1")],
