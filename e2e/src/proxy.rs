@@ -29,7 +29,7 @@ pub struct CuttableProxy {
 }
 
 /// Copies `from` to `to`, holding what it read while the path is frozen; ends when the path is
-/// cut or either side closes.
+/// cut or `from` ends (then `to` is shut down for writing: a half-close passes through).
 async fn relay(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
@@ -37,12 +37,13 @@ async fn relay(
 ) {
     let mut buf = vec![0; 64 * 1024];
     loop {
-        let n = tokio::select! {
-            read = from.read(&mut buf) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            },
+        let read = tokio::select! {
+            read = from.read(&mut buf) => read.ok().filter(|n| *n > 0),
             _ = state.wait_for(|s| *s == Link::Cut) => return,
+        };
+        let Some(n) = read else {
+            let _ = to.shutdown().await;
+            return;
         };
         match state.wait_for(|s| *s != Link::Frozen).await {
             Ok(s) if *s == Link::Open => {}
@@ -74,10 +75,10 @@ impl CuttableProxy {
                         };
                         let (in_read, in_write) = inbound.into_split();
                         let (out_read, out_write) = outbound.into_split();
-                        tokio::select! {
-                            () = relay(in_read, out_write, up) => {}
-                            () = relay(out_read, in_write, down) => {}
-                        }
+                        tokio::join!(
+                            relay(in_read, out_write, up),
+                            relay(out_read, in_write, down)
+                        );
                     });
                 }
             }

@@ -123,13 +123,20 @@ impl LeaseThread {
         let wake_fence = Arc::new(Notify::new());
         let wake = wake_fence.clone();
         let (lease, namespace) = (lease.to_owned(), namespace.to_owned());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the leader election runtime")?;
         std::thread::Builder::new()
             .name("leader-lease".to_owned())
             .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        let _ = started_tx.send(Err(anyhow::Error::from(err)
+                            .context("cannot start the leader election runtime")));
+                        return;
+                    }
+                };
                 runtime.block_on(async move {
                     // Built here: a client's connection tasks run on the runtime it is made on.
                     let setup = async {
@@ -212,7 +219,10 @@ where
         mut may_act,
         wake_fence,
         released,
-    } = LeaseThread::start(config, lease, namespace).await?;
+    } = tokio::select! {
+        started = LeaseThread::start(config, lease, namespace) => started?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
 
     let result = loop {
         leader_gauge.set(0);
@@ -275,8 +285,12 @@ where
     leader_gauge.set(0);
     // Dropping the receivers makes the lease task release the Lease for a quick hand-over.
     drop((is_leader, may_act));
-    if let Ok(Err(err)) = released.await {
-        tracing::warn!(%err, "could not release the leader Lease");
+    // Bounded: an API server that does not answer must not hold up the exit (the Lease then
+    // expires on its own, as after a crash).
+    match tokio::time::timeout(Duration::from_secs(DURATION_SECONDS), released).await {
+        Ok(Ok(Err(err))) => tracing::warn!(%err, "could not release the leader Lease"),
+        Err(_) => tracing::warn!("no answer releasing the leader Lease; it expires on its own"),
+        Ok(_) => {}
     }
     result
 }
