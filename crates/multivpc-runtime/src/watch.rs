@@ -292,11 +292,53 @@ where
 /// here: [`isolate_errors`]), and counted in `caches` so the controller decides nothing before
 /// it has listed. Poll the stream (give
 /// it to the controller, or drain it) for the cache to fill.
+///
+/// The cached objects carry no `managedFields`: nothing but a GatewayExIp's provenance reads
+/// them, and they are often the larger part of an object (at 5000 tunnels, tens of MiB). Use
+/// [`reflect_with_field_owners`] for a kind whose writers matter.
 pub fn reflect<K>(
     api: Api<Decoded<K>>,
     config: watcher::Config,
     caches: &CacheSync,
     metrics: &WatchMetrics,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
+)
+where
+    K: Watched,
+{
+    reflect_as(api, config, caches, metrics, FieldOwners::Dropped)
+}
+
+/// [`reflect`], keeping each object's `managedFields` (who wrote which field).
+pub fn reflect_with_field_owners<K>(
+    api: Api<Decoded<K>>,
+    config: watcher::Config,
+    caches: &CacheSync,
+    metrics: &WatchMetrics,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
+)
+where
+    K: Watched,
+{
+    reflect_as(api, config, caches, metrics, FieldOwners::Kept)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum FieldOwners {
+    Kept,
+    Dropped,
+}
+
+fn reflect_as<K>(
+    api: Api<Decoded<K>>,
+    config: watcher::Config,
+    caches: &CacheSync,
+    metrics: &WatchMetrics,
+    owners: FieldOwners,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
@@ -318,6 +360,11 @@ where
         metrics.clone(),
         known,
     )
+    .modify(move |o: &mut K| {
+        if owners == FieldOwners::Dropped {
+            o.meta_mut().managed_fields = None;
+        }
+    })
     .reflect(writer);
     let kind = K::kind(&()).into_owned();
     (

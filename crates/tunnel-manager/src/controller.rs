@@ -196,8 +196,10 @@ fn counted<S: futures::Stream>(
 
 impl Stores {
     /// What the caches hold now: the last snapshot when no watch event came since it was
-    /// taken, else a new one. A reconcile triggered by an event runs after that event was
-    /// counted, so it never gets a snapshot from before it.
+    /// taken, else a new one. A reconcile triggered by a cache's event runs after that event was
+    /// counted, so it never gets a snapshot from before it. (Peer wake-ups come from a watch of
+    /// their own, which may deliver a change before the tunnel cache has it; caching does not
+    /// widen that window, a snapshot taken afresh would miss the change as well.)
     fn snapshot(&self, settings: &Settings) -> Arc<Snapshot> {
         let changes = self.changes.load(Ordering::Acquire);
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
@@ -421,7 +423,8 @@ pub async fn run(
     let caches = CacheSync::new(probes);
     let changes = Arc::new(AtomicU64::new(0));
 
-    let (exips, exips_stream) = watch::reflect(
+    // With their field owners: a GatewayExIp's provenance is read from them (resolve.rs).
+    let (exips, exips_stream) = watch::reflect_with_field_owners(
         Api::<Decoded<GatewayExIp>>::namespaced(c.clone(), &settings.exip_namespace),
         watcher::Config::default(),
         &caches,
@@ -504,8 +507,9 @@ pub async fn run(
     let peers_tunnels = tunnels.clone();
     let mut seen = HashMap::<String, PeerFacts>::new();
     // During a relist, the tunnels listed so far: at its end they replace `seen`, which forgets
-    // the tunnels deleted while the watch was away (their peers are reconciled anyway: a
-    // relist hands the controller every tunnel).
+    // the tunnels deleted while the watch was away. Their peers are not woken by this: when the
+    // API server made this watch relist (a restart, a 410), the controller's own tunnel watch
+    // relists too and hands the controller every tunnel.
     let mut relisted: Option<HashMap<String, PeerFacts>> = None;
     let peers_stream = watch::isolate_errors(
         "VpcNatTunnel".into(),
