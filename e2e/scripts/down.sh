@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [ -d "$RUN_DIR" ] || { log "nothing to stop"; exit 0; }
 "$E2E_DIR/scripts/netns.sh" down-all
+"$E2E_DIR/scripts/vm.sh" down
 if [ -d "$KWOK_WORKDIR/clusters" ]; then
   for d in "$KWOK_WORKDIR"/clusters/*/; do
     [ -d "$d" ] || continue

@@ -16,6 +16,7 @@ for kcfg in "$RUN_DIR"/*.kubeconfig; do
     (source "$e"; echo "  gateway $GATEWAY: netns $GATEWAY_NETNS node $GATEWAY_NODE lan $LAN_IP ext $EXTERNAL_IP")
   done
 done
+[ -e "$RUN_DIR/vm/qemu.pid" ] && { bash "$E2E_DIR/scripts/vm.sh" status || rc=1; }
 echo "netns: $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" | tr '\n' ' ')"
 ps -eo rss=,args= | awk -v a="$KWOK_WORKDIR/clusters/" -v b="$MULTIVPC_CACHE/" -v f="$FORWARD_BIN" \
   'index($2, a) == 1 || index($2, b) == 1 || $2 == f {rss += $1; n++} END {printf "harness processes: %d, RSS %.0f MiB\n", n, rss / 1024}'

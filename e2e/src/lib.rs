@@ -27,6 +27,7 @@ pub mod exec;
 pub mod fixtures;
 pub mod outage;
 pub mod proxy;
+pub mod vm;
 pub mod wait;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,8 @@ pub mod prelude {
 pub const E2E_ENV: &str = "MULTIVPC_E2E";
 /// Environment variable overriding the run directory (default `e2e/.run`).
 pub const RUN_DIR_ENV: &str = "MULTIVPC_E2E_RUN_DIR";
+/// Set to `1` when the kernel VM must be up (see [`Harness::kernel_vm`]).
+pub const VM_REQUIRED_ENV: &str = "MULTIVPC_E2E_VM";
 
 /// The `e2e/` directory of the repository.
 pub fn e2e_dir() -> PathBuf {
@@ -244,6 +247,20 @@ impl Harness {
         &self.run_dir
     }
 
+    /// The harness's kernel VM (`make e2e-vm-up`), if one is up. With
+    /// `MULTIVPC_E2E_VM=1` (make e2e-test, CI) a missing VM is an error, so the tests that
+    /// need its kernel cannot pass by falling back to the host's.
+    pub fn kernel_vm(&self) -> Result<Option<vm::Vm>> {
+        let vm = vm::Vm::from_run_dir(&self.run_dir);
+        if vm.is_none() && std::env::var(VM_REQUIRED_ENV).is_ok_and(|v| v == "1") {
+            bail!(
+                "{VM_REQUIRED_ENV}=1 but no kernel VM is up for {} (make e2e-vm-up)",
+                self.run_dir.display()
+            );
+        }
+        Ok(vm)
+    }
+
     /// The API server's `apiserver_request_total`, summed by (verb, resource[/subresource]),
     /// with ` (HTTP <code>)` appended to the resource of requests that were refused.
     pub async fn apiserver_requests(
@@ -346,6 +363,16 @@ impl Harness {
     /// (runs `e2e/scripts/netns.sh gateway-up`, idempotent) and wait until the
     /// node is Ready. Addresses are allocated per (cluster, gateway) slot.
     pub async fn gateway_node(&self, cluster: &str, gateway: &str) -> Result<GatewayNode> {
+        self.gateway_node_at(cluster, gateway, false).await
+    }
+
+    /// [`Harness::gateway_node`], with its netns inside the kernel VM when `in_vm`.
+    pub async fn gateway_node_at(
+        &self,
+        cluster: &str,
+        gateway: &str,
+        in_vm: bool,
+    ) -> Result<GatewayNode> {
         let _ = self.cluster(cluster);
         let script = e2e_dir().join("scripts/netns.sh");
         let out = host_exec(&[
@@ -354,6 +381,7 @@ impl Harness {
             "gateway-up",
             cluster,
             gateway,
+            if in_vm { "vm" } else { "host" },
         ])
         .await?
         .check()
