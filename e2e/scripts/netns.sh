@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Network namespaces of the harness.
 #   netns.sh vpc CLUSTER            ensure the shared external netns and CLUSTER's VPC netns
-#   netns.sh gateway-up CLUSTER GW  ensure a gateway netns + its kwok node (prints its env file)
+#   netns.sh gateway-up CLUSTER GW [vm]  ensure a gateway netns + its kwok node (prints its env file);
+#                                   with vm, inside the kernel VM (vm.sh up first; e2e/README.md)
 #   netns.sh gateway-down CLUSTER GW
 #   netns.sh gateway-reset CLUSTER GW  fresh netns state (as after a pod restart)
 #   netns.sh gateway-stop CLUSTER GW   node failure: stop its kwok-controller (gateway-up restarts it)
@@ -11,10 +12,28 @@
 #   Globalnet CIDR 242.(c-1).0.0/16 (VPC netns holds 242.(c-1).0.10 on lo)
 #   external network 172.50.0.0/16 (mvpc-ext, br-ext 172.50.0.1), gateway net1 172.50.c.(10+g)
 #   kubelet API of the gateway node: host 127.<instance>.c.g:10250 -> netns 127.0.0.1:10250
+#     (in the VM: host 127.<instance>.c.g:10250 -> qemu -> VM 10.0.2.15:(10000+256c+g) -> netns)
 #   netns names: mvpc<instance>-ext, mvpc<instance>-<cluster>-vpc, mvpc<instance>-<cluster>-gw-<gw>
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ns_exists() { [ -e "/run/netns/$1" ]; }
+
+# The kernel VM: inside it (MULTIVPC_IN_VM=1) this script does what it does on the host, with
+# its daemons' pid files apart (pids-vm: a VM pid means nothing on the host) and the API
+# server and kubelet reached through qemu's user network.
+IN_VM="${MULTIVPC_IN_VM:-0}"
+VM_AGENT_BIN="${CARGO_TARGET_DIR:-$REPO_DIR/target}/debug/multivpc-vm"
+VM_GUEST_IP=10.0.2.15
+VM_HOST_IP=10.0.2.2
+piddir_of() { if [ "$IN_VM" = 1 ]; then echo "$RUN_DIR/$1/pids-vm"; else echo "$RUN_DIR/$1/pids"; fi; }
+# in_vm ARGS...: this script with ARGS, inside the VM.
+in_vm() {
+  "$VM_AGENT_BIN" exec --run-dir "$RUN_DIR" -- env MULTIVPC_IN_VM=1 MULTIVPC_E2E_RUN_DIR="$RUN_DIR" \
+    MULTIVPC_CACHE="$MULTIVPC_CACHE" MULTIVPC_FORWARD_BIN="$FORWARD_BIN" PATH="$PATH" \
+    bash "$E2E_DIR/scripts/netns.sh" "$@"
+}
+vm_hmp() { "$VM_AGENT_BIN" hmp --run-dir "$RUN_DIR" -- "$@"; }
+placement_of() { sed -n 's/^GATEWAY_PLACEMENT=//p' "$(gateway_env "$1" "$2")" 2>/dev/null || true; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 ensure_ext() {
@@ -56,9 +75,24 @@ ENV
 gateway_env() { echo "$RUN_DIR/$1/gateways/$2.env"; }
 
 gateway_up() {
-  local c=$1 gw=$2 ci g envf ns
+  local c=$1 gw=$2 placement=${3:-host} ci g envf ns
   [[ "$gw" =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "gateway name '$gw' must be a DNS label (<= 32 chars)"
   [ -s "$(kubeconfig_of "$c")" ] || die "cluster $c is not up"
+  case "$placement" in host | vm) ;; *) die "placement '$placement' must be host or vm" ;; esac
+  local was; was=$(placement_of "$c" "$gw")
+  [ -z "$was" ] || [ "$was" = "$placement" ] || die "gateway $gw of $c is already up on the $was"
+  if [ "$placement" = vm ] && [ "$IN_VM" != 1 ]; then
+    [ -s "$RUN_DIR/vm/agent.addr" ] || die "no kernel VM is up (make e2e-vm-up, or VM=1 make e2e-up)"
+    local out nodeip vmport answer
+    out=$(in_vm gateway-up "$c" "$gw" vm) || die "gateway-up of $gw in the VM failed"
+    nodeip=$(printf '%s\n' "$out" | sed -n 's/^NODE_IP=//p')
+    vmport=$(printf '%s\n' "$out" | sed -n 's/^VM_KUBELET_PORT=//p')
+    vm_hmp hostfwd_remove n0 "tcp:$nodeip:$KUBELET_PORT" >/dev/null
+    answer=$(vm_hmp hostfwd_add n0 "tcp:$nodeip:$KUBELET_PORT-$VM_GUEST_IP:$vmport")
+    [ -z "$answer" ] || die "qemu would not forward $nodeip:$KUBELET_PORT to the VM: $answer"
+    printf '%s\n' "$out"
+    return 0
+  fi
   ci=$(cluster_index "$c"); envf=$(gateway_env "$c" "$gw"); ns=$(gw_netns "$c" "$gw")
   ensure_vpc "$c"
   mkdir -p "$RUN_DIR/$c/gateways"
@@ -80,7 +114,9 @@ gateway_up() {
   [ "$g" -le 240 ] || die "more than 240 gateways created in $c since e2e-up: run e2e-down/e2e-up"
   local lan="10.$ci.0.$((255 - g))" ext="$EXT_CIDR_PREFIX.$ci.$((10 + g))" nodeip="127.$HARNESS_INSTANCE.$ci.$g"
   local node="gwnode-$gw" vpcns; vpcns=$(vpc_netns "$c")
-  local piddir="$RUN_DIR/$c/pids" logdir="$RUN_DIR/logs"
+  local piddir logdir="$RUN_DIR/logs" vmport=$((10000 + 256 * ci + g)) where=""
+  piddir=$(piddir_of "$c")
+  [ "$IN_VM" = 1 ] && where="-vm"
   cat >"$envf" <<ENV
 CLUSTER=$c
 GATEWAY=$gw
@@ -96,7 +132,9 @@ EXTERNAL_CIDR=$EXT_CIDR_PREFIX.0.0/16
 EXTERNAL_GATEWAY=$EXT_CIDR_PREFIX.0.1
 VPC_NETNS=$vpcns
 EXT_NETNS=$EXT_NETNS
+GATEWAY_PLACEMENT=$placement
 ENV
+  [ "$placement" = vm ] && echo "VM_KUBELET_PORT=$vmport" >>"$envf"
   if ! ns_exists "$ns"; then
     ip netns add "$ns"
     ip -n "$ns" link set lo up
@@ -113,9 +151,18 @@ ENV
   fi
   local port; port=$(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:##')
   local pki="$KWOK_WORKDIR/clusters/$c/pki" kcfg="$RUN_DIR/$c/gateways/$gw.kwok.yaml"
+  local kubelet_listen="$nodeip:$KUBELET_PORT"
+  if [ "$IN_VM" = 1 ]; then
+    kubelet_listen="$VM_GUEST_IP:$vmport"
+    # The API server where every kubeconfig says it is (127.0.0.1:<port>), in the VM too.
+    if ! pid_alive "$piddir/api-bridge.pid"; then
+      start_daemon "$piddir/api-bridge.pid" "$logdir/$c-vm-api-bridge.log" "$FORWARD_BIN" "--tag=$RUN_DIR/" \
+        "127.0.0.1:$port=$VM_HOST_IP:$port"
+    fi
+  fi
   if ! pid_alive "$piddir/forward-$gw.pid"; then
-    start_daemon "$piddir/forward-$gw.pid" "$logdir/$c-forward-$gw.log" "$FORWARD_BIN" "--tag=$RUN_DIR/" \
-      "$nodeip:$KUBELET_PORT=$ns@127.0.0.1:$KUBELET_PORT" \
+    start_daemon "$piddir/forward-$gw.pid" "$logdir/$c-forward-$gw$where.log" "$FORWARD_BIN" "--tag=$RUN_DIR/" \
+      "$kubelet_listen=$ns@127.0.0.1:$KUBELET_PORT" \
       "$ns@127.0.0.1:$port=127.0.0.1:$port"
   fi
   cat >"$kcfg" <<YAML
@@ -161,7 +208,7 @@ status:
   capacity: {cpu: "4", memory: 8Gi, pods: "10"}
 YAML
   if ! pid_alive "$piddir/kwok-$gw.pid"; then
-    start_daemon "$piddir/kwok-$gw.pid" "$logdir/$c-kwok-$gw.log" ip netns exec "$ns" \
+    start_daemon "$piddir/kwok-$gw.pid" "$logdir/$c-kwok-$gw$where.log" ip netns exec "$ns" \
       "$KWOK_BIN/kwok" --kubeconfig="$(kubeconfig_of "$c")" --config="$kcfg" \
       --manage-all-nodes=false --manage-single-node="$node" \
       --node-ip="$nodeip" --node-name="$node" --node-port="$KUBELET_PORT" \
@@ -178,6 +225,7 @@ YAML
 gateway_reset() {
   local c=$1 gw=$2 envf ns
   envf=$(gateway_env "$c" "$gw"); [ -s "$envf" ] || die "no gateway $gw in $c"
+  if [ "$(placement_of "$c" "$gw")" = vm ] && [ "$IN_VM" != 1 ]; then in_vm gateway-reset "$c" "$gw"; return; fi
   # shellcheck disable=SC1090
   ns=$(sed -n 's/^GATEWAY_NETNS=//p' "$envf")
   local gwip; gwip=$(sed -n 's/^EXTERNAL_GATEWAY=//p' "$envf")
@@ -197,14 +245,21 @@ gateway_reset() {
 # lease stops renewing; kube-controller-manager marks the node NotReady after
 # its grace period and the pods on it not Ready. gateway-up starts it again.
 gateway_stop() {
-  stop_daemon "$RUN_DIR/$1/pids/kwok-$2.pid"
+  if [ "$(placement_of "$1" "$2")" = vm ] && [ "$IN_VM" != 1 ]; then in_vm gateway-stop "$1" "$2"; return; fi
+  stop_daemon "$(piddir_of "$1")/kwok-$2.pid"
 }
 
 gateway_down() {
-  local c=$1 gw=$2 ns envf
-  ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw")
-  stop_daemon "$RUN_DIR/$c/pids/kwok-$gw.pid"
-  stop_daemon "$RUN_DIR/$c/pids/forward-$gw.pid"
+  local c=$1 gw=$2 ns envf piddir
+  ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw"); piddir=$(piddir_of "$c")
+  if [ "$(placement_of "$c" "$gw")" = vm ] && [ "$IN_VM" != 1 ]; then
+    local nodeip; nodeip=$(sed -n 's/^NODE_IP=//p' "$envf")
+    in_vm gateway-down "$c" "$gw"
+    vm_hmp hostfwd_remove n0 "tcp:$nodeip:$KUBELET_PORT" >/dev/null || true
+    return 0
+  fi
+  stop_daemon "$piddir/kwok-$gw.pid"
+  stop_daemon "$piddir/forward-$gw.pid"
   [ -s "$(kubeconfig_of "$c")" ] && kc "$c" delete node "gwnode-$gw" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   ns_exists "$ns" && ip netns del "$ns"
   rm -f "$envf" "$RUN_DIR/$c/gateways/$gw.kwok.yaml"
@@ -212,20 +267,24 @@ gateway_down() {
 
 down_all() {
   local f
-  for f in "$RUN_DIR"/*/pids/*.pid; do [ -e "$f" ] && stop_daemon "$f"; done
+  if [ "$IN_VM" != 1 ] && [ -s "$RUN_DIR/vm/agent.addr" ]; then
+    in_vm down-all || log "could not clean up inside the kernel VM (it goes down with the VM)"
+  fi
+  for f in "$RUN_DIR"/*/"$(basename "$(piddir_of x)")"/*.pid; do [ -e "$f" ] && stop_daemon "$f"; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" || true); do
     ip netns del "$ns"
   done
+  [ "$IN_VM" = 1 ] && return 0 # the host removes the shared files
   rm -rf "$RUN_DIR"/*/gateways "$RUN_DIR"/*/vpc.env
 }
 
 cmd=${1:-}; shift || true
 case "$cmd" in
   vpc) ensure_vpc "$1" ;;
-  gateway-up) gateway_up "$1" "$2" ;;
+  gateway-up) gateway_up "$1" "$2" "${3:-host}" ;;
   gateway-down) gateway_down "$1" "$2" ;;
   gateway-reset) gateway_reset "$1" "$2" ;;
   gateway-stop) gateway_stop "$1" "$2" ;;
   down-all) down_all ;;
-  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | gateway-stop CLUSTER GW | down-all" ;;
+  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW [vm] | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | gateway-stop CLUSTER GW | down-all" ;;
 esac

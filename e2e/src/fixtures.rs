@@ -15,6 +15,9 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::json;
 
+/// The bound on one command in the kernel VM (software emulation is slow, not stuck).
+const VM_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
+
 use crate::apply::{apply, apply_dynamic, apply_file, patch_status_dynamic};
 use crate::exec::{ExecOutput, pod_exec};
 use crate::wait::wait_for_object;
@@ -138,9 +141,28 @@ pub struct GatewayNode {
     pub external_gateway: String,
     pub vpc_netns: String,
     pub ext_netns: String,
+    /// Whether its netns (and its VPC and external netns) live in the kernel VM
+    /// ([`NatGatewaySpec::in_kernel_vm`]) rather than on the host.
+    pub in_vm: bool,
 }
 
 impl GatewayNode {
+    /// Runs `cmd` inside the gateway's netns, wherever it lives (a non-zero exit is no error).
+    pub async fn netns_exec(&self, cmd: &[&str]) -> Result<ExecOutput> {
+        self.exec_in(&self.netns, cmd).await
+    }
+
+    /// Runs `cmd` inside `netns` on the side (host or kernel VM) this gateway lives on: its own
+    /// netns, [`GatewayNode::vpc_netns`] or [`GatewayNode::ext_netns`].
+    pub async fn exec_in(&self, netns: &str, cmd: &[&str]) -> Result<ExecOutput> {
+        if !self.in_vm {
+            return crate::exec::netns_exec(netns, cmd).await;
+        }
+        let vm = crate::vm::Vm::from_run_dir(&crate::run_dir())
+            .context("the gateway lives in the kernel VM, which is not up")?;
+        vm.netns_exec(netns, cmd, VM_EXEC_TIMEOUT).await
+    }
+
     pub(crate) fn from_env(text: &str) -> Result<Self> {
         let e = parse_env(text);
         Ok(GatewayNode {
@@ -158,6 +180,7 @@ impl GatewayNode {
             external_gateway: env_get(&e, "EXTERNAL_GATEWAY")?,
             vpc_netns: env_get(&e, "VPC_NETNS")?,
             ext_netns: env_get(&e, "EXT_NETNS")?,
+            in_vm: e.get("GATEWAY_PLACEMENT").is_some_and(|p| p == "vm"),
         })
     }
 
@@ -185,6 +208,8 @@ pub struct NatGatewaySpec {
     pub extra_annotations: BTreeMap<String, String>,
     /// The Kube-OVN generation whose StatefulSet (and gateway start-up) to reproduce.
     pub version: KubeOvnVersion,
+    /// Its netns inside the kernel VM (Debian's kernel: GRE, ESP) instead of on the host.
+    pub in_vm: bool,
 }
 
 impl NatGatewaySpec {
@@ -198,7 +223,14 @@ impl NatGatewaySpec {
             attachment: None,
             extra_annotations: BTreeMap::new(),
             version: KubeOvnVersion::harness_default(),
+            in_vm: false,
         }
+    }
+
+    /// Backed by a netns inside the harness's kernel VM (`make e2e-vm-up`; e2e/README.md).
+    pub fn in_kernel_vm(mut self) -> Self {
+        self.in_vm = true;
+        self
     }
 
     /// Shaped as Kube-OVN `version` creates it (`e2e/fixtures/upstream/kube-ovn/nat-gw-*`):
@@ -377,15 +409,12 @@ pub fn nat_gw_statefulset(spec: &NatGatewaySpec, node: &GatewayNode) -> Stateful
 
 /// What Kube-OVN v1.12's `nat-gateway.sh init` leaves on net1 that matters here: ARP off (only
 /// `add_eip`, an IptablesEIP, turns it on again), nothing in the neighbour table.
-async fn v1_12_init(netns: &str) -> Result<()> {
-    crate::exec::netns_exec(
-        netns,
-        &[
-            "sh",
-            "-c",
-            "ip link set dev net1 arp off && ip neigh flush dev net1",
-        ],
-    )
+async fn v1_12_init(node: &GatewayNode) -> Result<()> {
+    node.netns_exec(&[
+        "sh",
+        "-c",
+        "ip link set dev net1 arp off && ip neigh flush dev net1",
+    ])
     .await?
     .check()?;
     Ok(())
@@ -449,7 +478,7 @@ impl NatGateway {
         h.reset_gateway_netns(&self.cluster, &self.spec.name)
             .await?;
         if self.spec.version == KubeOvnVersion::V1_12 {
-            v1_12_init(&self.node.netns).await?;
+            v1_12_init(&self.node).await?;
         }
         pods.delete(
             &self.pod_name(),
@@ -952,7 +981,9 @@ impl Harness {
         spec: NatGatewaySpec,
     ) -> Result<NatGateway> {
         self.install_foreign_crds(cluster).await?;
-        let node = self.gateway_node(cluster, &spec.name).await?;
+        let node = self
+            .gateway_node_at(cluster, &spec.name, spec.in_vm)
+            .await?;
         let client = self.client(cluster);
         self.create_if_absent(cluster, &vpc(&spec.vpc, &[])).await?;
         self.create_if_absent(
@@ -968,7 +999,7 @@ impl Harness {
         .await?;
         apply_dynamic(&client, &vpc_nat_gateway(&spec, &node.lan_ip)).await?;
         if spec.version == KubeOvnVersion::V1_12 {
-            v1_12_init(&node.netns).await?;
+            v1_12_init(&node).await?;
         }
         apply(&client, &nat_gw_statefulset(&spec, &node)).await?;
         Ok(NatGateway {

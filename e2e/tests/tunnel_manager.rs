@@ -144,15 +144,12 @@ async fn wait_programmed(
 }
 
 /// `ip -d link`, `ip route` and the nat table of a gateway netns, read from the host.
-async fn state(netns: &str) -> String {
-    netns_exec(
-        netns,
-        &[
-            "sh",
-            "-c",
-            &format!("ip -d link show; ip route; {FLAVOUR}; $ipt -t nat -S"),
-        ],
-    )
+async fn state(node: &GatewayNode) -> String {
+    node.netns_exec(&[
+        "sh",
+        "-c",
+        &format!("ip -d link show; ip route; {FLAVOUR}; $ipt -t nat -S"),
+    ])
     .await
     .unwrap()
     .check()
@@ -183,9 +180,9 @@ async fn wait_metric_at_least(ctl: &ControllerProcess, series: &str, min: f64) {
     .unwrap();
 }
 
-async fn wait_state(netns: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+async fn wait_state(node: &GatewayNode, what: &str, ok: impl Fn(&str) -> bool) -> String {
     wait_for(what, Duration::from_secs(60), || async {
-        let s = state(netns).await;
+        let s = state(node).await;
         Ok(if ok(&s) {
             Check::Done(s)
         } else {
@@ -493,7 +490,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     }
 
     // Converging again (a restarted controller converges every tunnel once) changes nothing.
-    let before = state(&g1.node.netns).await;
+    let before = state(&g1.node).await;
     ctl1.stop().unwrap();
     let ctl1 = start(&h, "cluster1", &["--verify-interval=2s"]).await;
     wait_metric_at_least(
@@ -503,7 +500,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     )
     .await;
     assert_eq!(
-        state(&g1.node.netns).await,
+        state(&g1.node).await,
         before,
         "second converge changed the gateway"
     );
@@ -519,7 +516,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
         .check()
         .unwrap();
     wait_metric_at_least(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}", 1.0).await;
-    assert_eq!(state(&g1.node.netns).await, before);
+    assert_eq!(state(&g1.node).await, before);
 
     // interfaceAddr and vni change (both sides), and the remote endpoint moves: no leftovers.
     apply_tunnel(
@@ -560,7 +557,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
             .is_some_and(|a| a.vni == Some(4322))
     })
     .await;
-    let after = state(&g1.node.netns).await;
+    let after = state(&g1.node).await;
     assert!(after.contains("vxlan id 4322 "), "{after}");
     assert!(
         !after.contains("vxlan id 4321 ") && !after.contains("10.250.0."),
@@ -569,7 +566,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     g1.sh(&h, "ping -c 2 -W 2 10.251.0.2").await.unwrap();
 
     apply_exip(&c1, &gw, "cluster2", "172.50.9.9", "242.9.0.0/16").await;
-    let moved = wait_state(&g1.node.netns, "remote endpoint change", |s| {
+    let moved = wait_state(&g1.node, "remote endpoint change", |s| {
         s.contains("remote 172.50.9.9 ") && s.contains("242.9.0.0/16 dev")
     })
     .await;
@@ -581,7 +578,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
         t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(g2.node.external_ip.as_str())
     })
     .await;
-    let restored = wait_state(&g1.node.netns, "remote endpoint restored", |s| {
+    let restored = wait_state(&g1.node, "remote endpoint restored", |s| {
         s.contains(&format!("{gn2} dev"))
     })
     .await;
@@ -669,7 +666,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     wait_for_deletion(&t1, &dev, Duration::from_secs(60))
         .await
         .unwrap();
-    let gone = state(&g1.node.netns).await;
+    let gone = state(&g1.node).await;
     assert!(!gone.contains(&dev), "{gone}");
     assert!(
         !gone.contains(&gn2) && !gone.contains(&gn1),
@@ -898,30 +895,37 @@ async fn missing_inputs_conflicts_and_adoption() {
     let _ = gateways.delete(&local_gw, &DeleteParams::default()).await;
 }
 
+/// GRE, the seed's default type (spec without `type`), end to end: on the kernel VM's gateways
+/// (Debian's kernel has ip_gre) when the VM is up, else on the host's kernel, which may lack
+/// GRE; then the exec's failure must be the tunnel's condition.
 #[tokio::test]
-async fn gre_pair_where_the_kernel_has_gre() {
+async fn gre_pair_carries_a_ping_on_the_kernel_vm() {
     let h = harness_or_skip!(["cluster1", "cluster2"]);
+    let in_vm = h.kernel_vm().unwrap().is_some();
     let _locks = locks(&h).await;
     let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
     tokio::join!(prepare(&h, "cluster1"), prepare(&h, "cluster2"));
-    let (gn1, gn2) = {
+    let ((gn1, egress1), (gn2, _)) = {
         let _g = h.exclusive("submariner").await.unwrap();
-        let (a, b) = tokio::try_join!(
+        tokio::try_join!(
             h.install_default_submariner("cluster1", None),
             h.install_default_submariner("cluster2", None),
         )
-        .unwrap();
-        (a.0, b.0)
+        .unwrap()
     };
     let gw = Harness::unique_name("tg");
+    let spec = |vpc: &str| {
+        let spec = NatGatewaySpec::new(&gw, vpc);
+        if in_vm { spec.in_kernel_vm() } else { spec }
+    };
     let (g1, g2) = tokio::try_join!(
-        h.create_nat_gateway("cluster1", NatGatewaySpec::new(&gw, "tg-vpc")),
-        h.create_nat_gateway("cluster2", NatGatewaySpec::new(&gw, "tg-vpc")),
+        h.create_nat_gateway("cluster1", spec("tg-vpc")),
+        h.create_nat_gateway("cluster2", spec("tg-vpc")),
     )
     .unwrap();
     tokio::try_join!(
-        g1.wait_available(&h, Duration::from_secs(90)),
-        g2.wait_available(&h, Duration::from_secs(90)),
+        g1.wait_available(&h, Duration::from_secs(180)),
+        g2.wait_available(&h, Duration::from_secs(180)),
     )
     .unwrap();
     apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
@@ -932,7 +936,10 @@ async fn gre_pair_where_the_kernel_has_gre() {
         Api::namespaced(c1.clone(), &ns1),
         Api::namespaced(c2.clone(), &ns2),
     );
-    let (ctl1, ctl2) = tokio::join!(start(&h, "cluster1", &[]), start(&h, "cluster2", &[]));
+    let (ctl1, ctl2) = tokio::join!(
+        start(&h, "cluster1", &["--verify-interval=2s"]),
+        start(&h, "cluster2", &[])
+    );
     let dev = "ovn-gre0";
     apply_tunnel(
         &c1,
@@ -959,21 +966,86 @@ async fn gre_pair_where_the_kernel_has_gre() {
     )
     .await;
 
-    let probe = netns_exec(
-        &g1.node.netns,
-        &["sh", "-c", "ip tunnel add greprobe mode gre remote 192.0.2.1 local 192.0.2.2 ttl 255 && ip link del greprobe"],
-    )
-    .await
-    .unwrap();
+    let probe = g1
+        .node
+        .netns_exec(&["sh", "-c", "ip tunnel add greprobe mode gre remote 192.0.2.1 local 192.0.2.2 ttl 255 && ip link del greprobe"])
+        .await
+        .unwrap();
+    assert!(
+        probe.success() || !in_vm,
+        "the kernel VM has no GRE: {probe}"
+    );
     if probe.success() {
         for t in [&t1, &t2] {
             wait_programmed(t, dev, |_| true).await;
         }
-        let link = state(&g1.node.netns).await;
+        // What the seed's README shows inside the gateway: the device up with its address,
+        // the local Globalnet CIDR via eth0 and the remote one on the tunnel, and the SNAT of
+        // Globalnet traffic to the egress range.
+        let egress = format!("{}-{}", egress1[0], egress1[egress1.len() - 1]);
+        let programmed = |inside: &str| {
+            inside.contains("gre remote")
+                && inside.contains("ttl 255")
+                && inside
+                    .lines()
+                    .any(|l| l.starts_with(&gn2) && l.contains(&format!("dev {dev}")))
+                && inside.lines().any(|l| {
+                    l.contains("-A POSTROUTING") && l.contains("-j SNAT") && l.contains(&egress)
+                })
+        };
+        let inside = state(&g1.node).await;
+        assert!(programmed(&inside), "{inside}");
+        let addr = g1
+            .node
+            .netns_exec(&["ip", "-o", "addr", "show", "dev", dev])
+            .await
+            .unwrap()
+            .check()
+            .unwrap()
+            .stdout;
+        assert!(addr.contains("inet 10.253.0.1/30"), "{addr}");
+        let routes = g1
+            .node
+            .netns_exec(&["ip", "route"])
+            .await
+            .unwrap()
+            .check()
+            .unwrap()
+            .stdout;
         assert!(
-            link.contains("gre remote") && link.contains("ttl 255"),
-            "{link}"
+            routes
+                .lines()
+                .any(|l| l.starts_with(&format!("{gn1} via ")) && l.contains("dev eth0")),
+            "{routes}"
         );
+        assert!(
+            routes
+                .lines()
+                .any(|l| l.starts_with(&gn2) && l.contains(&format!("dev {dev}"))),
+            "{routes}"
+        );
+        let ping = g1.sh(&h, "ping -c 3 -i 0.3 -W 2 10.253.0.2").await.unwrap();
+        eprintln!(
+            "GRE ping on the {} kernel:\n{}",
+            if in_vm { "kernel VM's" } else { "host's" },
+            ping.stdout
+        );
+
+        // Drift: the remote route deleted by hand comes back through the periodic verification.
+        let before = state(&g1.node).await;
+        g1.node
+            .netns_exec(&["ip", "route", "del", &gn2])
+            .await
+            .unwrap()
+            .check()
+            .unwrap();
+        wait_metric_at_least(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}", 1.0).await;
+        wait_state(&g1.node, "the deleted route repaired", |s| s == before).await;
+
+        // Pod replacement: a new pod (new UID, fresh netns) gets the same tunnel again.
+        g1.restart(&h, Duration::from_secs(120)).await.unwrap();
+        // (Compared by content: the new devices have new interface indexes.)
+        wait_state(&g1.node, "the tunnel rebuilt in the new pod", programmed).await;
         g1.sh(&h, "ping -c 2 -W 2 10.253.0.2").await.unwrap();
     } else {
         // No GRE on this kernel: the exec's failure reaches the condition, and the data path
@@ -987,7 +1059,7 @@ async fn gre_pair_where_the_kernel_has_gre() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "\n### SKIPPED GRE data path: this kernel has no GRE ({}); the controller reports it as {msg:?}\n",
+            "\n### SKIPPED GRE data path: this kernel has no GRE ({}) and no kernel VM is up (make e2e-vm-up); the controller reports it as {msg:?}\n",
             probe.stderr.trim()
         );
     }
@@ -997,7 +1069,7 @@ async fn gre_pair_where_the_kernel_has_gre() {
             .await
             .unwrap();
     }
-    let gone = state(&g1.node.netns).await;
+    let gone = state(&g1.node).await;
     assert!(
         !gone.contains(dev) && !gone.contains("multivpc-tunnel:"),
         "{gone}"
@@ -1049,7 +1121,7 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     )
     .await;
     wait_programmed(&t, "tw-b", |_| true).await;
-    assert!(state(&g.node.netns).await.contains("tw-b"));
+    assert!(state(&g.node).await.contains("tw-b"));
 
     // The earlier tunnel's endpoint appears with an overlapping CIDR: it wins, and the later one
     // leaves the gateway instead of keeping a second route and SNAT rule for that CIDR.
@@ -1057,7 +1129,7 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     wait_programmed(&t, "tw-a", |_| true).await;
     let b = wait_reason(&t, "tw-b", "RemoteCidrConflict").await;
     assert_eq!(b.status.unwrap().gateway_pod, None);
-    let after = wait_state(&g.node.netns, "tw-b withdrawn", |s| !s.contains("tw-b")).await;
+    let after = wait_state(&g.node, "tw-b withdrawn", |s| !s.contains("tw-b")).await;
     assert_eq!(after.matches("multivpc-tunnel:").count(), 1, "{after}");
     assert!(
         after.contains(&format!("multivpc-tunnel:{ns}/tw-a")),
@@ -1112,18 +1184,18 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     )
     .await
     .unwrap();
-    assert!(!state(&g.node.netns).await.contains("tw-c"));
+    assert!(!state(&g.node).await.contains("tw-c"));
 
     // The VPC stops admitting the programmed tunnel's namespace: it withdraws; admitted again,
     // it is programmed again.
     fixtures::revoke_namespace(&c, "tw-vpc", &ns).await.unwrap();
     let a = wait_reason(&t, "tw-a", "NamespaceNotAdmitted").await;
     assert_eq!(a.status.unwrap().gateway_pod, None);
-    let after = wait_state(&g.node.netns, "tw-a withdrawn", |s| !s.contains("tw-a")).await;
+    let after = wait_state(&g.node, "tw-a withdrawn", |s| !s.contains("tw-a")).await;
     assert!(!after.contains("multivpc-tunnel:"), "{after}");
     fixtures::admit_namespace(&c, "tw-vpc", &ns).await.unwrap();
     wait_programmed(&t, "tw-a", |_| true).await;
-    assert!(state(&g.node.netns).await.contains("tw-a"));
+    assert!(state(&g.node).await.contains("tw-a"));
 
     outsider
         .delete("tw-c", &DeleteParams::default())
@@ -1138,7 +1210,7 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
             .await
             .unwrap();
     }
-    assert!(!state(&g.node.netns).await.contains("multivpc-tunnel:"));
+    assert!(!state(&g.node).await.contains("multivpc-tunnel:"));
     drop(ctl);
     let _ = h.delete_namespace("cluster1", &outsider_ns).await;
     env.down(&h, [early, late, third]).await;
@@ -1340,7 +1412,7 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
     wait_for_deletion(&t, "tr-a", Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", ctl.log_tail(40)));
-    let inside = wait_state(&g.node.netns, "tr-a withdrawn", |s| !s.contains("tr-a")).await;
+    let inside = wait_state(&g.node, "tr-a withdrawn", |s| !s.contains("tr-a")).await;
     assert_eq!(inside.matches("multivpc-tunnel:").count(), 1, "{inside}");
     assert!(
         inside.contains(&format!("multivpc-tunnel:{ns}/tr-b")),
@@ -1441,7 +1513,7 @@ async fn a_frozen_api_server_connection_fails_healthz_until_it_thaws() {
     proxy.restore();
     wait_programmed(&t, "tf-b", |_| true).await;
     wait_healthz(&ctl, 200, Duration::from_secs(60)).await;
-    let inside = wait_state(&g.node.netns, "both tunnels", |s| {
+    let inside = wait_state(&g.node, "both tunnels", |s| {
         s.matches("multivpc-tunnel:").count() == 2
     })
     .await;
@@ -1577,7 +1649,7 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
         .unwrap();
     tunnel(2).await;
     wait_programmed(&t, "tl-2", |_| true).await;
-    let inside = state(&g.node.netns).await;
+    let inside = state(&g.node).await;
     assert_eq!(inside.matches("multivpc-tunnel:").count(), 3, "{inside}");
 
     for i in 0..3 {
@@ -1879,7 +1951,7 @@ async fn a_sigkill_and_a_gateway_restart_mid_converge_lose_nothing_and_duplicate
     })
     .await
     .unwrap();
-    let left = state(&env.g.node.netns).await;
+    let left = state(&env.g.node).await;
     assert!(
         !left.contains(" tk-") && !left.contains("multivpc-tunnel:"),
         "left in the pod:\n{left}"
