@@ -109,7 +109,7 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
 mount -t tmpfs -o mode=0755 upper /upper
 mkdir -p /upper/data /upper/work
 mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/data,workdir=/upper/work /newroot
-for d in proc sys dev run tmp; do mkdir -p "/newroot/$d"; done
+for d in proc sys dev run; do mkdir -p "/newroot/$d"; done
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
@@ -120,8 +120,9 @@ ln -sf /proc/self/fd/1 /newroot/dev/stdout
 ln -sf /proc/self/fd/2 /newroot/dev/stderr
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
+# /run of its own (netns, xtables lock); /tmp stays the host's, under the overlay, as the
+# checkout or the run dir may live there.
 mount -t tmpfs -o mode=0755 run /newroot/run
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none run "/newroot$RUN_DIR"
 # Every module of the kernel where modprobe looks: the kernel runs its modprobe (here
 # busybox's, /bin/modprobe) in this root, and `modprobe` inside the host's root (the host may
@@ -177,6 +178,9 @@ vm_up() {
   local deadline=$(( $(date +%s) + VM_BOOT_TIMEOUT ))
   until agent --timeout 5 -- true 2>/dev/null; do
     pid_alive "$VM_RUN/qemu.pid" || { tail -20 "$RUN_DIR/logs/vm-console.log" "$RUN_DIR/logs/vm-qemu.log" >&2 || true; die "qemu exited during boot"; }
+    if grep -q "can't execute" "$RUN_DIR/logs/vm-console.log" 2>/dev/null; then
+      die "the kernel VM cannot start its agent: $(grep -m1 "can't execute" "$RUN_DIR/logs/vm-console.log")"
+    fi
     [ "$(date +%s)" -lt "$deadline" ] || { tail -20 "$RUN_DIR/logs/vm-console.log" >&2 || true; die "the kernel VM's agent did not answer within ${VM_BOOT_TIMEOUT}s"; }
     sleep 1
   done
