@@ -176,12 +176,18 @@ vm_up() {
       -netdev "user,id=n0,net=10.0.2.0/24,hostfwd=tcp:${VM_AGENT_ADDR%:*}:${VM_AGENT_ADDR##*:}-$VM_GUEST_IP:7100" \
       -device virtio-net-pci,netdev=n0
   local deadline=$(( $(date +%s) + VM_BOOT_TIMEOUT ))
+  # A VM that did not come up is stopped: no half-booted VM looks up to the harness.
+  boot_failed() {
+    tail -20 "$RUN_DIR/logs/vm-console.log" "$RUN_DIR/logs/vm-qemu.log" >&2 2>/dev/null || true
+    vm_down
+    die "$1"
+  }
   until agent --timeout 5 -- true 2>/dev/null; do
-    pid_alive "$VM_RUN/qemu.pid" || { tail -20 "$RUN_DIR/logs/vm-console.log" "$RUN_DIR/logs/vm-qemu.log" >&2 || true; die "qemu exited during boot"; }
+    pid_alive "$VM_RUN/qemu.pid" || boot_failed "qemu exited during boot"
     if grep -q "can't execute" "$RUN_DIR/logs/vm-console.log" 2>/dev/null; then
-      die "the kernel VM cannot start its agent: $(grep -m1 "can't execute" "$RUN_DIR/logs/vm-console.log")"
+      boot_failed "the kernel VM cannot start its agent: $(grep -m1 "can't execute" "$RUN_DIR/logs/vm-console.log")"
     fi
-    [ "$(date +%s)" -lt "$deadline" ] || { tail -20 "$RUN_DIR/logs/vm-console.log" >&2 || true; die "the kernel VM's agent did not answer within ${VM_BOOT_TIMEOUT}s"; }
+    [ "$(date +%s)" -lt "$deadline" ] || boot_failed "the kernel VM's agent did not answer within ${VM_BOOT_TIMEOUT}s"
     sleep 1
   done
   awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f\n", t1 - t0}' >"$VM_RUN/boot-seconds"
@@ -189,9 +195,10 @@ vm_up() {
 }
 
 vm_down() {
+  rm -f "$VM_RUN/agent.addr"
   [ -e "$VM_RUN/qemu.pid" ] || return 0
   stop_daemon "$VM_RUN/qemu.pid"
-  rm -f "$VM_RUN/agent.addr" "$VM_RUN/monitor.sock"
+  rm -f "$VM_RUN/monitor.sock"
   log "kernel VM stopped"
 }
 

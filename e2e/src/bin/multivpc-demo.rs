@@ -1,5 +1,7 @@
-//! `make demo`: the three controllers on cluster1 and cluster2 of the local harness, a VXLAN
-//! tunnel between two VPC NAT gateways carrying a ping, a DNS forward, and a short report.
+//! `make demo`: the three controllers on cluster1 and cluster2 of the local harness, the seed's
+//! GRE tunnel (`examples/tunnel.yaml`, unchanged) between two VPC NAT gateways `gw1` carrying a
+//! ping, a DNS forward, and a short report. The gateways live in the harness's kernel VM (GRE
+//! needs Debian's kernel); without the VM, a VXLAN tunnel between host gateways instead.
 //!
 //! ```text
 //! multivpc-demo up        set up (idempotent), start the controllers in the background, report
@@ -33,12 +35,47 @@ const C2: &str = "cluster2";
 const BROKER: &str = "broker";
 const CLUSTERS: [&str; 2] = [C1, C2];
 const BINARIES: [&str; 3] = ["dns-forwarder", "tunnel-manager", "exip-syncer"];
-/// The examples' names, adapted: one gateway per cluster, named apart from the tests' ones.
-const GW: [&str; 2] = ["demo-gw1", "demo-gw2"];
-const VPC: [&str; 2] = ["demo-vpc1", "demo-vpc2"];
 const NS: &str = "ns1";
-const TUNNEL: &str = "ovn-vxlan0";
-const TUNNEL_ADDR: [&str; 2] = ["10.101.0.1/24", "10.101.0.2/24"];
+
+/// What the demo builds: the seed's own objects on the kernel VM, or a VXLAN stand-in on the
+/// host's kernel, which has no GRE.
+struct Mode {
+    in_vm: bool,
+    /// cluster1's gateway and VPC, then cluster2's.
+    gw: [&'static str; 2],
+    vpc: [&'static str; 2],
+    tunnel: &'static str,
+    tunnel_addr: [&'static str; 2],
+    example: &'static str,
+}
+
+/// examples/tunnel.yaml as it is: GRE between gateways `gw1` of VPC `test-vpc-1`.
+const SEED: Mode = Mode {
+    in_vm: true,
+    gw: ["gw1", "gw1"],
+    vpc: ["test-vpc-1", "test-vpc-1"],
+    tunnel: "ovn-gre0",
+    tunnel_addr: ["10.100.0.1/24", "10.100.0.2/24"],
+    example: "examples/tunnel.yaml",
+};
+
+/// examples/vxlan-tunnel.yaml with the gateways renamed apart from the VM's.
+const VXLAN_ON_HOST: Mode = Mode {
+    in_vm: false,
+    gw: ["demo-gw1", "demo-gw2"],
+    vpc: ["demo-vpc1", "demo-vpc2"],
+    tunnel: "ovn-vxlan0",
+    tunnel_addr: ["10.101.0.1/24", "10.101.0.2/24"],
+    example: "examples/vxlan-tunnel.yaml",
+};
+
+fn mode(h: &Harness) -> Result<&'static Mode> {
+    Ok(if h.kernel_vm()?.is_some() {
+        &SEED
+    } else {
+        &VXLAN_ON_HOST
+    })
+}
 /// examples/dns.yaml forwards for this VPC; the demo gives it a vpc-dns.
 const DNS_VPC: &str = "test-vpc-1";
 const VPC_DNS: &str = "demo-dns";
@@ -104,18 +141,29 @@ async fn up() -> Result<()> {
             .await?;
         }
     }
-    step("VPC NAT gateways demo-gw1 (cluster1) and demo-gw2 (cluster2), netns-backed");
-    let gws = gateways(&h).await?;
+    let m = mode(&h)?;
+    if m.in_vm {
+        step(
+            "VPC NAT gateways gw1 of VPC test-vpc-1 on cluster1 and cluster2, netns-backed in the kernel VM",
+        );
+    } else {
+        eprintln!(
+            "    no kernel VM is up, and this host's kernel has no GRE: the demo runs \
+             examples/vxlan-tunnel.yaml between host gateways instead of examples/tunnel.yaml"
+        );
+        step("VPC NAT gateways demo-gw1 (cluster1) and demo-gw2 (cluster2), netns-backed");
+    }
+    let gws = gateways(&h, m).await?;
     for (i, gw) in gws.iter().enumerate() {
         // The VPC routes the other cluster's Globalnet CIDR to its gateway (Kube-OVN would).
         let remote = h.vpc_network(CLUSTERS[1 - i])?.globalnet_cidr;
         apply_dynamic(
             &h.client(CLUSTERS[i]),
-            &fixtures::vpc(VPC[i], &[(&remote, &gw.node.lan_ip)]),
+            &fixtures::vpc(m.vpc[i], &[(&remote, &gw.node.lan_ip)]),
         )
         .await?;
         // Tenancy: the tunnels of ns1 may program this VPC's gateway.
-        fixtures::admit_namespace(&h.client(CLUSTERS[i]), VPC[i], NS).await?;
+        fixtures::admit_namespace(&h.client(CLUSTERS[i]), m.vpc[i], NS).await?;
     }
     step("vpc-dns for VPC test-vpc-1 on cluster1 (Kube-OVN v1.12 form), admitting ns1");
     fixtures::admit_namespace(&h.client(C1), DNS_VPC, NS).await?;
@@ -137,40 +185,50 @@ async fn up() -> Result<()> {
         multivpc_e2e::repo_dir().join("examples/dns.yaml"),
     )
     .await?;
-    eprintln!(
-        "    examples/tunnel.yaml is a GRE tunnel: this kernel has no GRE devices (no ip_gre),\n    \
-         so the demo applies examples/vxlan-tunnel.yaml instead, gateways renamed demo-gw1/demo-gw2,\n    \
-         and its mirror image on cluster2"
-    );
-    step("examples/vxlan-tunnel.yaml -> cluster1, mirror -> cluster2");
-    let text =
-        std::fs::read_to_string(multivpc_e2e::repo_dir().join("examples/vxlan-tunnel.yaml"))?;
+    step(&format!(
+        "{} -> cluster1{}, its mirror -> cluster2",
+        m.example,
+        if m.in_vm {
+            " (unchanged)"
+        } else {
+            " (gateways renamed)"
+        }
+    ));
+    let text = std::fs::read_to_string(multivpc_e2e::repo_dir().join(m.example))?;
     for (i, c) in CLUSTERS.iter().enumerate() {
         let mut obj: DynamicObject = multivpc_e2e::apply::parse_yaml(&text)?
             .pop()
-            .context("empty vxlan example")?;
-        let spec = &mut obj.data["spec"];
-        spec["clusterId"] = CLUSTERS[1 - i].into();
-        spec["gatewayName"] = GW[1 - i].into();
-        spec["natGwDp"] = GW[i].into();
-        spec["interfaceAddr"] = TUNNEL_ADDR[i].into();
+            .with_context(|| format!("{} holds no object", m.example))?;
+        if i == 1 || !m.in_vm {
+            let spec = &mut obj.data["spec"];
+            spec["clusterId"] = CLUSTERS[1 - i].into();
+            spec["gatewayName"] = m.gw[1 - i].into();
+            spec["natGwDp"] = m.gw[i].into();
+            spec["interfaceAddr"] = m.tunnel_addr[i].into();
+        }
         apply_dynamic(&h.client(c), &obj).await?;
     }
 
     step("waiting until GatewayExIps are exchanged and everything is Ready");
     for (i, c) in CLUSTERS.iter().enumerate() {
         let exips: Api<GatewayExIp> = Api::namespaced(h.client(c), KUBE_SYSTEM);
-        let remote = format!("{}-{}", GW[1 - i], CLUSTERS[1 - i]);
+        let remote = format!("{}-{}", m.gw[1 - i], CLUSTERS[1 - i]);
         wait_for_object(&exips, &remote, WAIT, |_| true).await?;
         let tunnels: Api<VpcNatTunnel> = Api::namespaced(h.client(c), NS);
-        wait_for_object(&tunnels, TUNNEL, WAIT, |t: &VpcNatTunnel| {
+        wait_for_object(&tunnels, m.tunnel, WAIT, |t: &VpcNatTunnel| {
             let Some(s) = &t.status else { return false };
             s.observed_generation == t.metadata.generation
                 && conditions::find(&s.conditions, conditions::READY)
                     .is_some_and(|c| c.status == "True")
         })
         .await
-        .with_context(|| format!("tunnel {TUNNEL} on {c}; logs in {}", demo_dir().display()))?;
+        .with_context(|| {
+            format!(
+                "tunnel {} on {c}; logs in {}",
+                m.tunnel,
+                demo_dir().display()
+            )
+        })?;
     }
     let forwards: Api<VpcDnsForward> = Api::namespaced(h.client(C1), NS);
     wait_for_object(&forwards, "dns-1", WAIT, |f: &VpcDnsForward| {
@@ -186,13 +244,14 @@ async fn up() -> Result<()> {
     Ok(())
 }
 
-async fn gateways(h: &Harness) -> Result<Vec<NatGateway>> {
+async fn gateways(h: &Harness, m: &Mode) -> Result<Vec<NatGateway>> {
     let mut out = Vec::new();
     for (i, c) in CLUSTERS.iter().enumerate() {
-        out.push(
-            h.create_nat_gateway(c, NatGatewaySpec::new(GW[i], VPC[i]))
-                .await?,
-        );
+        let mut spec = NatGatewaySpec::new(m.gw[i], m.vpc[i]);
+        if m.in_vm {
+            spec = spec.in_kernel_vm();
+        }
+        out.push(h.create_nat_gateway(c, spec).await?);
     }
     for gw in &out {
         gw.wait_available(h, WAIT).await?;
@@ -203,7 +262,8 @@ async fn gateways(h: &Harness) -> Result<Vec<NatGateway>> {
 // ------------------------------------------------------------------------------ report
 
 async fn report(h: &Harness) -> Result<()> {
-    let gws = gateways(h).await?;
+    let m = mode(h)?;
+    let gws = gateways(h, m).await?;
     let kubectl = |c: &'static str, args: &'static [&'static str]| async move {
         let out = h.kubectl(c, args).await?;
         Ok::<_, anyhow::Error>(if out.success() {
@@ -229,13 +289,26 @@ async fn report(h: &Harness) -> Result<()> {
             gw.cluster,
             gw.pod_name()
         );
-        let link = gw.exec(h, &["ip", "-d", "link", "show", TUNNEL]).await?;
-        println!("$ ip -d link show {TUNNEL}\n{}", link.stdout.trim_end());
+        let tunnel = m.tunnel;
+        let link = gw.exec(h, &["ip", "-d", "link", "show", tunnel]).await?;
+        println!("$ ip -d link show {tunnel}\n{}", link.stdout.trim_end());
+        let addr = gw.exec(h, &["ip", "-4", "addr", "show", tunnel]).await?;
+        println!("$ ip -4 addr show {tunnel}\n{}", addr.stdout.trim_end());
         let route = gw.exec(h, &["ip", "route"]).await?;
         println!("$ ip route\n{}", route.stdout.trim_end());
+        let snat = gw
+            .exec(h, &["iptables", "-t", "nat", "-L", "POSTROUTING", "-n"])
+            .await?;
+        println!(
+            "$ iptables -t nat -L POSTROUTING -n\n{}",
+            snat.stdout.trim_end()
+        );
     }
-    let peer = TUNNEL_ADDR[0].split('/').next().unwrap_or_default();
-    println!("\n──── ping across the tunnel: demo-gw2 (cluster2) -> {peer} (demo-gw1's {TUNNEL})");
+    let peer = m.tunnel_addr[0].split('/').next().unwrap_or_default();
+    println!(
+        "\n──── ping across the tunnel: {} (cluster2) -> {peer} ({}'s {} on cluster1)",
+        m.gw[1], m.gw[0], m.tunnel
+    );
     let ping = gws[1]
         .exec(h, &["ping", "-c", "3", "-W", "2", peer])
         .await?;
