@@ -48,11 +48,21 @@ ensure_ext() {
 vpc_netns() { echo "${NETNS_PREFIX}$1-vpc"; }
 gw_netns() { echo "${NETNS_PREFIX}$1-gw-$2"; }
 
+# Creating the shared netns is serialized: gateways of two clusters may come up at once. A lock
+# of the side they live on (flock over 9p is not one).
+netns_lock() { if [ "$IN_VM" = 1 ]; then echo /run/multivpc-e2e-netns.lock; else echo "$RUN_DIR/.netns.lock"; fi; }
+
 ensure_vpc() {
   local c=$1 ci ns
   ci=$(cluster_index "$c"); ns=$(vpc_netns "$c")
+  exec 7>"$(netns_lock)"; flock 7
   ensure_ext
-  ns_exists "$ns" && return 0
+  if ! ns_exists "$ns"; then create_vpc "$c" "$ci" "$ns"; fi
+  flock -u 7
+}
+
+create_vpc() {
+  local c=$1 ci=$2 ns=$3
   ip netns add "$ns"
   ip -n "$ns" link set lo up
   ip -n "$ns" addr add "242.$((ci - 1)).0.10/32" dev lo
@@ -79,6 +89,10 @@ gateway_up() {
   [[ "$gw" =~ ^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$ ]] || die "gateway name '$gw' must be a DNS label (<= 32 chars)"
   [ -s "$(kubeconfig_of "$c")" ] || die "cluster $c is not up"
   case "$placement" in host | vm) ;; *) die "placement '$placement' must be host or vm" ;; esac
+  mkdir -p "$RUN_DIR/$c/gateways"
+  # Slots are allocated under this lock, on the host (also for a gateway in the VM, whose
+  # script runs while the host holds it).
+  if [ "$IN_VM" != 1 ]; then exec 8>"$RUN_DIR/$c/gateways/.lock"; flock 8; fi
   local was; was=$(placement_of "$c" "$gw")
   [ -z "$was" ] || [ "$was" = "$placement" ] || die "gateway $gw of $c is already up on the $was"
   if [ "$placement" = vm ] && [ "$IN_VM" != 1 ]; then
@@ -90,13 +104,12 @@ gateway_up() {
     vm_hmp hostfwd_remove n0 "tcp:$nodeip:$KUBELET_PORT" >/dev/null
     answer=$(vm_hmp hostfwd_add n0 "tcp:$nodeip:$KUBELET_PORT-$VM_GUEST_IP:$vmport")
     [ -z "$answer" ] || die "qemu would not forward $nodeip:$KUBELET_PORT to the VM: $answer"
+    flock -u 8
     printf '%s\n' "$out"
     return 0
   fi
   ci=$(cluster_index "$c"); envf=$(gateway_env "$c" "$gw"); ns=$(gw_netns "$c" "$gw")
   ensure_vpc "$c"
-  mkdir -p "$RUN_DIR/$c/gateways"
-  exec 8>"$RUN_DIR/$c/gateways/.lock"; flock 8
   if [ -s "$envf" ]; then
     g=$(sed -n 's/^GATEWAY_SLOT=//p' "$envf")
   else
@@ -216,7 +229,7 @@ YAML
       --tls-cert-file="$pki/admin.crt" --tls-private-key-file="$pki/admin.key" \
       --node-lease-duration-seconds=40
   fi
-  flock -u 8
+  [ "$IN_VM" = 1 ] || flock -u 8
   cat "$envf"
 }
 
