@@ -158,6 +158,8 @@ vm_up() {
   dir=$(vm_dir)
   kver=$(cat "$dir/kernel-release")
   mkdir -p "$VM_RUN" "$RUN_DIR/logs"
+  # Pids of a VM that is gone: a new VM reuses small pids, which must not pass for its daemons.
+  rm -rf "$RUN_DIR"/*/pids-vm
   (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$VM_RUN/token")
   initramfs "$dir" "$VM_RUN/initrd.gz"
   echo "$VM_AGENT_ADDR" >"$VM_RUN/agent.addr"

@@ -15,13 +15,13 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::config::Kubeconfig;
 use serde_json::json;
 
-/// The bound on one command in the kernel VM (software emulation is slow, not stuck).
-const VM_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
-
 use crate::apply::{apply, apply_dynamic, apply_file, patch_status_dynamic};
 use crate::exec::{ExecOutput, pod_exec};
 use crate::wait::wait_for_object;
 use crate::{Harness, env_get, parse_env};
+
+/// The bound on one command in the kernel VM (software emulation is slow, not stuck).
+const VM_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Namespace of Kube-OVN's NAT gateways and vpc-dns.
 pub const KUBE_SYSTEM: &str = "kube-system";
