@@ -326,10 +326,8 @@ fn the_original_operators_state_is_adopted() {
         state.contains("remote 172.50.2.11"),
         "device recreated: {state}"
     );
-    assert_eq!(
-        ns.script(&script::converge(&cfg, &Stale::default(), Mode::Check)),
-        0
-    );
+    let (_, out, _) = ns.sh(&script::converge(&cfg, &Stale::default(), Mode::Check));
+    assert_eq!(script::change_lines(&out), Vec::<&str>::new(), "{state}");
 }
 
 /// The Go operator ran plain `iptables`, whichever flavour that was in its image; Kube-OVN's
@@ -563,4 +561,96 @@ fn a_script_waits_for_the_one_still_running_in_its_gateway() {
         "the lock is released"
     );
     ns.script(&script::cleanup(&cleanup_of(&cfg, false)));
+}
+
+/// `n` VXLAN tunnels of one gateway, each with its own device, VNI and remote CIDR.
+fn many(n: u32) -> Vec<TunnelConfig> {
+    (0..n)
+        .map(|i| {
+            let mut cfg = crate::script::tests::vxlan();
+            cfg.device = format!("vx{i}").parse().unwrap();
+            cfg.tag = crate::script::RuleTag::new("ns1", &cfg.device).unwrap();
+            cfg.encap = Encap::Vxlan {
+                vni: Vni::new(100 + i).unwrap(),
+                port: Port::new(4789).unwrap(),
+            };
+            cfg.remote_cidr = format!("100.{}.{}.0/24", 64 + i / 256, i % 256)
+                .parse()
+                .unwrap();
+            cfg
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_writes_its_nat_changes_together_and_one_at_a_time_when_that_fails() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns.has_vxlan() {
+        return;
+    }
+    let tagged = |ns: &Netns| ns.state().matches("multivpc-tunnel:ns1/").count();
+    let converge: Vec<script::Call> = many(30)
+        .iter()
+        .map(|c| script::Call::converge(c, &Stale::default(), Mode::Converge))
+        .collect();
+    let (ok, out, err) = ns.sh(&script::batch(&converge));
+    assert!(ok, "{out}\n{err}");
+    let sections = script::sections(&out);
+    assert_eq!(sections.len(), 30);
+    assert!(sections.values().all(|s| s.status == Some(0)), "{out}");
+    assert_eq!(tagged(&ns), 30, "one SNAT rule per tunnel");
+    let check: Vec<script::Call> = many(30)
+        .iter()
+        .map(|c| script::Call::converge(c, &Stale::default(), Mode::Check))
+        .collect();
+    let (_, out, _) = ns.sh(&script::batch(&check));
+    assert_eq!(script::change_lines(&out), Vec::<&str>::new());
+
+    // The same tunnel cleaned up twice in one script: both sections queue the deletion of its
+    // rule, so the restore (all or nothing) fails; one at a time, the first deletes it and the
+    // second alone fails, saying what.
+    let all = many(30);
+    let twice = script::Call::cleanup(&cleanup_of(&all[0], true));
+    let (ok, out, _) = ns.sh(&script::batch([&twice, &twice]));
+    assert!(!ok);
+    let sections = script::sections(&out);
+    assert_eq!(sections[&0].status, Some(0), "{out}");
+    assert_eq!(sections[&1].status, Some(1), "{out}");
+    assert!(sections[&1].text.contains("-D POSTROUTING"), "{out}");
+    assert_eq!(tagged(&ns), 29);
+
+    // Without any iptables-restore, the changes are written one at a time.
+    let stubs = tempdir();
+    for f in [
+        "iptables-restore",
+        "iptables-legacy-restore",
+        "iptables-nft-restore",
+    ] {
+        let path = format!("{stubs}/{f}");
+        std::fs::write(&path, "#!/bin/sh\nexit 1\n").unwrap();
+        run(&["chmod", "+x", &path]);
+    }
+    let ns = ns.with_path(&stubs);
+    let cleanup: Vec<script::Call> = all[1..]
+        .iter()
+        .map(|c| script::Call::cleanup(&cleanup_of(c, true)))
+        .collect();
+    let (ok, out, err) = ns.sh(&script::batch(&cleanup));
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        script::sections(&out).values().all(|s| s.status == Some(0)),
+        "{out}"
+    );
+    assert_eq!(tagged(&ns), 0);
+    let _ = std::fs::remove_dir_all(&stubs);
+}
+
+fn tempdir() -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tmtest-stubs-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.to_string_lossy().into_owned()
 }

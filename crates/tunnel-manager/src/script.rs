@@ -16,6 +16,11 @@
 //! defined once, and each tunnel is one *section*, a call of one of them in a subshell between
 //! markers ([`batch`], [`sections`]). Every section ends by printing `multivpc-changes=<n>`; a
 //! failing command stops that section alone with exit status 1 and a `multivpc: …` line.
+//!
+//! The gateway's routes, addresses and nat rules are read once per script (the prelude), and the
+//! sections' nat changes are written together at its end (`commit_nat`): asked per tunnel, `ip`
+//! and `iptables` read whole tables, which made a gateway's cost grow with the square of its
+//! tunnels.
 
 use std::{fmt, net::Ipv4Addr};
 
@@ -266,31 +271,70 @@ until ln -s "$$" "$lock" 2>/dev/null; do
   sleep 0.1 2>/dev/null || sleep 1
 done
 [ -z "$lock" ] || trap 'rm -f "$lock"' EXIT
+nl='
+'
+# The gateway's routes, addresses and nat rules, read once per script: a tunnel whose parts are
+# all found here as wanted runs no command of its own, and only what is not is looked at
+# closely. Asked per tunnel, `ip` and `iptables` read whole tables on every call, and a gateway
+# of 1000 tunnels spent most of its time starting them. Each line ends with a space; `count
+# <dev> <n>` gives the number of addresses of a device and `<tag> <n>` that of nat rules with
+# that comment. The sections queue their nat changes and commit_nat writes them at the end, one
+# iptables-restore per flavour.
+nat="$nl$($ipt -t nat -S POSTROUTING)$nl" || fail "cannot list the nat table's POSTROUTING chain ($ipt)"
+tags="$nl$(printf '%s\n' "$nat" | awk '{ for (i = 1; i < NF; i++) if ($i == "--comment") { t = $(i + 1); gsub(/"/, "", t); n[t]++ } } END { for (t in n) print t " " n[t] " " }')$nl"
+routes="$nl$(ip -4 route show | sed 's/$/ /')$nl"
+addrs="$nl$(ip -o -4 addr show | awk '{ n[$2]++; print $2 " " $4 " " } END { for (d in n) print "count " d " " n[d] " " }')$nl"
+# Every iptables flavour present is read for the original Go operator's untagged rules (it ran
+# plain `iptables`, whichever flavour that was); names resolving to one binary are read once.
+flavours= untagged=$nl seen=' '
+for f in "$ipt" iptables iptables-legacy iptables-nft; do
+  p=$(command -v "$f" 2>/dev/null) || continue
+  p=$(readlink -f "$p" 2>/dev/null || echo "$p")
+  case "$seen" in *" $p "*) continue ;; esac
+  seen="$seen$p "
+  flavours="$flavours $f"
+  if [ "$f" = "$ipt" ]; then rules=$nat; else rules=$("$f" -t nat -S POSTROUTING 2>/dev/null) || continue; fi
+  untagged="$untagged$(printf '%s\n' "$rules" | awk -v f="$f" '/ -j SNAT / && !/ --comment / { print f " " $0 }')$nl"
+done
+natq=
 "#;
 
 /// The shell functions each tunnel's part of a script calls, defined once per script: a call is
 /// one short line of quoted values, so one exec carries hundreds of tunnels within the length a
 /// single `sh -c` argument may have.
-const FUNCTIONS: &str = r#"# The POSTROUTING rules tagged $1, one per line of $tagged, as `iptables -S` prints them without
-# `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment holding `:` or `/`):
-# each line split into words is that rule's own arguments again, so a rule is deleted by what it
-# matches, never by a line number another writer may have shifted.
+const FUNCTIONS: &str = r#"# The POSTROUTING rules tagged $1 in $nat, one per line of $tagged, as `iptables -S` prints them
+# without `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment holding `:`
+# or `/`): each line split into words is that rule's own arguments again, so a rule is deleted
+# by what it matches, never by a line number another writer may have shifted.
 tagged_rules() {
-  pattern=$(printf '%s' "$1" | sed 's/[.]/\\./g')
-  tagged=$($ipt -t nat -S POSTROUTING | grep -F -e " --comment \"$1\" " -e " --comment $1 " | sed "s|^-A POSTROUTING ||; s| --comment \"$pattern\" | --comment $1 |")
+  tagged=$(printf '%s\n' "$nat" | awk -v t="$1" '
+    { q = index($0, " --comment \"" t "\" "); u = index($0, " --comment " t " ") }
+    q || u {
+      r = $0
+      if (q) r = substr(r, 1, q - 1) " --comment " t " " substr(r, q + length(t) + 14)
+      sub(/^-A POSTROUTING /, "", r)
+      print r
+    }')
 }
-# Deletes each rule of $tagged, as step $1. A here-document, not a pipe: the loop runs in this
-# shell, so step counts and fails it.
+# queue FLAVOUR DESCRIPTION ARGS...: a change to the nat table, counted and printed as step
+# does, written by commit_nat after the last section.
+queue() {
+  f=$1 d=$2
+  shift 2
+  changes=$((changes + 1))
+  echo "change: $d"
+  [ "$mode" = check ] || echo "multivpc-nat=$section_no $f $*"
+}
+# Queues the deletion of each rule of $tagged, as change $1.
 delete_tagged() {
   while IFS= read -r r; do
     [ -n "$r" ] || continue
-    set -f
-    step "$1: $r" $ipt -t nat -D POSTROUTING $r
-    set +f
+    queue "$ipt" "$1: $r" -D POSTROUTING $r
   done <<MULTIVPC_RULES
 $tagged
 MULTIVPC_RULES
 }
+set_one() { echo 1 > "$1"; }
 # converge_tunnel MODE DEV gre|vxlan VNI PORT LOCAL_IP REMOTE_IP ADDR LOCAL_CIDR OVN_GW REMOTE_CIDR
 #                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL
 converge_tunnel() {
@@ -300,7 +344,8 @@ converge_tunnel() {
   [ -e /sys/class/net/net1 ] || fail 'the gateway has no net1 interface'
   # Kube-OVN v1.12's nat-gateway.sh `init` turns ARP off on net1 and only `add_eip` turns it
   # back on; without ARP the underlay packets cannot reach the peer (docs/tunnel-manager.md).
-  case "$(ip -o link show dev net1)" in *'<NOARP,'*|*'<NOARP>'*|*',NOARP,'*|*',NOARP>'*) step "ARP on net1 (Kube-OVN v1.12 leaves it off until an EIP exists)" ip link set dev net1 arp on ;; esac
+  read -r f < /sys/class/net/net1/flags || fail 'cannot read the flags of net1'
+  [ $((f & 128)) = 0 ] || step "ARP on net1 (Kube-OVN v1.12 leaves it off until an EIP exists)" ip link set dev net1 arp on
   # Device: recreated when missing or when its alias or kernel parameters differ.
   if [ "$encap" = gre ]; then
     set -- "remote $rip " "local $lip " "gre "; same_kind='link/gre '
@@ -309,26 +354,31 @@ converge_tunnel() {
   fi
   ok=1
   if [ -e "/sys/class/net/$dev" ]; then
-    [ "$(cat "/sys/class/net/$dev/ifalias" 2>/dev/null)" = "$alias" ] || ok=0
+    have_alias=
+    read -r have_alias < "/sys/class/net/$dev/ifalias" 2>/dev/null || :
+    [ "$have_alias" = "$alias" ] || ok=0
     details="$(ip -d link show dev "$dev" 2>/dev/null | tr '\n' ' ') "
     for e in "$@"; do case "$details" in *"$e"*) ;; *) ok=0 ;; esac; done
     # Replaced only when it is ours (alias) or a tunnel device of the same kind (the original
     # Go operator's, adopted); anything else of that name is someone else's and stays.
     if [ "$ok" = 0 ]; then
-      case "$(cat "/sys/class/net/$dev/ifalias" 2>/dev/null)" in
+      case "$have_alias" in
         'multivpc '*) ;;
         *) case "$details" in *"$same_kind"*) ;; *) fail "device $dev exists and is not ours (no multivpc alias, not a tunnel device of this kind): refusing to replace it" ;; esac ;;
       esac
       step "device $dev has other parameters: delete it" ip link del dev "$dev"
     fi
   fi
+  # A device made here has none of the addresses and routes read before: they are looked up.
+  made=0
   if [ ! -e "/sys/class/net/$dev" ] || [ "$ok" = 0 ]; then
+    made=1
     if [ "$encap" = gre ]; then
       step "create device $dev" ip tunnel add "$dev" mode gre remote "$rip" local "$lip" ttl 255
     else
       step "create device $dev" ip link add "$dev" type vxlan id "$vni" remote "$rip" local "$lip" dev net1 dstport "$port"
     fi
-    step "label device $dev" ip link set dev "$dev" alias "$alias"
+    step "label device $dev and set it up" ip link set dev "$dev" alias "$alias" up
   fi
   # In check mode a missing device cannot be inspected further: it already counts.
   if [ -e "/sys/class/net/$dev" ]; then
@@ -336,38 +386,50 @@ converge_tunnel() {
     # `<remote cidr> dev <device>` works without knowing the peer's tunnel address.
     if [ "$encap" = vxlan ]; then
       pa="/proc/sys/net/ipv4/conf/$dev/proxy_arp"
-      [ "$(cat "$pa" 2>/dev/null)" = 1 ] || step "proxy_arp on $dev" sh -c 'echo 1 > "$1"' sh "$pa"
+      v=
+      read -r v < "$pa" 2>/dev/null || :
+      [ "$v" = 1 ] || step "proxy_arp on $dev" set_one "$pa"
     fi
     # Address: exactly the wanted one.
-    have=$(ip -o -4 addr show dev "$dev" | awk '{ print $4 }')
-    for a in $have; do [ "$a" = "$addr" ] || step "remove address $a from $dev" ip addr del "$a" dev "$dev"; done
-    case " $(echo $have) " in *" $addr "*) ;; *) step "address $addr on $dev" ip addr replace "$addr" dev "$dev" ;; esac
-    flags=$(cat "/sys/class/net/$dev/flags")
-    [ $((flags & 1)) = 1 ] || step "set $dev up" ip link set dev "$dev" up
+    case "$made$addrs" in
+      0*"$nl$dev $addr "*"${nl}count $dev 1 "*) ;;
+      1*) step "address $addr on $dev" ip addr replace "$addr" dev "$dev" ;;
+      *)
+        have=$(ip -o -4 addr show dev "$dev" | awk '{ print $4 }')
+        for a in $have; do [ "$a" = "$addr" ] || step "remove address $a from $dev" ip addr del "$a" dev "$dev"; done
+        case " $(echo $have) " in *" $addr "*) ;; *) step "address $addr on $dev" ip addr replace "$addr" dev "$dev" ;; esac ;;
+    esac
+    read -r f < "/sys/class/net/$dev/flags" || fail "cannot read the flags of $dev"
+    [ $((f & 1)) = 1 ] || step "set $dev up" ip link set dev "$dev" up
   fi
-  # Routes.
-  r="$(ip -4 route show exact "$lcidr" | tr '\n' ' ') "
-  case "$r" in *"via $via dev eth0 proto 178 "*) ;; *) step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178 ;; esac
-  r="$(ip -4 route show exact "$rcidr" | tr '\n' ' ') "
-  case "$r" in *"dev $dev proto 178 "*) ;; *) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;; esac
+  # Routes (looked up again when not found as wanted: another section may have made the route).
+  case "$routes" in *"$nl$lcidr via $via dev eth0 proto 178 "*) ;; *)
+    r="$(ip -4 route show exact "$lcidr" | tr '\n' ' ') "
+    case "$r" in *"via $via dev eth0 proto 178 "*) ;; *) step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178 ;; esac ;;
+  esac
+  case "$made$routes" in
+  0*"$nl$rcidr dev $dev proto 178 "*) ;;
+  1*) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;;
+  *)
+    r="$(ip -4 route show exact "$rcidr" | tr '\n' ' ') "
+    case "$r" in *"dev $dev proto 178 "*) ;; *) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;; esac ;;
+  esac
   if [ -n "$stale_r" ] && [ -n "$(ip -4 route show exact "$stale_r" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove stale route $stale_r" ip route del "$stale_r" dev "$dev" proto 178; fi
   if [ -n "$stale_l" ] && [ -n "$(ip -4 route show exact "$stale_l" dev eth0 proto 178 2>/dev/null)" ]; then step "remove stale route $stale_l" ip route del "$stale_l" dev eth0 proto 178; fi
-  # SNAT: exactly one rule tagged for this tunnel, and it is the wanted one.
-  tagged_rules "$tag"
-  if [ "$(printf '%s\n' "$tagged" | grep -c .)" = 1 ] && $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null; then :; else
-    delete_tagged "remove stale SNAT rule"
-    step "SNAT to $snat for $rcidr" $ipt -t nat -I POSTROUTING 1 -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat"
-  fi
-  # The original Go operator's untagged rule for the same traffic (adoption). It ran plain
-  # `iptables`, whichever flavour that was in the image, so every flavour present is searched;
-  # names resolving to the same binary are searched once.
-  seen=' '
-  for f in "$ipt" iptables iptables-legacy iptables-nft; do
-    p=$(command -v "$f" 2>/dev/null) || continue
-    p=$(readlink -f "$p" 2>/dev/null || echo "$p")
-    case "$seen" in *" $p "*) continue ;; esac
-    seen="$seen$p "
-    if "$f" -t nat -C POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" 2>/dev/null; then step "remove untagged SNAT rule ($f)" "$f" -t nat -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat"; fi
+  # SNAT: exactly one rule tagged for this tunnel, and it is the wanted one. The text is
+  # compared first; a rule iptables spells otherwise is asked about.
+  want="-d $rcidr -m comment --comment $tag -j SNAT --to-source $snat"
+  case "$tags" in *"$nl$tag 1 "*) case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $snat$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; *) tagged_rules "$tag" ;; esac ;; *) tagged_rules "$tag" ;; esac
+  case "$tagged" in
+    "$want") ;;
+    *"$nl"*|'') delete_tagged "remove stale SNAT rule"; queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want ;;
+    *) if ! $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null; then
+         delete_tagged "remove stale SNAT rule"; queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want
+       fi ;;
+  esac
+  # The original Go operator's untagged rule for the same traffic (adoption), in any flavour.
+  for f in $flavours; do
+    case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $snat$nl"*) queue "$f" "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
   done
 }
 # cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR (either route may be empty)
@@ -386,14 +448,41 @@ cleanup_tunnel() {
   delete_tagged "remove SNAT rule"
 }
 # section N FUNCTION ARGS...: one tunnel's part, in a subshell (its variables and its failure
-# stay its own), stderr with stdout, between markers the executor splits the output by.
+# stay its own), stderr with stdout, between markers the executor splits the output by. Its
+# queued nat changes are kept for commit_nat.
 section() {
-  echo "multivpc-section=$1"
+  section_no=$1
   shift
-  ( trap - EXIT; changes=0; "$@"; echo "multivpc-changes=$changes" ) 2>&1
+  out=$( { trap - EXIT; changes=0; "$@"; echo "multivpc-changes=$changes"; } 2>&1 )
   rc=$?
+  echo "multivpc-section=$section_no"
+  printf '%s\n' "$out"
   echo "multivpc-section-status=$rc"
   [ "$rc" = 0 ] || status=$rc
+  case "$out" in *multivpc-nat=*) natq="$natq$(printf '%s\n' "$out" | sed -n 's/^multivpc-nat=//p')$nl" ;; esac
+}
+# Writes the queued nat changes: per flavour, all in one iptables-restore (which applies all
+# or nothing); when that fails or there is none, one at a time, each failure its section's
+# (printed as that section again). A section that queued a change counts as finished only once
+# the closing marker is printed.
+commit_nat() {
+  [ -n "$natq" ] || return 0
+  for f in $flavours; do
+    lines=$(printf '%s' "$natq" | awk -v f="$f" '$2 == f { $1 = ""; $2 = ""; sub(/^ +/, ""); print }')
+    [ -n "$lines" ] || continue
+    if command -v "$f-restore" >/dev/null 2>&1 && printf '*nat\n%s\nCOMMIT\n' "$lines" | "$f-restore" --noflush 2>/dev/null; then continue; fi
+    while read -r n qf args; do
+      [ "$qf" = "$f" ] || continue
+      set -f
+      if ! err=$("$f" -t nat $args 2>&1); then
+        printf 'multivpc-section=%s\nmultivpc: %s -t nat %s failed: %s\nmultivpc-section-status=1\n' "$n" "$f" "$args" "$err"
+        status=1
+      fi
+      set +f
+    done <<MULTIVPC_NAT
+$natq
+MULTIVPC_NAT
+  done
 }
 status=0
 "#;
@@ -484,7 +573,7 @@ pub fn call_budget() -> usize {
     MAX_ENCODED_SCRIPT - encoded_len(PRELUDE) - encoded_len(FUNCTIONS) - encoded_len(EPILOGUE)
 }
 
-const EPILOGUE: &str = "exit \"$status\"\n";
+const EPILOGUE: &str = "commit_nat\necho multivpc-nat-committed\nexit \"$status\"\n";
 
 /// The script running `calls` in order, each as its own section (see [`sections`]). It exits
 /// with the status of the last section that failed (0 when none did); a failure before the
@@ -534,31 +623,63 @@ pub struct SectionOutput {
     pub status: Option<i32>,
 }
 
-/// Splits a script's stdout into its sections' outputs, by section number.
+/// Marker of a nat change a section queued: `multivpc-nat=<section> <flavour> <arguments>`.
+const NAT_QUEUED_MARKER: &str = "multivpc-nat=";
+/// Line the script prints once the queued nat changes are written (or their failures printed).
+const NAT_COMMITTED: &str = "multivpc-nat-committed";
+
+/// Splits a script's stdout into its sections' outputs, by section number. A section printed
+/// again (a queued nat change of it that failed) adds its text, and its failure if it had
+/// none. A section that queued a nat change has not finished (status `None`) unless the script
+/// got as far as writing them.
 pub fn sections(stdout: &str) -> std::collections::BTreeMap<usize, SectionOutput> {
-    let mut out = std::collections::BTreeMap::new();
+    let mut out = std::collections::BTreeMap::<usize, SectionOutput>::new();
+    let mut add = |i: usize, text: String, status: Option<i32>| match out.get_mut(&i) {
+        Some(earlier) => {
+            earlier.text.push_str(&text);
+            if earlier.status == Some(0) {
+                earlier.status = status;
+            }
+        }
+        None => {
+            out.insert(i, SectionOutput { text, status });
+        }
+    };
     let mut current: Option<(usize, String)> = None;
+    let mut committed = false;
     for line in stdout.lines() {
         if let Some(n) = line
             .strip_prefix(SECTION_MARKER)
             .and_then(|n| n.parse().ok())
         {
             if let Some((i, text)) = current.take() {
-                out.insert(i, SectionOutput { text, status: None });
+                add(i, text, None);
             }
             current = Some((n, String::new()));
         } else if let Some(code) = line.strip_prefix(SECTION_STATUS_MARKER) {
             if let Some((i, text)) = current.take() {
-                let status = code.trim().parse().ok();
-                out.insert(i, SectionOutput { text, status });
+                add(i, text, code.trim().parse().ok());
             }
+        } else if line == NAT_COMMITTED && current.is_none() {
+            committed = true;
         } else if let Some((_, text)) = current.as_mut() {
             text.push_str(line);
             text.push('\n');
         }
     }
     if let Some((i, text)) = current {
-        out.insert(i, SectionOutput { text, status: None });
+        add(i, text, None);
+    }
+    if !committed {
+        for section in out.values_mut() {
+            if section
+                .text
+                .lines()
+                .any(|l| l.starts_with(NAT_QUEUED_MARKER))
+            {
+                section.status = section.status.filter(|s| *s != 0);
+            }
+        }
     }
     out
 }
@@ -701,9 +822,12 @@ pub(crate) mod tests {
         ), "{s}");
         assert!(s.contains("ip route replace \"$lcidr\" via \"$via\" dev eth0 proto 178"));
         assert!(s.contains("ip route replace \"$rcidr\" dev \"$dev\" proto 178"));
-        assert!(s.contains(
-            "$ipt -t nat -I POSTROUTING 1 -d \"$rcidr\" -m comment --comment \"$tag\" -j SNAT --to-source \"$snat\""
-        ), "{s}");
+        assert!(
+            s.contains("want=\"-d $rcidr -m comment --comment $tag -j SNAT --to-source $snat\""),
+            "{s}"
+        );
+        assert!(s.contains("queue \"$ipt\" \"SNAT to $snat for $rcidr\" -I POSTROUTING 1 $want"));
+        assert!(s.contains("\"$f-restore\" --noflush"));
         assert!(s.contains("iptables-legacy -t nat -S INPUT 1"));
         assert!(s.trim_end().ends_with("exit \"$status\""));
     }
@@ -797,6 +921,38 @@ pub(crate) mod tests {
         assert_eq!(s[&1].status, Some(1));
         assert_eq!(s[&1].text, "multivpc: boom\n");
         assert_eq!(s[&2].status, None, "cut off before its end");
+    }
+
+    #[test]
+    fn a_queued_nat_change_finishes_its_section_only_once_written() {
+        let queued = "multivpc-section=0\nchange: SNAT\nmultivpc-nat=0 iptables -I POSTROUTING 1 -d x\n\
+                      multivpc-changes=1\nmultivpc-section-status=0\n\
+                      multivpc-section=1\nmultivpc-changes=0\nmultivpc-section-status=0\n";
+        let cut = sections(queued);
+        assert_eq!(cut[&0].status, None, "the script ended before writing it");
+        assert_eq!(cut[&1].status, Some(0), "nothing queued: finished");
+        let written = sections(&format!("{queued}multivpc-nat-committed\n"));
+        assert_eq!(written[&0].status, Some(0));
+        let failed = sections(&format!(
+            "{queued}multivpc-section=0\nmultivpc: iptables -t nat -I … failed: no\n\
+             multivpc-section-status=1\nmultivpc-nat-committed\n"
+        ));
+        assert_eq!(
+            failed[&0].status,
+            Some(1),
+            "its failure printed as the section again"
+        );
+        assert!(
+            failed[&0].text.contains("change: SNAT"),
+            "{:?}",
+            failed[&0].text
+        );
+        assert!(
+            failed[&0].text.contains("failed: no"),
+            "{:?}",
+            failed[&0].text
+        );
+        assert_eq!(failed[&1].status, Some(0));
     }
 
     #[test]
