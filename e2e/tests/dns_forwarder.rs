@@ -391,10 +391,14 @@ async fn kube_ovn_rewrite_is_repaired_and_steady_state_writes_nothing() {
     .await;
     assert_eq!(env.init_script(&dep).await.matches(&route).count(), 1);
     let repairs = |result: &str| format!("multivpc_dns_route_repairs_total{{result=\"{result}\"}}");
-    assert_eq!(
-        env.ctl.metric(&repairs("repaired")).await.unwrap(),
-        Some(1.0)
-    );
+    // Counted once the controller has the PATCH's answer, which may be after this test saw the
+    // route: waited for, then exactly one.
+    let repaired = env
+        .ctl
+        .wait_metric(&repairs("repaired"), Duration::from_secs(30), |v| v >= 1.0)
+        .await
+        .unwrap();
+    assert_eq!(repaired, 1.0);
 
     // Kube-OVN rewrites it again at once: each repair restarts vpc-dns, so this one waits, and
     // the forward says so instead of claiming Programmed over a missing route.
