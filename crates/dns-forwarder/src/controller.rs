@@ -1,7 +1,11 @@
 //! The VpcDnsForward controller: watches, reconcile, error policy. Decisions live in
 //! [`crate::plan`]; this module only reads the caches and performs the plan's API calls.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -355,16 +359,23 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Context {
     /// Forgets what is kept for forwards deleted without a cleanup this process saw (a
-    /// finalizer removed by hand, a deletion while it was a standby).
+    /// finalizer removed by hand, a deletion while it was a standby), and own writes the cache
+    /// has caught up with.
     fn prune(&self) {
         let forwards = self.stores.forwards.state();
         let keys: std::collections::HashSet<String> = forwards.iter().map(|f| key(f)).collect();
-        let uids: std::collections::HashSet<&str> = forwards
+        let versions: HashMap<&str, &str> = forwards
             .iter()
-            .filter_map(|f| f.metadata.uid.as_deref())
+            .filter_map(|f| {
+                Some((
+                    f.metadata.uid.as_deref()?,
+                    f.metadata.resource_version.as_deref()?,
+                ))
+            })
             .collect();
         self.backoff.retain(|k| keys.contains(k));
-        self.writes.retain(|uid| uids.contains(uid));
+        self.writes
+            .prune(|uid| versions.get(uid).map(|v| (*v).to_owned()));
     }
 }
 

@@ -325,15 +325,22 @@ impl Context {
     }
 
     /// Forgets everything kept for tunnels that are gone (deleted without a cleanup this
-    /// process saw: a finalizer removed by hand, a deletion while it was a standby).
+    /// process saw: a finalizer removed by hand, a deletion while it was a standby), and own
+    /// writes the cache has caught up with.
     fn prune(&self) {
         let tunnels = self.stores.tunnels.state();
         let live: std::collections::HashSet<String> = tunnels.iter().map(|t| key(t)).collect();
-        let uids: std::collections::HashSet<&str> = tunnels
+        let versions: HashMap<&str, &str> = tunnels
             .iter()
-            .filter_map(|t| t.metadata.uid.as_deref())
+            .filter_map(|t| {
+                Some((
+                    t.metadata.uid.as_deref()?,
+                    t.metadata.resource_version.as_deref()?,
+                ))
+            })
             .collect();
-        self.writes.retain(|uid| uids.contains(uid));
+        self.writes
+            .prune(|uid| versions.get(uid).map(|v| (*v).to_owned()));
         self.programmed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
