@@ -654,3 +654,27 @@ fn tempdir() -> String {
     std::fs::create_dir_all(&dir).unwrap();
     dir.to_string_lossy().into_owned()
 }
+
+/// An egress range of one address is printed by `iptables -S` as that address: the text
+/// comparison finds both our rule and the original operator's untagged one in that spelling.
+#[test]
+fn a_one_address_egress_range_is_found_as_iptables_prints_it() {
+    let Some(ns) = Netns::new() else { return };
+    if !ns.has_vxlan() {
+        return;
+    }
+    let mut cfg = crate::script::tests::vxlan();
+    let one: std::net::Ipv4Addr = "242.0.0.5".parse().unwrap();
+    cfg.snat = script::EgressRange::new(one, one).unwrap();
+    let (ok, _, err) = ns.sh(&format!(
+        "{FLAVOUR}; $ipt -t nat -A POSTROUTING -d {} -j SNAT --to-source {one}",
+        cfg.remote_cidr
+    ));
+    assert!(ok, "{err}");
+    assert!(ns.script(&script::converge(&cfg, &Stale::default(), Mode::Converge)) > 0);
+    let state = ns.state();
+    assert_eq!(state.matches("SNAT").count(), 1, "{state}");
+    assert!(state.contains(cfg.tag.as_str()), "{state}");
+    let (_, out, _) = ns.sh(&script::converge(&cfg, &Stale::default(), Mode::Check));
+    assert_eq!(script::change_lines(&out), Vec::<&str>::new(), "{out}");
+}

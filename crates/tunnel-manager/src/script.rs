@@ -329,7 +329,9 @@ queue() {
 delete_tagged() {
   while IFS= read -r r; do
     [ -n "$r" ] || continue
+    set -f
     queue "$ipt" "$1: $r" -D POSTROUTING $r
+    set +f
   done <<MULTIVPC_RULES
 $tagged
 MULTIVPC_RULES
@@ -417,9 +419,12 @@ converge_tunnel() {
   if [ -n "$stale_r" ] && [ -n "$(ip -4 route show exact "$stale_r" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove stale route $stale_r" ip route del "$stale_r" dev "$dev" proto 178; fi
   if [ -n "$stale_l" ] && [ -n "$(ip -4 route show exact "$stale_l" dev eth0 proto 178 2>/dev/null)" ]; then step "remove stale route $stale_l" ip route del "$stale_l" dev eth0 proto 178; fi
   # SNAT: exactly one rule tagged for this tunnel, and it is the wanted one. The text is
-  # compared first; a rule iptables spells otherwise is asked about.
-  want="-d $rcidr -m comment --comment $tag -j SNAT --to-source $snat"
-  case "$tags" in *"$nl$tag 1 "*) case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $snat$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; *) tagged_rules "$tag" ;; esac ;; *) tagged_rules "$tag" ;; esac
+  # compared first, spelt as `iptables -S` prints it (a range of one address as that address);
+  # a rule spelt otherwise is asked about.
+  to=$snat one=${snat%%-*}
+  [ "$one-$one" != "$snat" ] || to=$one
+  want="-d $rcidr -m comment --comment $tag -j SNAT --to-source $to"
+  case "$tags" in *"$nl$tag 1 "*) case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $to$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; *) tagged_rules "$tag" ;; esac ;; *) tagged_rules "$tag" ;; esac
   case "$tagged" in
     "$want") ;;
     *"$nl"*|'') delete_tagged "remove stale SNAT rule"; queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want ;;
@@ -429,7 +434,7 @@ converge_tunnel() {
   esac
   # The original Go operator's untagged rule for the same traffic (adoption), in any flavour.
   for f in $flavours; do
-    case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $snat$nl"*) queue "$f" "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
+    case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $to$nl"*) queue "$f" "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
   done
 }
 # cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR (either route may be empty)
@@ -823,7 +828,7 @@ pub(crate) mod tests {
         assert!(s.contains("ip route replace \"$lcidr\" via \"$via\" dev eth0 proto 178"));
         assert!(s.contains("ip route replace \"$rcidr\" dev \"$dev\" proto 178"));
         assert!(
-            s.contains("want=\"-d $rcidr -m comment --comment $tag -j SNAT --to-source $snat\""),
+            s.contains("want=\"-d $rcidr -m comment --comment $tag -j SNAT --to-source $to\""),
             "{s}"
         );
         assert!(s.contains("queue \"$ipt\" \"SNAT to $snat for $rcidr\" -I POSTROUTING 1 $want"));
