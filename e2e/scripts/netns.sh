@@ -34,6 +34,9 @@ in_vm() {
 }
 vm_hmp() { "$VM_AGENT_BIN" hmp --run-dir "$RUN_DIR" -- "$@"; }
 placement_of() { sed -n 's/^GATEWAY_PLACEMENT=//p' "$(gateway_env "$1" "$2")" 2>/dev/null || true; }
+# in_vm_from_host CLUSTER GW: whether GW lives in the VM and this is the host's side, so the
+# command is carried into the VM.
+in_vm_from_host() { [ "$IN_VM" != 1 ] && [ "$(placement_of "$1" "$2")" = vm ]; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 ensure_ext() {
@@ -238,7 +241,7 @@ YAML
 gateway_reset() {
   local c=$1 gw=$2 envf ns
   envf=$(gateway_env "$c" "$gw"); [ -s "$envf" ] || die "no gateway $gw in $c"
-  if [ "$(placement_of "$c" "$gw")" = vm ] && [ "$IN_VM" != 1 ]; then in_vm gateway-reset "$c" "$gw"; return; fi
+  if in_vm_from_host "$c" "$gw"; then in_vm gateway-reset "$c" "$gw"; return; fi
   # shellcheck disable=SC1090
   ns=$(sed -n 's/^GATEWAY_NETNS=//p' "$envf")
   local gwip; gwip=$(sed -n 's/^EXTERNAL_GATEWAY=//p' "$envf")
@@ -258,14 +261,14 @@ gateway_reset() {
 # lease stops renewing; kube-controller-manager marks the node NotReady after
 # its grace period and the pods on it not Ready. gateway-up starts it again.
 gateway_stop() {
-  if [ "$(placement_of "$1" "$2")" = vm ] && [ "$IN_VM" != 1 ]; then in_vm gateway-stop "$1" "$2"; return; fi
+  if in_vm_from_host "$1" "$2"; then in_vm gateway-stop "$1" "$2"; return; fi
   stop_daemon "$(piddir_of "$1")/kwok-$2.pid"
 }
 
 gateway_down() {
   local c=$1 gw=$2 ns envf piddir
   ns=$(gw_netns "$c" "$gw"); envf=$(gateway_env "$c" "$gw"); piddir=$(piddir_of "$c")
-  if [ "$(placement_of "$c" "$gw")" = vm ] && [ "$IN_VM" != 1 ]; then
+  if in_vm_from_host "$c" "$gw"; then
     local nodeip; nodeip=$(sed -n 's/^NODE_IP=//p' "$envf")
     in_vm gateway-down "$c" "$gw"
     vm_hmp hostfwd_remove n0 "tcp:$nodeip:$KUBELET_PORT" >/dev/null || true

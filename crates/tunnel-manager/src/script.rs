@@ -337,6 +337,14 @@ $tagged
 MULTIVPC_RULES
 }
 set_one() { echo 1 > "$1"; }
+# has_route CIDR ROUTE: whether the route to CIDR reads `CIDR ROUTE …` (`via … dev eth0 proto
+# 178`, `dev … proto 178`): in the prelude's copy, else as `ip` shows it now (another section
+# of this script may have made it since).
+has_route() {
+  case "$routes" in *"$nl$1 $2 "*) return 0 ;; esac
+  case "$(ip -4 route show exact "$1" | tr '\n' ' ') " in *"$2 "*) return 0 ;; esac
+  return 1
+}
 # converge_tunnel MODE DEV gre|vxlan VNI PORT LOCAL_IP REMOTE_IP ADDR LOCAL_CIDR OVN_GW REMOTE_CIDR
 #                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL
 converge_tunnel() {
@@ -404,18 +412,12 @@ converge_tunnel() {
     read -r f < "/sys/class/net/$dev/flags" || fail "cannot read the flags of $dev"
     [ $((f & 1)) = 1 ] || step "set $dev up" ip link set dev "$dev" up
   fi
-  # Routes (looked up again when not found as wanted: another section may have made the route).
-  case "$routes" in *"$nl$lcidr via $via dev eth0 proto 178 "*) ;; *)
-    r="$(ip -4 route show exact "$lcidr" | tr '\n' ' ') "
-    case "$r" in *"via $via dev eth0 proto 178 "*) ;; *) step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178 ;; esac ;;
-  esac
-  case "$made$routes" in
-  0*"$nl$rcidr dev $dev proto 178 "*) ;;
-  1*) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;;
-  *)
-    r="$(ip -4 route show exact "$rcidr" | tr '\n' ' ') "
-    case "$r" in *"dev $dev proto 178 "*) ;; *) [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"; step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178 ;; esac ;;
-  esac
+  # Routes.
+  has_route "$lcidr" "via $via dev eth0 proto 178" || step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178
+  if [ "$made" = 1 ] || ! has_route "$rcidr" "dev $dev proto 178"; then
+    [ "$mode" = check ] || [ -e "/sys/class/net/$dev" ] || fail "device $dev vanished"
+    step "route $rcidr dev $dev" ip route replace "$rcidr" dev "$dev" proto 178
+  fi
   if [ -n "$stale_r" ] && [ -n "$(ip -4 route show exact "$stale_r" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove stale route $stale_r" ip route del "$stale_r" dev "$dev" proto 178; fi
   if [ -n "$stale_l" ] && [ -n "$(ip -4 route show exact "$stale_l" dev eth0 proto 178 2>/dev/null)" ]; then step "remove stale route $stale_l" ip route del "$stale_l" dev eth0 proto 178; fi
   # SNAT: exactly one rule tagged for this tunnel, and it is the wanted one. The text is
@@ -424,14 +426,21 @@ converge_tunnel() {
   to=$snat one=${snat%%-*}
   [ "$one-$one" != "$snat" ] || to=$one
   want="-d $rcidr -m comment --comment $tag -j SNAT --to-source $to"
-  case "$tags" in *"$nl$tag 1 "*) case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $to$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; *) tagged_rules "$tag" ;; esac ;; *) tagged_rules "$tag" ;; esac
-  case "$tagged" in
-    "$want") ;;
-    *"$nl"*|'') delete_tagged "remove stale SNAT rule"; queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want ;;
-    *) if ! $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null; then
-         delete_tagged "remove stale SNAT rule"; queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want
-       fi ;;
+  tagged=
+  case "$tags" in *"$nl$tag 1 "*)
+    case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $to$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; esac ;;
   esac
+  [ "$tagged" = "$want" ] || tagged_rules "$tag"
+  snat_ok=0
+  case "$tagged" in
+    "$want") snat_ok=1 ;;
+    *"$nl"*|'') ;;
+    *) ! $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null || snat_ok=1 ;;
+  esac
+  if [ "$snat_ok" = 0 ]; then
+    delete_tagged "remove stale SNAT rule"
+    queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want
+  fi
   # The original Go operator's untagged rule for the same traffic (adoption), in any flavour.
   for f in $flavours; do
     case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $to$nl"*) queue "$f" "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
