@@ -115,6 +115,12 @@ impl Ipv4Cidr {
         }
     }
 
+    /// The first and last address of this CIDR's network, as numbers.
+    pub fn span(&self) -> (u32, u32) {
+        let first = u32::from(self.addr) & u32::from(self.netmask());
+        (first, first | !u32::from(self.netmask()))
+    }
+
     /// Whether `ip` lies inside this CIDR's network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::from(self.netmask());

@@ -70,19 +70,82 @@ pub struct Snapshot {
     pub tenancy: Tenancy,
     /// What each gateway instance's tunnels claim ([`Snapshot::claims`]), worked out once per
     /// snapshot on first use; leave it empty.
-    pub claims: OnceLock<HashMap<String, Vec<Claim>>>,
+    pub claims: OnceLock<HashMap<String, Claims>>,
 }
 
 /// An admitted tunnel's hold on its gateway instance: its interface name, and its remote CIDR
 /// when that resolves.
 pub type Claim = (Arc<VpcNatTunnel>, Option<Ipv4Cidr>);
 
+/// The claims held on one gateway instance, in precedence order, indexed by interface name and
+/// by remote CIDR so that a tunnel's clash is found in logarithmic time: with 1250 tunnels on
+/// a gateway, comparing each with every one before it took 25 ms per snapshot.
+#[derive(Default, Clone)]
+pub struct Claims {
+    held: Vec<Claim>,
+    by_name: HashMap<String, usize>,
+    /// Held remote CIDRs by first address: (last address, index in `held`). Held CIDRs never
+    /// overlap one another, so these ranges are disjoint.
+    by_cidr: BTreeMap<u32, (u32, usize)>,
+}
+
+impl Claims {
+    /// Admits `candidates` in precedence order, each unless it clashes with one admitted before.
+    fn admit(mut candidates: Vec<Claim>) -> Self {
+        candidates.sort_by(|(a, _), (b, _)| precedence(a).cmp(&precedence(b)));
+        let mut claims = Self::default();
+        for (t, cidr) in candidates {
+            let name = t.name_any();
+            if claims.clash(&name, cidr, usize::MAX).is_none() {
+                let index = claims.held.len();
+                if let Some(cidr) = cidr {
+                    let (first, last) = cidr.span();
+                    claims.by_cidr.insert(first, (last, index));
+                }
+                claims.by_name.insert(name, index);
+                claims.held.push((t, cidr));
+            }
+        }
+        claims
+    }
+
+    /// The earliest held claim before index `before` that interface `name` or remote CIDR
+    /// `cidr` clashes with.
+    fn clash(&self, name: &str, cidr: Option<Ipv4Cidr>, before: usize) -> Option<&Claim> {
+        let by_name = self.by_name.get(name).copied().filter(|i| *i < before);
+        let by_cidr = cidr.and_then(|cidr| {
+            let (first, last) = cidr.span();
+            // Disjoint ranges starting at or below `last`, highest first: they overlap `cidr`
+            // until one ends below `first`.
+            self.by_cidr
+                .range(..=last)
+                .rev()
+                .take_while(|(_, (end, _))| *end >= first)
+                .map(|(_, (_, i))| *i)
+                .filter(|i| *i < before)
+                .min()
+        });
+        let index = match (by_name, by_cidr) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        self.held.get(index)
+    }
+
+    /// How many held claims precede `tunnel` (never counting itself).
+    fn before(&self, tunnel: &VpcNatTunnel) -> usize {
+        let key = precedence(tunnel);
+        self.held
+            .partition_point(|(other, _)| precedence(other) < key)
+    }
+}
+
 impl Snapshot {
-    /// The tunnels holding an interface name or a remote CIDR on gateway instance `instance`, in
-    /// precedence order: each live, admitted tunnel there that clashes with none before it. A
-    /// tunnel's own conflict is then decided by the claims that precede it ([`conflict`]), so
-    /// the whole gateway is worked out once per snapshot instead of once per tunnel.
-    pub fn claims(&self, instance: &str) -> &[Claim] {
+    /// The tunnels holding an interface name or a remote CIDR on gateway instance `instance`:
+    /// each live, admitted tunnel there that clashes with none before it. A tunnel's own
+    /// conflict is then decided by the claims that precede it ([`conflict`]), so the whole
+    /// gateway is worked out once per snapshot instead of once per tunnel.
+    pub fn claims(&self, instance: &str) -> Option<&Claims> {
         self.claims
             .get_or_init(|| {
                 let mut by_instance: HashMap<String, Vec<Claim>> = HashMap::new();
@@ -95,20 +158,12 @@ impl Snapshot {
                             .push((t.clone(), cidr));
                     }
                 }
-                for claims in by_instance.values_mut() {
-                    claims.sort_by_key(|(t, _)| precedence(t));
-                    let mut held: Vec<Claim> = Vec::with_capacity(claims.len());
-                    for (t, cidr) in claims.drain(..) {
-                        if clash(&t, cidr, &held).is_none() {
-                            held.push((t, cidr));
-                        }
-                    }
-                    *claims = held;
-                }
                 by_instance
+                    .into_iter()
+                    .map(|(instance, candidates)| (instance, Claims::admit(candidates)))
+                    .collect()
             })
             .get(instance)
-            .map_or(&[], Vec::as_slice)
     }
 }
 
@@ -371,16 +426,12 @@ fn same_object(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
 }
 
 /// Order of precedence among conflicting tunnels: older first, then namespace/name.
-fn precedence(t: &VpcNatTunnel) -> (Option<jiff::Timestamp>, String, String) {
+fn precedence(t: &VpcNatTunnel) -> (Option<jiff::Timestamp>, &str, &str) {
     (
         t.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        t.namespace().unwrap_or_default(),
-        t.name_any(),
+        t.metadata.namespace.as_deref().unwrap_or_default(),
+        t.metadata.name.as_deref().unwrap_or_default(),
     )
-}
-
-fn precedes(a: &VpcNatTunnel, b: &VpcNatTunnel) -> bool {
-    precedence(a) < precedence(b)
 }
 
 /// The conflict, if any, that refuses `tunnel` on gateway instance `instance`: an earlier
@@ -395,50 +446,30 @@ pub fn conflict(
     remote_cidr: Ipv4Cidr,
     snapshot: &Snapshot,
 ) -> Option<NotReady> {
-    let claims = snapshot.claims(instance);
-    // Claims are in precedence order; those strictly before `tunnel` (never itself) decide.
-    let earlier = &claims[..claims.partition_point(|(other, _)| precedes(other, tunnel))];
+    let claims = snapshot.claims(instance)?;
+    // Claims strictly before `tunnel` (never itself) decide.
+    let (holder, holder_cidr) =
+        claims.clash(&tunnel.name_any(), Some(remote_cidr), claims.before(tunnel))?;
+    let holder = holder.as_ref();
     let name = tunnel.name_any();
-    clash(tunnel, Some(remote_cidr), earlier).map(|(holder, holder_cidr)| {
-        let holder_key = format!(
-            "{}/{}",
-            holder.namespace().unwrap_or_default(),
-            holder.name_any()
-        );
-        match holder_cidr {
-            None => not_ready(
-                reason::INTERFACE_NAME_CONFLICT,
-                format!(
-                    "VpcNatTunnel {holder_key} already uses interface {name} on gateway {instance}"
-                ),
+    let holder_key = format!(
+        "{}/{}",
+        holder.namespace().unwrap_or_default(),
+        holder.name_any()
+    );
+    Some(match holder_cidr {
+        Some(holder_cidr) if holder.name_any() != name => not_ready(
+            reason::REMOTE_CIDR_CONFLICT,
+            format!(
+                "VpcNatTunnel {holder_key} already routes {holder_cidr} (overlapping {remote_cidr}) on gateway {instance}"
             ),
-            Some(holder_cidr) => not_ready(
-                reason::REMOTE_CIDR_CONFLICT,
-                format!(
-                    "VpcNatTunnel {holder_key} already routes {holder_cidr} (overlapping {remote_cidr}) on gateway {instance}"
-                ),
+        ),
+        _ => not_ready(
+            reason::INTERFACE_NAME_CONFLICT,
+            format!(
+                "VpcNatTunnel {holder_key} already uses interface {name} on gateway {instance}"
             ),
-        }
-    })
-}
-
-/// The first of `admitted` that `tunnel` clashes with: by interface name (`None`), or by an
-/// overlapping remote CIDR (`Some(the holder's CIDR)`).
-fn clash<'a>(
-    tunnel: &VpcNatTunnel,
-    cidr: Option<Ipv4Cidr>,
-    admitted: &'a [Claim],
-) -> Option<(&'a VpcNatTunnel, Option<Ipv4Cidr>)> {
-    let name = tunnel.name_any();
-    admitted.iter().find_map(|(holder, holder_cidr)| {
-        let (holder, holder_cidr) = (holder.as_ref(), *holder_cidr);
-        if holder.name_any() == name {
-            return Some((holder, None));
-        }
-        match (cidr, holder_cidr) {
-            (Some(mine), Some(theirs)) if mine.overlaps(&theirs) => Some((holder, Some(theirs))),
-            _ => None,
-        }
+        ),
     })
 }
 
@@ -1250,6 +1281,64 @@ pub(crate) mod tests {
         s.tunnels[0] = Arc::new(gone);
         s.claims.take();
         assert!(resolve(&same_name, &s).is_ok());
+    }
+
+    proptest::proptest! {
+        /// The indexed claims decide as comparing each tunnel with every one admitted before it
+        /// would: the same tunnels held, and the same holder named for every clash.
+        #[test]
+        fn indexed_claims_decide_as_pairwise_comparison(
+            specs in proptest::collection::vec((0u8..6, 0u32..8, 22u8..27, proptest::bool::ANY), 1..40)
+        ) {
+            let candidates: Vec<Claim> = specs
+                .iter()
+                .enumerate()
+                .map(|(i, (name, net, prefix, has_cidr))| {
+                    let t = tunnel("ns1", &format!("vx{name}"), "gw1", "rgw", (i as i64) % 7);
+                    let mut t = (*t).clone();
+                    t.metadata.name = Some(format!("vx{name}"));
+                    t.metadata.namespace = Some(format!("ns{i}"));
+                    let cidr = has_cidr.then(|| {
+                        Ipv4Cidr::new(Ipv4Addr::from(0x6400_0000u32 + net * 512), *prefix)
+                            .unwrap()
+                            .network()
+                    });
+                    (Arc::new(t), cidr)
+                })
+                .collect();
+            let claims = Claims::admit(candidates.clone());
+            let mut sorted = candidates;
+            sorted.sort_by(|(a, _), (b, _)| precedence(a).cmp(&precedence(b)));
+            let pairwise = |t: &VpcNatTunnel, cidr: Option<Ipv4Cidr>, held: &[Claim]| {
+                held.iter()
+                    .position(|(h, hc)| {
+                        h.name_any() == t.name_any()
+                            || matches!((cidr, hc), (Some(a), Some(b)) if a.overlaps(b))
+                    })
+            };
+            let mut held: Vec<Claim> = Vec::new();
+            for (t, cidr) in &sorted {
+                let expected = pairwise(t, *cidr, &held).map(|i| held[i].0.clone());
+                let found = claims
+                    .clash(&t.name_any(), *cidr, claims.before(t))
+                    .map(|(h, _)| h.clone());
+                proptest::prop_assert_eq!(
+                    expected.as_ref().map(|h| key_of(h)),
+                    found.as_ref().map(|h| key_of(h))
+                );
+                if expected.is_none() {
+                    held.push((t.clone(), *cidr));
+                }
+            }
+            proptest::prop_assert_eq!(
+                held.iter().map(|(t, _)| key_of(t)).collect::<Vec<_>>(),
+                claims.held.iter().map(|(t, _)| key_of(t)).collect::<Vec<_>>()
+            );
+        }
+    }
+
+    fn key_of(t: &VpcNatTunnel) -> String {
+        format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
     }
 
     #[test]
