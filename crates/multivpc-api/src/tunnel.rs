@@ -17,6 +17,10 @@ pub const GO_LABEL_VNI: &str = "vid";
 pub const GO_LABEL_VXLAN_PORT: &str = "vx-port";
 /// Largest VXLAN network identifier (24 bits).
 pub const MAX_VNI: u32 = 16_777_215;
+/// Smallest tunnel MTU `spec.mtu` may ask for: what every IPv4 host must accept (RFC 791).
+pub const MIN_MTU: u32 = 576;
+/// Largest tunnel MTU `spec.mtu` may ask for: a jumbo-frame underlay's.
+pub const MAX_MTU: u32 = 9000;
 
 /// Desired state of a tunnel between a local VPC NAT gateway and a remote cluster's gateway.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -75,6 +79,13 @@ pub struct VpcNatTunnelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub dst_port: Option<u16>,
+
+    /// MTU of the tunnel interface, 576 to 9000. Default: the MTU of the gateway's external
+    /// interface (net1) less the encapsulation's overhead (24 bytes for GRE, 50 for VXLAN).
+    /// TCP MSS is clamped to it less 40 in both directions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 576, max = 9000))]
+    pub mtu: Option<u32>,
 }
 
 impl VpcNatTunnel {
@@ -183,6 +194,11 @@ pub struct VpcNatTunnelStatus {
     /// SNAT source range taken from the cluster's Globalnet egress IPs, e.g. 242.0.0.1-242.0.0.8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress_range: Option<String>,
+
+    /// MTU of the tunnel interface as last programmed (`spec.mtu`, or net1's less the
+    /// encapsulation's overhead); TCP MSS is clamped to it less 40.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 
     /// Exactly what was last programmed into the gateway, so that a later change removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

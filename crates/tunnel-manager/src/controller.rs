@@ -814,7 +814,7 @@ async fn program(
         move_out,
         stale,
         step,
-        status,
+        mut status,
         condition,
     } = programming;
     let old = tunnel.status.clone().unwrap_or_default();
@@ -868,6 +868,7 @@ async fn program(
                     );
                 }
             };
+            status.mtu = script::reported_mtu(&out.stdout).or(status.mtu);
             let changes = script::reported_changes(&out.stdout).unwrap_or(0);
             if changes > 0 {
                 let summary = change_summary(&out.stdout);
@@ -925,11 +926,20 @@ async fn program(
                     .verifications
                     .with_label_values(&["drift"])
                     .inc();
-                if let Err(e) = converge().await {
-                    ctx.forget(&k);
-                    return Err(
-                        exec_failed(tunnel, ctx, api, &old, reason::CONVERGE_FAILED, e).await,
-                    );
+                match converge().await {
+                    Ok(out) => status.mtu = script::reported_mtu(&out.stdout).or(status.mtu),
+                    Err(e) => {
+                        ctx.forget(&k);
+                        return Err(exec_failed(
+                            tunnel,
+                            ctx,
+                            api,
+                            &old,
+                            reason::CONVERGE_FAILED,
+                            e,
+                        )
+                        .await);
+                    }
                 }
                 ctx.metrics.repairs.with_label_values(&["drift"]).inc();
                 let summary = change_summary(&out.stdout);
@@ -946,6 +956,7 @@ async fn program(
                 )
                 .await;
             } else {
+                status.mtu = script::reported_mtu(&out.stdout).or(status.mtu);
                 ctx.metrics
                     .verifications
                     .with_label_values(&["in_sync"])

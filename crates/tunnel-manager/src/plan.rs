@@ -152,6 +152,9 @@ pub fn plan(
         remote_globalnet_cidr: Some(cfg.remote_cidr.to_string()),
         ovn_gateway_ip: Some(cfg.ovn_gateway.to_string()),
         egress_range: Some(cfg.snat.to_string()),
+        // A derived MTU is known once the pod's script has read net1 (the executor fills it
+        // in from the script's report); until then, what was last reported.
+        mtu: cfg.mtu.map(|m| m.get()).or(old.mtu),
         applied: Some(applied),
     };
     let mut message = format!(
@@ -321,6 +324,7 @@ mod tests {
                 tunnel_type: TunnelType::Vxlan,
                 vni: None,
                 dst_port: None,
+                mtu: None,
             },
         );
         t.metadata.namespace = Some(ns.into());

@@ -23,7 +23,7 @@ use multivpc_api::{
     tunnel::AppliedTunnel,
 };
 
-use crate::script::{EgressRange, Encap, Port, RuleTag, TunnelConfig, Vni};
+use crate::script::{EgressRange, Encap, Mtu, Port, RuleTag, TunnelConfig, Vni};
 
 /// Reasons of `Ready` (besides the controller's own exec outcomes).
 pub mod reason {
@@ -532,6 +532,13 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
             }
         }
     };
+    // The CRD's schema holds spec.mtu to this range; an object stored before it did is
+    // refused here.
+    let mtu = spec
+        .mtu
+        .map(Mtu::new)
+        .transpose()
+        .map_err(|e| not_ready(reason::INVALID_SPEC, e.to_string()))?;
     let cluster_id = snapshot.cluster_id.as_deref().ok_or_else(|| {
         not_ready(
             reason::CLUSTER_ID_UNKNOWN,
@@ -654,6 +661,7 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
             ovn_gateway,
             remote_cidr,
             snat,
+            mtu,
         },
         note,
     })
@@ -806,6 +814,7 @@ pub(crate) mod tests {
                 tunnel_type: TunnelType::Vxlan,
                 vni: None,
                 dst_port: None,
+                mtu: None,
             },
         );
         t.metadata.namespace = Some(ns.into());

@@ -6,8 +6,9 @@
 //! [`quote`], so no user string ever reaches the shell as code.
 //!
 //! Three scripts share one body:
-//! - **converge** creates or fixes the device, address, routes and the SNAT rule, removes what an
-//!   earlier spec left behind, and prints one `change: …` line per fix;
+//! - **converge** creates or fixes the device (its MTU included), address, routes, the SNAT rule
+//!   and the two TCP MSS clamps, removes what an earlier spec left behind, and prints one
+//!   `change: …` line per fix;
 //! - **check** is the same walk in read-only mode: it only prints the `change: …` lines it would
 //!   act on (the periodic drift verification);
 //! - **cleanup** removes the device, the routes and every rule tagged for the tunnel.
@@ -17,8 +18,8 @@
 //! markers ([`batch`], [`sections`]). Every section ends by printing `multivpc-changes=<n>`; a
 //! failing command stops that section alone with exit status 1 and a `multivpc: …` line.
 //!
-//! The gateway's routes, addresses and nat rules are read once per script (the prelude), and the
-//! sections' nat changes are written together at its end (`commit_nat`): asked per tunnel, `ip`
+//! The gateway's routes, addresses and rules are read once per script (the prelude), and the
+//! sections' rule changes are written together at its end (`commit_rules`): asked per tunnel, `ip`
 //! and `iptables` read whole tables, which made a gateway's cost grow with the square of its
 //! tunnels.
 
@@ -27,7 +28,7 @@ use std::{fmt, net::Ipv4Addr};
 use multivpc_api::{
     TunnelType,
     net::{InterfaceName, Ipv4Cidr},
-    tunnel::MAX_VNI,
+    tunnel::{MAX_MTU, MAX_VNI, MIN_MTU},
 };
 
 /// The gateway pod's interface on the external network (Kube-OVN's `EXTERNAL_INTERFACE`).
@@ -73,6 +74,8 @@ pub enum ValueError {
     Namespace(String),
     #[error("egress range {0}-{1} is reversed")]
     Range(Ipv4Addr, Ipv4Addr),
+    #[error("mtu {0} is outside {MIN_MTU}..={MAX_MTU}")]
+    Mtu(u32),
 }
 
 /// A VXLAN network identifier, 1..=16777215.
@@ -85,6 +88,23 @@ impl Vni {
             Ok(Self(v))
         } else {
             Err(ValueError::Vni(v))
+        }
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A tunnel MTU asked for by `spec.mtu`, 576..=9000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mtu(u32);
+
+impl Mtu {
+    pub fn new(v: u32) -> Result<Self, ValueError> {
+        if (MIN_MTU..=MAX_MTU).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(ValueError::Mtu(v))
         }
     }
     pub fn get(self) -> u32 {
@@ -189,6 +209,15 @@ impl Encap {
             Self::Vxlan { .. } => TunnelType::Vxlan,
         }
     }
+
+    /// Bytes the encapsulation adds to each packet on the underlay: an outer IPv4 header and
+    /// GRE's 4 bytes; or an outer IPv4 header, UDP, VXLAN and the inner Ethernet header.
+    pub fn overhead(&self) -> u32 {
+        match self {
+            Self::Gre => 20 + 4,
+            Self::Vxlan { .. } => 20 + 8 + 8 + 14,
+        }
+    }
 }
 
 /// Everything the converge script programs for one tunnel.
@@ -208,6 +237,8 @@ pub struct TunnelConfig {
     /// `<remote globalnet> dev <device>` and the SNAT destination.
     pub remote_cidr: Ipv4Cidr,
     pub snat: EgressRange,
+    /// `spec.mtu`; `None`: net1's MTU less [`Encap::overhead`], read in the pod.
+    pub mtu: Option<Mtu>,
 }
 
 impl TunnelConfig {
@@ -277,11 +308,15 @@ nl='
 # all found here as wanted runs no command of its own, and only what is not is looked at
 # closely. Asked per tunnel, `ip` and `iptables` read whole tables on every call, and a gateway
 # of 1000 tunnels spent most of its time starting them. Each line ends with a space; `count
-# <dev> <n>` gives the number of addresses of a device and `<tag> <n>` that of nat rules with
-# that comment. The sections queue their nat changes and commit_nat writes them at the end, one
-# iptables-restore per flavour.
+# <dev> <n>` gives the number of addresses of a device and `<tag> <n>` that of rules with that
+# comment (nat POSTROUTING in $tags, mangle FORWARD in $mangle_tags). The sections queue their
+# rule changes and commit_rules writes them at the end, one iptables-restore per flavour and
+# table.
+count_tags() { printf '%s\n' "$1" | awk '{ for (i = 1; i < NF; i++) if ($i == "--comment") { t = $(i + 1); gsub(/"/, "", t); n[t]++ } } END { for (t in n) print t " " n[t] " " }'; }
 nat="$nl$($ipt -t nat -S POSTROUTING)$nl" || fail "cannot list the nat table's POSTROUTING chain ($ipt)"
-tags="$nl$(printf '%s\n' "$nat" | awk '{ for (i = 1; i < NF; i++) if ($i == "--comment") { t = $(i + 1); gsub(/"/, "", t); n[t]++ } } END { for (t in n) print t " " n[t] " " }')$nl"
+tags="$nl$(count_tags "$nat")$nl"
+mangle="$nl$($ipt -t mangle -S FORWARD)$nl" || fail "cannot list the mangle table's FORWARD chain ($ipt)"
+mangle_tags="$nl$(count_tags "$mangle")$nl"
 routes="$nl$(ip -4 route show | sed 's/$/ /')$nl"
 addrs="$nl$(ip -o -4 addr show | awk '{ n[$2]++; print $2 " " $4 " " } END { for (d in n) print "count " d " " n[d] " " }')$nl"
 # Every iptables flavour present is read for the original Go operator's untagged rules (it ran
@@ -296,41 +331,42 @@ for f in "$ipt" iptables iptables-legacy iptables-nft; do
   if [ "$f" = "$ipt" ]; then rules=$nat; else rules=$("$f" -t nat -S POSTROUTING 2>/dev/null) || continue; fi
   untagged="$untagged$(printf '%s\n' "$rules" | awk -v f="$f" '/ -j SNAT / && !/ --comment / { print f " " $0 }')$nl"
 done
-natq=
+ruleq=
 "#;
 
 /// The shell functions each tunnel's part of a script calls, defined once per script: a call is
 /// one short line of quoted values, so one exec carries hundreds of tunnels within the length a
 /// single `sh -c` argument may have.
-const FUNCTIONS: &str = r#"# The POSTROUTING rules tagged $1 in $nat, one per line of $tagged, as `iptables -S` prints them
-# without `-A POSTROUTING` and with the comment unquoted (iptables quotes a comment holding `:`
-# or `/`): each line split into words is that rule's own arguments again, so a rule is deleted
-# by what it matches, never by a line number another writer may have shifted.
+const FUNCTIONS: &str = r#"# tagged_rules TAG RULES CHAIN: the rules tagged TAG in RULES (as `iptables -S CHAIN` printed
+# them), one per line of $tagged, without `-A CHAIN` and with the comment unquoted (iptables
+# quotes a comment holding `:` or `/`): each line split into words is that rule's own arguments
+# again, so a rule is deleted by what it matches, never by a line number another writer may
+# have shifted.
 tagged_rules() {
-  tagged=$(printf '%s\n' "$nat" | awk -v t="$1" '
+  tagged=$(printf '%s\n' "$2" | awk -v t="$1" -v c="$3" '
     { q = index($0, " --comment \"" t "\" "); u = index($0, " --comment " t " ") }
     q || u {
       r = $0
       if (q) r = substr(r, 1, q - 1) " --comment " t " " substr(r, q + length(t) + 14)
-      sub(/^-A POSTROUTING /, "", r)
+      sub("^-A " c " ", "", r)
       print r
     }')
 }
-# queue FLAVOUR DESCRIPTION ARGS...: a change to the nat table, counted and printed as step
-# does, written by commit_nat after the last section.
+# queue FLAVOUR TABLE DESCRIPTION ARGS...: a change to an iptables table, counted and printed
+# as step does, written by commit_rules after the last section.
 queue() {
-  f=$1 d=$2
-  shift 2
+  f=$1 t=$2 d=$3
+  shift 3
   changes=$((changes + 1))
   echo "change: $d"
-  [ "$mode" = check ] || echo "multivpc-nat=$section_no $f $*"
+  [ "$mode" = check ] || echo "multivpc-rule=$section_no $f $t $*"
 }
-# Queues the deletion of each rule of $tagged, as change $1.
+# delete_tagged TABLE CHAIN DESCRIPTION: queues the deletion of each rule of $tagged.
 delete_tagged() {
   while IFS= read -r r; do
     [ -n "$r" ] || continue
     set -f
-    queue "$ipt" "$1: $r" -D POSTROUTING $r
+    queue "$ipt" "$1" "$3: $r" -D "$2" $r
     set +f
   done <<MULTIVPC_RULES
 $tagged
@@ -346,12 +382,18 @@ has_route() {
   return 1
 }
 # converge_tunnel MODE DEV gre|vxlan VNI PORT LOCAL_IP REMOTE_IP ADDR LOCAL_CIDR OVN_GW REMOTE_CIDR
-#                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL
+#                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL MTU OVERHEAD
+# (MTU empty: net1's MTU less OVERHEAD, the encapsulation's bytes.)
 converge_tunnel() {
   mode=$1 dev=$2 encap=$3 vni=$4 port=$5 lip=$6 rip=$7 addr=$8 lcidr=$9
   shift 9
-  via=$1 rcidr=$2 snat=$3 tag=$4 alias=$5 stale_r=$6 stale_l=$7
+  via=$1 rcidr=$2 snat=$3 tag=$4 alias=$5 stale_r=$6 stale_l=$7 mtu=$8 overhead=$9
   [ -e /sys/class/net/net1 ] || fail 'the gateway has no net1 interface'
+  if [ -z "$mtu" ]; then
+    read -r m < /sys/class/net/net1/mtu || fail 'cannot read the MTU of net1'
+    mtu=$((m - overhead))
+  fi
+  echo "multivpc-mtu=$mtu"
   # Kube-OVN v1.12's nat-gateway.sh `init` turns ARP off on net1 and only `add_eip` turns it
   # back on; without ARP the underlay packets cannot reach the peer (docs/tunnel-manager.md).
   read -r f < /sys/class/net/net1/flags || fail 'cannot read the flags of net1'
@@ -411,6 +453,8 @@ converge_tunnel() {
     esac
     read -r f < "/sys/class/net/$dev/flags" || fail "cannot read the flags of $dev"
     [ $((f & 1)) = 1 ] || step "set $dev up" ip link set dev "$dev" up
+    read -r m < "/sys/class/net/$dev/mtu" || fail "cannot read the MTU of $dev"
+    [ "$m" = "$mtu" ] || step "MTU $mtu on $dev (was $m)" ip link set dev "$dev" mtu "$mtu"
   fi
   # Routes.
   has_route "$lcidr" "via $via dev eth0 proto 178" || step "route $lcidr via $via" ip route replace "$lcidr" via "$via" dev eth0 proto 178
@@ -430,7 +474,7 @@ converge_tunnel() {
   case "$tags" in *"$nl$tag 1 "*)
     case "$nat" in *"$nl-A POSTROUTING -d $rcidr -m comment --comment \"$tag\" -j SNAT --to-source $to$nl"*|*"$nl-A POSTROUTING $want$nl"*) tagged=$want ;; esac ;;
   esac
-  [ "$tagged" = "$want" ] || tagged_rules "$tag"
+  [ "$tagged" = "$want" ] || tagged_rules "$tag" "$nat" POSTROUTING
   snat_ok=0
   case "$tagged" in
     "$want") snat_ok=1 ;;
@@ -438,13 +482,33 @@ converge_tunnel() {
     *) ! $ipt -t nat -C POSTROUTING -d "$rcidr" -m comment --comment "$tag" -j SNAT --to-source "$snat" 2>/dev/null || snat_ok=1 ;;
   esac
   if [ "$snat_ok" = 0 ]; then
-    delete_tagged "remove stale SNAT rule"
-    queue "$ipt" "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want
+    delete_tagged nat POSTROUTING "remove stale SNAT rule"
+    queue "$ipt" nat "SNAT to $snat for $rcidr" -I POSTROUTING 1 $want
   fi
   # The original Go operator's untagged rule for the same traffic (adoption), in any flavour.
   for f in $flavours; do
-    case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $to$nl"*) queue "$f" "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
+    case "$untagged" in *"$nl$f -A POSTROUTING -d $rcidr -j SNAT --to-source $to$nl"*) queue "$f" nat "remove untagged SNAT rule ($f)" -D POSTROUTING -d "$rcidr" -j SNAT --to-source "$snat" ;; esac
   done
+  # TCP MSS: SYNs forwarded into and out of the device clamped to what its MTU carries, so a
+  # path that drops ICMP "fragmentation needed" cannot stall TCP. Exactly these two rules.
+  mss=$((mtu - 40))
+  clamp="-p tcp -m tcp --tcp-flags SYN,RST SYN -m comment --comment"
+  clamp_to="-j TCPMSS --set-mss $mss"
+  case "$mangle_tags$mangle" in
+    *"$nl$tag 2 "*"$nl-A FORWARD -i $dev $clamp \"$tag\" $clamp_to$nl"*"$nl-A FORWARD -o $dev $clamp \"$tag\" $clamp_to$nl"*) ;;
+    *"$nl$tag 2 "*"$nl-A FORWARD -o $dev $clamp \"$tag\" $clamp_to$nl"*"$nl-A FORWARD -i $dev $clamp \"$tag\" $clamp_to$nl"*) ;;
+    *)
+      tagged_rules "$tag" "$mangle" FORWARD
+      case "$tagged" in
+        "-i $dev $clamp $tag $clamp_to$nl-o $dev $clamp $tag $clamp_to"|"-o $dev $clamp $tag $clamp_to$nl-i $dev $clamp $tag $clamp_to") ;;
+        *)
+          delete_tagged mangle FORWARD "remove stale MSS rule"
+          set -f
+          queue "$ipt" mangle "clamp TCP MSS to $mss into $dev" -I FORWARD 1 -o "$dev" $clamp "$tag" $clamp_to
+          queue "$ipt" mangle "clamp TCP MSS to $mss out of $dev" -I FORWARD 1 -i "$dev" $clamp "$tag" $clamp_to
+          set +f ;;
+      esac ;;
+  esac
 }
 # cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR (either route may be empty)
 cleanup_tunnel() {
@@ -458,12 +522,14 @@ cleanup_tunnel() {
       *) echo "note: device $dev has no multivpc alias: not ours, left in place" ;;
     esac
   fi
-  tagged_rules "$tag"
-  delete_tagged "remove SNAT rule"
+  tagged_rules "$tag" "$nat" POSTROUTING
+  delete_tagged nat POSTROUTING "remove SNAT rule"
+  tagged_rules "$tag" "$mangle" FORWARD
+  delete_tagged mangle FORWARD "remove MSS rule"
 }
 # section N FUNCTION ARGS...: one tunnel's part, in a subshell (its variables and its failure
 # stay its own), stderr with stdout, between markers the executor splits the output by. Its
-# queued nat changes are kept for commit_nat.
+# queued rule changes are kept for commit_rules.
 section() {
   section_no=$1
   shift
@@ -473,29 +539,31 @@ section() {
   printf '%s\n' "$out"
   echo "multivpc-section-status=$rc"
   [ "$rc" = 0 ] || status=$rc
-  case "$out" in *multivpc-nat=*) natq="$natq$(printf '%s\n' "$out" | sed -n 's/^multivpc-nat=//p')$nl" ;; esac
+  case "$out" in *multivpc-rule=*) ruleq="$ruleq$(printf '%s\n' "$out" | sed -n 's/^multivpc-rule=//p')$nl" ;; esac
 }
-# Writes the queued nat changes: per flavour, all in one iptables-restore (which applies all
-# or nothing); when that fails or there is none, one at a time, each failure its section's
-# (printed as that section again). A section that queued a change counts as finished only once
-# the closing marker is printed.
-commit_nat() {
-  [ -n "$natq" ] || return 0
+# Writes the queued rule changes: per flavour and table, all in one iptables-restore (which
+# applies all or nothing); when that fails or there is none, one at a time, each failure its
+# section's (printed as that section again). A section that queued a change counts as finished
+# only once the closing marker is printed.
+commit_rules() {
+  [ -n "$ruleq" ] || return 0
   for f in $flavours; do
-    lines=$(printf '%s' "$natq" | awk -v f="$f" '$2 == f { $1 = ""; $2 = ""; sub(/^ +/, ""); print }')
-    [ -n "$lines" ] || continue
-    if command -v "$f-restore" >/dev/null 2>&1 && printf '*nat\n%s\nCOMMIT\n' "$lines" | "$f-restore" --noflush 2>/dev/null; then continue; fi
-    while read -r n qf args; do
-      [ "$qf" = "$f" ] || continue
-      set -f
-      if ! err=$("$f" -t nat $args 2>&1); then
-        printf 'multivpc-section=%s\nmultivpc: %s -t nat %s failed: %s\nmultivpc-section-status=1\n' "$n" "$f" "$args" "$err"
-        status=1
-      fi
-      set +f
-    done <<MULTIVPC_NAT
-$natq
-MULTIVPC_NAT
+    for t in nat mangle; do
+      lines=$(printf '%s' "$ruleq" | awk -v f="$f" -v t="$t" '$2 == f && $3 == t { $1 = ""; $2 = ""; $3 = ""; sub(/^ +/, ""); print }')
+      [ -n "$lines" ] || continue
+      if command -v "$f-restore" >/dev/null 2>&1 && printf '*%s\n%s\nCOMMIT\n' "$t" "$lines" | "$f-restore" --noflush 2>/dev/null; then continue; fi
+      while read -r n qf qt args; do
+        [ "$qf" = "$f" ] && [ "$qt" = "$t" ] || continue
+        set -f
+        if ! err=$("$f" -t "$t" $args 2>&1); then
+          printf 'multivpc-section=%s\nmultivpc: %s -t %s %s failed: %s\nmultivpc-section-status=1\n' "$n" "$f" "$t" "$args" "$err"
+          status=1
+        fi
+        set +f
+      done <<MULTIVPC_RULES
+$ruleq
+MULTIVPC_RULES
+    done
   done
 }
 status=0
@@ -539,6 +607,8 @@ impl Call {
             q(cfg.device_alias()),
             opt(stale.remote_cidr.filter(|c| *c != cfg.remote_cidr)),
             opt(stale.local_cidr.filter(|c| *c != cfg.local_cidr)),
+            cfg.mtu.map(|m| q(m.get())).unwrap_or_else(|| "''".into()),
+            q(cfg.encap.overhead()),
         ];
         Self(format!("converge_tunnel {}", words.join(" ")))
     }
@@ -587,7 +657,7 @@ pub fn call_budget() -> usize {
     MAX_ENCODED_SCRIPT - encoded_len(PRELUDE) - encoded_len(FUNCTIONS) - encoded_len(EPILOGUE)
 }
 
-const EPILOGUE: &str = "commit_nat\necho multivpc-nat-committed\nexit \"$status\"\n";
+const EPILOGUE: &str = "commit_rules\necho multivpc-rules-committed\nexit \"$status\"\n";
 
 /// The script running `calls` in order, each as its own section (see [`sections`]). It exits
 /// with the status of the last section that failed (0 when none did); a failure before the
@@ -637,10 +707,13 @@ pub struct SectionOutput {
     pub status: Option<i32>,
 }
 
-/// Marker of a nat change a section queued: `multivpc-nat=<section> <flavour> <arguments>`.
-const NAT_QUEUED_MARKER: &str = "multivpc-nat=";
-/// Line the script prints once the queued nat changes are written (or their failures printed).
-const NAT_COMMITTED: &str = "multivpc-nat-committed";
+/// Marker of a rule change a section queued: `multivpc-rule=<section> <flavour> <table>
+/// <arguments>`.
+const RULE_QUEUED_MARKER: &str = "multivpc-rule=";
+/// Line the script prints once the queued rule changes are written (or their failures printed).
+const RULES_COMMITTED: &str = "multivpc-rules-committed";
+/// Marker of the MTU a converge section gave (or, checking, wants for) the device.
+const MTU_MARKER: &str = "multivpc-mtu=";
 
 /// Splits a script's stdout into its sections' outputs, by section number. A section printed
 /// again (a queued nat change of it that failed) adds its text, and its failure if it had
@@ -674,7 +747,7 @@ pub fn sections(stdout: &str) -> std::collections::BTreeMap<usize, SectionOutput
             if let Some((i, text)) = current.take() {
                 add(i, text, code.trim().parse().ok());
             }
-        } else if line == NAT_COMMITTED && current.is_none() {
+        } else if line == RULES_COMMITTED && current.is_none() {
             committed = true;
         } else if let Some((_, text)) = current.as_mut() {
             text.push_str(line);
@@ -689,13 +762,21 @@ pub fn sections(stdout: &str) -> std::collections::BTreeMap<usize, SectionOutput
             if section
                 .text
                 .lines()
-                .any(|l| l.starts_with(NAT_QUEUED_MARKER))
+                .any(|l| l.starts_with(RULE_QUEUED_MARKER))
             {
                 section.status = section.status.filter(|s| *s != 0);
             }
         }
     }
     out
+}
+
+/// The MTU a converge section gave the device (or, checking, wants for it), if it got that far.
+pub fn reported_mtu(stdout: &str) -> Option<u32> {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(MTU_MARKER))
+        .and_then(|n| n.parse().ok())
 }
 
 /// The number of changes a script reported (`multivpc-changes=<n>`), if it got that far.
@@ -736,6 +817,7 @@ pub(crate) mod tests {
             remote_cidr: "242.1.0.0/16".parse().unwrap(),
             snat: EgressRange::new("242.0.0.1".parse().unwrap(), "242.0.0.8".parse().unwrap())
                 .unwrap(),
+            mtu: None,
         }
     }
 
@@ -827,7 +909,16 @@ pub(crate) mod tests {
             "converge_tunnel 'converge' 'vx1' 'vxlan' '100' '4789' '172.50.1.11' '172.50.2.11' \
              '10.100.0.1/24' '242.0.0.0/16' '10.1.0.1' '242.1.0.0/16' '242.0.0.1-242.0.0.8' \
              'multivpc-tunnel:ns1/vx1' \
-             'multivpc vxlan id=100 local=172.50.1.11 remote=172.50.2.11 dstport=4789 dev=net1' '' ''"
+             'multivpc vxlan id=100 local=172.50.1.11 remote=172.50.2.11 dstport=4789 dev=net1' '' '' \
+             '' '50'"
+        );
+        // spec.mtu, when given, replaces the one derived from net1.
+        let mut fixed = vxlan();
+        fixed.mtu = Some(Mtu::new(1400).unwrap());
+        assert!(
+            Call::converge(&fixed, &Stale::default(), Mode::Converge)
+                .0
+                .ends_with(" '' '' '1400' '50'")
         );
         let s = converge(&vxlan(), &Stale::default(), Mode::Converge);
         assert!(s.contains(&format!("section 0 {}\n", call.0)), "{s}");
@@ -840,7 +931,10 @@ pub(crate) mod tests {
             s.contains("want=\"-d $rcidr -m comment --comment $tag -j SNAT --to-source $to\""),
             "{s}"
         );
-        assert!(s.contains("queue \"$ipt\" \"SNAT to $snat for $rcidr\" -I POSTROUTING 1 $want"));
+        assert!(
+            s.contains("queue \"$ipt\" nat \"SNAT to $snat for $rcidr\" -I POSTROUTING 1 $want")
+        );
+        assert!(s.contains("-j TCPMSS --set-mss $mss"), "{s}");
         assert!(s.contains("\"$f-restore\" --noflush"));
         assert!(s.contains("iptables-legacy -t nat -S INPUT 1"));
         assert!(s.trim_end().ends_with("exit \"$status\""));
@@ -875,7 +969,7 @@ pub(crate) mod tests {
         assert!(
             Call::converge(&cfg, &same, Mode::Converge)
                 .0
-                .ends_with(" '' ''")
+                .ends_with(" '' '' '' '50'")
         );
         let old = Stale {
             remote_cidr: Some("242.9.0.0/16".parse().unwrap()),
@@ -884,7 +978,7 @@ pub(crate) mod tests {
         assert!(
             Call::converge(&cfg, &old, Mode::Converge)
                 .0
-                .ends_with(" '242.9.0.0/16' '242.8.0.0/16'")
+                .ends_with(" '242.9.0.0/16' '242.8.0.0/16' '' '50'")
         );
     }
 
@@ -938,18 +1032,18 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_queued_nat_change_finishes_its_section_only_once_written() {
-        let queued = "multivpc-section=0\nchange: SNAT\nmultivpc-nat=0 iptables -I POSTROUTING 1 -d x\n\
+    fn a_queued_rule_change_finishes_its_section_only_once_written() {
+        let queued = "multivpc-section=0\nchange: SNAT\nmultivpc-rule=0 iptables nat -I POSTROUTING 1 -d x\n\
                       multivpc-changes=1\nmultivpc-section-status=0\n\
                       multivpc-section=1\nmultivpc-changes=0\nmultivpc-section-status=0\n";
         let cut = sections(queued);
         assert_eq!(cut[&0].status, None, "the script ended before writing it");
         assert_eq!(cut[&1].status, Some(0), "nothing queued: finished");
-        let written = sections(&format!("{queued}multivpc-nat-committed\n"));
+        let written = sections(&format!("{queued}multivpc-rules-committed\n"));
         assert_eq!(written[&0].status, Some(0));
         let failed = sections(&format!(
             "{queued}multivpc-section=0\nmultivpc: iptables -t nat -I … failed: no\n\
-             multivpc-section-status=1\nmultivpc-nat-committed\n"
+             multivpc-section-status=1\nmultivpc-rules-committed\n"
         ));
         assert_eq!(
             failed[&0].status,
@@ -1039,6 +1133,7 @@ pub(crate) mod tests {
                 "255.255.255.251".parse().unwrap(),
             )
             .unwrap(),
+            mtu: Some(Mtu::new(MAX_MTU).unwrap()),
         };
         let stale = Stale {
             remote_cidr: Some("255.255.253.0/24".parse().unwrap()),
