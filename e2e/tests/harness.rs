@@ -109,6 +109,16 @@ async fn project_crds_admit_the_seed_yaml_and_refuse_bad_tunnels() {
             tunnel("gre-vni", serde_json::json!({"type": "gre", "vni": 100})),
             "spec.vni",
         ),
+        (
+            "mtu below IPv4's minimum",
+            tunnel("low-mtu", serde_json::json!({"mtu": 575})),
+            "spec.mtu",
+        ),
+        (
+            "mtu above a jumbo frame",
+            tunnel("high-mtu", serde_json::json!({"mtu": 9001})),
+            "spec.mtu",
+        ),
     ];
     for (what, obj, field) in cases {
         let (code, msg) = refusal(what, apply_json(&c, obj).await);

@@ -343,6 +343,22 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
         s1.egress_range,
         Some(format!("{}-{}", egress1[0], egress1[egress1.len() - 1]))
     );
+    // The device's MTU is net1's less VXLAN's 50 bytes, as status reports it (and as the API
+    // server stores it: the pod's net1 MTU is read through the exec path).
+    let mtus = g1
+        .sh(
+            &h,
+            &format!("cat /sys/class/net/net1/mtu /sys/class/net/{dev}/mtu"),
+        )
+        .await
+        .unwrap()
+        .stdout;
+    let mtus: Vec<u32> = mtus
+        .split_whitespace()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    assert_eq!(mtus[1], mtus[0] - 50, "device MTU");
+    assert_eq!(s1.mtu, Some(mtus[1]), "status.mtu");
 
     // Steady state: a reconcile of a programmed tunnel (here woken by a label change) makes no
     // exec and writes nothing (default verification interval on cluster2).

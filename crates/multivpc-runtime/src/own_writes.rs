@@ -63,8 +63,12 @@ impl<K: Resource> OwnWrites<K> {
         }
     }
 
-    /// `written` was returned by a write made on top of `base`.
-    pub fn wrote(&self, base: &K, written: K) -> Arc<K> {
+    /// `written` was returned by a write made on top of `base`. It is kept as the caches it
+    /// stands in for keep objects, without managedFields (`FieldOwners::Dropped`): a server-side
+    /// apply's answer carries every manager's field set, which at 5000 tunnels was most of
+    /// what the kept copies weighed.
+    pub fn wrote(&self, base: &K, mut written: K) -> Arc<K> {
+        written.meta_mut().managed_fields = None;
         let written = Arc::new(written);
         let (Some(uid), Some(before)) = (
             base.meta().uid.clone(),
@@ -182,5 +186,16 @@ mod tests {
         });
         assert_eq!(writes.len(), 1);
         assert_eq!(value(&writes.newest(Arc::new(cm("x", "1", "a")))), "b");
+    }
+
+    #[test]
+    fn a_kept_write_is_kept_without_managed_fields_as_the_cache_keeps_it() {
+        let writes = OwnWrites::default();
+        let mut answer = cm("u", "2", "b");
+        answer.metadata.managed_fields = Some(vec![Default::default()]);
+        writes.wrote(&cm("u", "1", "a"), answer);
+        let kept = writes.newest(Arc::new(cm("u", "1", "a")));
+        assert_eq!(value(&kept), "b");
+        assert_eq!(kept.metadata.managed_fields, None);
     }
 }
