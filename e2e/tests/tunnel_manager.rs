@@ -148,13 +148,21 @@ async fn state(node: &GatewayNode) -> String {
     node.netns_exec(&[
         "sh",
         "-c",
-        &format!("ip -d link show; ip route; {FLAVOUR}; $ipt -t nat -S"),
+        &format!("ip -d link show; ip route; {FLAVOUR}; $ipt -t nat -S; $ipt -t mangle -S FORWARD"),
     ])
     .await
     .unwrap()
     .check()
     .unwrap()
     .stdout
+}
+
+/// Our SNAT rules in a [`state`]: one per tunnel programmed there.
+fn snat_rules(state: &str) -> usize {
+    state
+        .lines()
+        .filter(|l| l.contains("multivpc-tunnel:") && l.contains(" -j SNAT "))
+        .count()
 }
 
 /// Reconciles that ended without error (success or requeue).
@@ -533,6 +541,31 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
         .unwrap();
     wait_metric_at_least(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}", 1.0).await;
     assert_eq!(state(&g1.node).await, before);
+    // So are the SNAT rule and a TCP MSS clamp deleted by hand, each by its match as
+    // `iptables -S` prints it.
+    let tag = format!("multivpc-tunnel:{ns1}/{dev}");
+    netns_exec(
+        &g1.node.netns,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "{FLAVOUR}; for t in nat:POSTROUTING mangle:FORWARD; do \
+                 r=$($ipt -t ${{t%%:*}} -S ${{t#*:}} | grep -F -- '{tag}' | head -n 1); \
+                 [ -n \"$r\" ] || exit 1; eval \"$ipt -t ${{t%%:*}} -D ${{r#-A }}\"; done"
+            ),
+        ],
+    )
+    .await
+    .unwrap()
+    .check()
+    .unwrap();
+    assert_ne!(state(&g1.node).await, before);
+    wait_state(&g1.node, "the SNAT rule and the clamp repaired", |s| {
+        s == before
+    })
+    .await;
+    wait_metric_at_least(&ctl1, "multivpc_tunnel_repairs_total{cause=\"drift\"}", 2.0).await;
 
     // interfaceAddr and vni change (both sides), and the remote endpoint moves: no leftovers.
     apply_tunnel(
@@ -588,7 +621,7 @@ async fn vxlan_pair_carries_traffic_snats_it_and_heals() {
     .await;
     assert!(!moved.contains(&g2.node.external_ip), "{moved}");
     assert!(!moved.contains(&gn2), "old remote CIDR left over:\n{moved}");
-    assert_eq!(moved.matches("multivpc-tunnel:").count(), 1, "{moved}");
+    assert_eq!(snat_rules(&moved), 1, "{moved}");
     apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
     wait_programmed(&t1, &dev, |t| {
         t.status.as_ref().and_then(|s| s.remote_ip.as_deref()) == Some(g2.node.external_ip.as_str())
@@ -1146,7 +1179,7 @@ async fn a_tunnel_refused_after_it_was_programmed_withdraws() {
     let b = wait_reason(&t, "tw-b", "RemoteCidrConflict").await;
     assert_eq!(b.status.unwrap().gateway_pod, None);
     let after = wait_state(&g.node, "tw-b withdrawn", |s| !s.contains("tw-b")).await;
-    assert_eq!(after.matches("multivpc-tunnel:").count(), 1, "{after}");
+    assert_eq!(snat_rules(&after), 1, "{after}");
     assert!(
         after.contains(&format!("multivpc-tunnel:{ns}/tw-a")),
         "{after}"
@@ -1429,7 +1462,7 @@ async fn a_tunnel_manager_acts_again_after_its_api_server_restarts() {
         .await
         .unwrap_or_else(|e| panic!("{e:#}\n{}", ctl.log_tail(40)));
     let inside = wait_state(&g.node, "tr-a withdrawn", |s| !s.contains("tr-a")).await;
-    assert_eq!(inside.matches("multivpc-tunnel:").count(), 1, "{inside}");
+    assert_eq!(snat_rules(&inside), 1, "{inside}");
     assert!(
         inside.contains(&format!("multivpc-tunnel:{ns}/tr-b")),
         "{inside}"
@@ -1529,10 +1562,7 @@ async fn a_frozen_api_server_connection_fails_healthz_until_it_thaws() {
     proxy.restore();
     wait_programmed(&t, "tf-b", |_| true).await;
     wait_healthz(&ctl, 200, Duration::from_secs(60)).await;
-    let inside = wait_state(&g.node, "both tunnels", |s| {
-        s.matches("multivpc-tunnel:").count() == 2
-    })
-    .await;
+    let inside = wait_state(&g.node, "both tunnels", |s| snat_rules(s) == 2).await;
     assert!(
         inside.contains(&format!("multivpc-tunnel:{ns}/tf-b")),
         "{inside}"
@@ -1666,7 +1696,7 @@ async fn a_cut_off_leader_stops_before_the_standby_takes_over() {
     tunnel(2).await;
     wait_programmed(&t, "tl-2", |_| true).await;
     let inside = state(&g.node).await;
-    assert_eq!(inside.matches("multivpc-tunnel:").count(), 3, "{inside}");
+    assert_eq!(snat_rules(&inside), 3, "{inside}");
 
     for i in 0..3 {
         let name = format!("tl-{i}");
