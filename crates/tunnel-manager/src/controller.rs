@@ -398,9 +398,11 @@ impl PeerFacts {
 
 /// Reconciles in flight at most. Unbounded, 5000 tunnels created at once sent 5000 requests
 /// at once: the API server answered everything late (the Lease too, so the leader fenced
-/// itself). Enough for large batches per gateway pod ([`crate::exec`]); a dead gateway's
+/// itself). Each one in flight holds memory, and more make larger batches per gateway pod
+/// ([`crate::exec`]): at 5000 tunnels over 4 gateways, 64 took 163 s and 51 MiB, 128 took
+/// 123 s and 58 MiB, 256 took 110 s and 70 MiB (docs/BENCHMARKS.md). A dead gateway's
 /// tunnels hold their places for one exec timeout at most (its queued calls fail together).
-const MAX_RECONCILES: u16 = 256;
+const MAX_RECONCILES: u16 = 128;
 
 fn key(t: &VpcNatTunnel) -> String {
     format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
