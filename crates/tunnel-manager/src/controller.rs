@@ -923,25 +923,18 @@ async fn program(
                     .await);
                 }
             };
+            // The check reports the MTU the device has or, on drift, the one converge sets.
+            status.mtu = script::reported_mtu(&out.stdout).or(status.mtu);
             if script::reported_changes(&out.stdout).unwrap_or(0) > 0 {
                 ctx.metrics
                     .verifications
                     .with_label_values(&["drift"])
                     .inc();
-                match converge().await {
-                    Ok(out) => status.mtu = script::reported_mtu(&out.stdout).or(status.mtu),
-                    Err(e) => {
-                        ctx.forget(&k);
-                        return Err(exec_failed(
-                            tunnel,
-                            ctx,
-                            api,
-                            &old,
-                            reason::CONVERGE_FAILED,
-                            e,
-                        )
-                        .await);
-                    }
+                if let Err(e) = converge().await {
+                    ctx.forget(&k);
+                    return Err(
+                        exec_failed(tunnel, ctx, api, &old, reason::CONVERGE_FAILED, e).await,
+                    );
                 }
                 ctx.metrics.repairs.with_label_values(&["drift"]).inc();
                 let summary = change_summary(&out.stdout);
@@ -958,7 +951,6 @@ async fn program(
                 )
                 .await;
             } else {
-                status.mtu = script::reported_mtu(&out.stdout).or(status.mtu);
                 ctx.metrics
                     .verifications
                     .with_label_values(&["in_sync"])

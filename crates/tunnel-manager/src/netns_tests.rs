@@ -22,11 +22,8 @@ fn skip(why: &str) {
 struct Netns(String, Option<String>);
 
 impl Netns {
+    /// A stand-in gateway: `eth0` and `net1`, each a veth with its peer inside.
     fn new() -> Option<Self> {
-        if unsafe_euid() != 0 {
-            skip("needs root to create network namespaces");
-            return None;
-        }
         if !run(&[
             "sh",
             "-c",
@@ -37,18 +34,8 @@ impl Netns {
             skip("needs iproute2, iptables and awk on the host (the harness installs them)");
             return None;
         }
-        let name = format!(
-            "tmtest-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        if !run(&["ip", "netns", "add", &name]).0 {
-            skip("`ip netns add` failed");
-            return None;
-        }
-        let ns = Netns(name, None);
+        let ns = Self::bare()?;
         for cmd in [
-            "ip link set lo up",
             "ip link add eth0 type veth peer name eth0p",
             "ip addr add 10.1.0.254/24 dev eth0",
             "ip link set eth0 up",
@@ -58,8 +45,7 @@ impl Netns {
             "ip link set net1 up",
             "ip link set net1p up",
         ] {
-            let (ok, _, err) = ns.sh(cmd);
-            assert!(ok, "{cmd}: {err}");
+            ns.must(cmd);
         }
         Some(ns)
     }

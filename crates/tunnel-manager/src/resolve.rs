@@ -447,11 +447,10 @@ pub fn conflict(
     snapshot: &Snapshot,
 ) -> Option<NotReady> {
     let claims = snapshot.claims(instance)?;
-    // Claims strictly before `tunnel` (never itself) decide.
-    let (holder, holder_cidr) =
-        claims.clash(&tunnel.name_any(), Some(remote_cidr), claims.before(tunnel))?;
-    let holder = holder.as_ref();
     let name = tunnel.name_any();
+    // Claims strictly before `tunnel` (never itself) decide.
+    let (holder, holder_cidr) = claims.clash(&name, Some(remote_cidr), claims.before(tunnel))?;
+    let holder = holder.as_ref();
     let holder_key = format!(
         "{}/{}",
         holder.namespace().unwrap_or_default(),
