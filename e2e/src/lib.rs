@@ -23,6 +23,7 @@ pub mod apply;
 pub mod chart;
 pub mod cli;
 pub mod controllers;
+pub mod dashboard;
 pub mod exec;
 pub mod fixtures;
 pub mod outage;

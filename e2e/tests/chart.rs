@@ -464,6 +464,84 @@ fn shared_templates_are_identical_in_every_subchart() {
     }
 }
 
+#[tokio::test]
+async fn grafana_dashboard_configmap_renders_only_when_enabled() {
+    let Some(bin) = helm_or_skip() else { return };
+    let name = format!("{RELEASE}-grafana-dashboard");
+    let docs = render(&bin, &[true; 3], &[]).await.unwrap();
+    assert!(
+        !docs.iter().any(|d| d["kind"] == "ConfigMap"),
+        "a ConfigMap rendered with the defaults"
+    );
+    let shipped: Value = serde_json::from_str(multivpc_e2e::dashboard::DASHBOARD).unwrap();
+    // No subchart enabled: the template must not lean on their helpers.
+    let docs = render(
+        &bin,
+        &[false; 3],
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.namespace=monitoring",
+            "grafanaDashboard.annotations.grafana_folder=Networking",
+        ],
+    )
+    .await
+    .unwrap();
+    let cm = find(&docs, "ConfigMap", &name);
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    assert_eq!(
+        cm["metadata"]["labels"]["app.kubernetes.io/instance"],
+        RELEASE
+    );
+    assert_eq!(
+        cm["metadata"]["annotations"]["grafana_folder"],
+        "Networking"
+    );
+    let data = cm["data"]["kubeovn-multivpc.json"].as_str().unwrap();
+    let got: Value = serde_json::from_str(data).expect("the ConfigMap's dashboard is JSON");
+    assert_eq!(got, shipped);
+    // Another sidecar label; `--set labelValue=1` is an integer and must still be a string.
+    let docs = render(
+        &bin,
+        &[true; 3],
+        &[
+            "grafanaDashboard.enabled=true",
+            "grafanaDashboard.label=example.com/dashboards",
+            "grafanaDashboard.labelValue=1",
+        ],
+    )
+    .await
+    .unwrap();
+    let cm = find(&docs, "ConfigMap", &name);
+    assert_eq!(cm["metadata"]["namespace"], NAMESPACE);
+    assert_eq!(cm["metadata"]["labels"]["example.com/dashboards"], "1");
+    assert!(cm["metadata"]["labels"].get("grafana_dashboard").is_none());
+    let chart = chart_dir();
+    helm(
+        &bin,
+        &[
+            "lint",
+            "--strict",
+            &chart,
+            "--set",
+            "grafanaDashboard.enabled=true",
+        ],
+    )
+    .await
+    .unwrap();
+    for (bad, says) in [
+        ("grafanaDashboard.enable=true", "enable"),
+        ("grafanaDashboard.label=not a label", "label"),
+        ("grafanaDashboard.namespace=Monitoring", "namespace"),
+    ] {
+        let err = render(&bin, &[true; 3], &[bad])
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad} was accepted"));
+        assert!(err.contains("schema") && err.contains(says), "{bad}: {err}");
+    }
+}
+
 async fn deployment(c: &Client, ns: &str, name: &str) -> Deployment {
     Api::<Deployment>::namespaced(c.clone(), ns)
         .get(name)
