@@ -26,6 +26,10 @@ pub fn chart_args(binary: &str, cluster: &str) -> Vec<String> {
                 "--verify-interval=5m",
                 "--exec-timeout=30s",
                 "--max-concurrent-execs=8",
+                "--probe-interval=2s",
+                "--probe-timeout=1s",
+                "--probe-failure-threshold=3",
+                "--probe-recovery-threshold=2",
             ]
             .map(String::from),
         ),

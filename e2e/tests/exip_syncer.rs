@@ -770,6 +770,174 @@ async fn failover_end_to_end_moves_both_tunnel_ends_and_the_ping_resumes() {
     let _ = vpcs.delete(&vpc, &DeleteParams::default()).await;
 }
 
+/// The `Healthy` condition of a tunnel, when observed for its generation.
+fn healthy(t: &VpcNatTunnel) -> Option<(String, String)> {
+    let s = t.status.as_ref()?;
+    conditions::find(&s.conditions, conditions::HEALTHY)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Events of `reason` about tunnel `name` in `ns`.
+async fn tunnel_events(c: &Client, ns: &str, name: &str, reason: &str) -> usize {
+    let events: Api<Event> = Api::namespaced(c.clone(), ns);
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .count()
+}
+
+/// The whole path of the health probes: each exip-syncer publishes its Ready tunnel's address
+/// in its gateway's GatewayExIp, the broker carries it to the other cluster, and each
+/// tunnel-manager pings the far end's address through its tunnel. Healthy turns False when the
+/// far end's device goes down (with an event) and True again when it comes back.
+#[tokio::test]
+async fn tunnel_health_follows_the_far_end_through_the_published_addresses() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let _tm = env.h.exclusive("tunnel-manager").await.unwrap();
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let (vpc1, vpc2) = (Harness::unique_name("hvpc"), Harness::unique_name("hvpc"));
+    let (p, r) = tokio::join!(
+        new_gateway(h, C1, "hp", &vpc1),
+        new_gateway(h, C2, "hr", &vpc2),
+    );
+    let (p_name, r_name) = (
+        format!("{}-{C1}", p.spec.name),
+        format!("{}-{C2}", r.spec.name),
+    );
+    wait_exip(&exips(&c2), &p_name, ext_ip(&p.node.external_ip)).await;
+    wait_exip(&exips(&c1), &r_name, ext_ip(&r.node.external_ip)).await;
+
+    let (pair, _) = TunnelPair::up(h, "hlt", (&p.spec.name, &r.spec.name), 252).await;
+    let [t1, t2] = &pair.apis;
+    let dev = pair.dev.clone();
+    // Each side's address reaches the other cluster, as exip-syncer imported it.
+    let published = |gw: &str, cluster: &str, addr: &str| {
+        let (gw, cluster, addr) = (gw.to_owned(), cluster.to_owned(), addr.to_owned());
+        move |e: &GatewayExIp| {
+            e.spec.tunnels.iter().any(|t| {
+                t.gateway_name == gw && t.cluster_id == cluster && t.interface_addr == addr
+            })
+        }
+    };
+    wait_exip(
+        &exips(&c2),
+        &p_name,
+        published(&r.spec.name, C2, "10.252.0.1/24"),
+    )
+    .await;
+    wait_exip(
+        &exips(&c1),
+        &r_name,
+        published(&p.spec.name, C1, "10.252.0.2/24"),
+    )
+    .await;
+
+    let is = |status: &'static str, reason: &'static str| {
+        move |t: &VpcNatTunnel| healthy(t).is_some_and(|(s, r)| s == status && r == reason)
+    };
+    let up = wait_for_object(t1, &dev, CONVERGE, is("True", "Answering"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[0].log_tail(30)));
+    wait_for_object(t2, &dev, CONVERGE, is("True", "Answering"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[1].log_tail(30)));
+    let health = up.status.unwrap().health.expect("status.health");
+    assert_eq!(health.target, "10.252.0.2");
+    assert!(health.rtt.is_some(), "{health:?}");
+    let metrics = pair.managers[0].metrics_text().await.unwrap();
+    let connected = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("multivpc_connections{")
+                && l.contains(&format!("tunnel=\"{}/{dev}\"", pair.namespaces[0]))
+        })
+        .unwrap_or_else(|| panic!("no connection series:\n{metrics}"));
+    assert!(
+        connected.contains("status=\"connected\"")
+            && connected.contains("cable_driver=\"vxlan\"")
+            && connected.contains(&format!("remote_cluster=\"{C2}\""))
+            && connected.ends_with(" 1"),
+        "{connected}"
+    );
+    assert!(
+        metrics.contains("multivpc_connection_latency_seconds{"),
+        "{metrics}"
+    );
+    // Every metric the chart's Grafana dashboard queries is served by the running binaries
+    // (tunnel-manager with a probed tunnel, exip-syncer with the broker connected).
+    let served = format!(
+        "{metrics}\n{}",
+        env.syncers[0].metrics_text().await.unwrap()
+    );
+    let missing: Vec<String> =
+        multivpc_e2e::dashboard::metric_names(multivpc_e2e::dashboard::DASHBOARD)
+            .unwrap()
+            .into_iter()
+            .filter(|name| !multivpc_e2e::dashboard::served(&served, name))
+            .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics nobody serves: {missing:?}"
+    );
+
+    // The far end's device goes down: cluster1's probes go unanswered.
+    let down = std::time::Instant::now();
+    r.sh(h, &format!("ip link set {dev} down")).await.unwrap();
+    let unhealthy = wait_for_object(t1, &dev, CONVERGE, is("False", "NotAnswering"))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[0].log_tail(30)));
+    eprintln!(
+        "Healthy=False {:?} after the far end's device went down (bound: 3 probes at 2 s + 1 s + an exec)",
+        down.elapsed()
+    );
+    // Ready stays about programming: the tunnel is still programmed, it only carries nothing.
+    assert!(programmed(&unhealthy), "{:?}", unhealthy.status);
+    let loss = unhealthy.status.unwrap().health.unwrap().loss_percent;
+    assert!(loss > 0, "{loss}");
+    wait_for("a TunnelUnhealthy event", CONVERGE, || async {
+        let n = tunnel_events(&c1, &pair.namespaces[0], &dev, "TunnelUnhealthy").await;
+        Ok(if n >= 1 {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{n} events"))
+        })
+    })
+    .await
+    .unwrap();
+
+    // Back up: healthy again, with an event.
+    let back = std::time::Instant::now();
+    r.sh(h, &format!("ip link set {dev} up")).await.unwrap();
+    wait_for_object(t1, &dev, CONVERGE, is("True", "Answering"))
+        .await
+        .unwrap();
+    eprintln!("Healthy=True {:?} after it came back", back.elapsed());
+    wait_for("a TunnelHealthy event", CONVERGE, || async {
+        let n = tunnel_events(&c1, &pair.namespaces[0], &dev, "TunnelHealthy").await;
+        Ok(if n >= 1 {
+            Check::Done(())
+        } else {
+            Check::Pending(format!("{n} events"))
+        })
+    })
+    .await
+    .unwrap();
+
+    pair.down(h).await;
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&p), h.delete_nat_gateway(&r));
+    x.unwrap();
+    y.unwrap();
+}
+
 // ------------------------------------------------------------------ one gateway model
 
 /// Since Kube-OVN v1.14 net1's NAD comes from the external Subnet's `spec.provider`, so the
@@ -845,6 +1013,7 @@ fn forged(name: &str, origin: &str, gateway: &str, ip: &str, cidr: &str) -> Gate
         multivpc_api::GatewayExIpSpec {
             externalip: ip.into(),
             globalnetcidr: cidr.into(),
+            ..Default::default()
         },
     );
     o.metadata.namespace = Some(BROKER_NS.into());

@@ -681,7 +681,7 @@ async fn write_status(
     }
     let changed_reason = old_ready.is_none_or(|c| c.reason != plan.condition.reason);
     if changed_reason {
-        let kind = if plan.condition.status {
+        let kind = if plan.condition.status.is_true() {
             EventType::Normal
         } else {
             EventType::Warning

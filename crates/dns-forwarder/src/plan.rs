@@ -567,7 +567,7 @@ mod tests {
         let f = forward("ns1", "dns-1", "vpc1");
         s.forwards.push(f.clone());
         let p = plan(&f, &s, false);
-        assert!(p.condition.status, "{:?}", p.condition);
+        assert!(p.condition.status.is_true(), "{:?}", p.condition);
         assert_eq!(p.vpc_dns, ["dns1"], "inactive VpcDns ignored");
         assert_eq!(p.deployments, ["vpc-dns-dns1"]);
         assert_eq!(p.edits.len(), 1);
@@ -587,7 +587,7 @@ mod tests {
         let f = forward("ns1", "dns-1", "vpc1");
         s.forwards.push(f.clone());
         let p = plan(&f, &s, false);
-        assert!(p.condition.status, "{:?}", p.condition);
+        assert!(p.condition.status.is_true(), "{:?}", p.condition);
         assert_eq!(p.vpc_dns, ["dns1"]);
         assert_eq!(p.deployments, ["vpc-dns-dns1"]);
         // While none of the VPC's active VpcDns has a Deployment, the forward waits for them.
@@ -634,7 +634,7 @@ mod tests {
             CorefileSource::Found(Arc::new(own.clone())),
         );
         let p = plan(&f2, &s, false);
-        assert!(p.condition.status, "{:?}", p.condition);
+        assert!(p.condition.status.is_true(), "{:?}", p.condition);
         let edit = only_edit(&p);
         assert_eq!(edit.configmap, "vpc2-corefile");
         assert_eq!(edit.resource_version.as_deref(), Some("8"));
@@ -786,7 +786,7 @@ mod tests {
 
         // Tenancy "any": administrators alone create forwards.
         s.tenancy = Tenancy::Any;
-        assert!(plan(&outsider, &s, false).condition.status);
+        assert!(plan(&outsider, &s, false).condition.status.is_true());
     }
 
     #[test]
@@ -880,6 +880,6 @@ mod tests {
         s.forwards = vec![f.clone()];
         let p = plan(&f, &s, false);
         assert!(p.edits.is_empty() && p.corefiles.is_empty());
-        assert!(p.condition.status);
+        assert!(p.condition.status.is_true());
     }
 }

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     controller::{MANAGER, Stores},
     metrics::SyncerMetrics,
+    pruning,
     sync::{self, Direction, Op},
     trust::ImportPolicy,
 };
@@ -441,6 +442,7 @@ pub async fn run(
     globalnet_flag: Option<String>,
     local_caches: CacheSync,
     sync_notify: Arc<Notify>,
+    servers: pruning::Servers,
     metrics: SyncerMetrics,
     watch_metrics: WatchMetrics,
     shutdown: CancellationToken,
@@ -517,6 +519,10 @@ pub async fn run(
             &local_objects,
             &broker,
             &policy,
+            sync::Kept {
+                local: servers.local.kept(),
+                broker: servers.broker.kept(),
+            },
         );
         // Logged and counted once per object version, not on every pass; forgotten once
         // resolved.
@@ -593,19 +599,37 @@ pub async fn run(
         let local_api: Api<GatewayExIp> = Api::namespaced(local_client.clone(), &local_ns);
         let mut failed = false;
         let mut unauthorized = false;
-        for (direction, ops, api) in [
-            (Direction::ToBroker, &plan.to_broker, &broker_api),
-            (Direction::FromBroker, &plan.from_broker, &local_api),
+        for (direction, ops, api, kept) in [
+            (
+                Direction::ToBroker,
+                &plan.to_broker,
+                &broker_api,
+                &servers.broker,
+            ),
+            (
+                Direction::FromBroker,
+                &plan.from_broker,
+                &local_api,
+                &servers.local,
+            ),
         ] {
             for op in ops {
                 let result = execute(api, op).await;
+                if let (Ok(Some(stored)), Op::Apply(sent) | Op::Create(sent)) = (&result, op)
+                    && kept.observe(sent, stored)
+                {
+                    crate::controller::warn_tunnels_dropped(match direction {
+                        Direction::ToBroker => "the broker's",
+                        Direction::FromBroker => "this cluster's",
+                    });
+                }
                 let label = if result.is_ok() { "success" } else { "error" };
                 metrics
                     .broker_sync
                     .with_label_values(&[direction.label(), label])
                     .inc();
                 match result {
-                    Ok(()) => tracing::info!(
+                    Ok(_) => tracing::info!(
                         direction = direction.label(),
                         op = describe(op),
                         "synced GatewayExIp"
@@ -649,30 +673,30 @@ fn describe(op: &Op) -> String {
     }
 }
 
-async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<(), kube::Error> {
+/// Runs `op`; what the server stored, for a create or an apply.
+async fn execute(api: &Api<GatewayExIp>, op: &Op) -> Result<Option<GatewayExIp>, kube::Error> {
     match op {
         Op::Create(obj) => {
             let params = PostParams {
                 field_manager: Some(MANAGER.into()),
                 ..Default::default()
             };
-            api.create(&params, obj).await?;
+            api.create(&params, obj).await.map(Some)
         }
-        Op::Apply(obj) => {
-            api.patch(
+        Op::Apply(obj) => api
+            .patch(
                 &obj.name_any(),
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(obj),
             )
-            .await?;
-        }
+            .await
+            .map(Some),
         Op::Delete { name, .. } => match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(err) => return Err(err),
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+            Err(err) => Err(err),
         },
     }
-    Ok(())
 }
 
 /// A watch of the broker namespace's `K`s that skips objects that do not decode; `cache` names

@@ -24,7 +24,7 @@ use kube::{
     },
 };
 use multivpc_api::{
-    GatewayExIp,
+    GatewayExIp, VpcNatTunnel,
     foreign::{
         kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, SERVICE_DISCOVERY_NAME, SUBMARINER_NAMESPACE, ServiceDiscovery},
@@ -47,7 +47,7 @@ use crate::{
     broker::{self, BrokerSettings},
     failover::{self, Health, MoveKind, Policy, RouteMove, VpcRoutes},
     metrics::SyncerMetrics,
-    model, publish,
+    model, pruning, publish,
 };
 
 /// Field manager, event reporter and log name.
@@ -87,6 +87,8 @@ pub struct Stores {
     pub clusters: Option<Store<Cluster>>,
     pub subnets: Store<Subnet>,
     pub exips: Store<GatewayExIp>,
+    /// VpcNatTunnels: the addresses each gateway publishes for its far ends' probes.
+    pub tunnels: Store<VpcNatTunnel>,
 }
 
 impl Stores {
@@ -143,6 +145,8 @@ struct Context {
     stranded: BTreeSet<(String, String)>,
     /// The missing Globalnet CIDR was reported (once per absence, not on every pass).
     warned_no_globalnet: bool,
+    /// Whether this cluster's API server keeps `spec.tunnels` (an old CRD drops it).
+    servers: pruning::Servers,
 }
 
 /// Reads the cluster ID from Submariner's ServiceDiscovery, retrying until it is there.
@@ -275,6 +279,16 @@ pub async fn run(
         &watch_metrics,
     );
     streams.push(s.boxed());
+    // Only a tunnel's spec and Ready condition matter here, but every status write of
+    // tunnel-manager arrives too: the debounced pass absorbs them and writes nothing new.
+    let (tunnels, s) = reflect(
+        Api::<Decoded<VpcNatTunnel>>::all(client.clone()),
+        watcher::Config::default(),
+        vec![local.clone()],
+        &caches,
+        &watch_metrics,
+    );
+    streams.push(s.boxed());
     let stores = Stores {
         gateways,
         pods,
@@ -282,7 +296,9 @@ pub async fn run(
         clusters,
         subnets,
         exips,
+        tunnels,
     };
+    let servers = pruning::Servers::default();
 
     let watches = tokio::spawn(futures::stream::select_all(streams).for_each(|_| async {}));
 
@@ -304,6 +320,7 @@ pub async fn run(
         settings.globalnet_cidr.clone(),
         caches.clone(),
         sync,
+        servers.clone(),
         metrics.clone(),
         watch_metrics.clone(),
         shutdown.clone(),
@@ -319,6 +336,7 @@ pub async fn run(
         health: HashMap::new(),
         stranded: BTreeSet::new(),
         warned_no_globalnet: false,
+        servers,
     };
     let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut next: Option<tokio::time::Instant> = None;
@@ -499,6 +517,11 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
             ctx.cluster_id
         );
     }
+    let tunnels = if ctx.servers.local.kept() {
+        model::tunnel_addresses(&ctx.stores.tunnels.state())
+    } else {
+        BTreeMap::new()
+    };
     let ops = publish::plan(&publish::Inputs {
         cluster_id: &ctx.cluster_id,
         namespace: &ns,
@@ -507,6 +530,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         moves: &applied,
         existing: &existing,
         globalnet_cidr: globalnet.as_deref(),
+        tunnels: &tunnels,
     });
     let api: Api<GatewayExIp> = Api::namespaced(ctx.client.clone(), &ns);
     let mut published = existing
@@ -517,12 +541,16 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         match op {
             publish::Op::Apply { object, created } => {
                 let name = object.name_any();
-                api.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&object),
-                )
-                .await?;
+                let stored = api
+                    .patch(
+                        &name,
+                        &PatchParams::apply(MANAGER).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+                if ctx.servers.local.observe(&object, &stored) {
+                    warn_tunnels_dropped("this cluster's");
+                }
                 if created {
                     published += 1;
                 }
@@ -564,6 +592,16 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         Some(err) => Err(err),
         None => Ok(decisions.next_check),
     }
+}
+
+/// Says once that an API server's GatewayExIp CRD predates `spec.tunnels`.
+pub fn warn_tunnels_dropped(whose: &str) {
+    tracing::warn!(
+        retry_in = ?pruning::RETRY_AFTER,
+        "{whose} API server dropped spec.tunnels from a GatewayExIp: its CRD predates the field \
+         (Helm does not upgrade CRDs; apply the chart's crds/). Publishing without tunnel \
+         addresses meanwhile, so the far ends cannot probe these tunnels (Healthy=Unknown)"
+    );
 }
 
 fn kind_label(kind: MoveKind) -> &'static str {

@@ -6,6 +6,7 @@ mod controller;
 mod failover;
 mod metrics;
 mod model;
+mod pruning;
 mod publish;
 mod sync;
 mod trust;

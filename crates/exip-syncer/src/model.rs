@@ -6,8 +6,11 @@ use std::{borrow::Borrow, collections::BTreeMap, net::Ipv4Addr};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use multivpc_api::{
+    TunnelAddress, VpcNatTunnel, conditions,
+    exip::MAX_TUNNEL_ADDRESSES,
     foreign::kubeovn::VpcNatGateway,
     gateway::{KubeOvn, external_ip, pod_ready},
+    net::Ipv4Cidr,
 };
 
 /// One VPC NAT gateway and the state of its pod.
@@ -60,6 +63,63 @@ pub fn gateways(
                 name: name.clone(),
             };
             (name, gateway)
+        })
+        .collect()
+}
+
+/// The tunnel addresses each gateway (by `natGwDp`) publishes: those of its live tunnels that
+/// tunnel-manager programmed (Ready=True: it checked tenancy and conflicts first), one per far
+/// end (the earliest created when several name the same one), in order, at most
+/// [`MAX_TUNNEL_ADDRESSES`].
+pub fn tunnel_addresses(
+    tunnels: &[impl Borrow<VpcNatTunnel>],
+) -> BTreeMap<String, Vec<TunnelAddress>> {
+    let mut live: Vec<&VpcNatTunnel> = tunnels
+        .iter()
+        .map(Borrow::borrow)
+        .filter(|t| t.metadata.deletion_timestamp.is_none())
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY))
+        })
+        .filter(|t| {
+            t.spec
+                .interface_addr
+                .parse::<Ipv4Cidr>()
+                .is_ok_and(|c| c.require_host().is_ok())
+        })
+        .collect();
+    live.sort_by_key(|t| {
+        (
+            t.metadata.creation_timestamp.clone().map(|c| c.0),
+            t.namespace(),
+            t.name_any(),
+        )
+    });
+    let mut by_gateway: BTreeMap<String, BTreeMap<(String, String), String>> = BTreeMap::new();
+    for t in live {
+        by_gateway
+            .entry(t.spec.nat_gw_dp.clone())
+            .or_default()
+            .entry((t.spec.cluster_id.clone(), t.spec.gateway_name.clone()))
+            .or_insert_with(|| t.spec.interface_addr.clone());
+    }
+    by_gateway
+        .into_iter()
+        .map(|(gw, ends)| {
+            let list = ends
+                .into_iter()
+                .take(MAX_TUNNEL_ADDRESSES)
+                .map(
+                    |((cluster_id, gateway_name), interface_addr)| TunnelAddress {
+                        cluster_id,
+                        gateway_name,
+                        interface_addr,
+                    },
+                )
+                .collect();
+            (gw, list)
         })
         .collect()
 }
@@ -159,5 +219,65 @@ pub(crate) mod tests {
         let m = gateways(&gws, &pods, &KubeOvn::default());
         assert!(!m["a"].ready);
         assert!(m["b"].ready && !m["b"].available(), "no external IP yet");
+    }
+
+    #[test]
+    fn published_addresses_are_the_programmed_tunnels_one_per_far_end() {
+        use multivpc_api::{VpcNatTunnelSpec, VpcNatTunnelStatus};
+        let tunnel = |name: &str, gw: &str, to: (&str, &str), addr: &str, ready: bool, age: i64| {
+            let mut t = VpcNatTunnel::new(
+                name,
+                VpcNatTunnelSpec {
+                    cluster_id: to.0.into(),
+                    gateway_name: to.1.into(),
+                    interface_addr: addr.into(),
+                    nat_gw_dp: gw.into(),
+                    tunnel_type: Default::default(),
+                    vni: None,
+                    dst_port: None,
+                    mtu: None,
+                },
+            );
+            t.metadata.namespace = Some("ns".into());
+            t.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(1_700_000_000 + age).unwrap(),
+                ));
+            t.status = Some(VpcNatTunnelStatus {
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    reason: "Programmed".into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                }],
+                ..Default::default()
+            });
+            t
+        };
+        let mut deleting = tunnel("gone", "gw1", ("c4", "gw1"), "10.104.0.1/24", true, 0);
+        deleting.metadata.deletion_timestamp = deleting.metadata.creation_timestamp.clone();
+        let tunnels = vec![
+            tunnel("b", "gw1", ("c2", "gw1"), "10.100.0.1/24", true, 2),
+            tunnel("a", "gw1", ("c2", "gw1"), "10.101.0.1/24", true, 1),
+            tunnel("c", "gw1", ("c3", "gw9"), "10.102.0.1/24", false, 0),
+            tunnel("d", "gw2", ("c2", "gw1"), "10.103.0.1/24", true, 0),
+            tunnel("e", "gw2", ("c5", "gw1"), "10.105.0.0/24", true, 0),
+            deleting,
+        ];
+        let by_gw = tunnel_addresses(&tunnels);
+        let addr = |gw: &str| -> Vec<(String, String)> {
+            by_gw[gw]
+                .iter()
+                .map(|a| (a.cluster_id.clone(), a.interface_addr.clone()))
+                .collect()
+        };
+        // The earliest of two toward the same far end; unready, deleting and network
+        // addresses left out.
+        assert_eq!(addr("gw1"), vec![("c2".into(), "10.101.0.1/24".into())]);
+        assert_eq!(addr("gw2"), vec![("c2".into(), "10.103.0.1/24".into())]);
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use kube::{ResourceExt, api::ObjectMeta};
 use multivpc_api::{
-    GatewayExIp, GatewayExIpSpec,
+    GatewayExIp, GatewayExIpSpec, TunnelAddress,
     keys::{LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY, LABEL_VPC, gateway_exip_name},
 };
 
@@ -39,6 +39,8 @@ pub struct Inputs<'a> {
     pub existing: &'a [GatewayExIp],
     /// The cluster's Globalnet CIDR, when known.
     pub globalnet_cidr: Option<&'a str>,
+    /// The tunnel addresses to publish, by gateway ([`crate::model::tunnel_addresses`]).
+    pub tunnels: &'a BTreeMap<String, Vec<TunnelAddress>>,
 }
 
 /// The object `gw` should be published as, `None` when it cannot be (yet).
@@ -88,6 +90,7 @@ fn desired(inputs: &Inputs, gw: &Gateway, existing: Option<&GatewayExIp>) -> Opt
         spec: GatewayExIpSpec {
             externalip,
             globalnetcidr,
+            tunnels: inputs.tunnels.get(&gw.name).cloned().unwrap_or_default(),
         },
     })
 }
@@ -163,6 +166,7 @@ mod tests {
             spec: GatewayExIpSpec {
                 externalip: ip.into(),
                 globalnetcidr: "242.1.0.0/16".into(),
+                ..Default::default()
             },
         }
     }
@@ -194,7 +198,41 @@ mod tests {
             moves,
             existing,
             globalnet_cidr: Some("242.1.0.0/16"),
+            tunnels: &NO_TUNNELS,
         }
+    }
+
+    static NO_TUNNELS: BTreeMap<String, Vec<TunnelAddress>> = BTreeMap::new();
+
+    #[test]
+    fn tunnel_addresses_are_published_and_their_change_rewrites() {
+        let g = gws(vec![gw("p", "v1", "10.1.0.254", Some("172.50.0.2"))]);
+        let addresses: BTreeMap<String, Vec<TunnelAddress>> = [(
+            "p".to_string(),
+            vec![TunnelAddress {
+                cluster_id: "c2".into(),
+                gateway_name: "gw1".into(),
+                interface_addr: "10.100.0.1/24".into(),
+            }],
+        )]
+        .into();
+        let with = |existing: &[GatewayExIp]| {
+            plan(&Inputs {
+                tunnels: &addresses,
+                ..inputs(&g, &[], &[], existing)
+            })
+        };
+        let ops = with(&[]);
+        let [Op::Apply { object, .. }] = ops.as_slice() else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(object.spec.tunnels, addresses["p"]);
+        // Published as wanted: nothing to do; without the addresses: rewritten.
+        let mut published = object.clone();
+        published.metadata.labels.get_or_insert_default();
+        assert_eq!(with(std::slice::from_ref(&published)), vec![]);
+        published.spec.tunnels.clear();
+        assert_eq!(with(std::slice::from_ref(&published)).len(), 1);
     }
 
     fn gws(list: Vec<Gateway>) -> BTreeMap<String, Gateway> {

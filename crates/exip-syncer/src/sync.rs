@@ -182,6 +182,30 @@ pub fn classify<'a>(obj: &'a GatewayExIp, cluster_id: &str) -> Remote<'a> {
     Remote::Import { origin }
 }
 
+/// Which API servers keep a GatewayExIp's `spec.tunnels` ([`crate::pruning`]): copies written
+/// to one that does not are written without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kept {
+    pub local: bool,
+    pub broker: bool,
+}
+
+impl Default for Kept {
+    fn default() -> Self {
+        Self {
+            local: true,
+            broker: true,
+        }
+    }
+}
+
+fn without_tunnels_unless(kept: bool, mut obj: GatewayExIp) -> GatewayExIp {
+    if !kept {
+        obj.spec.tunnels.clear();
+    }
+    obj
+}
+
 /// One sync pass over the local namespace's objects and the broker namespace's objects.
 pub fn plan(
     cluster_id: &str,
@@ -190,6 +214,7 @@ pub fn plan(
     local: &[GatewayExIp],
     broker: &[GatewayExIp],
     policy: &ImportPolicy,
+    kept: Kept,
 ) -> Plan {
     let mut p = Plan::default();
     let local_by_name: BTreeMap<String, &GatewayExIp> =
@@ -199,7 +224,7 @@ pub fn plan(
 
     // local → broker
     for obj in local.iter().filter(|o| o.is_own(cluster_id)) {
-        let want = export_copy(obj, cluster_id, broker_ns);
+        let want = without_tunnels_unless(kept.broker, export_copy(obj, cluster_id, broker_ns));
         let name = obj.name_any();
         match broker_by_name.get(&name) {
             Some(b)
@@ -271,7 +296,7 @@ pub fn plan(
             }
         };
         imported.insert(name.clone(), origin);
-        let want = import_copy(b, local_ns);
+        let want = without_tunnels_unless(kept.local, import_copy(b, local_ns));
         match local_by_name.get(&name) {
             Some(l) if copy_origin(l, cluster_id) != Some(origin) => p.skipped.push(Skipped {
                 direction: Direction::FromBroker,
@@ -318,6 +343,7 @@ mod tests {
             spec: GatewayExIpSpec {
                 externalip: ip.into(),
                 globalnetcidr: "242.1.0.0/16".into(),
+                ..Default::default()
             },
         }
     }
@@ -360,7 +386,15 @@ mod tests {
     }
 
     fn run(local: &[GatewayExIp], broker: &[GatewayExIp]) -> Plan {
-        plan("c1", "kube-system", "brk", local, broker, &policy())
+        plan(
+            "c1",
+            "kube-system",
+            "brk",
+            local,
+            broker,
+            &policy(),
+            Kept::default(),
+        )
     }
 
     fn refused(p: &Plan, name: &str) -> String {
@@ -382,7 +416,15 @@ mod tests {
         let mut p = policy();
         p.broker_globalnet
             .insert("gw-c1".into(), vec!["242.1.0.0/16".parse().unwrap()]);
-        let plan = plan("c1", "kube-system", "brk", &[], &[forged], &p);
+        let plan = plan(
+            "c1",
+            "kube-system",
+            "brk",
+            &[],
+            &[forged],
+            &p,
+            Kept::default(),
+        );
         assert!(plan.from_broker.is_empty(), "{plan:?}");
         assert!(refused(&plan, "vpc1-gw-c1").contains("ambiguous"));
         // A name that disagrees with the gateway label, or no gateway label at all.
@@ -422,7 +464,15 @@ mod tests {
         broker.extend((0..5).map(|i| on_broker(&format!("f{i}-c3"), "c3", "172.50.0.8")));
         // A copy imported earlier whose source is now refused is deleted.
         let stale = import_copy(&on_broker("wide-c2", "c2", "172.50.0.9"), "kube-system");
-        let plan = plan("c1", "kube-system", "brk", &[stale], &broker, &p);
+        let plan = plan(
+            "c1",
+            "kube-system",
+            "brk",
+            &[stale],
+            &broker,
+            &p,
+            Kept::default(),
+        );
         let applied: Vec<String> = plan
             .from_broker
             .iter()
@@ -633,6 +683,7 @@ mod convergence {
             spec: GatewayExIpSpec {
                 externalip: format!("172.50.0.{ip}"),
                 globalnetcidr: "242.1.0.0/16".into(),
+                ..Default::default()
             },
         }
     }
@@ -726,7 +777,7 @@ mod convergence {
                         max_per_cluster: 100,
                         max_total: 100,
                     };
-                    let p = plan(CLUSTERS[i], "kube-system", "brk", &local, &remote, &policy);
+                    let p = plan(CLUSTERS[i], "kube-system", "brk", &local, &remote, &policy, Kept::default());
                     prop_assert!(p.skipped.is_empty(), "{:?}", p.skipped);
                     changed |= !p.to_broker.is_empty() || !p.from_broker.is_empty();
                     apply(&mut broker, &p.to_broker);

@@ -14,6 +14,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use multivpc_api::{
     GatewayExIp,
+    exip::MAX_TUNNEL_ADDRESSES,
     net::{Ipv4Cidr, parse_ipv4},
 };
 
@@ -90,6 +91,17 @@ impl ImportPolicy {
             return Some(format!(
                 "externalip {ip} lies in this cluster's {what} {range}"
             ));
+        }
+        // Only ever probed through a tunnel whose own address is in the same network (checked
+        // by tunnel-manager), but refused here when malformed all the same.
+        if obj.spec.tunnels.len() > MAX_TUNNEL_ADDRESSES {
+            return Some(format!(
+                "it lists {} tunnel addresses (at most {MAX_TUNNEL_ADDRESSES})",
+                obj.spec.tunnels.len()
+            ));
+        }
+        if let Some(err) = obj.spec.tunnels.iter().find_map(|t| t.checked().err()) {
+            return Some(format!("tunnels: {err}"));
         }
         None
     }
@@ -184,8 +196,38 @@ mod tests {
             spec: GatewayExIpSpec {
                 externalip: ip.into(),
                 globalnetcidr: cidr.into(),
+                ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn tunnel_addresses_must_be_well_formed_and_few() {
+        use multivpc_api::TunnelAddress;
+        let p = policy();
+        let entry = |c: &str, g: &str, a: &str| TunnelAddress {
+            cluster_id: c.into(),
+            gateway_name: g.into(),
+            interface_addr: a.into(),
+        };
+        let mut ok = exip("172.50.2.11", "242.1.0.0/16");
+        ok.spec.tunnels = vec![entry("c1", "gw1", "10.100.0.2/24")];
+        assert_eq!(p.refusal(&ok, "c2"), None);
+        for (bad, why) in [
+            (entry("C1", "gw1", "10.100.0.2/24"), "clusterId"),
+            (entry("c1", "gw 1", "10.100.0.2/24"), "gatewayName"),
+            (entry("c1", "gw1", "10.100.0.0/24"), "interfaceAddr"),
+            (entry("c1", "gw1", "10.100.0.2/8"), "/16 to /31"),
+            (entry("c1", "gw1", "10.100.0.2; reboot"), "interfaceAddr"),
+        ] {
+            let mut o = ok.clone();
+            o.spec.tunnels.push(bad);
+            let reason = p.refusal(&o, "c2").unwrap_or_default();
+            assert!(reason.contains(why), "{reason:?}");
+        }
+        let mut many = ok.clone();
+        many.spec.tunnels = vec![entry("c1", "gw1", "10.100.0.2/24"); MAX_TUNNEL_ADDRESSES + 1];
+        assert!(p.refusal(&many, "c2").unwrap().contains("tunnel addresses"));
     }
 
     #[test]

@@ -6,12 +6,43 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 /// The condition type every resource of this project reports.
 pub const READY: &str = "Ready";
+/// Whether packets cross a programmed tunnel (VpcNatTunnel only): its far end answers probes.
+pub const HEALTHY: &str = "Healthy";
+
+/// A condition's status, as Kubernetes spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    True,
+    False,
+    /// The controller cannot tell (e.g. nothing to probe yet).
+    Unknown,
+}
+
+impl Status {
+    pub fn is_true(self) -> bool {
+        self == Self::True
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+impl From<bool> for Status {
+    fn from(b: bool) -> Self {
+        if b { Self::True } else { Self::False }
+    }
+}
 
 /// A condition as a controller decides it, before timestamps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredCondition {
     pub type_: &'static str,
-    pub status: bool,
+    pub status: Status,
     /// CamelCase machine-readable reason, e.g. `Programmed`, `VpcDnsNotFound`.
     pub reason: &'static str,
     pub message: String,
@@ -22,7 +53,7 @@ impl DesiredCondition {
     pub fn ready(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_: READY,
-            status: true,
+            status: Status::True,
             reason,
             message: message.into(),
         }
@@ -32,15 +63,11 @@ impl DesiredCondition {
     pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             type_: READY,
-            status: false,
+            status: Status::False,
             reason,
             message: message.into(),
         }
     }
-}
-
-fn status_word(status: bool) -> &'static str {
-    if status { "True" } else { "False" }
 }
 
 /// Sets `desired` in `conditions`. `lastTransitionTime` becomes `now` only when the condition is
@@ -52,7 +79,7 @@ pub fn set_condition(
     observed_generation: Option<i64>,
     now: jiff::Timestamp,
 ) -> bool {
-    let status = status_word(desired.status);
+    let status = desired.status.as_str();
     match conditions.iter_mut().find(|c| c.type_ == desired.type_) {
         Some(existing) => {
             let mut changed = false;

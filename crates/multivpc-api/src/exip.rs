@@ -9,12 +9,27 @@ use crate::{
         EXIP_SYNCER_MANAGER, LABEL_ACTIVE_GATEWAY, LABEL_CLUSTER, LABEL_GATEWAY,
         SUBMARINER_CLUSTER_ID,
     },
-    net::{IPV4_CIDR_PATTERN, IPV4_PATTERN},
+    net::{
+        DNS_LABEL_PATTERN, INTERFACE_ADDR_PATTERN, IPV4_CIDR_PATTERN, IPV4_PATTERN,
+        OBJECT_NAME_PATTERN,
+    },
 };
+
+/// Tunnel addresses one GatewayExIp publishes at most (exip-syncer publishes the first ones in
+/// order; an import carrying more is refused).
+pub const MAX_TUNNEL_ADDRESSES: usize = 1024;
 
 /// Where a VPC NAT gateway can be reached and which Globalnet CIDR lies behind it.
 #[derive(
-    CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, schemars::JsonSchema,
+    CustomResource,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    schemars::JsonSchema,
 )]
 #[kube(
     group = "kubeovn.ustc.io",
@@ -51,6 +66,63 @@ pub struct GatewayExIpSpec {
     /// Submariner Globalnet CIDR of the gateway's cluster, e.g. 242.1.0.0/16.
     #[schemars(regex(pattern = IPV4_CIDR_PATTERN))]
     pub globalnetcidr: String,
+
+    /// The addresses of the gateway's programmed tunnels, one per far end: what the far end
+    /// probes through the tunnel to tell whether packets cross it. Absent on objects of the
+    /// original operator and of a cluster without tunnels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub tunnels: Vec<TunnelAddress>,
+}
+
+/// The address of a gateway's tunnel toward one far end (named as a VpcNatTunnel names it).
+#[derive(
+    Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelAddress {
+    /// Submariner cluster ID of the far end.
+    #[schemars(regex(pattern = DNS_LABEL_PATTERN), length(min = 1, max = 63))]
+    pub cluster_id: String,
+    /// The far end's VPC NAT gateway (its VpcNatTunnels' natGwDp).
+    #[schemars(regex(pattern = OBJECT_NAME_PATTERN), length(min = 1, max = 52))]
+    pub gateway_name: String,
+    /// The tunnel device's address on this side, with its prefix (the VpcNatTunnel's
+    /// interfaceAddr).
+    #[schemars(regex(pattern = INTERFACE_ADDR_PATTERN))]
+    pub interface_addr: String,
+}
+
+impl TunnelAddress {
+    /// The address, when every field is what the schema allows (the entry may come from another
+    /// cluster through a broker whose CRD checks nothing): a cluster ID, a gateway name, and a
+    /// host address with a /16 to /31 prefix.
+    pub fn checked(&self) -> Result<crate::net::Ipv4Cidr, String> {
+        let label = |s: &str| s.len() <= 63 && crate::net::is_object_name(s) && !s.contains('.');
+        if !label(&self.cluster_id) {
+            return Err(format!(
+                "clusterId {:?} is not a cluster ID",
+                self.cluster_id
+            ));
+        }
+        if !crate::net::is_object_name(&self.gateway_name) || self.gateway_name.len() > 52 {
+            return Err(format!(
+                "gatewayName {:?} is not a gateway name",
+                self.gateway_name
+            ));
+        }
+        let addr: crate::net::Ipv4Cidr = self
+            .interface_addr
+            .parse()
+            .map_err(|e| format!("interfaceAddr: {e}"))?;
+        if !(16..=31).contains(&addr.prefix()) {
+            return Err(format!(
+                "interfaceAddr {addr} has a prefix outside /16 to /31"
+            ));
+        }
+        addr.require_host()
+            .map_err(|e| format!("interfaceAddr: {e}"))
+    }
 }
 
 impl GatewayExIp {
@@ -98,6 +170,16 @@ impl GatewayExIp {
                 others.join(", ")
             )),
         }
+    }
+
+    /// The address this gateway's tunnel toward gateway `gateway` of cluster `cluster_id` has,
+    /// as published (unchecked: see [`crate::net::Ipv4Cidr`] to parse it).
+    pub fn tunnel_address_toward(&self, cluster_id: &str, gateway: &str) -> Option<&str> {
+        self.spec
+            .tunnels
+            .iter()
+            .find(|t| t.cluster_id == cluster_id && t.gateway_name == gateway)
+            .map(|t| t.interface_addr.as_str())
     }
 
     /// The active gateway instance of a local object (`multivpc.kubeovn.ustc.io/active-gateway`),
@@ -210,6 +292,7 @@ mod tests {
             GatewayExIpSpec {
                 externalip: "172.50.0.1".into(),
                 globalnetcidr: "242.1.0.0/16".into(),
+                ..Default::default()
             },
         );
         o.metadata.labels = Some(

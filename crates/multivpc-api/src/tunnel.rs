@@ -40,6 +40,8 @@ pub const MAX_MTU: u32 = 9000;
     printcolumn(name = "Remote Cluster", type_ = "string", json_path = ".spec.clusterId", description = "Submariner cluster ID of the remote end"),
     printcolumn(name = "Remote GW", type_ = "string", json_path = ".spec.gatewayName", description = "NAT gateway of the remote end"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the tunnel is programmed"),
+    printcolumn(name = "Healthy", type_ = "string", json_path = ".status.conditions[?(@.type==\"Healthy\")].status", description = "Whether the far end answers through the tunnel"),
+    printcolumn(name = "RTT", type_ = "string", json_path = ".status.health.rtt.average", description = "Average round trip through the tunnel", priority = 1),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -203,6 +205,42 @@ pub struct VpcNatTunnelStatus {
     /// Exactly what was last programmed into the gateway, so that a later change removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<AppliedTunnel>,
+
+    /// What the probes through the tunnel saw, as of `lastProbeTime` (rewritten when the
+    /// Healthy condition changes and otherwise at most every minute; the live figures are
+    /// metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<TunnelHealth>,
+}
+
+/// Probes of a tunnel's far end through the tunnel, over the last `window` probes.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelHealth {
+    /// The far end's tunnel address, as its cluster publishes it.
+    pub target: String,
+    /// Probes in the window.
+    pub window: u32,
+    /// Probes of the window left unanswered, in percent.
+    pub loss_percent: u32,
+    /// Round-trip times of the answered probes in the window, e.g. `1.234ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt: Option<RoundTrip>,
+    /// When the last probe of the window was sent (RFC 3339).
+    pub last_probe_time: String,
+}
+
+/// Round-trip times, as durations (`0.412ms`).
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub struct RoundTrip {
+    /// The last answered probe's.
+    pub last: String,
+    /// The shortest in the window.
+    pub min: String,
+    /// The mean of the window's answered probes.
+    pub average: String,
+    /// The longest in the window.
+    pub max: String,
 }
 
 /// A pod identified by name and UID (a new UID means a new pod with empty network state).

@@ -138,6 +138,8 @@ fn tunnel_schema_validates_at_admission() {
             "Remote Cluster",
             "Remote GW",
             "Ready",
+            "Healthy",
+            "RTT",
             "Reason",
             "Age"
         ]

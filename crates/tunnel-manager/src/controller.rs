@@ -53,8 +53,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     exec::{ExecError, Executor},
-    plan::{self, Plan, Removal, Step},
-    resolve::{self, Resolved, Snapshot, reason},
+    health::Tracker,
+    plan::{self, HealthInput, Plan, Removal, Step},
+    prober::{self, ProbeSettings},
+    resolve::{self, PodTarget, Resolved, Snapshot, reason},
     script::{self, Mode, Stale, TunnelConfig},
 };
 
@@ -83,6 +85,8 @@ pub struct Settings {
     pub verify_interval: Option<Duration>,
     /// Which VPCs a tunnel's namespace may program (`--tenancy`).
     pub tenancy: Tenancy,
+    /// Health probes through the tunnels; `None` disables them.
+    pub probes: Option<ProbeSettings>,
 }
 
 /// Domain metrics besides the exec ones.
@@ -200,7 +204,7 @@ impl Stores {
     /// counted, so it never gets a snapshot from before it. (Peer wake-ups come from a watch of
     /// their own, which may deliver a change before the tunnel cache has it; caching does not
     /// widen that window, a snapshot taken afresh would miss the change as well.)
-    fn snapshot(&self, settings: &Settings) -> Arc<Snapshot> {
+    pub(crate) fn snapshot(&self, settings: &Settings) -> Arc<Snapshot> {
         let changes = self.changes.load(Ordering::Acquire);
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, snapshot)) = latest.as_ref()
@@ -259,9 +263,9 @@ impl Stores {
 }
 
 /// What this process last programmed or verified for a tunnel.
-struct Programmed {
-    pod_uid: String,
-    config: TunnelConfig,
+pub(crate) struct Programmed {
+    pub(crate) pod: PodTarget,
+    pub(crate) config: TunnelConfig,
     checked_at: Instant,
 }
 
@@ -283,8 +287,11 @@ pub struct Context {
     pub backoff: ErrorBackoff,
     /// Tunnels as this process last wrote them (finalizer, status), until the cache shows it.
     pub writes: OwnWrites<VpcNatTunnel>,
-    programmed: Mutex<HashMap<String, Programmed>>,
+    /// By tunnel key; what the prober probes.
+    pub(crate) programmed: Mutex<HashMap<String, Programmed>>,
     states: Mutex<HashMap<String, &'static str>>,
+    /// What the probes saw, by tunnel key.
+    pub(crate) health: Mutex<Tracker>,
 }
 
 impl Context {
@@ -306,7 +313,7 @@ impl Context {
     fn programmed_matches(&self, key: &str, resolved: &Resolved) -> Option<Instant> {
         let map = self.programmed.lock().unwrap_or_else(|p| p.into_inner());
         map.get(key)
-            .filter(|p| p.pod_uid == resolved.pod.uid && p.config == resolved.config)
+            .filter(|p| p.pod.uid == resolved.pod.uid && p.config == resolved.config)
             .map(|p| p.checked_at)
     }
 
@@ -317,7 +324,7 @@ impl Context {
             .insert(
                 key.to_owned(),
                 Programmed {
-                    pod_uid: resolved.pod.uid.clone(),
+                    pod: resolved.pod.clone(),
                     config: resolved.config.clone(),
                     checked_at: Instant::now(),
                 },
@@ -345,6 +352,10 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k, _| live.contains(k));
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k| live.contains(k));
         let gone: Vec<String> = {
             let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
             states
@@ -359,11 +370,16 @@ impl Context {
         self.backoff.retain(|k| live.contains(k));
     }
 
+    /// Forgets what this process programmed for `key` (and what its probes saw).
     fn forget(&self, key: &str) {
         self.programmed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key);
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k| k != key);
     }
 }
 
@@ -404,7 +420,7 @@ impl PeerFacts {
 /// tunnels hold their places for one exec timeout at most (its queued calls fail together).
 const MAX_RECONCILES: u16 = 128;
 
-fn key(t: &VpcNatTunnel) -> String {
+pub(crate) fn key(t: &VpcNatTunnel) -> String {
     format!("{}/{}", t.namespace().unwrap_or_default(), t.name_any())
 }
 
@@ -422,6 +438,7 @@ pub async fn run(
     settings: Settings,
     reconcile_metrics: ReconcileMetrics,
     metrics: TunnelMetrics,
+    health_metrics: prober::HealthMetrics,
     executor: Executor,
     probes: Probes,
     watch_metrics: WatchMetrics,
@@ -579,6 +596,7 @@ pub async fn run(
 
     // Bounded reconcile concurrency ([`MAX_RECONCILES`]); execs are bounded by the executor, per
     // pod and overall.
+    let (report_health, health_reports) = futures::channel::mpsc::unbounded();
     let controller = Controller::for_stream(tunnels_stream, tunnels)
         .with_config(kube::runtime::controller::Config::default().concurrency(MAX_RECONCILES));
     let stores = Stores {
@@ -658,7 +676,9 @@ pub async fn run(
         .watches_stream(egress_stream, move |_: ClusterGlobalEgressIP| {
             refs(s4.tunnels.state())
         })
-        .reconcile_on(peers_stream);
+        .reconcile_on(peers_stream)
+        // The prober asks for a status write when a tunnel's health report changed.
+        .reconcile_on(health_reports);
     let controller = match sd_stream {
         Some(sd_stream) => controller.watches_stream(sd_stream, move |_: ServiceDiscovery| {
             refs(s5.tunnels.state())
@@ -667,6 +687,7 @@ pub async fn run(
     }
     .graceful_shutdown_on(shutdown.clone().cancelled_owned());
 
+    let ctx_probes = settings.probes;
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: stores.clone(),
@@ -680,7 +701,16 @@ pub async fn run(
         writes: OwnWrites::default(),
         programmed: Mutex::new(HashMap::new()),
         states: Mutex::new(HashMap::new()),
+        health: Mutex::new(Tracker::new(
+            ctx_probes.map(|p| p.policy).unwrap_or_default(),
+        )),
     });
+    let probing = tokio::spawn(prober::run(
+        ctx.clone(),
+        health_metrics,
+        report_health,
+        shutdown.clone(),
+    ));
 
     let pruning = tokio::spawn({
         let ctx = ctx.clone();
@@ -701,6 +731,7 @@ pub async fn run(
     )
     .await;
     pruning.abort();
+    probing.abort();
     Ok(())
 }
 
@@ -769,12 +800,21 @@ async fn apply(
             .ok()
             .and_then(|r| ctx.programmed_matches(&k, r))
             .map(|at| at.elapsed());
+        let observed = ctx
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observed(&k);
         plan::plan(
             tunnel,
             resolution,
             &snapshot,
             since_checked,
             ctx.settings.verify_interval,
+            HealthInput {
+                probing: ctx.settings.probes.is_some(),
+                observed: observed.as_ref(),
+            },
         )
     };
     match decided {
@@ -798,7 +838,15 @@ async fn refuse(
         ctx.forget(&k);
     }
     let reason = refusal.condition.reason;
-    write_status(tunnel, ctx, api, refusal.status, &refusal.condition).await?;
+    write_status(
+        tunnel,
+        ctx,
+        api,
+        refusal.status,
+        &refusal.condition,
+        Some(&refusal.healthy),
+    )
+    .await?;
     ctx.set_state(&k, Some(reason));
     Ok(Action::await_change())
 }
@@ -818,6 +866,7 @@ async fn program(
         step,
         mut status,
         condition,
+        healthy,
     } = programming;
     let old = tunnel.status.clone().unwrap_or_default();
 
@@ -961,7 +1010,7 @@ async fn program(
         Step::Nothing => {}
     }
 
-    write_status(tunnel, ctx, api, status, &condition).await?;
+    write_status(tunnel, ctx, api, status, &condition, Some(&healthy)).await?;
     ctx.set_state(&k, Some(reason::PROGRAMMED));
     let since_checked = ctx.programmed_matches(&k, &resolved).map(|at| at.elapsed());
     Ok(
@@ -1013,6 +1062,7 @@ async fn exec_failed(
         api,
         old.clone(),
         &DesiredCondition::not_ready(why, message),
+        None,
     )
     .await
     {
@@ -1058,26 +1108,27 @@ async fn cleanup(tunnel: &VpcNatTunnel, ctx: &Context) -> Result<Action, Error> 
     Ok(Action::await_change())
 }
 
+/// Writes `status` with the Ready `condition` and, when given, the `healthy` one (an exec
+/// failure leaves Healthy as it was), unless that changes nothing.
 async fn write_status(
     tunnel: &VpcNatTunnel,
     ctx: &Context,
     api: &Api<VpcNatTunnel>,
     mut status: VpcNatTunnelStatus,
     condition: &DesiredCondition,
+    healthy: Option<&DesiredCondition>,
 ) -> Result<(), Error> {
     let old = tunnel.status.clone().unwrap_or_default();
     status.observed_generation = tunnel.metadata.generation;
     let old_ready = conditions::find(&old.conditions, conditions::READY).cloned();
-    conditions::set_condition(
-        &mut status.conditions,
-        condition,
-        tunnel.metadata.generation,
-        jiff::Timestamp::now(),
-    );
+    let now = jiff::Timestamp::now();
+    for c in std::iter::once(condition).chain(healthy) {
+        conditions::set_condition(&mut status.conditions, c, tunnel.metadata.generation, now);
+    }
     if status == old {
         return Ok(()); // Steady state: no write.
     }
-    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status {
+    if old_ready.is_none_or(|c| c.reason != condition.reason) && !condition.status.is_true() {
         publish(
             ctx,
             tunnel,

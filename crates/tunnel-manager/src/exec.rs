@@ -124,7 +124,7 @@ impl ExecMetrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(sections.clone()))?;
-        for script in ["converge", "check", "cleanup"] {
+        for script in ["converge", "check", "cleanup", "probe"] {
             duration.with_label_values(&[script]);
             sections.with_label_values(&[script]);
             for reason in ["timeout", "api", "stream", "exit"] {
@@ -236,6 +236,52 @@ impl Executor {
                 message: "the exec was abandoned".into(),
             })
         })
+    }
+}
+
+impl Executor {
+    /// Runs a read-only script of its own in `pod` at once, outside the pod's queue (it takes
+    /// no lock in the pod and needs no turn), within the same permits and timeout. `kind`
+    /// names it in the metrics (one section).
+    pub async fn run_alone(
+        &self,
+        pod: &PodTarget,
+        kind: &'static str,
+        script: String,
+    ) -> Result<Output, ExecError> {
+        let inner = &self.inner;
+        let result = {
+            let _permit = inner
+                .permits
+                .acquire()
+                .await
+                .expect("semaphore never closed");
+            let started = Instant::now();
+            let result =
+                tokio::time::timeout(inner.timeout, (inner.runner)(pod.name.clone(), script))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(ExecError::Timeout {
+                            pod: pod.name.clone(),
+                            timeout: inner.timeout,
+                        })
+                    });
+            inner
+                .metrics
+                .duration
+                .with_label_values(&[kind])
+                .observe(started.elapsed().as_secs_f64());
+            result
+        };
+        inner.metrics.sections.with_label_values(&[kind]).inc();
+        if let Err(e) = &result {
+            inner
+                .metrics
+                .failures
+                .with_label_values(&[kind, e.label()])
+                .inc();
+        }
+        result
     }
 }
 

@@ -3,9 +3,11 @@
 
 mod controller;
 mod exec;
+mod health;
 #[cfg(test)]
 mod netns_tests;
 mod plan;
+mod prober;
 mod resolve;
 mod script;
 
@@ -51,6 +53,25 @@ struct Args {
     #[arg(long, env = "EXEC_TIMEOUT", default_value = "30s", value_parser = duration)]
     exec_timeout: Duration,
 
+    /// How often each programmed tunnel's far end is probed through the tunnel (one exec per
+    /// gateway pod per round); 0 disables the probes and the Healthy condition says so.
+    #[arg(long, env = "PROBE_INTERVAL", default_value = "2s", value_parser = duration)]
+    probe_interval: Duration,
+
+    /// How long a probe waits for its answer (whole seconds, at least 1s).
+    #[arg(long, env = "PROBE_TIMEOUT", default_value = "1s", value_parser = duration)]
+    probe_timeout: Duration,
+
+    /// Unanswered probes in a row that make a tunnel Healthy=False.
+    #[arg(long, env = "PROBE_FAILURE_THRESHOLD", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    probe_failure_threshold: u32,
+
+    /// Answered probes in a row that make an unhealthy tunnel Healthy=True again.
+    #[arg(long, env = "PROBE_RECOVERY_THRESHOLD", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    probe_recovery_threshold: u32,
+
     /// Execs running at once across all gateway pods (one at a time per pod regardless).
     #[arg(long, env = "MAX_CONCURRENT_EXECS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -75,6 +96,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         verify_interval: (!args.verify_interval.is_zero()).then_some(args.verify_interval),
         tenancy: args.tenancy.tenancy,
+        probes: (!args.probe_interval.is_zero()).then(|| prober::ProbeSettings {
+            interval: args.probe_interval,
+            timeout_secs: args.probe_timeout.as_secs_f64().ceil().max(1.0) as u64,
+            policy: health::Policy {
+                failure_threshold: args.probe_failure_threshold,
+                recovery_threshold: args.probe_recovery_threshold,
+            },
+        }),
     };
     if args.exec_timeout.is_zero() {
         anyhow::bail!("--exec-timeout must be greater than 0");
@@ -92,6 +121,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let reconcile_metrics = runtime.metrics().controller("vpcnattunnel");
     let exec_metrics = exec::ExecMetrics::register(runtime.metrics().registry())?;
     let tunnel_metrics = controller::TunnelMetrics::register(runtime.metrics().registry())?;
+    let health_metrics = prober::HealthMetrics::register(runtime.metrics().registry())?;
     let client = runtime.client();
     let probes = runtime.probes();
     let watch_metrics = runtime.metrics().watch();
@@ -103,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 settings.clone(),
                 reconcile_metrics.clone(),
                 tunnel_metrics.clone(),
+                health_metrics.clone(),
                 exec::Executor::new(
                     client.clone(),
                     settings.kube_ovn.namespace.clone(),
@@ -128,6 +159,12 @@ mod tests {
         assert_eq!(a.verify_interval, Duration::from_secs(300));
         assert_eq!(a.exec_timeout, Duration::from_secs(30));
         assert_eq!(a.max_concurrent_execs, 8);
+        assert_eq!(a.probe_interval, Duration::from_secs(2));
+        assert_eq!(a.probe_timeout, Duration::from_secs(1));
+        assert_eq!(
+            (a.probe_failure_threshold, a.probe_recovery_threshold),
+            (3, 2)
+        );
         assert_eq!(a.gateway_namespace, "kube-system");
         assert_eq!(
             a.tenancy.tenancy,

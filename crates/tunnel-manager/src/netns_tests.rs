@@ -751,19 +751,15 @@ fn a_one_address_egress_range_is_found_as_iptables_prints_it() {
 /// veth underlay, a client behind one and a web server behind the other (its address in the
 /// remote Globalnet CIDR), every namespace made here: a 2 MiB download stalls with the clamp
 /// rules taken out, and completes intact once converge has put them back.
-#[test]
-fn a_large_tcp_transfer_crosses_the_tunnel_only_with_its_mss_clamped() {
-    let Some(busybox) = run(&["sh", "-c", "command -v busybox"])
-        .0
-        .then(|| run(&["sh", "-c", "command -v busybox"]).1.trim().to_owned())
-    else {
-        skip("no busybox on this host (its httpd and wget carry the transfer)");
-        return;
-    };
+/// Two stand-in gateways joined on net1, each with a client namespace on eth0 (the second's
+/// answering for 242.1.0.10), and a VXLAN tunnel between them converged on both sides: (gateway
+/// a, gateway b, client a, client b, a's config, b's config). `None` (skipped, loudly) where
+/// the host cannot.
+fn vxlan_pair() -> Option<(Netns, Netns, Netns, Netns, TunnelConfig, TunnelConfig)> {
     let (Some(ga), Some(gb), Some(ca), Some(cb)) =
         (Netns::bare(), Netns::bare(), Netns::bare(), Netns::bare())
     else {
-        return;
+        return None;
     };
     let veth = |a: &Netns, an: &str, b: &Netns, bn: &str| {
         let (ok, _, err) = run(&[
@@ -814,13 +810,9 @@ fn a_large_tcp_transfer_crosses_the_tunnel_only_with_its_mss_clamped() {
     }
     for g in [&ga, &gb] {
         g.must("ip link set net1 up && ip link set eth0 up && sysctl -qw net.ipv4.ip_forward=1");
-        // The black hole: the gateway's "fragmentation needed" never reaches the sender.
-        g.must(&format!(
-            "{FLAVOUR}; $ipt -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP"
-        ));
     }
     if !ga.has_vxlan() {
-        return;
+        return None;
     }
     let a = crate::script::tests::vxlan();
     let b = TunnelConfig {
@@ -834,6 +826,89 @@ fn a_large_tcp_transfer_crosses_the_tunnel_only_with_its_mss_clamped() {
             .unwrap(),
         ..a.clone()
     };
+    Some((ga, gb, ca, cb, a, b))
+}
+
+/// The probe script pings the far end through the tunnel: answered while both devices are up,
+/// lost once the far end's device is down, and lost toward an address nobody has; under
+/// busybox's ping (the gateway image's) as under iputils'.
+#[test]
+fn probes_see_the_far_end_through_the_tunnel_and_its_loss() {
+    let Some((ga, gb, _ca, _cb, a, b)) = vxlan_pair() else {
+        return;
+    };
+    if !run(&["sh", "-c", "command -v ping"]).0 {
+        skip("no ping on this host (the harness installs iputils-ping)");
+        return;
+    }
+    for (g, cfg) in [(&ga, &a), (&gb, &b)] {
+        g.script(&script::converge(cfg, &Stale::default(), Mode::Converge));
+    }
+    let far = script::Probe {
+        device: a.device.clone(),
+        target: b.interface_addr.addr(),
+    };
+    let nobody = script::Probe {
+        device: a.device.clone(),
+        target: "10.100.0.77".parse().unwrap(),
+    };
+    let probe = |ns: &Netns| {
+        let (ok, out, err) = ns.sh(&script::probes(&[far.clone(), nobody.clone()], 1));
+        assert!(ok, "{out}{err}");
+        script::probe_results(&out).unwrap_or_else(|| panic!("no ping: {out}"))
+    };
+    // The first probe may wait for ARP through the tunnel; it answers within a few.
+    let answered =
+        |ns: &Netns| (0..5).any(|_| matches!(probe(ns)[&0], script::ProbeResult::Answered { .. }));
+    assert!(answered(&ga), "the far end never answered");
+    let r = probe(&ga);
+    assert!(
+        matches!(r[&0], script::ProbeResult::Answered { rtt_ms } if rtt_ms > 0.0 && rtt_ms < 1000.0),
+        "{r:?}"
+    );
+    assert_eq!(r[&1], script::ProbeResult::Lost);
+
+    gb.must(&format!("ip link set {} down", b.device));
+    assert_eq!(probe(&ga)[&0], script::ProbeResult::Lost);
+    gb.must(&format!("ip link set {} up", b.device));
+    assert!(answered(&ga), "the far end did not answer again");
+
+    if let Some(busybox) = run(&["sh", "-c", "command -v busybox"])
+        .0
+        .then(|| run(&["sh", "-c", "command -v busybox"]).1.trim().to_owned())
+    {
+        let dir = tempdir();
+        for applet in ["sh", "ping", "grep"] {
+            std::os::unix::fs::symlink(&busybox, format!("{dir}/{applet}")).unwrap();
+        }
+        let ga = ga.with_path(&dir);
+        let (_, out, _) = ga.sh("ping 2>&1 | head -1");
+        assert!(out.contains("BusyBox"), "{out}");
+        assert!(answered(&ga), "busybox ping saw no answer");
+        gb.must(&format!("ip link set {} down", b.device));
+        assert_eq!(probe(&ga)[&0], script::ProbeResult::Lost);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_large_tcp_transfer_crosses_the_tunnel_only_with_its_mss_clamped() {
+    let Some(busybox) = run(&["sh", "-c", "command -v busybox"])
+        .0
+        .then(|| run(&["sh", "-c", "command -v busybox"]).1.trim().to_owned())
+    else {
+        skip("no busybox on this host (its httpd and wget carry the transfer)");
+        return;
+    };
+    let Some((ga, gb, ca, cb, a, b)) = vxlan_pair() else {
+        return;
+    };
+    for g in [&ga, &gb] {
+        // The black hole: the gateway's "fragmentation needed" never reaches the sender.
+        g.must(&format!(
+            "{FLAVOUR}; $ipt -A OUTPUT -p icmp --icmp-type fragmentation-needed -j DROP"
+        ));
+    }
     let converge = |g: &Netns, cfg: &TunnelConfig| {
         g.script(&script::converge(cfg, &Stale::default(), Mode::Converge))
     };

@@ -15,9 +15,19 @@ use multivpc_api::{
 };
 
 use crate::{
+    health,
     resolve::{self, NotReady, PodTarget, Resolved, Snapshot, reason},
     script::{CleanupConfig, Stale},
 };
+
+/// What the prober knows of a tunnel's health, as the plan needs it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HealthInput<'a> {
+    /// Whether probes run at all (`--probe-interval` is not 0).
+    pub probing: bool,
+    /// What the tracker last reported for the tunnel.
+    pub observed: Option<&'a health::Observed>,
+}
 
 /// Taking a tunnel's state out of a pod that still holds it.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +54,8 @@ pub struct Refusal {
     pub removal: Option<Removal>,
     pub status: VpcNatTunnelStatus,
     pub condition: DesiredCondition,
+    /// `Healthy`: Unknown, as nothing is probed.
+    pub healthy: DesiredCondition,
 }
 
 #[derive(Debug)]
@@ -56,6 +68,7 @@ pub struct Programming {
     pub step: Step,
     pub status: VpcNatTunnelStatus,
     pub condition: DesiredCondition,
+    pub healthy: DesiredCondition,
 }
 
 /// The script a programmed tunnel's pod gets.
@@ -81,13 +94,15 @@ const WITHDRAWN_FOR: [&str; 3] = [
 /// Decides what a reconcile of `tunnel` does. `resolution` is
 /// [`resolve::resolve`]`(tunnel, snapshot)`; `since_checked` is how long ago this process
 /// programmed or verified the tunnel with exactly the resolved config in the resolved pod
-/// (`None`: never, or something else); `verify_interval` is `--verify-interval`.
+/// (`None`: never, or something else); `verify_interval` is `--verify-interval`; `health` is
+/// what the probes saw.
 pub fn plan(
     tunnel: &VpcNatTunnel,
     resolution: Result<Resolved, NotReady>,
     snapshot: &Snapshot,
     since_checked: Option<Duration>,
     verify_interval: Option<Duration>,
+    health: HealthInput,
 ) -> Plan {
     let old = tunnel.status.clone().unwrap_or_default();
     let resolved = match resolution {
@@ -107,10 +122,12 @@ pub fn plan(
                 status.gateway_pod = None;
                 status.applied = None;
             }
+            status.health = None;
             return Plan::Refuse(Box::new(Refusal {
                 leaves_pod: leaves,
                 removal,
                 status,
+                healthy: health::not_programmed(refused.reason),
                 condition: DesiredCondition::not_ready(refused.reason, refused.message),
             }));
         }
@@ -138,6 +155,12 @@ pub fn plan(
         Some(since) if verify_interval.is_some_and(|i| since >= i) => Step::Verify,
         Some(_) => Step::Nothing,
     };
+    let (healthy, probed) = health::condition(
+        cfg.device.as_str(),
+        health::target(tunnel, cfg, snapshot),
+        health.observed,
+        health.probing,
+    );
     let status = VpcNatTunnelStatus {
         observed_generation: tunnel.metadata.generation,
         conditions: old.conditions.clone(),
@@ -156,6 +179,7 @@ pub fn plan(
         // in from the script's report); until then, what was last reported.
         mtu: cfg.mtu.map(|m| m.get()).or(old.mtu),
         applied: Some(applied),
+        health: probed,
     };
     let mut message = format!(
         "{} tunnel {} programmed in pod {} (gateway {})",
@@ -175,6 +199,7 @@ pub fn plan(
         step,
         status,
         condition: DesiredCondition::ready(reason::PROGRAMMED, message),
+        healthy,
     }))
 }
 
@@ -432,7 +457,7 @@ mod tests {
     }
 
     fn plan_of(t: &VpcNatTunnel, s: &Snapshot, since: Option<Duration>) -> Plan {
-        plan(t, resolve(t, s), s, since, INTERVAL)
+        plan(t, resolve(t, s), s, since, INTERVAL, HealthInput::default())
     }
 
     #[test]
@@ -460,7 +485,7 @@ mod tests {
         assert_eq!(program(plan_of(&t, &s, recent)).step, Step::Nothing);
         let due = Some(Duration::from_secs(300));
         assert_eq!(program(plan_of(&t, &s, due)).step, Step::Verify);
-        let never = plan(&t, resolve(&t, &s), &s, due, None);
+        let never = plan(&t, resolve(&t, &s), &s, due, None, HealthInput::default());
         assert_eq!(program(never).step, Step::Nothing, "verification disabled");
         assert!(
             next_verification("ns1/vx1", INTERVAL, recent).unwrap() <= Duration::from_secs(320)
@@ -552,7 +577,7 @@ mod tests {
         assert!(!r.leaves_pod);
         assert_eq!(r.removal, None);
         assert_eq!(r.status.gateway_pod, Some(pod));
-        assert!(!r.condition.status);
+        assert!(!r.condition.status.is_true());
     }
 
     #[test]

@@ -833,6 +833,7 @@ pub(crate) mod tests {
             GatewayExIpSpec {
                 externalip: ip.into(),
                 globalnetcidr: cidr.into(),
+                ..Default::default()
             },
         );
         let labels = o.metadata.labels.get_or_insert_default();

@@ -796,6 +796,96 @@ pub fn change_lines(stdout: &str) -> Vec<&str> {
         .collect()
 }
 
+/// One tunnel's probe: its far end's address, pinged out of its device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub device: InterfaceName,
+    pub target: Ipv4Addr,
+}
+
+/// Probes run at once inside a pod (each is a `ping` process for up to the timeout).
+const PROBES_IN_PARALLEL: usize = 64;
+/// Marker of one probe's result: `multivpc-probe=<n> <exit status> <ping's reply line>`.
+const PROBE_MARKER: &str = "multivpc-probe=";
+/// Printed instead of results when the gateway has no `ping`.
+const NO_PING: &str = "multivpc-probe-unavailable";
+
+const PROBE_PRELUDE: &str = r#"set +e
+command -v ping >/dev/null 2>&1 || { echo multivpc-probe-unavailable; exit 0; }
+probe() {
+  out=$(ping -c 1 -W "$4" -I "$2" "$3" 2>&1)
+  rc=$?
+  printf 'multivpc-probe=%s %s %s
+' "$1" "$rc" "$(printf '%s
+' "$out" | grep -m 1 'time=')"
+}
+"#;
+
+/// Probes in one script at most, so that its command stays within the exec URI
+/// ([`MAX_ENCODED_SCRIPT`]): a line is at most ~70 encoded bytes.
+pub const MAX_PROBES: usize = 512;
+
+/// The script that pings each probe's target once out of its device, `PROBES_IN_PARALLEL` at a
+/// time, each waiting `timeout_secs` at most for the answer. Read-only: it takes no lock and
+/// changes nothing. Every value is typed and quoted.
+pub fn probes(probes: &[Probe], timeout_secs: u64) -> String {
+    let mut s = String::from(PROBE_PRELUDE);
+    let wait = q(timeout_secs.max(1));
+    for (i, p) in probes.iter().enumerate() {
+        s.push_str(&format!(
+            "probe {i} {} {} {wait} &\n",
+            q(&p.device),
+            q(p.target)
+        ));
+        if (i + 1) % PROBES_IN_PARALLEL == 0 {
+            s.push_str("wait\n");
+        }
+    }
+    s.push_str("wait\n");
+    s
+}
+
+/// What one probe saw: the round trip, or nothing back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProbeResult {
+    Answered { rtt_ms: f64 },
+    Lost,
+}
+
+/// The results of a probe script's output, by probe index; `None` when the gateway has no
+/// `ping`. A probe whose line is missing is left out (its script was cut off): not a loss.
+pub fn probe_results(stdout: &str) -> Option<std::collections::BTreeMap<usize, ProbeResult>> {
+    if stdout.lines().any(|l| l.trim() == NO_PING) {
+        return None;
+    }
+    let results = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(PROBE_MARKER))
+        .filter_map(|rest| {
+            let mut words = rest.splitn(3, ' ');
+            let index: usize = words.next()?.parse().ok()?;
+            let code: i32 = words.next()?.parse().ok()?;
+            let reply = words.next().unwrap_or("");
+            // iputils and busybox both print `time=0.123 ms`.
+            let rtt_ms = reply
+                .split_once("time=")
+                .map(|(_, t)| {
+                    t.chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.')
+                        .collect::<String>()
+                })
+                .and_then(|t| t.parse::<f64>().ok())
+                .filter(|t| t.is_finite() && *t >= 0.0);
+            let result = match (code, rtt_ms) {
+                (0, Some(rtt_ms)) => ProbeResult::Answered { rtt_ms },
+                _ => ProbeResult::Lost,
+            };
+            Some((index, result))
+        })
+        .collect();
+    Some(results)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1188,6 +1278,15 @@ pub(crate) mod tests {
                 remote_cidr: Some("242.1.0.0/16".parse().unwrap()),
                 local_cidr: Some("242.0.0.0/16".parse().unwrap()),
             }),
+            probes(
+                &(0..130)
+                    .map(|i| Probe {
+                        device: format!("vx{i}").parse().unwrap(),
+                        target: Ipv4Addr::new(10, 100, 0, 2),
+                    })
+                    .collect::<Vec<_>>(),
+                1,
+            ),
         ] {
             let out = std::process::Command::new("sh")
                 .arg("-n")
@@ -1201,6 +1300,49 @@ pub(crate) mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn probe_scripts_quote_every_value_and_fit_the_exec_uri() {
+        let p = |dev: &str| Probe {
+            device: dev.parse().unwrap(),
+            target: Ipv4Addr::new(10, 100, 0, 2),
+        };
+        let s = probes(&[p("gre1"), p("vx.2")], 3);
+        assert!(s.contains("probe 0 'gre1' '10.100.0.2' '3' &\n"), "{s}");
+        assert!(s.contains("probe 1 'vx.2' '10.100.0.2' '3' &\n"), "{s}");
+        // A timeout of 0 would make ping wait forever under some versions.
+        assert!(probes(&[p("gre1")], 0).contains("'1' &"));
+        // At most MAX_PROBES of the longest names fit the exec request.
+        let longest: Vec<Probe> = (0..MAX_PROBES)
+            .map(|_| Probe {
+                device: "abcdefghijklmno".parse().unwrap(),
+                target: Ipv4Addr::new(255, 255, 255, 255),
+            })
+            .collect();
+        let s = probes(&longest, 30);
+        assert!(encoded_len(&s) <= MAX_ENCODED_SCRIPT, "{}", encoded_len(&s));
+        assert_eq!(
+            s.lines().filter(|l| *l == "wait").count(),
+            MAX_PROBES / PROBES_IN_PARALLEL + 1
+        );
+    }
+
+    #[test]
+    fn probe_output_of_iputils_and_busybox() {
+        let out = "multivpc-probe=0 0 64 bytes from 10.100.0.2: icmp_seq=1 ttl=64 time=0.412 ms\n\
+                   multivpc-probe=1 1 \n\
+                   multivpc-probe=2 0 64 bytes from 10.100.0.2: seq=0 ttl=64 time=12.5 ms\n\
+                   multivpc-probe=3 0 \n\
+                   noise\n";
+        let r = probe_results(out).unwrap();
+        assert_eq!(r[&0], ProbeResult::Answered { rtt_ms: 0.412 });
+        assert_eq!(r[&1], ProbeResult::Lost);
+        assert_eq!(r[&2], ProbeResult::Answered { rtt_ms: 12.5 });
+        // Exit 0 without a reply line is no proof of an answer.
+        assert_eq!(r[&3], ProbeResult::Lost);
+        assert_eq!(r.len(), 4);
+        assert_eq!(probe_results("multivpc-probe-unavailable\n"), None);
     }
 
     #[test]

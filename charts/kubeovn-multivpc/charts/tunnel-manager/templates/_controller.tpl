@@ -3,6 +3,10 @@
 - --verify-interval={{ .Values.verifyInterval }}
 - --exec-timeout={{ .Values.execTimeout }}
 - --max-concurrent-execs={{ .Values.maxConcurrentExecs }}
+- --probe-interval={{ .Values.health.probeInterval }}
+- --probe-timeout={{ .Values.health.probeTimeout }}
+- --probe-failure-threshold={{ .Values.health.failureThreshold }}
+- --probe-recovery-threshold={{ .Values.health.recoveryThreshold }}
 {{- end -}}
 {{- define "tunnel-manager.env" -}}
 - name: TENANCY
