@@ -11,8 +11,8 @@ help: ## List targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: build
-build: ## Build the three controller binaries (release)
-	$(CARGO) build --release -p dns-forwarder -p tunnel-manager -p exip-syncer
+build: ## Build the three controller binaries and the kubectl plugin (release)
+	$(CARGO) build --release -p dns-forwarder -p tunnel-manager -p exip-syncer -p kubectl-multivpc
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types in crates/multivpc-api

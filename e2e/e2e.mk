@@ -38,7 +38,7 @@ e2e-gateway-down: ## Remove a gateway node and its netns: make e2e-gateway-down 
 	bash $(E2E_DIR)/scripts/netns.sh gateway-down $(CLUSTER) $(GW)
 
 e2e-run: ## Run the e2e cargo tests against the running harness (a missing harness fails)
-	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer
+	$(CARGO) build -q -p dns-forwarder -p tunnel-manager -p exip-syncer -p kubectl-multivpc
 	@out=$${MULTIVPC_E2E_RUN_DIR:-$(E2E_DIR)/.run}/cargo-test.out; mkdir -p "$$(dirname "$$out")"; \
 	  set -o pipefail; MULTIVPC_E2E=1 MULTIVPC_E2E_VM=$(VM) $(CARGO) test -p multivpc-e2e --no-fail-fast $(E2E_CARGO_TEST_ARGS) 2>&1 | tee "$$out"
 

@@ -1,0 +1,272 @@
+//! `kubectl multivpc diagnose`: reads the objects, runs the in-pod commands, and hands both to
+//! the pure checks in `checks.rs`. Nothing here decides a check's outcome.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{AttachParams, ListParams},
+};
+use multivpc_api::{
+    GatewayExIp, VpcNatTunnel, foreign::kubeovn::VpcNatGateway, gateway::NAT_GW_CONTAINER,
+    keys::gateway_exip_name,
+};
+use tokio::io::AsyncReadExt as _;
+
+use crate::checks::{self, CheckResult, CommandOutput, Report};
+
+/// Longest an exec may take (the in-pod reads, or three pings of a second each).
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Output kept per stream: nat POSTROUTING of a gateway with thousands of tunnels fits.
+const MAX_OUTPUT: u64 = 8 << 20;
+
+/// Where the objects a diagnosis reads live.
+pub struct Namespaces {
+    pub kube_ovn: String,
+    pub gateway: String,
+}
+
+/// Every check of tunnel `namespace/name`, in order.
+pub async fn tunnel(
+    client: &Client,
+    ns: &Namespaces,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<Report> {
+    let tunnels: Api<VpcNatTunnel> = Api::namespaced(client.clone(), namespace);
+    let tunnel = tunnels
+        .get_opt(name)
+        .await
+        .with_context(|| format!("cannot read VpcNatTunnel {namespace}/{name}"))?;
+    let mut report = Report::default();
+    report.push(checks::tunnel_ready(namespace, name, tunnel.as_ref()));
+    let Some(tunnel) = tunnel else {
+        for check in [checks::GATEWAY_POD, checks::REMOTE_GATEWAY]
+            .into_iter()
+            .chain(checks::IN_POD_CHECKS)
+            .chain([checks::HEALTHY, checks::PING])
+        {
+            report.push(CheckResult::skip(
+                check,
+                "needs tunnel-ready: the tunnel does not exist",
+            ));
+        }
+        return Ok(report);
+    };
+
+    // b. The gateway pod.
+    let pod_name = match checks::gateway_pod_ref(&tunnel) {
+        Ok(want) => {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.kube_ovn);
+            let pod = pods
+                .get_opt(&want.name)
+                .await
+                .with_context(|| format!("cannot read pod {}/{}", ns.kube_ovn, want.name))?;
+            report.push(checks::gateway_pod(&ns.kube_ovn, want, pod.as_ref()));
+            Some(want.name.clone())
+        }
+        Err(result) => {
+            report.push(result);
+            None
+        }
+    };
+
+    // c. The remote GatewayExIp.
+    let exips: Api<GatewayExIp> = Api::namespaced(client.clone(), &ns.gateway);
+    let remote = gateway_exip_name(&tunnel.spec.gateway_name, &tunnel.spec.cluster_id);
+    let exip = exips
+        .get_opt(&remote)
+        .await
+        .with_context(|| format!("cannot read GatewayExIp {}/{remote}", ns.gateway))?;
+    report.push(checks::remote_gateway(
+        &tunnel,
+        &ns.gateway,
+        exip.as_ref(),
+        jiff::Timestamp::now(),
+    ));
+
+    // d. Inside the pod.
+    let pod_ok = report.passed(checks::GATEWAY_POD);
+    let plan = match (pod_ok, checks::in_pod_plan(&tunnel)) {
+        (false, _) => {
+            let why = format!("needs {}", checks::GATEWAY_POD);
+            for check in checks::IN_POD_CHECKS {
+                report.push(CheckResult::skip(check, why.clone()));
+            }
+            None
+        }
+        (true, Err(results)) => {
+            results.into_iter().for_each(|r| report.push(r));
+            None
+        }
+        (true, Ok(plan)) => {
+            let pod = pod_name.clone().unwrap_or_default();
+            let output = exec(client, &ns.kube_ovn, &pod, plan.script()).await;
+            let shown = format!("{}/{pod}", ns.kube_ovn);
+            checks::in_pod_checks(&plan, &shown, &output)
+                .into_iter()
+                .for_each(|r| report.push(r));
+            Some(plan)
+        }
+    };
+
+    // e. Health: the condition, then a ping of our own.
+    report.push(checks::healthy(&tunnel));
+    let ping = match (plan, report.passed(checks::DEVICE)) {
+        (Some(plan), true) => match checks::ping_target(&tunnel) {
+            Ok(target) => {
+                let pod = pod_name.unwrap_or_default();
+                let output = exec(
+                    client,
+                    &ns.kube_ovn,
+                    &pod,
+                    checks::ping_script(&plan.device, target),
+                )
+                .await;
+                checks::ping(&plan.device, target, &output)
+            }
+            Err(result) => result,
+        },
+        _ => CheckResult::skip(checks::PING, format!("needs {}", checks::DEVICE)),
+    };
+    report.push(ping);
+    Ok(report)
+}
+
+/// The tunnels whose gateway serves VPC `vpc`: `status.localGateway` (after a failover) or else
+/// `spec.natGwDp` is a VpcNatGateway of that VPC. Sorted by namespace and name.
+pub async fn tunnels_of_vpc(
+    client: &Client,
+    namespace: Option<&str>,
+    vpc: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let gateways: Api<VpcNatGateway> = Api::all(client.clone());
+    let serving: Vec<String> = gateways
+        .list(&ListParams::default())
+        .await
+        .context("cannot list VpcNatGateways")?
+        .into_iter()
+        .filter(|g| g.spec.vpc == vpc)
+        .map(|g| g.name_any())
+        .collect();
+    if serving.is_empty() {
+        anyhow::bail!("no VpcNatGateway serves VPC {vpc}");
+    }
+    let tunnels: Api<VpcNatTunnel> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut found: Vec<(String, String)> = tunnels
+        .list(&ListParams::default())
+        .await
+        .context("cannot list VpcNatTunnels")?
+        .into_iter()
+        .filter(|t| {
+            let local = t
+                .status
+                .as_ref()
+                .and_then(|s| s.local_gateway.as_deref())
+                .unwrap_or(&t.spec.nat_gw_dp);
+            serving.iter().any(|g| g == local)
+        })
+        .map(|t| (t.namespace().unwrap_or_default(), t.name_any()))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Runs `sh -c <script>` in the gateway container of `namespace/pod`: its output and exit
+/// status, or why it could not run.
+async fn exec(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    script: String,
+) -> Result<CommandOutput, String> {
+    tokio::time::timeout(EXEC_TIMEOUT, exec_inner(client, namespace, pod, script))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {}s", EXEC_TIMEOUT.as_secs())))
+}
+
+async fn exec_inner(
+    client: &Client,
+    namespace: &str,
+    pod: &str,
+    script: String,
+) -> Result<CommandOutput, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = AttachParams::default()
+        .container(NAT_GW_CONTAINER)
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
+    let mut process = pods
+        .exec(pod, ["sh".to_owned(), "-c".to_owned(), script], &params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (stdout, stderr) = (process.stdout(), process.stderr());
+    let status = process.take_status();
+    let read = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
+        let mut buf = Vec::new();
+        if let Some(r) = r {
+            r.take(MAX_OUTPUT).read_to_end(&mut buf).await?;
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let (stdout, stderr) =
+        tokio::try_join!(read(stdout), read(stderr)).map_err(|e| e.to_string())?;
+    let status = match status {
+        Some(s) => s.await,
+        None => None,
+    };
+    process.join().await.map_err(|e| e.to_string())?;
+    let Some(status) = status else {
+        return Err("the exec ended without an exit status".into());
+    };
+    let exit_code = if status.status.as_deref() == Some("Success") {
+        0
+    } else {
+        status
+            .details
+            .as_ref()
+            .and_then(|d| d.causes.as_ref())
+            .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+            .and_then(|c| c.message.as_deref())
+            .and_then(|m| m.parse::<i32>().ok())
+            // kwok's kubelet reports a non-zero exit only in the message ("exit status N").
+            .or_else(|| status.message.as_deref().and_then(exit_status_in))
+            .unwrap_or(-1)
+    };
+    Ok(CommandOutput {
+        stdout,
+        stderr,
+        exit_code,
+    })
+}
+
+/// `N` of the last "exit status N" in an exec status message.
+fn exit_status_in(message: &str) -> Option<i32> {
+    let at = message.rfind("exit status ")? + "exit status ".len();
+    let digits: String = message[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_are_read_from_kwoks_messages() {
+        assert_eq!(exit_status_in("command terminated: exit status 2"), Some(2));
+        assert_eq!(
+            exit_status_in("InternalError: exit status 127 (x)"),
+            Some(127)
+        );
+        assert_eq!(exit_status_in("no status"), None);
+    }
+}
