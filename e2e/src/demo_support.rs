@@ -38,6 +38,8 @@ pub fn chart_args(binary: &str, cluster: &str) -> Vec<String> {
                 "--failover-grace-period=5s",
                 "--failback=never",
                 "--failback-delay=60s",
+                "--failover-on-unhealthy-tunnels=true",
+                "--unhealthy-failover-holddown=5m",
             ]
             .map(String::from),
         ),

@@ -938,6 +938,132 @@ async fn tunnel_health_follows_the_far_end_through_the_published_addresses() {
     y.unwrap();
 }
 
+/// A primary whose pod stays Ready but whose tunnels all stop answering is failed over: its
+/// tunnel's device is taken down by hand inside it, tunnel-manager's probes turn Healthy=False,
+/// exip-syncer moves the VPC's routes and the GatewayExIp to the standby, the tunnel is rebuilt
+/// there and answers again; the primary is then held down (no move back).
+#[tokio::test]
+async fn a_gateway_whose_tunnels_all_stop_answering_fails_over_to_the_standby() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &["--failover-grace-period=1s"]).await;
+    let _tm = env.h.exclusive("tunnel-manager").await.unwrap();
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    let (vpc, remote_vpc) = (Harness::unique_name("uvpc"), Harness::unique_name("uvpc"));
+    let (p, s, r) = tokio::join!(
+        new_gateway(h, C1, "up", &vpc),
+        new_gateway(h, C1, "us", &vpc),
+        new_gateway(h, C2, "ur", &remote_vpc),
+    );
+    let remote_cidr = h.vpc_network(C2).unwrap().globalnet_cidr;
+    apply_dynamic(&c1, &fixtures::vpc(&vpc, &[(&remote_cidr, &p.node.lan_ip)]))
+        .await
+        .unwrap();
+    let p_name = format!("{}-{C1}", p.spec.name);
+    wait_exip(&exips(&c2), &p_name, ext_ip(&p.node.external_ip)).await;
+    wait_exip(
+        &exips(&c1),
+        &format!("{}-{C2}", r.spec.name),
+        ext_ip(&r.node.external_ip),
+    )
+    .await;
+
+    let (pair, _) = TunnelPair::up(h, "ufo", (&p.spec.name, &r.spec.name), 253).await;
+    let [t1, _] = &pair.apis;
+    let dev = pair.dev.clone();
+    let answering =
+        |t: &VpcNatTunnel| healthy(t).is_some_and(|(s, r)| s == "True" && r == "Answering");
+    wait_for_object(t1, &dev, CONVERGE, answering)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[0].log_tail(30)));
+
+    // The primary's pod stays Ready; its tunnel stops carrying anything.
+    let broken = std::time::Instant::now();
+    p.sh(h, &format!("ip link set {dev} down")).await.unwrap();
+    let vpcs: Api<Vpc> = Api::all(c1.clone());
+    wait_for_object(&vpcs, &vpc, CONVERGE, |v: &Vpc| {
+        v.spec.static_routes[0].next_hop_ip == s.node.lan_ip
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    eprintln!(
+        "routes on the standby {:?} after the tunnel broke",
+        broken.elapsed()
+    );
+    wait_exip(&exips(&c2), &p_name, ext_ip(&s.node.external_ip)).await;
+    // Rebuilt in the standby's pod, the tunnel answers again.
+    let s_ip = s.node.external_ip.clone();
+    wait_for_object(t1, &dev, CONVERGE, |t: &VpcNatTunnel| {
+        programmed(t)
+            && answering(t)
+            && t.status.as_ref().and_then(|s| s.local_ip.as_deref()) == Some(s_ip.as_str())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[0].log_tail(30)));
+    eprintln!(
+        "tunnel answering through the standby {:?} after it broke",
+        broken.elapsed()
+    );
+    let events: Api<Event> = Api::all(c1.clone());
+    let why = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("GatewayFailover"))
+        .filter_map(|e| e.note)
+        .find(|n| n.contains(&p.spec.name))
+        .expect("a GatewayFailover event");
+    assert!(why.contains("none of its tunnels answering"), "{why}");
+    // The standby's tunnel fails too (as when the far end is what failed): the primary, whose
+    // tunnel moved away so that nothing of it fails now, is held down, so the routes stay
+    // (no standby: a NoStandbyGateway event) instead of swinging back.
+    s.sh(h, &format!("ip link set {dev} down")).await.unwrap();
+    wait_for_object(t1, &dev, CONVERGE, |t: &VpcNatTunnel| {
+        healthy(t).is_some_and(|(s, _)| s == "False")
+    })
+    .await
+    .unwrap();
+    wait_for(
+        "a NoStandbyGateway event for the standby",
+        CONVERGE,
+        || async {
+            let stranded = events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("NoStandbyGateway"))
+                .filter_map(|e| e.note)
+                .any(|n| n.contains(&s.spec.name));
+            Ok(if stranded {
+                Check::Done(())
+            } else {
+                Check::Pending("no event yet".into())
+            })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", env.logs()));
+    let v = vpcs.get(&vpc).await.unwrap();
+    assert_eq!(
+        v.spec.static_routes[0].next_hop_ip, s.node.lan_ip,
+        "held down"
+    );
+
+    pair.down(h).await;
+    let (x, y, z) = tokio::join!(
+        h.delete_nat_gateway(&p),
+        h.delete_nat_gateway(&s),
+        h.delete_nat_gateway(&r)
+    );
+    x.unwrap();
+    y.unwrap();
+    z.unwrap();
+    let _ = vpcs.delete(&vpc, &DeleteParams::default()).await;
+}
+
 // ------------------------------------------------------------------ one gateway model
 
 /// Since Kube-OVN v1.14 net1's NAD comes from the external Subnet's `spec.provider`, so the

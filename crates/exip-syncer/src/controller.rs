@@ -147,6 +147,9 @@ struct Context {
     warned_no_globalnet: bool,
     /// Whether this cluster's API server keeps `spec.tunnels` (an old CRD drops it).
     servers: pruning::Servers,
+    /// Gateways failed over because their tunnels all stopped answering, and when: unfit to
+    /// carry or stand by for `--unhealthy-failover-holddown` (in memory, as `health` is).
+    held_down: HashMap<String, Instant>,
 }
 
 /// Reads the cluster ID from Submariner's ServiceDiscovery, retrying until it is there.
@@ -337,6 +340,7 @@ pub async fn run(
         stranded: BTreeSet::new(),
         warned_no_globalnet: false,
         servers,
+        held_down: HashMap::new(),
     };
     let backoff = ErrorBackoff::new(Duration::from_millis(500), Duration::from_secs(60));
     let mut next: Option<tokio::time::Instant> = None;
@@ -390,11 +394,21 @@ pub async fn run(
 async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
     let now = Instant::now();
     let ns = ctx.settings.namespace.clone();
-    let gateways = model::gateways(
+    let mut gateways = model::gateways(
         &ctx.stores.gateways.state(),
         &ctx.stores.pods.state(),
         &ctx.settings.kube_ovn,
     );
+    let holddown = ctx.settings.policy.unhealthy_holddown;
+    ctx.held_down
+        .retain(|_, at| now.saturating_duration_since(*at) < holddown);
+    let holddown_ends = ctx.held_down.values().map(|at| *at + holddown).min();
+    if ctx.settings.policy.on_unhealthy_tunnels {
+        let unhealthy = model::unhealthy(&ctx.stores.tunnels.state());
+        for (name, gw) in gateways.iter_mut() {
+            gw.tunnels_failing = unhealthy.contains(name) || ctx.held_down.contains_key(name);
+        }
+    }
     failover::observe(&mut ctx.health, &gateways, now);
     let vpcs: Vec<VpcRoutes> = ctx
         .stores
@@ -477,7 +491,18 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
                 to = m.to_gw, to_ip = %m.to_ip, "repointed static routes"
             );
             let reference = vpc_reference(ctx, &m.vpc);
+            // A carrier whose pod is fine was failed over for its tunnels: held down.
+            let for_tunnels = m.kind == MoveKind::Failover
+                && gateways.get(&m.from_gw).is_some_and(|g| g.available());
+            if for_tunnels {
+                ctx.held_down.insert(m.from_gw.clone(), now);
+            }
             let (type_, reason, what) = match m.kind {
+                MoveKind::Failover if for_tunnels => (
+                    EventType::Warning,
+                    "GatewayFailover",
+                    "up but none of its tunnels answering",
+                ),
                 MoveKind::Failover => (EventType::Warning, "GatewayFailover", "unavailable"),
                 MoveKind::Failback => (EventType::Normal, "GatewayFailback", "available again"),
             };
@@ -590,7 +615,11 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
     }
     match route_error {
         Some(err) => Err(err),
-        None => Ok(decisions.next_check),
+        // A hold-down ending makes a gateway fit again: look then.
+        None => Ok(match (decisions.next_check, holddown_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }),
     }
 }
 

@@ -34,6 +34,12 @@ pub struct Policy {
     pub failback: FailbackPolicy,
     /// How long a failed-over primary must be available again before an automatic fail-back.
     pub failback_delay: Duration,
+    /// Fail a carrier over when its tunnels all stop answering (`--failover-on-unhealthy-tunnels`).
+    pub on_unhealthy_tunnels: bool,
+    /// How long a gateway failed over for its tunnels stays unfit to carry or stand by: a
+    /// remote outage fails every gateway's tunnels, and routes must not swing between two
+    /// gateways while it lasts (`--unhealthy-failover-holddown`).
+    pub unhealthy_holddown: Duration,
 }
 
 /// Availability of a gateway as observed by the controller, and since when.
@@ -52,7 +58,7 @@ pub fn observe(
 ) {
     health.retain(|name, _| gateways.contains_key(name));
     for (name, gw) in gateways {
-        let available = gw.available();
+        let available = gw.serviceable();
         match health.get_mut(name) {
             Some(h) if h.available == available => {}
             Some(h) => {
@@ -140,7 +146,7 @@ pub fn choose_standby<'a>(
 ) -> Option<&'a Gateway> {
     gateways
         .values()
-        .filter(|g| g.name != failed.name && g.vpc == failed.vpc && g.available())
+        .filter(|g| g.name != failed.name && g.vpc == failed.vpc && g.serviceable())
         .min_by_key(|g| {
             (
                 g.subnet != failed.subnet,
@@ -210,7 +216,7 @@ pub fn decide(
                 || carrying_names.contains(&primary.name)
                 || !carrying_names.contains(active)
                 || moved_from.contains(active)
-                || !primary.available()
+                || !primary.serviceable()
             {
                 continue;
             }
@@ -290,8 +296,9 @@ pub fn route_patch(vpc: &VpcRoutes, moves: &[RouteMove]) -> Option<Value> {
 /// 2. one that failed over keeps naming its carrier while that carrier carries;
 /// 3. one whose named carrier lost its routes follows them (this pass's move), else the
 ///    VPC's first carrier, else itself;
-/// 4. an unavailable gateway that names itself but carries nothing follows the VPC's carrier
-///    (covers a restart between the route patch and the label update);
+/// 4. an unfit gateway (unavailable, or its tunnels failing) that names itself but carries
+///    nothing follows the VPC's carrier (covers this pass's failover and a restart between the
+///    route patch and the label update);
 /// 5. otherwise itself.
 pub fn active_for(
     gateway: &Gateway,
@@ -313,7 +320,7 @@ pub fn active_for(
     match label {
         Some(l) if l != me && carriers_after.iter().any(|c| c == l) => l.to_owned(),
         Some(l) if l != me => follow(l).unwrap_or_else(|| me.to_owned()),
-        _ if !gateway.available() => follow(me).unwrap_or_else(|| me.to_owned()),
+        _ if !gateway.serviceable() => follow(me).unwrap_or_else(|| me.to_owned()),
         _ => me.to_owned(),
     }
 }
@@ -356,6 +363,8 @@ mod tests {
         grace: Duration::from_secs(5),
         failback: FailbackPolicy::Never,
         failback_delay: Duration::from_secs(60),
+        on_unhealthy_tunnels: true,
+        unhealthy_holddown: Duration::from_secs(300),
     };
 
     fn health_of(g: &BTreeMap<String, Gateway>, since: Instant) -> HashMap<String, Health> {
@@ -373,6 +382,51 @@ mod tests {
                 route("242.2.0.0/16", "10.1.0.254"),
             ],
         }
+    }
+
+    #[test]
+    fn a_carrier_whose_tunnels_all_fail_moves_to_a_standby_whose_do_not() {
+        let mut g = gws(vec![
+            gw("p", "v1", "10.1.0.254", Some("172.50.0.2")),
+            gw("s", "v1", "10.1.0.253", Some("172.50.0.3")),
+            gw("t", "v1", "10.1.0.252", Some("172.50.0.4")),
+        ]);
+        // p's pod is fine but its tunnels all fail; t is failing too (say, held down).
+        for name in ["p", "t"] {
+            g.get_mut(name).unwrap().tunnels_failing = true;
+        }
+        let t0 = Instant::now();
+        let mut h = HashMap::new();
+        observe(&mut h, &g, t0);
+        assert!(!h["p"].available);
+        let d = decide(
+            &[vpc1()],
+            &g,
+            &h,
+            &BTreeMap::new(),
+            &POLICY,
+            t0 + POLICY.grace,
+        );
+        assert_eq!(
+            d.moves
+                .iter()
+                .map(|m| (m.from_gw.as_str(), m.to_gw.as_str()))
+                .collect::<Vec<_>>(),
+            [("p", "s")]
+        );
+        // With s failing as well there is nobody to move to.
+        g.get_mut("s").unwrap().tunnels_failing = true;
+        observe(&mut h, &g, t0);
+        let d = decide(
+            &[vpc1()],
+            &g,
+            &h,
+            &BTreeMap::new(),
+            &POLICY,
+            t0 + POLICY.grace,
+        );
+        assert!(d.moves.is_empty());
+        assert_eq!(d.stranded, [("v1".to_string(), "p".to_string())]);
     }
 
     #[test]
@@ -540,6 +594,13 @@ mod tests {
         assert_eq!(active_for(&s, None, &["p".into()], &none), "s");
         // 4. restart between the route patch and the label update.
         assert_eq!(active_for(&p_down, Some("p"), &c_s, &none), "s");
+        // ... and a primary failed over for its tunnels (its pod is fine) follows too.
+        let p_failing = Gateway {
+            tunnels_failing: true,
+            ..p_up.clone()
+        };
+        assert_eq!(active_for(&p_failing, Some("p"), &c_s, &moved), "s");
+        assert_eq!(active_for(&p_failing, Some("p"), &c_s, &none), "s");
         // 3. chained failover p→s→t: p follows s's routes.
         let t_moved: BTreeMap<String, String> = [("s".into(), "t".into())].into();
         assert_eq!(active_for(&p_up, Some("s"), &["t".into()], &t_moved), "t");

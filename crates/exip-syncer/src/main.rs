@@ -56,6 +56,16 @@ struct Args {
     #[arg(long, env = "FAILBACK_DELAY", default_value = "60s", value_parser = duration)]
     failback_delay: Duration,
 
+    /// Fail a gateway over, like one whose pod is lost, when every tunnel it carries whose
+    /// health tunnel-manager knows is Healthy=False (after the same grace period).
+    #[arg(long, env = "FAILOVER_ON_UNHEALTHY_TUNNELS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    failover_on_unhealthy_tunnels: bool,
+
+    /// How long a gateway failed over for its tunnels is not used again, as carrier or standby.
+    #[arg(long, env = "UNHEALTHY_FAILOVER_HOLDDOWN", default_value = "5m", value_parser = duration)]
+    unhealthy_failover_holddown: Duration,
+
     /// Where the broker credentials come from: "service-discovery" (Submariner's), "none", or
     /// "secret:<namespace>/<name>" (a Secret whose key `kubeconfig` is a broker kubeconfig).
     #[arg(long, env = "BROKER_CREDENTIALS", default_value = "service-discovery", value_parser = parse_source)]
@@ -126,6 +136,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             grace: args.failover_grace_period,
             failback: args.failback,
             failback_delay: args.failback_delay,
+            on_unhealthy_tunnels: args.failover_on_unhealthy_tunnels,
+            unhealthy_holddown: args.unhealthy_failover_holddown,
         },
         broker: broker::BrokerSettings {
             source: args.broker_credentials.clone(),
@@ -184,6 +196,10 @@ mod tests {
         assert_eq!(d.failback, failover::FailbackPolicy::Never);
         assert_eq!(d.broker_credentials, broker::Source::ServiceDiscovery);
         assert_eq!(d.gateway_namespace, "kube-system");
+        assert!(d.failover_on_unhealthy_tunnels);
+        assert_eq!(d.unhealthy_failover_holddown, Duration::from_secs(300));
+        let off = Args::try_parse_from(["x", "--failover-on-unhealthy-tunnels=false"]).unwrap();
+        assert!(!off.failover_on_unhealthy_tunnels);
         for bad in [
             "--broker-credentials=secret:x",
             "--globalnet-cidr=242.1.0.0",

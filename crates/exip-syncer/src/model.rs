@@ -25,12 +25,20 @@ pub struct Gateway {
     pub external_ip: Option<Ipv4Addr>,
     /// A pod of the gateway exists, is not terminating and is Ready.
     pub ready: bool,
+    /// Every tunnel it carries whose health is known is Healthy=False, or it was failed over
+    /// for that within the hold-down ([`unhealthy`]): no use as a carrier or a standby.
+    pub tunnels_failing: bool,
 }
 
 impl Gateway {
     /// Ready and fully addressed: it can carry traffic and be published.
     pub fn available(&self) -> bool {
         self.ready && self.lan_ip.is_some() && self.external_ip.is_some()
+    }
+
+    /// Available and its tunnels not all failing: fit to carry a VPC's traffic.
+    pub fn serviceable(&self) -> bool {
+        self.available() && !self.tunnels_failing
     }
 }
 
@@ -60,10 +68,47 @@ pub fn gateways(
                 lan_ip: gw.spec.lan_ip.trim().parse().ok(),
                 external_ip: ready_pod.and_then(|p| external_ip(p).ok()),
                 ready: ready_pod.is_some(),
+                tunnels_failing: false,
                 name: name.clone(),
             };
             (name, gateway)
         })
+        .collect()
+}
+
+/// The gateway instances whose tunnels all fail: each has at least one programmed (Ready=True),
+/// live tunnel whose Healthy condition is known, and every such tunnel is Healthy=False.
+/// Tunnels still being probed (Unknown) count for neither side; a tunnel is on the instance its
+/// status names (`status.localGateway`, which follows a failover), else its `natGwDp`.
+pub fn unhealthy(tunnels: &[impl Borrow<VpcNatTunnel>]) -> std::collections::BTreeSet<String> {
+    let mut by_instance: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for t in tunnels.iter().map(Borrow::borrow) {
+        let Some(status) = t.status.as_ref() else {
+            continue;
+        };
+        if t.metadata.deletion_timestamp.is_some()
+            || !conditions::is_true(&status.conditions, conditions::READY)
+        {
+            continue;
+        }
+        let Some(healthy) = conditions::find(&status.conditions, conditions::HEALTHY) else {
+            continue;
+        };
+        let instance = status
+            .local_gateway
+            .clone()
+            .unwrap_or_else(|| t.spec.nat_gw_dp.clone());
+        let entry = by_instance.entry(instance).or_default();
+        match healthy.status.as_str() {
+            "True" => entry.0 += 1,
+            "False" => entry.1 += 1,
+            _ => {}
+        }
+    }
+    by_instance
+        .into_iter()
+        .filter(|(_, (up, down))| *up == 0 && *down > 0)
+        .map(|(instance, _)| instance)
         .collect()
 }
 
@@ -137,6 +182,7 @@ pub(crate) mod tests {
             lan_ip: lan.parse().ok(),
             external_ip: ext.and_then(|e| e.parse().ok()),
             ready: ext.is_some(),
+            tunnels_failing: false,
         }
     }
 
@@ -219,6 +265,59 @@ pub(crate) mod tests {
         let m = gateways(&gws, &pods, &KubeOvn::default());
         assert!(!m["a"].ready);
         assert!(m["b"].ready && !m["b"].available(), "no external IP yet");
+    }
+
+    #[test]
+    fn an_instance_is_unhealthy_when_every_tunnel_whose_health_is_known_fails() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+        use multivpc_api::{VpcNatTunnelSpec, VpcNatTunnelStatus};
+        let cond = |type_: &str, status: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        };
+        let tunnel =
+            |name: &str, gw: &str, local: Option<&str>, ready: &str, healthy: Option<&str>| {
+                let mut t = VpcNatTunnel::new(
+                    name,
+                    VpcNatTunnelSpec {
+                        cluster_id: "c2".into(),
+                        gateway_name: "r".into(),
+                        interface_addr: "10.100.0.1/24".into(),
+                        nat_gw_dp: gw.into(),
+                        tunnel_type: Default::default(),
+                        vni: None,
+                        dst_port: None,
+                        mtu: None,
+                    },
+                );
+                let mut conditions = vec![cond("Ready", ready)];
+                conditions.extend(healthy.map(|h| cond("Healthy", h)));
+                t.status = Some(VpcNatTunnelStatus {
+                    conditions,
+                    local_gateway: local.map(Into::into),
+                    ..Default::default()
+                });
+                t
+            };
+        let tunnels = vec![
+            // a: one down, one still probing: unhealthy.
+            tunnel("a1", "a", None, "True", Some("False")),
+            tunnel("a2", "a", None, "True", Some("Unknown")),
+            // b: one down, one up.
+            tunnel("b1", "b", None, "True", Some("False")),
+            tunnel("b2", "b", None, "True", Some("True")),
+            // c: only unknown or unprogrammed ones.
+            tunnel("c1", "c", None, "True", Some("Unknown")),
+            tunnel("c2", "c", None, "False", Some("False")),
+            // d's tunnel moved to e by a failover: it counts for e.
+            tunnel("d1", "d", Some("e"), "True", Some("False")),
+        ];
+        let bad = unhealthy(&tunnels);
+        assert_eq!(bad.into_iter().collect::<Vec<_>>(), ["a", "e"]);
     }
 
     #[test]

@@ -318,7 +318,8 @@ impl Context {
     }
 
     fn remember(&self, key: &str, resolved: &Resolved) {
-        self.programmed
+        let before = self
+            .programmed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
@@ -329,6 +330,13 @@ impl Context {
                     checked_at: Instant::now(),
                 },
             );
+        // Probes through another pod say nothing about this one.
+        if before.is_some_and(|b| b.pod.uid != resolved.pod.uid) {
+            self.health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|k| k != key);
+        }
     }
 
     /// Forgets everything kept for tunnels that are gone (deleted without a cleanup this

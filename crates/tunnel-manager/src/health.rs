@@ -193,6 +193,31 @@ pub fn condition(
     )
 }
 
+/// The `Healthy` condition and health a tunnel's status already shows, when it is a verdict
+/// of probes (Answering, NotAnswering): kept while this process has not probed the tunnel yet
+/// (after a restart or a change of leader), so that the condition does not pass through
+/// Unknown every time.
+pub fn carried_over(
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    old_health: Option<&TunnelHealth>,
+) -> Option<(DesiredCondition, Option<TunnelHealth>)> {
+    let c = multivpc_api::conditions::find(old, HEALTHY)?;
+    let (status, reason) = match (c.status.as_str(), c.reason.as_str()) {
+        ("True", reason::ANSWERING) => (Status::True, reason::ANSWERING),
+        ("False", reason::NOT_ANSWERING) => (Status::False, reason::NOT_ANSWERING),
+        _ => return None,
+    };
+    Some((
+        DesiredCondition {
+            type_: HEALTHY,
+            status,
+            reason,
+            message: c.message.clone(),
+        },
+        old_health.cloned(),
+    ))
+}
+
 /// The `Healthy` condition of a tunnel that is not programmed.
 pub fn not_programmed(ready_reason: &str) -> DesiredCondition {
     DesiredCondition {

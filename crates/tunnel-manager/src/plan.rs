@@ -155,12 +155,18 @@ pub fn plan(
         Some(since) if verify_interval.is_some_and(|i| since >= i) => Step::Verify,
         Some(_) => Step::Nothing,
     };
-    let (healthy, probed) = health::condition(
-        cfg.device.as_str(),
-        health::target(tunnel, cfg, snapshot),
-        health.observed,
-        health.probing,
-    );
+    // What the probes saw through another pod (before a failover or a pod replacement) says
+    // nothing about this one: its probes start over.
+    let same_pod =
+        old.gateway_pod.as_ref().map(|p| p.uid.as_str()) == Some(resolved.pod.uid.as_str());
+    let target = health::target(tunnel, cfg, snapshot);
+    let observed = health.observed.filter(|_| same_pod);
+    let carried = (same_pod && observed.is_none() && health.probing && target.is_ok())
+        .then(|| health::carried_over(&old.conditions, old.health.as_ref()))
+        .flatten();
+    let (healthy, probed) = carried.unwrap_or_else(|| {
+        health::condition(cfg.device.as_str(), target, observed, health.probing)
+    });
     let status = VpcNatTunnelStatus {
         observed_generation: tunnel.metadata.generation,
         conditions: old.conditions.clone(),
@@ -531,6 +537,96 @@ mod tests {
             }
         );
         assert_eq!(p.move_out, None);
+    }
+
+    #[test]
+    fn health_comes_from_probes_through_the_pod_the_status_names() {
+        use multivpc_api::conditions::Status;
+        let mut s = fixtures::snapshot();
+        // The far end publishes its address for this tunnel.
+        let mut far = (*s.exips["rgw-cluster2"]).clone();
+        far.spec.tunnels = vec![multivpc_api::TunnelAddress {
+            cluster_id: "cluster1".into(),
+            gateway_name: "gw1".into(),
+            interface_addr: "10.100.0.2/24".into(),
+        }];
+        s.exips.insert("rgw-cluster2".into(), Arc::new(far));
+        let fresh = fixtures::tunnel("ns1", "vx1", "gw1", "rgw", 1);
+        s.tunnels = vec![fresh.clone()];
+        let probing = |t: &VpcNatTunnel, observed: Option<&health::Observed>| {
+            program(plan(
+                t,
+                resolve(t, &s),
+                &s,
+                Some(Duration::from_secs(1)),
+                INTERVAL,
+                HealthInput {
+                    probing: true,
+                    observed,
+                },
+            ))
+        };
+        // Not probed yet: Probing, toward the published address.
+        let p = probing(&fresh, None);
+        assert_eq!(
+            (p.healthy.status, p.healthy.reason),
+            (Status::Unknown, health::reason::PROBING)
+        );
+        assert!(
+            p.healthy.message.contains("10.100.0.2"),
+            "{}",
+            p.healthy.message
+        );
+        // Probed through its pod and answering.
+        let mut tracker = health::Tracker::new(health::Policy::default());
+        tracker.record(
+            "ns1/vx1",
+            "10.100.0.2".parse().unwrap(),
+            crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
+            jiff::Timestamp::UNIX_EPOCH,
+            std::time::Instant::now(),
+        );
+        let seen = tracker.observed("ns1/vx1");
+        let with_pod = |uid: &str,
+                        conditions: Vec<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+        >| {
+            let mut t = (*fresh).clone();
+            t.status = Some(VpcNatTunnelStatus {
+                gateway_pod: Some(PodRef {
+                    name: "vpc-nat-gw-gw1-0".into(),
+                    uid: uid.into(),
+                }),
+                conditions,
+                ..Default::default()
+            });
+            t
+        };
+        let programmed_there = with_pod("uid-1", vec![]);
+        let p = probing(&programmed_there, seen.as_ref());
+        assert_eq!(p.healthy.status, Status::True);
+        assert_eq!(p.status.health.unwrap().target, "10.100.0.2");
+        // What was seen through another pod (before a failover) does not count.
+        let elsewhere = with_pod("uid-0", vec![]);
+        assert_eq!(
+            probing(&elsewhere, seen.as_ref()).healthy.reason,
+            health::reason::PROBING
+        );
+        // After a restart (nothing observed yet), the verdict the status shows is kept.
+        let shown = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: "Healthy".into(),
+            status: "False".into(),
+            reason: health::reason::NOT_ANSWERING.into(),
+            message: "10.100.0.2 does not answer".into(),
+            observed_generation: None,
+            last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+        };
+        let restarted = with_pod("uid-1", vec![shown]);
+        let p = probing(&restarted, None);
+        assert_eq!(
+            (p.healthy.status, p.healthy.reason),
+            (Status::False, health::reason::NOT_ANSWERING)
+        );
     }
 
     #[test]
