@@ -938,6 +938,85 @@ async fn tunnel_health_follows_the_far_end_through_the_published_addresses() {
     y.unwrap();
 }
 
+/// The broker's GatewayExIp CRD predates `spec.tunnels` (Helm installs CRDs but never upgrades
+/// them), so the broker drops the field from every export. exip-syncer says so once and exports
+/// without it, instead of rewriting the object on every pass; the far ends' tunnels cannot be
+/// probed and say why (Healthy=Unknown PeerAddressUnknown).
+#[tokio::test]
+async fn a_broker_crd_without_tunnel_addresses_is_noticed_not_rewritten_forever() {
+    let h = harness_or_skip!([C1, C2, BROKER]);
+    let env = setup(h, &[]).await;
+    let _tm = env.h.exclusive("tunnel-manager").await.unwrap();
+    let h = &env.h;
+    let (c1, c2) = (h.client(C1), h.client(C2));
+    // The broker's CRD as it was before the field: today's without `spec.tunnels`.
+    let text = std::fs::read_to_string(
+        multivpc_e2e::repo_dir().join("crds/kubeovn.ustc.io_gatewayexips.yaml"),
+    )
+    .unwrap();
+    let mut old: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let spec = &mut old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    assert!(spec.as_object_mut().unwrap().remove("tunnels").is_some());
+    apply_json(&h.client(BROKER), old).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (vpc1, vpc2) = (Harness::unique_name("ovpc"), Harness::unique_name("ovpc"));
+    let (p, r) = tokio::join!(
+        new_gateway(h, C1, "op", &vpc1),
+        new_gateway(h, C2, "or", &vpc2),
+    );
+    let p_name = format!("{}-{C1}", p.spec.name);
+    wait_exip(&exips(&c2), &p_name, ext_ip(&p.node.external_ip)).await;
+    let (pair, _) = TunnelPair::up(h, "old", (&p.spec.name, &r.spec.name), 254).await;
+    let [_, t2] = &pair.apis;
+    let dev = pair.dev.clone();
+    // Published in cluster1 (its CRD keeps the field) ...
+    wait_exip(&exips(&c1), &p_name, |e| !e.spec.tunnels.is_empty()).await;
+    // ... dropped by the broker: cluster2's copy has none, its tunnel end says why.
+    wait_for_object(t2, &dev, CONVERGE, |t: &VpcNatTunnel| {
+        healthy(t).is_some_and(|(s, r)| s == "Unknown" && r == "PeerAddressUnknown")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", pair.managers[1].log_tail(30)));
+    assert!(
+        exips(&c2)
+            .get(&p_name)
+            .await
+            .unwrap()
+            .spec
+            .tunnels
+            .is_empty()
+    );
+    wait_for(
+        "exip-syncer to say the broker drops the field",
+        CONVERGE,
+        || async {
+            let said = env.syncers[0]
+                .log_tail(200)
+                .contains("dropped or refused spec.tunnels");
+            Ok(if said {
+                Check::Done(())
+            } else {
+                Check::Pending(env.syncers[0].log_tail(5))
+            })
+        },
+    )
+    .await
+    .unwrap();
+    // No rewriting: the exports stand still while nothing changes.
+    let exports = "multivpc_broker_sync_total{direction=\"to_broker\",result=\"success\"}";
+    let before = env.syncers[0].metric(exports).await.unwrap().unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = env.syncers[0].metric(exports).await.unwrap().unwrap_or(0.0);
+    assert_eq!(before, after, "exports went on: {}", env.logs());
+
+    pair.down(h).await;
+    let (x, y) = tokio::join!(h.delete_nat_gateway(&p), h.delete_nat_gateway(&r));
+    x.unwrap();
+    y.unwrap();
+    h.install_project_crds(BROKER).await.unwrap();
+}
+
 /// A primary whose pod stays Ready but whose tunnels all stop answering is failed over: its
 /// tunnel's device is taken down by hand inside it, tunnel-manager's probes turn Healthy=False,
 /// exip-syncer moves the VPC's routes and the GatewayExIp to the standby, the tunnel is rebuilt

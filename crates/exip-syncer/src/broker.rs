@@ -615,9 +615,17 @@ pub async fn run(
         ] {
             for op in ops {
                 let result = execute(api, op).await;
-                if let (Ok(Some(stored)), Op::Apply(sent) | Op::Create(sent)) = (&result, op)
-                    && kept.observe(sent, stored)
-                {
+                let noticed = match (&result, op) {
+                    (Ok(Some(stored)), Op::Apply(sent) | Op::Create(sent)) => {
+                        kept.observe(sent, stored)
+                    }
+                    // Retried, without the field, after the backoff.
+                    (Err(err), Op::Apply(sent) | Op::Create(sent)) => {
+                        kept.observe_refusal(sent, err)
+                    }
+                    _ => false,
+                };
+                if noticed {
                     crate::controller::warn_tunnels_dropped(match direction {
                         Direction::ToBroker => "the broker's",
                         Direction::FromBroker => "this cluster's",

@@ -566,13 +566,23 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
         match op {
             publish::Op::Apply { object, created } => {
                 let name = object.name_any();
-                let stored = api
+                let stored = match api
                     .patch(
                         &name,
                         &PatchParams::apply(MANAGER).force(),
                         &Patch::Apply(&object),
                     )
-                    .await?;
+                    .await
+                {
+                    Ok(stored) => stored,
+                    Err(err) => {
+                        // An old CRD refuses the field: the retried pass writes without it.
+                        if ctx.servers.local.observe_refusal(&object, &err) {
+                            warn_tunnels_dropped("this cluster's");
+                        }
+                        return Err(err.into());
+                    }
+                };
                 if ctx.servers.local.observe(&object, &stored) {
                     warn_tunnels_dropped("this cluster's");
                 }
@@ -627,7 +637,7 @@ async fn pass(ctx: &mut Context) -> Result<Option<Instant>, Error> {
 pub fn warn_tunnels_dropped(whose: &str) {
     tracing::warn!(
         retry_in = ?pruning::RETRY_AFTER,
-        "{whose} API server dropped spec.tunnels from a GatewayExIp: its CRD predates the field \
+        "{whose} API server dropped or refused spec.tunnels of a GatewayExIp: its CRD predates the field \
          (Helm does not upgrade CRDs; apply the chart's crds/). Publishing without tunnel \
          addresses meanwhile, so the far ends cannot probe these tunnels (Healthy=Unknown)"
     );

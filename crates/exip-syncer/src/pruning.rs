@@ -1,9 +1,10 @@
 //! Whether an API server keeps a GatewayExIp's `spec.tunnels`. A CRD installed before the
-//! field existed (Helm installs CRDs but never upgrades them) drops it from every write, and
-//! comparing what is stored with what was written would then rewrite the object on every pass.
-//! So a write's answer is checked: when the field was dropped, it is left out of what is written
-//! to that API server for [`RETRY_AFTER`], then tried again (once the CRD is upgraded, the
-//! addresses appear within that time).
+//! field existed (Helm installs CRDs but never upgrades them) drops it from a create and
+//! refuses a server-side apply that sets it ("field not declared in schema"): comparing what
+//! is stored with what was written would rewrite the object on every pass, and every apply
+//! would fail. So a write's answer is checked: when the field was dropped or refused, it is
+//! left out of what is written to that API server for [`RETRY_AFTER`], then tried again (once
+//! the CRD is upgraded, the addresses appear within that time).
 
 use std::{
     sync::{Arc, Mutex},
@@ -42,7 +43,19 @@ impl TunnelsKept {
     /// Notes what the server stored for a write of `sent`. True when it has just been found to
     /// drop the field (to be reported once).
     pub fn observe(&self, sent: &GatewayExIp, stored: &GatewayExIp) -> bool {
-        let dropped = !sent.spec.tunnels.is_empty() && stored.spec.tunnels.is_empty();
+        self.note(sent, stored.spec.tunnels.is_empty())
+    }
+
+    /// Notes a write of `sent` the server refused. True when the refusal says the field is not
+    /// in its schema and that is news (to be reported once); the write is then retried without.
+    pub fn observe_refusal(&self, sent: &GatewayExIp, err: &kube::Error) -> bool {
+        let undeclared = matches!(err, kube::Error::Api(s)
+            if s.message.contains(".spec.tunnels") && s.message.contains("not declared in schema"));
+        undeclared && self.note(sent, true)
+    }
+
+    fn note(&self, sent: &GatewayExIp, missing: bool) -> bool {
+        let dropped = !sent.spec.tunnels.is_empty() && missing;
         let mut at = self.dropped_at();
         let newly = dropped && at.is_none_or(|t| t.elapsed() >= RETRY_AFTER);
         if dropped {
@@ -95,5 +108,31 @@ mod tests {
         assert!(keeps.kept());
         assert!(!keeps.observe(&obj(1), &obj(1)));
         assert!(keeps.kept());
+    }
+
+    #[test]
+    fn an_apply_refused_for_the_undeclared_field_counts_as_dropped() {
+        let refusal = |message: &str| {
+            kube::Error::Api(
+                serde_json::from_value(serde_json::json!({
+                    "status": "Failure", "code": 500, "reason": "", "message": message,
+                }))
+                .unwrap(),
+            )
+        };
+        let keeps = TunnelsKept::default();
+        // Another refusal says nothing about the field.
+        assert!(!keeps.observe_refusal(&obj(1), &refusal("etcdserver: request timed out")));
+        assert!(keeps.kept());
+        // What an API server answers a server-side apply the CRD's schema lacks a field for.
+        let undeclared = refusal(
+            "failed to create typed patch object (ns/gw1-c1; kubeovn.ustc.io/v1, Kind=GatewayExIp): .spec.tunnels: field not declared in schema",
+        );
+        assert!(keeps.observe_refusal(&obj(1), &undeclared));
+        assert!(!keeps.kept());
+        assert!(
+            !keeps.observe_refusal(&obj(1), &undeclared),
+            "reported once"
+        );
     }
 }
