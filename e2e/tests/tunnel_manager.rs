@@ -2005,3 +2005,57 @@ async fn a_sigkill_and_a_gateway_restart_mid_converge_lose_nothing_and_duplicate
     drop(ctl);
     env.down(&h, (0..N).map(|i| format!("{remote}{i}"))).await;
 }
+
+/// A cluster whose VpcNatTunnel CRD predates some status fields (Helm installs CRDs but never
+/// upgrades them): the API server refuses an apply that sets them, so the controller leaves
+/// them out, says so once, and the rest of the status (Ready) is still written.
+#[tokio::test]
+async fn a_crd_older_than_a_status_field_still_gets_the_rest_of_the_status() {
+    let h = harness_or_skip!(["cluster1"]);
+    let _locks = locks(&h).await;
+    let env = OneGateway::up(&h, "ocrd").await;
+    let (c, gw, ns, t) = (env.c.clone(), env.gw.clone(), env.ns.clone(), env.t.clone());
+    // The CRD as it was before status.mtu and status.health.
+    let text = std::fs::read_to_string(
+        multivpc_e2e::repo_dir().join("crds/kubeovn.ustc.io_vpcnattunnels.yaml"),
+    )
+    .unwrap();
+    let mut old: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+    let status = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+        ["properties"]
+        .as_object_mut()
+        .unwrap();
+    assert!(status.remove("mtu").is_some() && status.remove("health").is_some());
+    apply_json(&c, old).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let remote = Harness::unique_name("ocrd-r");
+    apply_exip(&c, &remote, "cluster9", "172.50.6.91", "242.91.0.0/16").await;
+    let ctl = start(&h, "cluster1", &[]).await;
+    apply_tunnel(
+        &c,
+        &ns,
+        "ocrd0",
+        "cluster9",
+        &remote,
+        &gw,
+        "10.254.91.1/30",
+        91,
+        &[],
+    )
+    .await;
+    let programmed = wait_programmed(&t, "ocrd0", |_| true).await;
+    let status = programmed.status.unwrap();
+    assert_eq!(status.mtu, None, "the old CRD has no status.mtu");
+    assert!(status.applied.is_some());
+    let log = ctl.log_tail(200);
+    assert!(log.contains("predates status.mtu"), "{log}");
+
+    t.delete("ocrd0", &DeleteParams::default()).await.unwrap();
+    wait_for_deletion(&t, "ocrd0", Duration::from_secs(60))
+        .await
+        .unwrap();
+    drop(ctl);
+    env.down(&h, [remote]).await;
+    h.install_project_crds("cluster1").await.unwrap();
+}
