@@ -311,13 +311,24 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         "{}",
         diagnosis.stdout
     );
-    // diagnose vpc finds the tunnel through its gateway.
+    // diagnose vpc checks the VPC's DNS forwarding (none here: a skip, not a failure) and
+    // finds the tunnel through its gateway.
     let by_vpc = plugin(&h, "cluster1", &["diagnose", "vpc", &vpc]).await;
     assert_eq!(by_vpc.code, Some(0), "{}{}", by_vpc.stdout, by_vpc.stderr);
     assert!(
+        by_vpc.stdout.starts_with(&format!("== DNS of VPC {vpc}\n")),
+        "{}",
+        by_vpc.stdout
+    );
+    assert!(
+        by_vpc.stdout.contains("dns-forward") && by_vpc.stdout.contains("no VpcDnsForward"),
+        "{}",
+        by_vpc.stdout
+    );
+    assert!(
         by_vpc
             .stdout
-            .starts_with(&format!("== tunnel {ns1}/{dev}\n")),
+            .contains(&format!("\n== tunnel {ns1}/{dev}\n")),
         "{}",
         by_vpc.stdout
     );

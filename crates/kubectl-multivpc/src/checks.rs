@@ -30,6 +30,7 @@ pub const LOCAL_ROUTE: &str = "local-route";
 pub const SNAT_RULE: &str = "snat-rule";
 pub const HEALTHY: &str = "healthy";
 pub const PING: &str = "ping";
+pub const DNS_FORWARD: &str = "dns-forward";
 
 /// The result of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,58 @@ pub struct CommandOutput {
     pub stdout: String,
     pub stderr: String,
     pub exit_code: i32,
+}
+
+/// The VPC's `clusterset.local` forwarding: its VpcDnsForwards (`spec.vpc`), each `Ready=True`
+/// when dns-forwarder has put the Corefile block into vpc-dns and routed vpc-dns to the
+/// cluster DNS. None is a skip: a VPC need not resolve other clusters' services.
+pub fn dns_forwards(vpc: &str, forwards: &[multivpc_api::VpcDnsForward]) -> Vec<CheckResult> {
+    let mine: Vec<&multivpc_api::VpcDnsForward> =
+        forwards.iter().filter(|f| f.spec.vpc == vpc).collect();
+    if mine.is_empty() {
+        return vec![CheckResult::skip(
+            DNS_FORWARD,
+            format!(
+                "no VpcDnsForward for VPC {vpc}: its vpc-dns does not forward clusterset.local (apply one, as examples/dns.yaml does, to resolve other clusters' services)"
+            ),
+        )];
+    }
+    mine.into_iter()
+        .map(|f| {
+            let name = format!(
+                "{}/{}",
+                f.metadata.namespace.as_deref().unwrap_or_default(),
+                f.metadata.name.as_deref().unwrap_or_default()
+            );
+            let ready = f
+                .status
+                .as_ref()
+                .and_then(|s| conditions::find(&s.conditions, conditions::READY));
+            match ready {
+                Some(c) if c.status == "True" => CheckResult::pass(
+                    DNS_FORWARD,
+                    format!("VpcDnsForward {name} Ready: {}", c.message),
+                ),
+                Some(c) => CheckResult::fail(
+                    DNS_FORWARD,
+                    format!(
+                        "VpcDnsForward {name} Ready={} {}: {}",
+                        c.status, c.reason, c.message
+                    ),
+                    format!(
+                        "kubectl describe vpcdnsforward -n {} {}; the reasons and their fixes are in dns-forwarder's docs (docs/dns-forwarder.md)",
+                        f.metadata.namespace.as_deref().unwrap_or_default(),
+                        f.metadata.name.as_deref().unwrap_or_default()
+                    ),
+                ),
+                None => CheckResult::fail(
+                    DNS_FORWARD,
+                    format!("VpcDnsForward {name} has no Ready condition: dns-forwarder has not reconciled it"),
+                    "check that dns-forwarder runs in this cluster and read its log",
+                ),
+            }
+        })
+        .collect()
 }
 
 /// Advice common to every drift inside the pod.
@@ -1035,6 +1088,54 @@ pub fn ping(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn dns_forwards_of_the_vpc_pass_fail_or_skip() {
+        let forward = |name: &str, vpc: &str, ready: Option<(&str, &str)>| {
+            let mut f: multivpc_api::VpcDnsForward = serde_json::from_value(json!({
+                "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcDnsForward",
+                "metadata": {"name": name, "namespace": "ns1"},
+                "spec": {"vpc": vpc},
+            }))
+            .unwrap();
+            if let Some((status, reason)) = ready {
+                f.status = serde_json::from_value(json!({"conditions": [{
+                    "type": "Ready", "status": status, "reason": reason, "message": "m",
+                    "lastTransitionTime": "2026-12-07T12:00:00Z",
+                }]}))
+                .unwrap();
+            }
+            f
+        };
+        let none = dns_forwards(
+            "v1",
+            &[forward("other", "v2", Some(("True", "Forwarding")))],
+        );
+        assert_eq!(none.len(), 1);
+        assert_eq!(none[0].outcome, Outcome::Skip);
+        let checks = dns_forwards(
+            "v1",
+            &[
+                forward("ok", "v1", Some(("True", "Forwarding"))),
+                forward("bad", "v1", Some(("False", "VpcDnsNotFound"))),
+                forward("new", "v1", None),
+            ],
+        );
+        let outcomes: Vec<Outcome> = checks.iter().map(|c| c.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Pass, Outcome::Fail, Outcome::Fail]);
+        assert!(
+            checks[1].reason.contains("VpcDnsNotFound"),
+            "{:?}",
+            checks[1]
+        );
+        assert!(
+            checks[1]
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("describe vpcdnsforward -n ns1 bad")
+        );
+    }
 
     fn now() -> jiff::Timestamp {
         "2026-12-07T12:00:00Z".parse().unwrap()

@@ -135,6 +135,22 @@ pub async fn tunnel(
     Ok(report)
 }
 
+/// The `clusterset.local` forwarding checks of VPC `vpc` ([`checks::dns_forwards`]), from every
+/// VpcDnsForward of the cluster.
+pub async fn dns_forwards(client: &Client, vpc: &str) -> anyhow::Result<Report> {
+    let forwards: Api<multivpc_api::VpcDnsForward> = Api::all(client.clone());
+    let list = forwards
+        .list(&ListParams::default())
+        .await
+        .context("cannot list VpcDnsForwards")?
+        .items;
+    let mut report = Report::default();
+    for check in checks::dns_forwards(vpc, &list) {
+        report.push(check);
+    }
+    Ok(report)
+}
+
 /// The tunnels whose gateway serves VPC `vpc`: `status.localGateway` (after a failover) or else
 /// `spec.natGwDp` is a VpcNatGateway of that VPC. Sorted by namespace and name.
 pub async fn tunnels_of_vpc(

@@ -158,14 +158,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 Target::Vpc { vpc } => {
                     let tunnels =
                         diagnose::tunnels_of_vpc(&client, args.namespace.as_deref(), vpc).await?;
+                    println!("== DNS of VPC {vpc}");
+                    let dns = diagnose::dns_forwards(&client, vpc).await?;
+                    print!("{}", dns.render());
+                    let mut failed = dns.failed();
                     if tunnels.is_empty() {
                         println!("no tunnel's gateway serves VPC {vpc}");
                     }
-                    let mut failed = false;
-                    for (i, (namespace, name)) in tunnels.iter().enumerate() {
-                        if i > 0 {
-                            println!();
-                        }
+                    for (namespace, name) in &tunnels {
+                        println!();
                         println!("== tunnel {namespace}/{name}");
                         let report =
                             diagnose::tunnel(&client, &namespaces, namespace, name).await?;
