@@ -250,29 +250,7 @@ impl Executor {
         script: String,
     ) -> Result<Output, ExecError> {
         let inner = &self.inner;
-        let result = {
-            let _permit = inner
-                .permits
-                .acquire()
-                .await
-                .expect("semaphore never closed");
-            let started = Instant::now();
-            let result =
-                tokio::time::timeout(inner.timeout, (inner.runner)(pod.name.clone(), script))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(ExecError::Timeout {
-                            pod: pod.name.clone(),
-                            timeout: inner.timeout,
-                        })
-                    });
-            inner
-                .metrics
-                .duration
-                .with_label_values(&[kind])
-                .observe(started.elapsed().as_secs_f64());
-            result
-        };
+        let result = inner.exec_timed(pod, kind, script).await;
         inner.metrics.sections.with_label_values(&[kind]).inc();
         if let Err(e) = &result {
             inner
@@ -296,6 +274,35 @@ impl Inner {
         self.caps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Runs `script` in `pod` under one permit and the timeout (which counts only the exec,
+    /// not the wait for the permit), recording its duration under `kind`.
+    async fn exec_timed(
+        &self,
+        pod: &PodTarget,
+        kind: &'static str,
+        script: String,
+    ) -> Result<Output, ExecError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, (self.runner)(pod.name.clone(), script))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExecError::Timeout {
+                    pod: pod.name.clone(),
+                    timeout: self.timeout,
+                })
+            });
+        self.metrics
+            .duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
     /// Runs `pod`'s queued calls, one exec at a time, until its queue is empty.
     async fn drain(self: Arc<Self>, pod: PodTarget) {
         let _unwedge = Unwedge {
@@ -305,28 +312,7 @@ impl Inner {
         while let Some(batch) = self.next_batch(&pod.uid, self.cap(&pod.uid)) {
             let kind = batch[0].kind;
             let script = script::batch(batch.iter().map(|j| &j.call));
-            let result = {
-                let _permit = self
-                    .permits
-                    .acquire()
-                    .await
-                    .expect("semaphore never closed");
-                let started = Instant::now();
-                let result =
-                    tokio::time::timeout(self.timeout, (self.runner)(pod.name.clone(), script))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(ExecError::Timeout {
-                                pod: pod.name.clone(),
-                                timeout: self.timeout,
-                            })
-                        });
-                self.metrics
-                    .duration
-                    .with_label_values(&[kind])
-                    .observe(started.elapsed().as_secs_f64());
-                result
-            };
+            let result = self.exec_timed(&pod, kind, script).await;
             self.adapt(&pod.uid, batch.len(), &result);
             // A pod that did not answer (timeout, API, stream) would not answer the calls
             // queued behind these either: they fail with them, each retried by its tunnel's

@@ -334,6 +334,19 @@ impl Tracker {
         }
     }
 
+    /// `key`'s entry toward `target`: a new one when there is none or it was for another
+    /// target (a new target starts over).
+    fn entry(&mut self, key: &str, target: Ipv4Addr, wall: jiff::Timestamp) -> &mut Entry {
+        let entry = self
+            .entries
+            .entry(key.to_owned())
+            .or_insert_with(|| Entry::new(target, wall));
+        if entry.target != target {
+            *entry = Entry::new(target, wall);
+        }
+        entry
+    }
+
     /// Adds a probe result of tunnel `key` toward `target`. A new target starts over.
     pub fn record(
         &mut self,
@@ -343,13 +356,8 @@ impl Tracker {
         wall: jiff::Timestamp,
         now: Instant,
     ) -> Update {
-        let entry = self
-            .entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry::new(target, wall));
-        if entry.target != target {
-            *entry = Entry::new(target, wall);
-        }
+        let policy = self.policy;
+        let entry = self.entry(key, target, wall);
         let before = entry.status;
         entry.last_probe = wall;
         entry.unavailable = false;
@@ -365,7 +373,7 @@ impl Tracker {
                 // `recovery_threshold` in a row.
                 if before == Status::Unknown
                     || (before == Status::False
-                        && entry.answered_in_row >= self.policy.recovery_threshold)
+                        && entry.answered_in_row >= policy.recovery_threshold)
                 {
                     entry.status = Status::True;
                 }
@@ -374,7 +382,7 @@ impl Tracker {
                 entry.window.push_back(None);
                 entry.lost_in_row += 1;
                 entry.answered_in_row = 0;
-                if entry.lost_in_row >= self.policy.failure_threshold {
+                if entry.lost_in_row >= policy.failure_threshold {
                     entry.status = Status::False;
                 }
             }
@@ -398,13 +406,7 @@ impl Tracker {
 
     /// Notes that `key`'s gateway has no `ping`. True when that is news to report.
     pub fn unavailable(&mut self, key: &str, target: Ipv4Addr, now: Instant) -> bool {
-        let entry = self
-            .entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Entry::new(target, jiff::Timestamp::now()));
-        if entry.target != target {
-            *entry = Entry::new(target, jiff::Timestamp::now());
-        }
+        let entry = self.entry(key, target, jiff::Timestamp::now());
         entry.unavailable = true;
         entry.status = Status::Unknown;
         let current = entry.observed();
