@@ -68,11 +68,26 @@ componentsPatches:
   - key: kubelet-preferred-address-types
     value: InternalIP
 YAML
-  log "creating cluster $c"
-  kwokctl create cluster --name "$c" --config "$cfg" --wait 2m </dev/null >>"$RUN_DIR/logs/$c-create.log" 2>&1 ||
-    { tail -30 "$RUN_DIR/logs/$c-create.log" >&2; die "kwokctl create cluster $c failed (log: $RUN_DIR/logs/$c-create.log)"; }
-  kwokctl get kubeconfig --name "$c" >"$(kubeconfig_of "$c").tmp"
-  mv "$(kubeconfig_of "$c").tmp" "$(kubeconfig_of "$c")"
+  # kwokctl exits 0 even when the cluster never got ready, and an API server
+  # can die in its first seconds (each kwokctl process picks its ports afresh,
+  # so a port another cluster's component takes a moment later is possible):
+  # check that it answers, keep the failed attempt's logs, and try again.
+  local attempt
+  for attempt in 1 2 3; do
+    if [ "$attempt" = 1 ]; then log "creating cluster $c"; else log "creating cluster $c (attempt $attempt)"; fi
+    kwokctl create cluster --name "$c" --config "$cfg" --wait 2m </dev/null >>"$RUN_DIR/logs/$c-create.log" 2>&1 &&
+      kwokctl get kubeconfig --name "$c" >"$(kubeconfig_of "$c").tmp" 2>>"$RUN_DIR/logs/$c-create.log" &&
+      mv "$(kubeconfig_of "$c").tmp" "$(kubeconfig_of "$c")" &&
+      for _ in $(seq 20); do cluster_healthy "$c" && return 0; sleep 1; done
+    local kept="$RUN_DIR/logs/$c-failed-attempt-$attempt"
+    rm -rf "$kept" && cp -r "$KWOK_WORKDIR/clusters/$c/logs" "$kept" 2>/dev/null || true
+    for f in "$kept"/kube-apiserver.log "$kept"/etcd.log; do
+      [ -s "$f" ] && { log "cluster $c: last lines of $f"; tail -15 "$f" >&2; }
+    done
+    kwokctl delete cluster --name "$c" >>"$RUN_DIR/logs/$c-create.log" 2>&1 || true
+  done
+  tail -30 "$RUN_DIR/logs/$c-create.log" >&2
+  die "cluster $c did not come up in 3 attempts (logs: $RUN_DIR/logs/$c-create.log, $RUN_DIR/logs/$c-failed-attempt-*)"
 }
 
 worker_node() {
