@@ -47,6 +47,12 @@ pub struct Policy {
 pub struct Health {
     pub available: bool,
     pub since: Instant,
+    /// Unavailable after having been available (as this process saw it).
+    pub after_available: bool,
+    /// Unavailable after having been available, and its pod is now deleted or terminating: the
+    /// loss is certain, so failover does not wait for the grace period, which is there for
+    /// the ambiguous case (a pod that exists but is not Ready may be back in a moment).
+    pub pod_lost: bool,
 }
 
 /// Updates `health` from the gateways' current availability (transitions restart `since`;
@@ -59,24 +65,22 @@ pub fn observe(
     health.retain(|name, _| gateways.contains_key(name));
     for (name, gw) in gateways {
         let available = gw.serviceable();
-        match health.get_mut(name) {
-            Some(h) if h.available == available => {}
-            Some(h) => {
-                *h = Health {
-                    available,
-                    since: now,
-                }
-            }
-            None => {
-                health.insert(
-                    name.clone(),
-                    Health {
-                        available,
-                        since: now,
-                    },
-                );
-            }
+        let h = health.entry(name.clone()).or_insert(Health {
+            available,
+            since: now,
+            after_available: false,
+            pod_lost: false,
+        });
+        if h.available != available {
+            *h = Health {
+                available,
+                since: now,
+                after_available: h.available,
+                pod_lost: false,
+            };
         }
+        // A pod that went NotReady first and is deleted later: certain from then on.
+        h.pod_lost = !available && h.after_available && gw.pod_gone;
     }
 }
 
@@ -181,7 +185,11 @@ pub fn decide(
             if h.available {
                 continue;
             }
-            let due = h.since + policy.grace;
+            let due = if h.pod_lost {
+                h.since
+            } else {
+                h.since + policy.grace
+            };
             if now < due {
                 wake(due, &mut d);
                 continue;
@@ -669,20 +677,68 @@ mod tests {
             h["p"],
             Health {
                 available: true,
-                since: t0
+                since: t0,
+                after_available: false,
+                pod_lost: false,
             }
         );
         g.get_mut("p").unwrap().ready = false;
         observe(&mut h, &g, t0 + Duration::from_secs(2));
+        let not_ready = Health {
+            available: false,
+            since: t0 + Duration::from_secs(2),
+            after_available: true,
+            pod_lost: false,
+        };
+        assert_eq!(h["p"], not_ready);
+        // Its pod deleted later: the loss becomes certain, the outage keeps its start.
+        g.get_mut("p").unwrap().pod_gone = true;
+        observe(&mut h, &g, t0 + Duration::from_secs(3));
         assert_eq!(
             h["p"],
             Health {
-                available: false,
-                since: t0 + Duration::from_secs(2)
+                pod_lost: true,
+                ..not_ready
             }
         );
         observe(&mut h, &BTreeMap::new(), t0);
         assert!(h.is_empty());
+        // Never seen available: a gateway without a pod yet is not "lost".
+        let mut fresh = gws(vec![gw("q", "v1", "10.1.0.252", None)]);
+        fresh.get_mut("q").unwrap().pod_gone = true;
+        observe(&mut h, &fresh, t0);
+        assert!(!h["q"].pod_lost);
+    }
+
+    #[test]
+    fn a_carrier_whose_pod_is_deleted_fails_over_at_once_a_not_ready_one_after_the_grace() {
+        let mut g = gws(vec![
+            gw("p", "v1", "10.1.0.254", Some("172.50.0.2")),
+            gw("s", "v1", "10.1.0.253", Some("172.50.0.3")),
+        ]);
+        let t0 = Instant::now();
+        let mut h = health_of(&g, t0);
+        let p = g.get_mut("p").unwrap();
+        (p.ready, p.external_ip) = (false, None);
+        let t1 = t0 + Duration::from_secs(1);
+        observe(&mut h, &g, t1);
+        let moved = |h: &HashMap<String, Health>, g: &BTreeMap<String, Gateway>, at| {
+            decide(&[vpc1()], g, h, &BTreeMap::new(), &POLICY, at)
+                .moves
+                .iter()
+                .map(|m| (m.from_gw.clone(), m.to_gw.clone()))
+                .collect::<Vec<_>>()
+        };
+        // Not Ready: the grace period first.
+        assert!(moved(&h, &g, t1).is_empty());
+        assert_eq!(
+            decide(&[vpc1()], &g, &h, &BTreeMap::new(), &POLICY, t1).next_check,
+            Some(t1 + POLICY.grace)
+        );
+        // Deleted: at once.
+        g.get_mut("p").unwrap().pod_gone = true;
+        observe(&mut h, &g, t1);
+        assert_eq!(moved(&h, &g, t1), [("p".into(), "s".into())]);
     }
 
     proptest::proptest! {

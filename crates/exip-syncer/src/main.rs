@@ -44,7 +44,9 @@ struct Args {
     #[arg(long, env = "GLOBALNET_CIDR", value_parser = parse_cidr)]
     globalnet_cidr: Option<String>,
 
-    /// How long the gateway a VPC's routes point to must be unavailable before failover.
+    /// How long the gateway a VPC's routes point to must be unavailable (its pod not Ready,
+    /// or its tunnels failing) before failover. A pod deleted after it was available fails
+    /// over at once.
     #[arg(long, env = "FAILOVER_GRACE_PERIOD", default_value = "5s", value_parser = duration)]
     failover_grace_period: Duration,
 

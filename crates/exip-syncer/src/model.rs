@@ -25,6 +25,9 @@ pub struct Gateway {
     pub external_ip: Option<Ipv4Addr>,
     /// A pod of the gateway exists, is not terminating and is Ready.
     pub ready: bool,
+    /// No pod of the gateway exists, or every one is terminating: it is not coming back as it
+    /// was (a StatefulSet's new pod starts from its init again), unlike a pod merely not Ready.
+    pub pod_gone: bool,
     /// Every tunnel it carries whose health is known is Healthy=False, or it was failed over
     /// for that within the hold-down ([`unhealthy`]): no use as a carrier or a standby.
     pub tunnels_failing: bool,
@@ -68,6 +71,9 @@ pub fn gateways(
                 lan_ip: gw.spec.lan_ip.trim().parse().ok(),
                 external_ip: ready_pod.and_then(|p| external_ip(p).ok()),
                 ready: ready_pod.is_some(),
+                pod_gone: by_gateway.get(&name).is_none_or(|pods| {
+                    pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
+                }),
                 tunnels_failing: false,
                 name: name.clone(),
             };
@@ -182,6 +188,7 @@ pub(crate) mod tests {
             lan_ip: lan.parse().ok(),
             external_ip: ext.and_then(|e| e.parse().ok()),
             ready: ext.is_some(),
+            pod_gone: false,
             tunnels_failing: false,
         }
     }
@@ -252,6 +259,8 @@ pub(crate) mod tests {
         assert_eq!(m["b"].external_ip, Some("172.50.0.3".parse().unwrap()));
         assert!(!m["c"].ready, "a terminating pod is not ready");
         assert!(!m["c"].available());
+        assert!(m["c"].pod_gone, "its only pod is terminating");
+        assert!(!m["a"].pod_gone && !m["b"].pod_gone);
         assert_eq!(m["a"].lan_ip, Some("10.1.0.254".parse().unwrap()));
     }
 
@@ -263,8 +272,10 @@ pub(crate) mod tests {
             pod("b", true, false, json!({})),
         ];
         let m = gateways(&gws, &pods, &KubeOvn::default());
-        assert!(!m["a"].ready);
+        assert!(!m["a"].ready && !m["a"].pod_gone, "not Ready, but there");
         assert!(m["b"].ready && !m["b"].available(), "no external IP yet");
+        let none: Vec<Pod> = vec![];
+        assert!(gateways(&gws, &none, &KubeOvn::default())["a"].pod_gone);
     }
 
     #[test]
