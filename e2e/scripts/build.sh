@@ -93,10 +93,28 @@ build_helm() {
   rm -rf "$HELM_BIN"; mv "$HELM_BIN.tmp" "$HELM_BIN"
 }
 
+# CoreDNS with the plugins the DNS leg's Corefiles use (those of Kube-OVN's documented vpc-dns
+# Corefile but `kubernetes`, the block dns-forwarder adds, and what stands in for the cluster
+# DNS and Lighthouse): a main of our own that links them, as CoreDNS's own main links all.
+build_coredns() {
+  local src="$MULTIVPC_CACHE/src/coredns-$COREDNS_VERSION" p imports=""
+  mkdir -p "$src" "$COREDNS_BIN.tmp"
+  for p in bind cache errors file forward health hosts loadbalance log loop metrics ready reload template; do
+    imports="$imports	_ \"github.com/coredns/coredns/plugin/$p\"
+"
+  done
+  printf 'package main\n\nimport (\n\t"github.com/coredns/coredns/coremain"\n\t_ "github.com/coredns/coredns/core/dnsserver"\n%s)\n\nfunc main() { coremain.Run() }\n' "$imports" >"$src/main.go"
+  printf 'module multivpc.local/e2e/coredns-build\n\ngo 1.24\n\nrequire github.com/coredns/coredns %s\n' "$COREDNS_VERSION" >"$src/go.mod"
+  : >"$src/go.sum"
+  (cd "$src" && go build -mod=mod -p "$GO_P" -trimpath -ldflags "-s -w" -o "$COREDNS_BIN.tmp/coredns" .)
+  rm -rf "$COREDNS_BIN"; mv "$COREDNS_BIN.tmp" "$COREDNS_BIN"
+}
+
 only="${1:-all}"
 want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 want etcd && { have_all "$ETCD_BIN" etcd || timed "etcd-$ETCD_VERSION" build_etcd; }
 want kwok && { have_all "$KWOK_BIN" kwok kwokctl || timed "kwok-$KWOK_VERSION" build_kwok; }
 want helm && { have_all "$HELM_BIN" helm || timed "helm-$HELM_VERSION" build_helm; }
+want coredns && { have_all "$COREDNS_BIN" coredns || timed "coredns-$COREDNS_VERSION" build_coredns; }
 want kubernetes && { have_all "$K8S_BIN" kube-apiserver kube-controller-manager kube-scheduler kubectl || timed "kubernetes-$K8S_VERSION" build_kubernetes; }
 log "binaries ready in $MULTIVPC_CACHE"

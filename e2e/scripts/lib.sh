@@ -10,6 +10,7 @@ K8S_BIN="$MULTIVPC_CACHE/kubernetes-$K8S_VERSION/bin"
 ETCD_BIN="$MULTIVPC_CACHE/etcd-$ETCD_VERSION/bin"
 KWOK_BIN="$MULTIVPC_CACHE/kwok-$KWOK_VERSION/bin"
 HELM_BIN="$MULTIVPC_CACHE/helm-$HELM_VERSION/bin"
+COREDNS_BIN="$MULTIVPC_CACHE/coredns-$COREDNS_VERSION/bin"
 
 log() { printf '[e2e %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }

@@ -49,6 +49,9 @@ ensure_ext() {
 }
 
 vpc_netns() { echo "${NETNS_PREFIX}$1-vpc"; }
+# kwokctl's service CIDR. Kube-OVN routes it from a NAT gateway pod into its VPC (the pod's
+# `ovn.kubernetes.io/routes`: the subnet's gateway), which is how the pod reaches vpc-dns's VIP.
+SERVICE_CIDR=10.0.0.0/24
 gw_netns() { echo "${NETNS_PREFIX}$1-gw-$2"; }
 
 # Creating the shared netns is serialized: gateways of two clusters may come up at once. A lock
@@ -163,6 +166,7 @@ ENV
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set net1 up
     ip -n "$ns" route add default via "$EXT_CIDR_PREFIX.0.1" dev net1
+    ip -n "$ns" route add "$SERVICE_CIDR" via "10.$ci.0.1" dev eth0
     nsx "$ns" sysctl -qw net.ipv4.ip_forward=1
   fi
   local port; port=$(kc "$c" config view -o jsonpath='{.clusters[0].cluster.server}' | sed 's#.*:##')
@@ -255,6 +259,7 @@ gateway_reset() {
   ip -n "$ns" route flush table main proto static 2>/dev/null || true
   ip -n "$ns" route flush table main proto boot 2>/dev/null || true
   ip -n "$ns" route replace default via "$gwip" dev net1
+  ip -n "$ns" route replace "$SERVICE_CIDR" via "$(sed -n 's/^OVN_GATEWAY=//p' "$envf")" dev eth0
 }
 
 # Node failure: stop the gateway node's kwok-controller (its kubelet). The
@@ -281,6 +286,119 @@ gateway_down() {
   rm -f "$envf" "$RUN_DIR/$c/gateways/$gw.kwok.yaml"
 }
 
+# The DNS leg of a cluster (on the host): what a VPC client's clusterset.local lookup crosses.
+#   vpcdns netns = the vpc-dns pod: eth0 on the VPC (10.<ci>.0.3, the VIP on lo, which the VPC
+#     router routes to it as OVN's load balancer would), net1 on the default network
+#     (10.244.0.3/16) whose /etc/resolv.conf names the node's resolver.
+#   cdns netns = the default network behind net1 (10.244.0.1, OVN's gateway there) with one
+#     CoreDNS: the cluster DNS at the kube-dns ClusterIP (Submariner's lighthouse section, as the
+#     operator writes it: clusterset.local forwarded to Lighthouse), Lighthouse (10.244.255.53,
+#     the zone file the caller wrote) and the node's resolver (10.244.255.1: NXDOMAIN for all).
+# The vpc-dns CoreDNS itself runs with vpc-dns-run, from the Corefile the caller extracted.
+DNS_LIGHTHOUSE_IP=10.244.255.53
+DNS_UPSTREAM_IP=10.244.255.1
+vpcdns_netns() { echo "${NETNS_PREFIX}$1-vpcdns"; }
+cdns_netns() { echo "${NETNS_PREFIX}$1-cdns"; }
+
+dns_up() {
+  local c=$1 kube_dns=$2 vip=$3 ci vns cns vpcns dir
+  ci=$(cluster_index "$c"); vns=$(vpcdns_netns "$c"); cns=$(cdns_netns "$c"); vpcns=$(vpc_netns "$c")
+  dir="$RUN_DIR/$c/dns"
+  [ -s "$dir/clusterset.local.zone" ] || die "write $dir/clusterset.local.zone (Lighthouse's records) first"
+  ensure_vpc "$c"
+  if ! ns_exists "$cns"; then
+    ip netns add "$cns"
+    ip -n "$cns" link set lo up
+    ip -n "$cns" addr add "$kube_dns/32" dev lo
+    ip -n "$cns" addr add "$DNS_LIGHTHOUSE_IP/32" dev lo
+    ip -n "$cns" addr add "$DNS_UPSTREAM_IP/32" dev lo
+  fi
+  if ! ns_exists "$vns"; then
+    ip netns add "$vns"
+    ip -n "$vns" link set lo up
+    ip -n "$vns" addr add "$vip/32" dev lo
+    ip -n "$vns" link add eth0 type veth peer name vdns netns "$vpcns"
+    ip -n "$vns" link add net1 type veth peer name vdns netns "$cns"
+    ip -n "$vpcns" link set vdns master br-vpc up
+    ip -n "$cns" addr add 10.244.0.1/16 dev vdns
+    ip -n "$cns" link set vdns up
+    ip -n "$vns" addr add "10.$ci.0.3/24" dev eth0
+    ip -n "$vns" addr add 10.244.0.3/16 dev net1
+    ip -n "$vns" link set eth0 up
+    ip -n "$vns" link set net1 up
+    ip -n "$vns" route add default via "10.$ci.0.1" dev eth0
+    ip -n "$vpcns" route replace "$vip/32" via "10.$ci.0.3"
+  fi
+  # `ip netns exec` mounts /etc/netns/<ns>/* over /etc: the pod's resolv.conf.
+  mkdir -p "/etc/netns/$vns"
+  echo "nameserver $DNS_UPSTREAM_IP" >"/etc/netns/$vns/resolv.conf"
+  cat >"$dir/cluster.Corefile" <<COREFILE
+clusterset.local:53 {
+    bind $kube_dns
+    forward . $DNS_LIGHTHOUSE_IP
+}
+.:53 {
+    bind $kube_dns
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+clusterset.local:53 {
+    bind $DNS_LIGHTHOUSE_IP
+    file $dir/clusterset.local.zone {
+        reload 1s
+    }
+}
+.:53 {
+    bind $DNS_UPSTREAM_IP
+    template ANY ANY {
+        rcode NXDOMAIN
+    }
+}
+COREFILE
+  local piddir; piddir=$(piddir_of "$c")
+  stop_daemon "$piddir/cluster-dns.pid"
+  start_daemon "$piddir/cluster-dns.pid" "$RUN_DIR/logs/$c-cluster-dns.log" \
+    ip netns exec "$cns" "$COREDNS_BIN/coredns" -conf "$dir/cluster.Corefile"
+  dns_wait "$c" "$cns" "$kube_dns" cluster-dns
+}
+
+# dns_wait CLUSTER NETNS ADDRESS NAME: until something answers DNS on ADDRESS:53 in NETNS.
+dns_wait() {
+  local c=$1 ns=$2 addr=$3 name=$4
+  local out
+  for _ in $(seq 100); do
+    # Any answer, NXDOMAIN included, means it serves.
+    out=$(nsx "$ns" busybox nslookup -type=soa . "$addr" 2>&1 || true)
+    if printf '%s\n' "$out" | grep -qE "NXDOMAIN|SERVFAIL|REFUSED|Name:|origin"; then
+      return 0
+    fi
+    pid_alive "$(piddir_of "$c")/$name.pid" || { tail -5 "$RUN_DIR/logs/$c-$name.log" >&2; die "$name of $c exited"; }
+    sleep 0.1
+  done
+  die "$name of $c does not answer on $addr:53"
+}
+
+# vpc-dns-run CLUSTER COREFILE [DST GW]...: (re)start vpc-dns's CoreDNS with COREFILE, its
+# routes those given (Kube-OVN's CNI programs a pod's routes from its annotation at start).
+vpc_dns_run() {
+  local c=$1 corefile=$2 vns piddir vip; shift 2
+  vns=$(vpcdns_netns "$c"); piddir=$(piddir_of "$c")
+  ns_exists "$vns" || die "no DNS leg in $c: dns-up first"
+  # A pod replaced: no lame-duck wait.
+  if pid_alive "$piddir/vpc-dns.pid"; then kill -KILL "$(cat "$piddir/vpc-dns.pid")"; fi
+  rm -f "$piddir/vpc-dns.pid"
+  ip -n "$vns" route flush proto static
+  while [ $# -ge 2 ]; do
+    ip -n "$vns" route replace "$1" via "$2" proto static
+    shift 2
+  done
+  start_daemon "$piddir/vpc-dns.pid" "$RUN_DIR/logs/$c-vpc-dns.log" \
+    ip netns exec "$vns" "$COREDNS_BIN/coredns" -conf "$corefile"
+  vip=$(ip -n "$vns" -4 -o addr show dev lo | awk '$4 != "127.0.0.1/8" {sub("/32", "", $4); print $4; exit}')
+  dns_wait "$c" "$vns" "$vip" vpc-dns
+}
+
 down_all() {
   local f
   if [ "$IN_VM" != 1 ] && [ -s "$RUN_DIR/vm/agent.addr" ]; then
@@ -289,6 +407,7 @@ down_all() {
   for f in "$RUN_DIR"/*/"$(basename "$(piddir_of x)")"/*.pid; do [ -e "$f" ] && stop_daemon "$f"; done
   for ns in $(ip netns list | awk '{print $1}' | grep "^$NETNS_PREFIX" || true); do
     ip netns del "$ns"
+    rm -rf "/etc/netns/$ns"
   done
   [ "$IN_VM" = 1 ] && return 0 # the host removes the shared files
   rm -rf "$RUN_DIR"/*/gateways "$RUN_DIR"/*/vpc.env
@@ -301,6 +420,8 @@ case "$cmd" in
   gateway-down) gateway_down "$1" "$2" ;;
   gateway-reset) gateway_reset "$1" "$2" ;;
   gateway-stop) gateway_stop "$1" "$2" ;;
+  dns-up) dns_up "$1" "$2" "$3" ;;
+  vpc-dns-run) vpc_dns_run "$@" ;;
   down-all) down_all ;;
-  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW [vm] | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | gateway-stop CLUSTER GW | down-all" ;;
+  *) die "usage: netns.sh vpc CLUSTER | gateway-up CLUSTER GW [vm] | gateway-down CLUSTER GW | gateway-reset CLUSTER GW | gateway-stop CLUSTER GW | dns-up CLUSTER KUBE_DNS_IP VIP | vpc-dns-run CLUSTER COREFILE [DST GW]... | down-all" ;;
 esac

@@ -719,12 +719,14 @@ pub fn corefile_configmap(name: &str, corefile: &str) -> ConfigMap {
     }))
 }
 
-/// `kube-system/vpc-dns-config` ConfigMap (nad-name, nad-provider).
+/// `kube-system/vpc-dns-config` ConfigMap (coredns-vip, nad-name, nad-provider), as Kube-OVN's
+/// vpc-dns guide has it.
 pub fn vpc_dns_config_configmap(nad_name: &str, nad_provider: &str) -> ConfigMap {
     typed(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "vpc-dns-config", "namespace": KUBE_SYSTEM},
-        "data": {"enable-vpc-dns": "true", "nad-name": nad_name, "nad-provider": nad_provider},
+        "data": {"coredns-vip": crate::dns::VPC_DNS_VIP, "enable-vpc-dns": "true",
+                 "nad-name": nad_name, "nad-provider": nad_provider},
     }))
 }
 

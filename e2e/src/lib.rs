@@ -24,9 +24,11 @@ pub mod chart;
 pub mod cli;
 pub mod controllers;
 pub mod dashboard;
+pub mod dns;
 pub mod exec;
 pub mod fixtures;
 pub mod outage;
+pub mod plugin;
 pub mod proxy;
 pub mod vm;
 pub mod wait;
@@ -117,6 +119,7 @@ pub fn tool_path(tool: &str) -> PathBuf {
         "etcd" => ("etcd", "ETCD_VERSION"),
         "kwok" | "kwokctl" => ("kwok", "KWOK_VERSION"),
         "helm" => ("helm", "HELM_VERSION"),
+        "coredns" => ("coredns", "COREDNS_VERSION"),
         _ => ("kubernetes", "K8S_VERSION"),
     };
     let v = pinned_version(key).unwrap_or_default();

@@ -754,3 +754,145 @@ async fn dns_forwarder_acts_again_after_its_api_server_restarts() {
     env.delete_forward("after").await;
     env.finish().await;
 }
+
+/// A `clusterset.local` name resolves from inside the VPC through real CoreDNS (the DNS leg,
+/// `multivpc_e2e::dns`): vpc-dns runs the Corefile dns-forwarder wrote, with the routes of the
+/// Deployment it patched, and the lookup goes from the VPC's NAT gateway pod to vpc-dns's
+/// address, then to the cluster DNS over the route, then to Lighthouse. `kubectl multivpc
+/// diagnose vpc --lookup` passes, and names the link when a vpc-dns pod lacks the route
+/// (SERVFAIL) or the Corefile block (NXDOMAIN).
+#[tokio::test]
+async fn clusterset_local_resolves_from_the_vpc_and_diagnose_names_the_broken_link() {
+    use multivpc_e2e::{
+        dns::{VPC_DNS_VIP, vpc_dns_routes},
+        plugin::{self, check_line},
+    };
+    let env = setup(harness_or_skip!([CLUSTER])).await;
+    let vpc = Harness::unique_name("vpcr");
+    let dns = Harness::unique_name("dnsr");
+    let deployment = format!("vpc-dns-{dns}");
+    env.h
+        .install_vpc_dns(
+            CLUSTER,
+            &dns,
+            &vpc,
+            "sub-r",
+            VpcDnsForm::V113RoutesAnnotation,
+        )
+        .await
+        .unwrap();
+    let gw = env
+        .h
+        .create_nat_gateway(
+            CLUSTER,
+            NatGatewaySpec::new(&Harness::unique_name("dgw"), &vpc),
+        )
+        .await
+        .unwrap();
+    gw.wait_available(&env.h, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let name = "web.demo.svc.clusterset.local";
+    env.h
+        .dns_leg_up(
+            CLUSTER,
+            &env.dns_ip,
+            &[(name, "242.0.0.10".parse().unwrap())],
+        )
+        .await
+        .unwrap();
+    let routes = |d: &Deployment| vpc_dns_routes(d, fixtures::VPC_DNS_NAD_PROVIDER).unwrap();
+    let args = ["diagnose", "vpc", vpc.as_str(), "--lookup", name];
+    let diagnose = || plugin::run(&env.h, CLUSTER, &args);
+
+    // Before any forward, vpc-dns asks the node's resolver, which knows no clusterset.local.
+    let plain = env.corefile().await;
+    let kube_ovn_routes = routes(&env.deployments().get(&deployment).await.unwrap());
+    env.h
+        .run_vpc_dns(CLUSTER, &plain, &kube_ovn_routes)
+        .await
+        .unwrap();
+    let asked = netns_exec(
+        &gw.node.netns,
+        &["busybox", "nslookup", "-type=a", name, VPC_DNS_VIP],
+    )
+    .await
+    .unwrap();
+    assert!(asked.stdout.contains("NXDOMAIN"), "{asked:?}");
+    let skipped = diagnose().await;
+    assert!(
+        check_line(&skipped.stdout, "dns-lookup").starts_with("SKIP"),
+        "no forward, nothing to look up yet:\n{}",
+        skipped.stdout
+    );
+
+    // vpc-dns pods started after dns-forwarder programmed the forward: block and route.
+    env.apply_forward("resolve", &vpc, &[]).await;
+    env.wait_reason("resolve", "Programmed").await;
+    let forwarded = env.corefile().await;
+    let programmed = routes(&env.deployments().get(&deployment).await.unwrap());
+    assert!(programmed.len() > kube_ovn_routes.len(), "{programmed:?}");
+    env.h
+        .run_vpc_dns(CLUSTER, &forwarded, &programmed)
+        .await
+        .unwrap();
+    let ok = diagnose().await;
+    assert_eq!(ok.code, Some(0), "{}{}", ok.stdout, ok.stderr);
+    let line = check_line(&ok.stdout, "dns-lookup");
+    assert!(
+        line.starts_with("PASS") && line.contains("242.0.0.10"),
+        "{}",
+        ok.stdout
+    );
+    eprintln!("{}", ok.stdout);
+
+    // A vpc-dns pod from before the route: the block, but no way to the cluster DNS.
+    env.h
+        .run_vpc_dns(CLUSTER, &forwarded, &kube_ovn_routes)
+        .await
+        .unwrap();
+    let no_route = diagnose().await;
+    assert_eq!(no_route.code, Some(2), "{}", no_route.stdout);
+    // CoreDNS waits on the unreachable cluster DNS longer than nslookup waits for it: no
+    // answer, but vpc-dns answers the control lookup, so the route is what is named.
+    let line = check_line(&no_route.stdout, "dns-lookup");
+    assert!(
+        line.starts_with("FAIL") && line.contains("waits on the cluster DNS"),
+        "{}",
+        no_route.stdout
+    );
+    assert!(
+        no_route.stdout.contains("status.route"),
+        "{}",
+        no_route.stdout
+    );
+
+    // One that has not reloaded its Corefile: the route, but no block.
+    env.h
+        .run_vpc_dns(CLUSTER, &plain, &programmed)
+        .await
+        .unwrap();
+    let stale = diagnose().await;
+    assert_eq!(stale.code, Some(2), "{}", stale.stdout);
+    let line = check_line(&stale.stdout, "dns-lookup");
+    assert!(
+        line.starts_with("FAIL") && line.contains("NXDOMAIN"),
+        "{}",
+        stale.stdout
+    );
+    assert!(
+        stale.stdout.contains("does not forward clusterset.local"),
+        "{}",
+        stale.stdout
+    );
+
+    env.delete_forward("resolve").await;
+    env.h.delete_nat_gateway(&gw).await.unwrap();
+    let vdns: Api<multivpc_api::foreign::kubeovn::VpcDns> = Api::all(env.c.clone());
+    let _ = vdns.delete(&dns, &DeleteParams::default()).await;
+    let _ = env
+        .deployments()
+        .delete(&deployment, &DeleteParams::default())
+        .await;
+    env.finish().await;
+}

@@ -20,6 +20,7 @@ use multivpc_e2e::{
     Harness,
     controllers::{self, ControllerProcess},
     fixtures::KUBE_SYSTEM,
+    plugin::{self, check_line},
     prelude::*,
 };
 use serde_json::json;
@@ -103,44 +104,6 @@ fn condition(t: &VpcNatTunnel, type_: &str) -> Option<(String, String)> {
         return None;
     }
     conditions::find(&s.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// The plugin's output and exit status.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the built `kubectl-multivpc` against `cluster`'s admin kubeconfig.
-async fn plugin(h: &Harness, cluster: &str, args: &[&str]) -> Run {
-    let binary = controllers::binary_dir().join("kubectl-multivpc");
-    assert!(
-        binary.exists(),
-        "{} not found: run `cargo build -p kubectl-multivpc` first (make e2e-run does)",
-        binary.display()
-    );
-    let out = tokio::process::Command::new(&binary)
-        .arg("--kubeconfig")
-        .arg(h.kubeconfig(cluster))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .await
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The line of check `name` in a diagnosis.
-fn check_line<'a>(stdout: &'a str, name: &str) -> &'a str {
-    stdout
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some(name))
-        .unwrap_or_else(|| panic!("no {name} check in:\n{stdout}"))
 }
 
 #[tokio::test]
@@ -229,7 +192,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
 
     // show -o json: the gateway, the tunnel Ready and Healthy with a round trip, both
     // GatewayExIps with their origin.
-    let shown = plugin(
+    let shown = plugin::run(
         &h,
         "cluster1",
         &["show", "-o", "json", "--cluster-id", "cluster1"],
@@ -284,13 +247,13 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         Some((json!("imported"), json!(1)))
     );
     // The table prints the same.
-    let table = plugin(&h, "cluster1", &["show", "-n", &ns1]).await;
+    let table = plugin::run(&h, "cluster1", &["show", "-n", &ns1]).await;
     eprintln!("{}", table.stdout);
     assert_eq!(table.code, Some(0), "{}", table.stderr);
     assert!(table.stdout.contains(&dev), "{}", table.stdout);
 
     // diagnose tunnel: every check passes.
-    let diagnosis = plugin(&h, "cluster1", &["diagnose", "tunnel", &dev, "-n", &ns1]).await;
+    let diagnosis = plugin::run(&h, "cluster1", &["diagnose", "tunnel", &dev, "-n", &ns1]).await;
     eprintln!("{}", diagnosis.stdout);
     assert_eq!(
         diagnosis.code,
@@ -313,7 +276,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
     );
     // diagnose vpc checks the VPC's DNS forwarding (none here: a skip, not a failure) and
     // finds the tunnel through its gateway.
-    let by_vpc = plugin(&h, "cluster1", &["diagnose", "vpc", &vpc]).await;
+    let by_vpc = plugin::run(&h, "cluster1", &["diagnose", "vpc", &vpc]).await;
     assert_eq!(by_vpc.code, Some(0), "{}{}", by_vpc.stdout, by_vpc.stderr);
     assert!(
         by_vpc.stdout.starts_with(&format!("== DNS of VPC {vpc}\n")),
@@ -340,7 +303,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         .unwrap()
         .check()
         .unwrap();
-    let broken = plugin(&h, "cluster1", &["diagnose", "tunnel", &dev, "-n", &ns1]).await;
+    let broken = plugin::run(&h, "cluster1", &["diagnose", "tunnel", &dev, "-n", &ns1]).await;
     eprintln!("{}", broken.stdout);
     assert_eq!(broken.code, Some(2), "{}{}", broken.stdout, broken.stderr);
     let route = check_line(&broken.stdout, "remote-route");
@@ -367,7 +330,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
     );
 
     // An error is one line and exit status 1.
-    let missing = plugin(&h, "cluster1", &["--context", "no-such-context", "show"]).await;
+    let missing = plugin::run(&h, "cluster1", &["--context", "no-such-context", "show"]).await;
     assert_eq!(missing.code, Some(1));
     assert_eq!(missing.stderr.lines().count(), 1, "{}", missing.stderr);
     assert!(

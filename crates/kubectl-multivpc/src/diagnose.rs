@@ -10,7 +10,9 @@ use kube::{
     api::{AttachParams, ListParams},
 };
 use multivpc_api::{
-    GatewayExIp, VpcNatTunnel, foreign::kubeovn::VpcNatGateway, gateway::NAT_GW_CONTAINER,
+    GatewayExIp, VpcNatTunnel,
+    foreign::kubeovn::VpcNatGateway,
+    gateway::{KubeOvn, NAT_GW_CONTAINER, pod_ready},
     keys::gateway_exip_name,
 };
 use tokio::io::AsyncReadExt as _;
@@ -26,6 +28,8 @@ const MAX_OUTPUT: u64 = 8 << 20;
 pub struct Namespaces {
     pub kube_ovn: String,
     pub gateway: String,
+    /// Kube-OVN's natGwNamePrefix (gateway pods without the vpc_nat_gw annotation).
+    pub nat_gw_name_prefix: String,
 }
 
 /// Every check of tunnel `namespace/name`, in order.
@@ -149,6 +153,139 @@ pub async fn dns_forwards(client: &Client, vpc: &str) -> anyhow::Result<Report> 
         report.push(check);
     }
     Ok(report)
+}
+
+/// The `dns-lookup` check of VPC `vpc` ([`dns_lookup`](crate::dns_lookup)): `name` (else the
+/// first ServiceImport's name) asked of vpc-dns's address from a Ready NAT gateway pod of the
+/// VPC. Runs only when a VpcDnsForward of the VPC is Ready (`dns` holds those checks).
+pub async fn dns_lookup(
+    client: &Client,
+    ns: &Namespaces,
+    vpc: &str,
+    name: Option<String>,
+    dns: &Report,
+) -> anyhow::Result<CheckResult> {
+    use crate::dns_lookup::{self as lookup, DNS_LOOKUP};
+    if !dns.passed(checks::DNS_FORWARD) {
+        return Ok(CheckResult::skip(
+            DNS_LOOKUP,
+            format!("needs {}", checks::DNS_FORWARD),
+        ));
+    }
+    let name = match name {
+        Some(name) => name,
+        None => match first_service_import(client).await? {
+            Some(name) => name,
+            None => {
+                return Ok(CheckResult::skip(
+                    DNS_LOOKUP,
+                    "nothing to resolve: no ServiceImport in this cluster (export a Service with subctl export service, or name one with --lookup)",
+                ));
+            }
+        },
+    };
+    let configs: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &ns.kube_ovn);
+    let config = configs
+        .get_opt(lookup::VPC_DNS_CONFIG)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read ConfigMap {}/{}",
+                ns.kube_ovn,
+                lookup::VPC_DNS_CONFIG
+            )
+        })?;
+    let server = match lookup::vip(
+        config
+            .as_ref()
+            .and_then(|c| c.data.as_ref())
+            .and_then(|d| d.get(lookup::COREDNS_VIP_KEY))
+            .map(String::as_str),
+    ) {
+        Ok(ip) => ip,
+        Err(result) => return Ok(result),
+    };
+    let Some(pod) = ready_gateway_pod(client, ns, vpc).await? else {
+        return Ok(CheckResult::skip(
+            DNS_LOOKUP,
+            format!("no Ready NAT gateway pod in VPC {vpc} to ask from"),
+        ));
+    };
+    let output = exec(client, &ns.kube_ovn, &pod, lookup::script(&name, server)).await;
+    Ok(lookup::check(
+        &name,
+        server,
+        &format!("{}/{pod}", ns.kube_ovn),
+        &output,
+    ))
+}
+
+/// `<name>.<namespace>.svc.clusterset.local` of the first ServiceImport (Lighthouse's, API
+/// `multicluster.x-k8s.io/v1alpha1`) in a service's namespace, when the API exists. Those in
+/// `submariner-operator` are the per-cluster copies of Lighthouse before 0.15, whose names are
+/// not service names.
+async fn first_service_import(client: &Client) -> anyhow::Result<Option<String>> {
+    use kube::{
+        api::{ApiResource, DynamicObject},
+        core::GroupVersionKind,
+    };
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "multicluster.x-k8s.io",
+        "v1alpha1",
+        "ServiceImport",
+    ));
+    let imports: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let list = match imports.list(&ListParams::default()).await {
+        Ok(list) => list.items,
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
+        Err(e) => return Err(e).context("cannot list ServiceImports"),
+    };
+    let mut names: Vec<String> = list
+        .iter()
+        .filter_map(|i| {
+            let namespace = i.namespace()?;
+            (namespace != "submariner-operator")
+                .then(|| crate::dns_lookup::service_name(&i.name_any(), &namespace).ok())
+                .flatten()
+        })
+        .collect();
+    names.sort();
+    Ok(names.into_iter().next())
+}
+
+/// A Ready pod of a VpcNatGateway of `vpc`, by gateway name then pod name.
+async fn ready_gateway_pod(
+    client: &Client,
+    ns: &Namespaces,
+    vpc: &str,
+) -> anyhow::Result<Option<String>> {
+    let gateways: Api<VpcNatGateway> = Api::all(client.clone());
+    let mut serving: Vec<String> = gateways
+        .list(&ListParams::default())
+        .await
+        .context("cannot list VpcNatGateways")?
+        .into_iter()
+        .filter(|g| g.spec.vpc == vpc)
+        .map(|g| g.name_any())
+        .collect();
+    serving.sort();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.kube_ovn);
+    let mut list = pods
+        .list(&ListParams::default().labels(&KubeOvn::pod_selector()))
+        .await
+        .context("cannot list the NAT gateway pods")?
+        .items;
+    list.sort_by_key(|p| p.name_any());
+    let kube_ovn = KubeOvn {
+        namespace: ns.kube_ovn.clone(),
+        nat_gw_name_prefix: ns.nat_gw_name_prefix.clone(),
+    };
+    Ok(serving.iter().find_map(|gw| {
+        list.iter()
+            .find(|p| kube_ovn.gateway_of(p).as_ref() == Some(gw) && pod_ready(p))
+            .map(|p| p.name_any())
+    }))
 }
 
 /// The tunnels whose gateway serves VPC `vpc`: `status.localGateway` (after a failover) or else

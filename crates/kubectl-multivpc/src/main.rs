@@ -5,6 +5,7 @@
 
 mod checks;
 mod diagnose;
+mod dns_lookup;
 mod view;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
@@ -98,10 +99,16 @@ enum Target {
         /// The VpcNatTunnel's name.
         name: String,
     },
-    /// Every tunnel whose local gateway serves the VPC (in -n, else all namespaces).
+    /// The VPC's clusterset.local resolution, then every tunnel whose local gateway serves the
+    /// VPC (in -n, else all namespaces).
     Vpc {
         /// The Kube-OVN VPC's name.
         vpc: String,
+
+        /// A clusterset.local name to resolve from inside the VPC (default: the first
+        /// ServiceImport's <name>.<namespace>.svc.clusterset.local, when there is one).
+        #[arg(long, value_name = "NAME")]
+        lookup: Option<String>,
     },
 }
 
@@ -147,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let namespaces = diagnose::Namespaces {
                 kube_ovn: args.kube_ovn_namespace.clone(),
                 gateway: args.gateway_namespace.clone(),
+                nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
             };
             let failed = match target {
                 Target::Tunnel { name } => {
@@ -155,11 +163,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     print!("{}", report.render());
                     report.failed()
                 }
-                Target::Vpc { vpc } => {
+                Target::Vpc { vpc, lookup } => {
+                    let lookup = lookup
+                        .as_deref()
+                        .map(dns_lookup::lookup_name)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?;
                     let tunnels =
                         diagnose::tunnels_of_vpc(&client, args.namespace.as_deref(), vpc).await?;
                     println!("== DNS of VPC {vpc}");
-                    let dns = diagnose::dns_forwards(&client, vpc).await?;
+                    let mut dns = diagnose::dns_forwards(&client, vpc).await?;
+                    let looked_up =
+                        diagnose::dns_lookup(&client, &namespaces, vpc, lookup, &dns).await?;
+                    dns.push(looked_up);
                     print!("{}", dns.render());
                     let mut failed = dns.failed();
                     if tunnels.is_empty() {
