@@ -2,10 +2,7 @@
 use std::fmt;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, AttachParams};
-use tokio::io::AsyncReadExt;
 
 /// What a command printed and how it ended.
 #[derive(Clone, Debug, Default)]
@@ -62,69 +59,28 @@ pub async fn pod_exec(
     container: Option<&str>,
     cmd: &[&str],
 ) -> Result<ExecOutput> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut ap = AttachParams::default()
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    if let Some(c) = container {
-        ap = ap.container(c);
-    }
+    use multivpc_runtime::pod_exec::{self, Command};
     let command: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
-    let mut proc = pods
-        .exec(pod, command.clone(), &ap)
-        .await
-        .with_context(|| format!("exec {command:?} in pod {namespace}/{pod}"))?;
-    let stdout = proc.stdout();
-    let stderr = proc.stderr();
-    let status = proc.take_status();
-    let read = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-        let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            r.read_to_end(&mut buf).await?;
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let (stdout, stderr) = tokio::try_join!(read(stdout), read(stderr))?;
-    let status = match status {
-        Some(fut) => fut.await,
-        None => None,
-    };
-    proc.join().await.context("exec stream")?;
-    let (exit_code, status_message) = match status {
-        Some(s) if s.status.as_deref() == Some("Success") => (0, None),
-        Some(s) => {
-            let code = s
-                .details
-                .as_ref()
-                .and_then(|d| d.causes.as_ref())
-                .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
-                .and_then(|c| c.message.as_deref())
-                .and_then(|m| m.parse::<i32>().ok())
-                // kwok reports a non-zero exit as an InternalError whose message
-                // ends in "exit status N" rather than a NonZeroExitCode cause.
-                .or_else(|| s.message.as_deref().and_then(exit_status_from_message))
-                .unwrap_or(-1);
-            (code, s.message)
-        }
-        None => (-1, Some("no status received".into())),
-    };
+    let finished = pod_exec::run(
+        client,
+        &Command {
+            namespace,
+            pod,
+            container,
+            argv: command.clone(),
+            stdin: None,
+            max_output: u64::MAX,
+        },
+    )
+    .await
+    .with_context(|| format!("exec {command:?} in pod {namespace}/{pod}"))?;
     Ok(ExecOutput {
         command,
-        stdout,
-        stderr,
-        exit_code,
-        status_message,
+        stdout: finished.stdout,
+        stderr: finished.stderr,
+        exit_code: finished.exit_code,
+        status_message: finished.message,
     })
-}
-
-fn exit_status_from_message(m: &str) -> Option<i32> {
-    let idx = m.rfind("exit status ")?;
-    let digits: String = m[idx + "exit status ".len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
 }
 
 /// Run `cmd` inside network namespace `netns` from the host (`ip netns exec`),
@@ -151,16 +107,4 @@ pub async fn host_exec(cmd: &[&str]) -> Result<ExecOutput> {
         exit_code: out.status.code().unwrap_or(-1),
         status_message: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_status_is_read_from_kwok_messages() {
-        let m = "Internal error occurred: error executing command in container: cmd wait: sh -c exit 3: exit status 3";
-        assert_eq!(exit_status_from_message(m), Some(3));
-        assert_eq!(exit_status_from_message("something else"), None);
-    }
 }

@@ -5,17 +5,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{AttachParams, ListParams},
-};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use multivpc_api::{
     GatewayExIp, VpcNatTunnel,
     foreign::kubeovn::VpcNatGateway,
     gateway::{KubeOvn, NAT_GW_CONTAINER, pod_ready},
     keys::gateway_exip_name,
 };
-use tokio::io::AsyncReadExt as _;
 
 use crate::checks::{self, CheckResult, CommandOutput, Report};
 
@@ -349,77 +345,21 @@ async fn exec_inner(
     pod: &str,
     script: String,
 ) -> Result<CommandOutput, String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = AttachParams::default()
-        .container(NAT_GW_CONTAINER)
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    let mut process = pods
-        .exec(pod, ["sh".to_owned(), "-c".to_owned(), script], &params)
+    use multivpc_runtime::pod_exec::{self, Command};
+    let command = Command {
+        namespace,
+        pod,
+        container: Some(NAT_GW_CONTAINER),
+        argv: vec!["sh".to_owned(), "-c".to_owned(), script],
+        stdin: None,
+        max_output: MAX_OUTPUT,
+    };
+    let finished = pod_exec::run(client, &command)
         .await
         .map_err(|e| e.to_string())?;
-    let (stdout, stderr) = (process.stdout(), process.stderr());
-    let status = process.take_status();
-    let read = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-        let mut buf = Vec::new();
-        if let Some(r) = r {
-            r.take(MAX_OUTPUT).read_to_end(&mut buf).await?;
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let (stdout, stderr) =
-        tokio::try_join!(read(stdout), read(stderr)).map_err(|e| e.to_string())?;
-    let status = match status {
-        Some(s) => s.await,
-        None => None,
-    };
-    process.join().await.map_err(|e| e.to_string())?;
-    let Some(status) = status else {
-        return Err("the exec ended without an exit status".into());
-    };
-    let exit_code = if status.status.as_deref() == Some("Success") {
-        0
-    } else {
-        status
-            .details
-            .as_ref()
-            .and_then(|d| d.causes.as_ref())
-            .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
-            .and_then(|c| c.message.as_deref())
-            .and_then(|m| m.parse::<i32>().ok())
-            // kwok's kubelet reports a non-zero exit only in the message ("exit status N").
-            .or_else(|| status.message.as_deref().and_then(exit_status_in))
-            .unwrap_or(-1)
-    };
     Ok(CommandOutput {
-        stdout,
-        stderr,
-        exit_code,
+        stdout: finished.stdout,
+        stderr: finished.stderr,
+        exit_code: finished.exit_code,
     })
-}
-
-/// `N` of the last "exit status N" in an exec status message.
-fn exit_status_in(message: &str) -> Option<i32> {
-    let at = message.rfind("exit status ")? + "exit status ".len();
-    let digits: String = message[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_statuses_are_read_from_kwoks_messages() {
-        assert_eq!(exit_status_in("command terminated: exit status 2"), Some(2));
-        assert_eq!(
-            exit_status_in("InternalError: exit status 127 (x)"),
-            Some(127)
-        );
-        assert_eq!(exit_status_in("no status"), None);
-    }
 }

@@ -21,6 +21,7 @@ pub mod leader;
 pub mod liveness;
 pub mod metrics;
 pub mod own_writes;
+pub mod pod_exec;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;

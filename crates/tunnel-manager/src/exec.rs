@@ -16,14 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client, api::AttachParams};
+use kube::Client;
 use multivpc_api::gateway::NAT_GW_CONTAINER;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use tokio::{
-    io::AsyncReadExt,
-    sync::{Semaphore, oneshot},
-};
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::{resolve::PodTarget, script};
 
@@ -485,77 +481,37 @@ async fn exec(
     pod: &str,
     script: String,
 ) -> Result<Output, ExecError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = AttachParams::default()
-        .container(NAT_GW_CONTAINER)
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
-    let mut process = pods
-        .exec(pod, vec!["sh".to_owned(), "-c".to_owned(), script], &params)
-        .await
-        .map_err(|e| ExecError::Api {
+    use multivpc_runtime::pod_exec::{self, Command};
+    let command = Command {
+        namespace,
+        pod,
+        container: Some(NAT_GW_CONTAINER),
+        argv: vec!["sh".to_owned(), "-c".to_owned(), script],
+        stdin: None,
+        max_output: MAX_OUTPUT as u64,
+    };
+    let finished = pod_exec::run(client, &command).await.map_err(|e| match e {
+        pod_exec::ExecError::Refused(message) => ExecError::Api {
             pod: pod.to_owned(),
-            message: e.to_string(),
-        })?;
-    let stream_err = |e: &dyn std::fmt::Display| ExecError::Stream {
-        pod: pod.to_owned(),
-        message: e.to_string(),
-    };
-    let (stdout, stderr) = (process.stdout(), process.stderr());
-    let status = process.take_status();
-    let read = |r: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-        let mut buf = Vec::new();
-        if let Some(r) = r {
-            r.take(MAX_OUTPUT as u64).read_to_end(&mut buf).await?;
-        }
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let (stdout, stderr) =
-        tokio::try_join!(read(stdout), read(stderr)).map_err(|e| stream_err(&e))?;
-    let status = match status {
-        Some(s) => s.await,
-        None => None,
-    };
-    process.join().await.map_err(|e| stream_err(&e))?;
-    let code = match status {
-        Some(s) if s.status.as_deref() == Some("Success") => 0,
-        Some(s) => s
-            .details
-            .as_ref()
-            .and_then(|d| d.causes.as_ref())
-            .and_then(|c| c.iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
-            .and_then(|c| c.message.as_deref())
-            .and_then(|m| m.parse::<i32>().ok())
-            // Some kubelets (kwok) report a non-zero exit only in the message.
-            .or_else(|| s.message.as_deref().and_then(exit_status_from_message))
-            .unwrap_or(-1),
-        None => {
-            return Err(ExecError::Stream {
-                pod: pod.to_owned(),
-                message: "no exit status received".into(),
-            });
-        }
-    };
-    if code == 0 {
-        Ok(Output { stdout })
+            message,
+        },
+        pod_exec::ExecError::Stream(message) => ExecError::Stream {
+            pod: pod.to_owned(),
+            message,
+        },
+    })?;
+    if finished.success() {
+        Ok(Output {
+            stdout: finished.stdout,
+        })
     } else {
         Err(ExecError::Exit {
             pod: pod.to_owned(),
-            code,
-            stdout,
-            stderr,
+            code: finished.exit_code,
+            stdout: finished.stdout,
+            stderr: finished.stderr,
         })
     }
-}
-
-fn exit_status_from_message(m: &str) -> Option<i32> {
-    let idx = m.rfind("exit status ")?;
-    let digits: String = m[idx + "exit status ".len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -564,15 +520,6 @@ mod tests {
 
     use super::*;
     use crate::script::{CleanupConfig, RuleTag};
-
-    #[test]
-    fn exit_codes_from_messages() {
-        assert_eq!(
-            exit_status_from_message("command terminated: exit status 3"),
-            Some(3)
-        );
-        assert_eq!(exit_status_from_message("other"), None);
-    }
 
     fn target(name: &str) -> PodTarget {
         PodTarget {
