@@ -153,8 +153,27 @@ pub async fn dns_forwards(client: &Client, vpc: &str) -> anyhow::Result<Report> 
 
 /// The `dns-lookup` check of VPC `vpc` ([`dns_lookup`](crate::dns_lookup)): `name` (else the
 /// first ServiceImport's name) asked of vpc-dns's address from a Ready NAT gateway pod of the
-/// VPC. Runs only when a VpcDnsForward of the VPC is Ready (`dns` holds those checks).
+/// VPC. Runs only when a VpcDnsForward of the VPC is Ready (`dns` holds those checks). What
+/// cannot be read (RBAC) fails this check alone: the tunnels' checks still run.
 pub async fn dns_lookup(
+    client: &Client,
+    ns: &Namespaces,
+    vpc: &str,
+    name: Option<String>,
+    dns: &Report,
+) -> CheckResult {
+    lookup_in_vpc(client, ns, vpc, name, dns)
+        .await
+        .unwrap_or_else(|e| {
+            CheckResult::fail(
+                crate::dns_lookup::DNS_LOOKUP,
+                format!("{e:#}"),
+                "the lookup reads Kube-OVN's vpc-dns-config ConfigMap, the VpcNatGateways, their pods and ServiceImports, and execs into a gateway pod: run it with those permissions",
+            )
+        })
+}
+
+async fn lookup_in_vpc(
     client: &Client,
     ns: &Namespaces,
     vpc: &str,

@@ -174,7 +174,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("== DNS of VPC {vpc}");
                     let mut dns = diagnose::dns_forwards(&client, vpc).await?;
                     let looked_up =
-                        diagnose::dns_lookup(&client, &namespaces, vpc, lookup, &dns).await?;
+                        diagnose::dns_lookup(&client, &namespaces, vpc, lookup, &dns).await;
                     dns.push(looked_up);
                     print!("{}", dns.render());
                     let mut failed = dns.failed();
