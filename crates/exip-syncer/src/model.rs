@@ -295,6 +295,7 @@ pub(crate) mod tests {
                 let mut t = VpcNatTunnel::new(
                     name,
                     VpcNatTunnelSpec {
+                        encryption: Default::default(),
                         cluster_id: "c2".into(),
                         gateway_name: "r".into(),
                         interface_addr: "10.100.0.1/24".into(),
@@ -338,6 +339,7 @@ pub(crate) mod tests {
             let mut t = VpcNatTunnel::new(
                 name,
                 VpcNatTunnelSpec {
+                    encryption: Default::default(),
                     cluster_id: to.0.into(),
                     gateway_name: to.1.into(),
                     interface_addr: addr.into(),

@@ -18,7 +18,9 @@ pub mod tunnel;
 
 pub use dns::{VpcDnsForward, VpcDnsForwardSpec, VpcDnsForwardStatus};
 pub use exip::{GatewayExIp, GatewayExIpSpec, TunnelAddress};
-pub use tunnel::{TunnelHealth, TunnelType, VpcNatTunnel, VpcNatTunnelSpec, VpcNatTunnelStatus};
+pub use tunnel::{
+    Encryption, TunnelHealth, TunnelType, VpcNatTunnel, VpcNatTunnelSpec, VpcNatTunnelStatus,
+};
 
 /// API group of the project's own resources (kept from the original operator).
 pub const GROUP: &str = "kubeovn.ustc.io";

@@ -88,6 +88,12 @@ pub struct VpcNatTunnelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 576, max = 9000))]
     pub mtu: Option<u32>,
+
+    /// none (default) or ipsec: ESP between the two gateways' external addresses, with keys
+    /// each end derives from the fleet's pre-shared key (tunnel-manager's --ipsec-psk-secret).
+    /// Both ends of a tunnel must say the same.
+    #[serde(default, skip_serializing_if = "Encryption::is_none")]
+    pub encryption: Encryption,
 }
 
 impl VpcNatTunnel {
@@ -146,6 +152,34 @@ impl std::fmt::Display for TunnelType {
         f.write_str(match self {
             Self::Gre => "gre",
             Self::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// Encryption of a tunnel's underlay packets.
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    // In clear, as the original operator's tunnels.
+    #[default]
+    None,
+    // IPsec ESP (transport mode, AES-GCM) between the gateways' external addresses.
+    Ipsec,
+}
+
+impl Encryption {
+    pub fn is_none(&self) -> bool {
+        *self == Self::None
+    }
+}
+
+impl std::fmt::Display for Encryption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Ipsec => "ipsec",
         })
     }
 }
@@ -277,6 +311,9 @@ pub struct AppliedTunnel {
     pub remote_route: String,
     /// SNAT source range programmed.
     pub snat_range: String,
+    /// Encryption programmed (its security associations and policies go when it does).
+    #[serde(default, skip_serializing_if = "Encryption::is_none")]
+    pub encryption: Encryption,
 }
 
 #[cfg(test)]

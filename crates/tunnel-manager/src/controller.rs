@@ -8,7 +8,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use futures::{StreamExt, future};
@@ -25,7 +25,7 @@ use kube::{
     },
 };
 use multivpc_api::{
-    GatewayExIp, VpcNatTunnel, VpcNatTunnelStatus,
+    Encryption, GatewayExIp, VpcNatTunnel, VpcNatTunnelStatus,
     conditions::{self, DesiredCondition},
     foreign::{
         kubeovn::{Subnet, Vpc, VpcNatGateway},
@@ -54,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     exec::{ExecError, Executor},
     health::Tracker,
+    ipsec,
     plan::{self, HealthInput, Plan, Removal, Step},
     prober::{self, ProbeSettings},
     resolve::{self, PodTarget, Resolved, Snapshot, reason},
@@ -87,7 +88,22 @@ pub struct Settings {
     pub tenancy: Tenancy,
     /// Health probes through the tunnels; `None` disables them.
     pub probes: Option<ProbeSettings>,
+    /// Where the fleet's IPsec pre-shared key is, and the rekey interval; `None`: tunnels with
+    /// `encryption: ipsec` are refused.
+    pub ipsec: Option<IpsecSettings>,
 }
+
+/// `--ipsec-psk-secret`, `--ipsec-psk-key`, `--ipsec-rekey-interval`.
+#[derive(Debug, Clone)]
+pub struct IpsecSettings {
+    pub namespace: String,
+    pub secret: String,
+    pub key: String,
+    pub rekey_interval: Duration,
+}
+
+/// How long a read of the pre-shared key's Secret serves: a rotated Secret is seen within it.
+const PSK_CACHE: Duration = Duration::from_secs(10);
 
 /// Domain metrics besides the exec ones.
 #[derive(Clone)]
@@ -292,9 +308,47 @@ pub struct Context {
     states: Mutex<HashMap<String, &'static str>>,
     /// What the probes saw, by tunnel key.
     pub(crate) health: Mutex<Tracker>,
+    /// The pre-shared key as last read, and when.
+    psk: tokio::sync::Mutex<Option<(Instant, Result<ipsec::Psk, String>)>>,
 }
 
 impl Context {
+    /// The fleet's pre-shared key (`None` when none is configured), read from its Secret at
+    /// most every [`PSK_CACHE`]. Why it is unusable says where to look, never what it holds.
+    async fn psk(&self) -> Option<Result<ipsec::Psk, String>> {
+        let settings = self.settings.ipsec.as_ref()?;
+        let mut cached = self.psk.lock().await;
+        if let Some((at, psk)) = cached.as_ref()
+            && at.elapsed() < PSK_CACHE
+        {
+            return Some(psk.clone());
+        }
+        let (ns, name, key) = (&settings.namespace, &settings.secret, &settings.key);
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), ns);
+        let psk = match secrets.get_opt(name).await {
+            Err(e) => Err(format!(
+                "cannot read the pre-shared key's Secret {ns}/{name}: {e}"
+            )),
+            Ok(None) => Err(format!(
+                "the pre-shared key's Secret {ns}/{name} does not exist"
+            )),
+            Ok(Some(secret)) => match secret.data.as_ref().and_then(|d| d.get(key)) {
+                None => Err(format!("Secret {ns}/{name} has no key {key:?}")),
+                Some(bytes) => ipsec::Psk::new(bytes.0.clone())
+                    .map_err(|e| format!("Secret {ns}/{name} key {key:?}: {e}")),
+            },
+        };
+        *cached = Some((Instant::now(), psk.clone()));
+        Some(psk)
+    }
+
+    /// The IPsec epoch now, when IPsec is configured.
+    fn epoch(&self) -> Option<ipsec::Epoch> {
+        let settings = self.settings.ipsec.as_ref()?;
+        Some(ipsec::epoch_at(SystemTime::now(), settings.rekey_interval))
+    }
+
     fn set_state(&self, key: &str, state: Option<&'static str>) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         match state {
@@ -712,6 +766,7 @@ pub async fn run(
         health: Mutex::new(Tracker::new(
             ctx_probes.map(|p| p.policy).unwrap_or_default(),
         )),
+        psk: tokio::sync::Mutex::new(None),
     });
     let probing = tokio::spawn(prober::run(
         ctx.clone(),
@@ -798,11 +853,20 @@ async fn apply(
     api: &Api<VpcNatTunnel>,
 ) -> Result<Action, Error> {
     let k = key(tunnel);
+    let psk = match tunnel.spec.encryption {
+        Encryption::Ipsec => ctx.psk().await,
+        Encryption::None => None,
+    };
     // Everything decided from the caches is decided here: the snapshot (every tunnel, pod and
     // GatewayExIp) is not held across an exec, so waiting reconciles cost little memory.
     let decided = {
         let snapshot = ctx.stores.snapshot(&ctx.settings);
-        let resolution = resolve::resolve(tunnel, &snapshot);
+        let resolution = resolve::with_esp(
+            tunnel,
+            resolve::resolve(tunnel, &snapshot),
+            psk.as_ref(),
+            ctx.epoch().map_or(0, |e| e.number),
+        );
         let since_checked = resolution
             .as_ref()
             .ok()
@@ -856,6 +920,10 @@ async fn refuse(
     )
     .await?;
     ctx.set_state(&k, Some(reason));
+    // The pre-shared key's Secret is read, not watched: look again once the read expires.
+    if reason == reason::IPSEC_KEY_UNAVAILABLE {
+        return Ok(Action::requeue(PSK_CACHE + Duration::from_secs(1)));
+    }
     Ok(Action::await_change())
 }
 
@@ -1021,12 +1089,17 @@ async fn program(
     write_status(tunnel, ctx, api, status, &condition, Some(&healthy)).await?;
     ctx.set_state(&k, Some(reason::PROGRAMMED));
     let since_checked = ctx.programmed_matches(&k, &resolved).map(|at| at.elapsed());
-    Ok(
-        match plan::next_verification(&k, ctx.settings.verify_interval, since_checked) {
-            Some(wait) => Action::requeue(wait),
-            None => Action::await_change(),
-        },
-    )
+    // An encrypted tunnel moves to the next epoch's keys at its boundary (a second after it,
+    // so the clock has surely crossed it).
+    let rekey = resolved.config.esp.as_ref().and_then(|_| {
+        let next = ctx.epoch()?.next_at;
+        Some(next.duration_since(SystemTime::now()).unwrap_or_default() + Duration::from_secs(1))
+    });
+    let verify = plan::next_verification(&k, ctx.settings.verify_interval, since_checked);
+    Ok(match verify.into_iter().chain(rekey).min() {
+        Some(wait) => Action::requeue(wait),
+        None => Action::await_change(),
+    })
 }
 
 /// Removes a refused tunnel's state from the pod it was programmed into.

@@ -137,7 +137,8 @@ impl ExecMetrics {
 
 type ExecFuture = Pin<Box<dyn Future<Output = Result<Output, ExecError>> + Send>>;
 /// Runs a script in a pod: `pods/exec` in production, a stand-in in unit tests.
-type Runner = Arc<dyn Fn(String, String) -> ExecFuture + Send + Sync>;
+/// Runs (pod, script, the script's stdin).
+type Runner = Arc<dyn Fn(String, String, Vec<u8>) -> ExecFuture + Send + Sync>;
 
 /// Runs tunnel scripts in gateway pods, batched per pod.
 #[derive(Clone)]
@@ -174,9 +175,9 @@ impl Executor {
         concurrency: usize,
         metrics: ExecMetrics,
     ) -> Self {
-        let runner: Runner = Arc::new(move |pod, script| {
+        let runner: Runner = Arc::new(move |pod, script, stdin| {
             let (client, namespace) = (client.clone(), namespace.clone());
-            Box::pin(async move { exec(&client, &namespace, &pod, script).await })
+            Box::pin(async move { exec(&client, &namespace, &pod, script, stdin).await })
         });
         Self::with_runner(runner, timeout, concurrency, metrics)
     }
@@ -246,7 +247,7 @@ impl Executor {
         script: String,
     ) -> Result<Output, ExecError> {
         let inner = &self.inner;
-        let result = inner.exec_timed(pod, kind, script).await;
+        let result = inner.exec_timed(pod, kind, script, Vec::new()).await;
         inner.metrics.sections.with_label_values(&[kind]).inc();
         if let Err(e) = &result {
             inner
@@ -277,6 +278,7 @@ impl Inner {
         pod: &PodTarget,
         kind: &'static str,
         script: String,
+        stdin: Vec<u8>,
     ) -> Result<Output, ExecError> {
         let _permit = self
             .permits
@@ -284,14 +286,15 @@ impl Inner {
             .await
             .expect("semaphore never closed");
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, (self.runner)(pod.name.clone(), script))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ExecError::Timeout {
-                    pod: pod.name.clone(),
-                    timeout: self.timeout,
-                })
-            });
+        let result =
+            tokio::time::timeout(self.timeout, (self.runner)(pod.name.clone(), script, stdin))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ExecError::Timeout {
+                        pod: pod.name.clone(),
+                        timeout: self.timeout,
+                    })
+                });
         self.metrics
             .duration
             .with_label_values(&[kind])
@@ -308,7 +311,8 @@ impl Inner {
         while let Some(batch) = self.next_batch(&pod.uid, self.cap(&pod.uid)) {
             let kind = batch[0].kind;
             let script = script::batch(batch.iter().map(|j| &j.call));
-            let result = self.exec_timed(&pod, kind, script).await;
+            let stdin = script::batch_stdin(batch.iter().map(|j| &j.call));
+            let result = self.exec_timed(&pod, kind, script, stdin).await;
             self.adapt(&pod.uid, batch.len(), &result);
             // A pod that did not answer (timeout, API, stream) would not answer the calls
             // queued behind these either: they fail with them, each retried by its tunnel's
@@ -480,6 +484,7 @@ async fn exec(
     namespace: &str,
     pod: &str,
     script: String,
+    stdin: Vec<u8>,
 ) -> Result<Output, ExecError> {
     use multivpc_runtime::pod_exec::{self, Command};
     let command = Command {
@@ -487,7 +492,8 @@ async fn exec(
         pod,
         container: Some(NAT_GW_CONTAINER),
         argv: vec!["sh".to_owned(), "-c".to_owned(), script],
-        stdin: None,
+        // Keys, when a section has any: on stdin, never in the argv.
+        stdin: (!stdin.is_empty()).then_some(stdin.as_slice()),
         max_output: MAX_OUTPUT as u64,
     };
     let finished = pod_exec::run(client, &command).await.map_err(|e| match e {
@@ -532,6 +538,7 @@ mod tests {
     fn call(dev: &str) -> script::Call {
         let device = dev.parse().unwrap();
         script::Call::cleanup(&CleanupConfig {
+            esp: None,
             tag: RuleTag::new("ns1", &device).unwrap(),
             device,
             delete_device: true,
@@ -580,7 +587,7 @@ mod tests {
         let execs = Arc::new(AtomicUsize::new(0));
         let running = Arc::new(AtomicUsize::new(0));
         let (e, r) = (execs.clone(), running.clone());
-        let runner: Runner = Arc::new(move |pod: String, script: String| {
+        let runner: Runner = Arc::new(move |pod: String, script: String, _stdin: Vec<u8>| {
             let (e, r) = (e.clone(), r.clone());
             Box::pin(async move {
                 e.fetch_add(1, Ordering::SeqCst);
@@ -659,7 +666,7 @@ mod tests {
     async fn a_drain_that_panics_leaves_the_pod_usable() {
         let panicked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let p = panicked.clone();
-        let runner: Runner = Arc::new(move |_pod: String, script: String| {
+        let runner: Runner = Arc::new(move |_pod: String, script: String, _stdin: Vec<u8>| {
             let p = p.clone();
             Box::pin(async move {
                 if !p.swap(true, Ordering::SeqCst) {

@@ -4,6 +4,7 @@
 mod controller;
 mod exec;
 mod health;
+mod ipsec;
 #[cfg(test)]
 mod netns_tests;
 mod plan;
@@ -72,10 +73,37 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     probe_recovery_threshold: u32,
 
+    /// The Secret holding the fleet's IPsec pre-shared key, as <namespace>/<name> (the same on
+    /// every cluster, as Submariner's submariner-operator/submariner-ipsec-psk is). Unset:
+    /// tunnels with encryption ipsec are refused (Ready=False IPsecKeyUnavailable).
+    #[arg(long, env = "IPSEC_PSK_SECRET", value_parser = secret_ref)]
+    ipsec_psk_secret: Option<(String, String)>,
+
+    /// The key of that Secret holding the pre-shared key (at least 32 bytes).
+    #[arg(long, env = "IPSEC_PSK_KEY", default_value = "psk")]
+    ipsec_psk_key: String,
+
+    /// How long one epoch's ESP keys serve before both ends move to the next (the clocks of the
+    /// gateways' nodes must agree within it).
+    #[arg(long, env = "IPSEC_REKEY_INTERVAL", default_value = "1h", value_parser = duration)]
+    ipsec_rekey_interval: Duration,
+
     /// Execs running at once across all gateway pods (one at a time per pod regardless).
     #[arg(long, env = "MAX_CONCURRENT_EXECS", default_value_t = 8,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     max_concurrent_execs: u16,
+}
+
+/// `<namespace>/<name>` of a Secret.
+fn secret_ref(s: &str) -> Result<(String, String), String> {
+    let (ns, name) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected <namespace>/<name>"))?;
+    let ns = dns_label(ns)?;
+    if !multivpc_api::net::is_object_name(name) {
+        return Err(format!("{name:?} is not a Secret name"));
+    }
+    Ok((ns, name.to_owned()))
 }
 
 /// How many exec timeouts a reconcile may take before `/healthz` calls it stalled.
@@ -104,7 +132,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 recovery_threshold: args.probe_recovery_threshold,
             },
         }),
+        ipsec: args
+            .ipsec_psk_secret
+            .clone()
+            .map(|(namespace, secret)| controller::IpsecSettings {
+                namespace,
+                secret,
+                key: args.ipsec_psk_key.clone(),
+                rekey_interval: args.ipsec_rekey_interval,
+            }),
     };
+    if args.ipsec_rekey_interval < Duration::from_secs(10) {
+        anyhow::bail!("--ipsec-rekey-interval must be at least 10s");
+    }
     if args.exec_timeout.is_zero() {
         anyhow::bail!("--exec-timeout must be greater than 0");
     }
@@ -170,5 +210,33 @@ mod tests {
             a.tenancy.tenancy,
             multivpc_api::tenancy::Tenancy::VpcNamespaces
         );
+        assert_eq!(a.ipsec_psk_secret, None);
+        assert_eq!(
+            (a.ipsec_psk_key.as_str(), a.ipsec_rekey_interval),
+            ("psk", Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn the_psk_secret_is_a_namespace_and_a_name() {
+        let a = Args::try_parse_from([
+            "tunnel-manager",
+            "--ipsec-psk-secret=submariner-operator/submariner-ipsec-psk",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.ipsec_psk_secret,
+            Some((
+                "submariner-operator".to_owned(),
+                "submariner-ipsec-psk".to_owned()
+            ))
+        );
+        for bad in ["noslash", "Bad/x", "ns/bad name", "ns/"] {
+            assert!(
+                Args::try_parse_from(["tunnel-manager", &format!("--ipsec-psk-secret={bad}")])
+                    .is_err(),
+                "{bad}"
+            );
+        }
     }
 }

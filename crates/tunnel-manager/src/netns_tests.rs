@@ -160,6 +160,7 @@ fn run(cmd: &[&str]) -> (bool, String, String) {
 
 fn cleanup_of(cfg: &TunnelConfig, keep_local: bool) -> CleanupConfig {
     CleanupConfig {
+        esp: None,
         device: cfg.device.clone(),
         delete_device: true,
         tag: cfg.tag.clone(),
@@ -250,6 +251,7 @@ fn lifecycle(ns: &Netns, cfg: TunnelConfig) {
 
     // A new spec (address, remote endpoint, remote CIDR; vni for VXLAN) leaves nothing behind.
     let old = Stale {
+        esp: None,
         remote_cidr: Some(cfg.remote_cidr),
         local_cidr: Some(cfg.local_cidr),
     };
@@ -530,6 +532,7 @@ fn a_status_naming_foreign_routes_deletes_nothing_foreign() {
         assert!(ok, "{cmd}: {err}");
     }
     let forged = CleanupConfig {
+        esp: None,
         device: cfg.device.clone(),
         delete_device: false,
         tag: cfg.tag.clone(),
@@ -545,6 +548,7 @@ fn a_status_naming_foreign_routes_deletes_nothing_foreign() {
     assert!(state.contains("192.168.77.0/24 dev vx1"), "{state}");
     // Stale-route removal is held to the same mark.
     let stale = Stale {
+        esp: None,
         remote_cidr: Some("192.168.77.0/24".parse().unwrap()),
         local_cidr: Some("10.96.0.0/12".parse().unwrap()),
     };

@@ -255,6 +255,8 @@ fn stale_of(
     Stale {
         remote_cidr: parse_cidr(&applied.remote_route),
         local_cidr,
+        esp: resolve::esp_pair_of(applied)
+            .filter(|p| !resolve::esp_pair_shared(tunnel, &resolved.pod.uid, p, snapshot)),
     }
 }
 
@@ -333,6 +335,9 @@ pub fn cleanup_config(
         local_cidr: applied
             .and_then(|a| parse_cidr(&a.local_route))
             .filter(|c| !resolve::local_route_shared(tunnel, pod_uid, *c, snapshot)),
+        esp: applied
+            .and_then(resolve::esp_pair_of)
+            .filter(|p| !resolve::esp_pair_shared(tunnel, pod_uid, p, snapshot)),
     })
 }
 
@@ -348,6 +353,7 @@ mod tests {
         let mut t = VpcNatTunnel::new(
             name,
             VpcNatTunnelSpec {
+                encryption: Default::default(),
                 cluster_id: "cluster2".into(),
                 gateway_name: "rgw".into(),
                 interface_addr: "10.100.0.1/24".into(),

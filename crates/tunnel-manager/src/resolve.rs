@@ -11,7 +11,7 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use multivpc_api::{
-    GatewayExIp, TunnelType, VpcNatTunnel,
+    Encryption, GatewayExIp, TunnelType, VpcNatTunnel,
     foreign::{
         kubeovn::{Subnet, Vpc, VpcNatGateway},
         submariner::{Cluster, ClusterGlobalEgressIP},
@@ -23,7 +23,10 @@ use multivpc_api::{
     tunnel::AppliedTunnel,
 };
 
-use crate::script::{EgressRange, Encap, Mtu, Port, RuleTag, TunnelConfig, Vni};
+use crate::{
+    ipsec::{self, Carrier, Psk},
+    script::{EgressRange, Encap, EspConfig, EspPair, Mtu, Port, RuleTag, TunnelConfig, Vni},
+};
 
 /// Reasons of `Ready` (besides the controller's own exec outcomes).
 pub mod reason {
@@ -41,6 +44,8 @@ pub mod reason {
     pub const REMOTE_CIDR_CONFLICT: &str = "RemoteCidrConflict";
     pub const CONVERGE_FAILED: &str = "ConvergeFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// `encryption: ipsec` without a usable pre-shared key: the tunnel is not programmed.
+    pub const IPSEC_KEY_UNAVAILABLE: &str = "IPsecKeyUnavailable";
     pub const NAMESPACE_NOT_ADMITTED: &str = multivpc_api::tenancy::NAMESPACE_NOT_ADMITTED;
 }
 
@@ -661,8 +666,91 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
             remote_cidr,
             snat,
             mtu,
+            // Set by `with_esp`, which needs the key and the clock.
+            esp: None,
         },
         note,
+    })
+}
+
+/// An ipsec tunnel's resolution with this epoch's ESP keying (`with_esp` of a tunnel without
+/// encryption changes nothing). No usable key refuses the tunnel: it is not programmed in
+/// clear, and one programmed before is taken out.
+pub fn with_esp(
+    tunnel: &VpcNatTunnel,
+    resolution: Result<Resolved, NotReady>,
+    psk: Option<&Result<Psk, String>>,
+    epoch: u64,
+) -> Result<Resolved, NotReady> {
+    let mut resolved = resolution?;
+    if tunnel.spec.encryption != Encryption::Ipsec {
+        return Ok(resolved);
+    }
+    let refuse = |message: String| {
+        let mut r = not_ready(reason::IPSEC_KEY_UNAVAILABLE, message);
+        r.local_gateway = Some(resolved.local_gateway.clone());
+        r
+    };
+    let psk = match psk {
+        None => {
+            return Err(refuse(
+                "encryption ipsec, but tunnel-manager has no pre-shared key configured (--ipsec-psk-secret)".into(),
+            ));
+        }
+        Some(Err(why)) => return Err(refuse(why.clone())),
+        Some(Ok(psk)) => psk,
+    };
+    let cfg = &resolved.config;
+    let carrier = carrier_of(cfg.encap);
+    resolved.config.esp = Some(EspConfig {
+        carrier,
+        keying: ipsec::keying(psk, cfg.local_ip, cfg.remote_ip, carrier, epoch),
+    });
+    Ok(resolved)
+}
+
+fn carrier_of(encap: Encap) -> Carrier {
+    match encap {
+        Encap::Gre => Carrier::Gre,
+        Encap::Vxlan { port, .. } => Carrier::Vxlan { port: port.get() },
+    }
+}
+
+/// The encrypted pair an applied record programmed, if any.
+pub fn esp_pair_of(applied: &AppliedTunnel) -> Option<EspPair> {
+    if applied.encryption != Encryption::Ipsec {
+        return None;
+    }
+    let carrier = match applied.tunnel_type {
+        TunnelType::Gre => Carrier::Gre,
+        TunnelType::Vxlan => Carrier::Vxlan {
+            port: applied
+                .dst_port
+                .unwrap_or(multivpc_api::tunnel::DEFAULT_VXLAN_PORT),
+        },
+    };
+    Some(EspPair {
+        local_ip: applied.local_ip.parse().ok()?,
+        remote_ip: applied.remote_ip.parse().ok()?,
+        carrier,
+    })
+}
+
+/// Whether another live tunnel programmed into pod `pod_uid` encrypts the same pair and carrier
+/// (their SAs and policies are one and the same, and must survive this tunnel's change).
+pub fn esp_pair_shared(
+    tunnel: &VpcNatTunnel,
+    pod_uid: &str,
+    pair: &EspPair,
+    snapshot: &Snapshot,
+) -> bool {
+    snapshot.tunnels.iter().any(|other| {
+        !same_object(other, tunnel)
+            && is_live(other)
+            && other.status.as_ref().is_some_and(|s| {
+                s.gateway_pod.as_ref().is_some_and(|p| p.uid == pod_uid)
+                    && s.applied.as_ref().and_then(esp_pair_of).as_ref() == Some(pair)
+            })
     })
 }
 
@@ -682,6 +770,11 @@ pub fn applied_of(cfg: &TunnelConfig) -> AppliedTunnel {
         local_route: cfg.local_cidr.to_string(),
         remote_route: cfg.remote_cidr.to_string(),
         snat_range: cfg.snat.to_string(),
+        encryption: if cfg.esp.is_some() {
+            Encryption::Ipsec
+        } else {
+            Encryption::None
+        },
     }
 }
 
@@ -806,6 +899,7 @@ pub(crate) mod tests {
         let mut t = VpcNatTunnel::new(
             name,
             VpcNatTunnelSpec {
+                encryption: Default::default(),
                 cluster_id: "cluster2".into(),
                 gateway_name: remote_gw.into(),
                 interface_addr: "10.100.0.1/24".into(),

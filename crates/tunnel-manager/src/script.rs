@@ -25,6 +25,8 @@
 
 use std::{fmt, net::Ipv4Addr};
 
+use crate::ipsec::{self, Carrier, Keying};
+
 use multivpc_api::{
     TunnelType,
     net::{InterfaceName, Ipv4Cidr},
@@ -237,8 +239,36 @@ pub struct TunnelConfig {
     /// `<remote globalnet> dev <device>` and the SNAT destination.
     pub remote_cidr: Ipv4Cidr,
     pub snat: EgressRange,
-    /// `spec.mtu`; `None`: net1's MTU less [`Encap::overhead`], read in the pod.
+    /// `spec.mtu`; `None`: net1's MTU less [`Encap::overhead`] (and ESP's), read in the pod.
     pub mtu: Option<Mtu>,
+    /// ESP for the underlay (`spec.encryption: ipsec`).
+    pub esp: Option<EspConfig>,
+}
+
+/// ESP between the tunnel's underlay addresses: what the policies select and this epoch's SAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspConfig {
+    pub carrier: Carrier,
+    pub keying: Keying,
+}
+
+/// An encrypted pair programmed before (its policies and SAs go when it changes or ends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspPair {
+    pub local_ip: Ipv4Addr,
+    pub remote_ip: Ipv4Addr,
+    pub carrier: Carrier,
+}
+
+impl EspPair {
+    fn words(&self) -> [String; 4] {
+        [
+            q(self.local_ip),
+            q(self.remote_ip),
+            q(self.carrier.selector()),
+            q(ipsec::carrier_tag(self.carrier)),
+        ]
+    }
 }
 
 impl TunnelConfig {
@@ -269,6 +299,8 @@ pub struct Stale {
     /// Local route (via eth0) programmed before; `None` also when another tunnel of the same
     /// gateway still uses it.
     pub local_cidr: Option<Ipv4Cidr>,
+    /// Encrypted pair programmed before, when the current config has another or none.
+    pub esp: Option<EspPair>,
 }
 
 /// Converge or check.
@@ -383,11 +415,21 @@ has_route() {
 }
 # converge_tunnel MODE DEV gre|vxlan VNI PORT LOCAL_IP REMOTE_IP ADDR LOCAL_CIDR OVN_GW REMOTE_CIDR
 #                 SNAT TAG ALIAS STALE_REMOTE STALE_LOCAL MTU OVERHEAD
-# (MTU empty: net1's MTU less OVERHEAD, the encapsulation's bytes.)
+#                 ESP_LINES ESP_SELECTOR ESP_OUT_REQID ESP_TAG ESP_SAS
+#                 STALE_ESP_LOCAL STALE_ESP_REMOTE STALE_ESP_SELECTOR STALE_ESP_TAG
+# (MTU empty: net1's MTU less OVERHEAD, the encapsulation's bytes. ESP_SELECTOR empty: no
+# encryption; a STALE_ESP_* pair, when given, is an earlier encrypted pair to remove.)
 converge_tunnel() {
   mode=$1 dev=$2 encap=$3 vni=$4 port=$5 lip=$6 rip=$7 addr=$8 lcidr=$9
   shift 9
   via=$1 rcidr=$2 snat=$3 tag=$4 alias=$5 stale_r=$6 stale_l=$7 mtu=$8 overhead=$9
+  shift 9
+  # Keys first: they are on stdin whatever happens next, and the sections after this one read
+  # theirs after them. Then the policies and SAs, before the device: no packet of an encrypted
+  # tunnel ever leaves in clear.
+  esp_read "${1:-0}"
+  [ -z "${6:-}" ] || cleanup_esp "$6" "$7" "$8" "$9"
+  [ -z "${2:-}" ] || converge_esp "$1" "$2" "$3" "$4" "$5"
   [ -e /sys/class/net/net1 ] || fail 'the gateway has no net1 interface'
   if [ -z "$mtu" ]; then
     read -r m < /sys/class/net/net1/mtu || fail 'cannot read the MTU of net1'
@@ -510,9 +552,99 @@ converge_tunnel() {
       esac ;;
   esac
 }
-# cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR (either route may be empty)
+# esp_read N: the next N lines of stdin (the `ip -batch` lines adding this tunnel's ESP SAs,
+# which hold keys) into $esp_batch. They stay in this shell's memory: `read` and `printf` are
+# builtins, so no process's argv and no file ever holds a key.
+esp_read() {
+  esp_batch= i=0
+  while [ "$i" -lt "$1" ]; do
+    IFS= read -r l || fail "the script's input ended before this tunnel's keys"
+    esp_batch="$esp_batch$l$nl"
+    i=$((i + 1))
+  done
+}
+# esp_spis SRC DST TAG: "SPI REQID" of each ESP SA from SRC to DST whose reqid carries TAG (the
+# carrier's part: another tunnel kind between the same addresses has its own). Keys are read
+# past, never printed.
+esp_spis() {
+  ip xfrm state list src "$1" dst "$2" proto esp 2>/dev/null |
+    sed -n 's/^.*proto esp spi \(0x[0-9a-f]*\) reqid \([0-9]*\) .*$/\1 \2/p' |
+    while read -r spi req; do [ $((req >> 20)) = "$3" ] && echo "$spi"; done
+}
+# converge_esp LINES SELECTOR OUT_REQID TAG SAS (lip, rip, mode set): the SAs named in SAS
+# ("src,dst,spi" each) present, added from $esp_batch when one is missing; no other SA of this
+# pair and carrier; the outbound policy on this epoch's SA (OUT_REQID) and the inbound one
+# demanding ESP, so that clear packets of the tunnel are neither sent nor taken.
+converge_esp() {
+  sel=$2 oreq=$3 etag=$4 sas=" $5 "
+  missing=
+  for sa in $sas; do
+    IFS=, read -r s d spi <<MULTIVPC_SA
+$sa
+MULTIVPC_SA
+    ip xfrm state get src "$s" dst "$d" proto esp spi "$spi" >/dev/null 2>&1 || missing="$missing $spi"
+  done
+  if [ -n "$missing" ]; then
+    [ "$mode" = check ] || [ "$1" -gt 0 ] || fail "ESP security associations$missing are missing and no keys were given"
+    changes=$((changes + 1))
+    echo "change: ESP security associations$missing between $lip and $rip"
+    if [ "$mode" != check ]; then
+      # Only the missing ones: `ip xfrm` ends a batch at its first error (`-force` or not),
+      # and one present already is "File exists". The lines are walked with parameter
+      # expansions, not a here-document, which some shells keep in a temporary file.
+      add= rest=$esp_batch
+      while [ -n "$rest" ]; do
+        l=${rest%%"$nl"*}
+        rest=${rest#*"$nl"}
+        for spi in $missing; do case "$l" in *" spi $spi "*) add="$add$l$nl" ;; esac; done
+      done
+      printf '%s' "$add" | ip -batch - >/dev/null 2>&1 || :
+      for sa in $sas; do
+        IFS=, read -r s d spi <<MULTIVPC_SA
+$sa
+MULTIVPC_SA
+        ip xfrm state get src "$s" dst "$d" proto esp spi "$spi" >/dev/null 2>&1 ||
+          fail "the kernel refused ESP security association $spi ($s to $d): it needs the esp4 and xfrm_user modules and rfc4106(gcm(aes))"
+      done
+    fi
+  fi
+  set -f
+  case "$(ip xfrm policy get src "$lip/32" dst "$rip/32" $sel dir out 2>/dev/null | tr '\n' ' ')" in
+    *"tmpl src $lip dst $rip"*"proto esp reqid $oreq mode transport"*) ;;
+    *) step "ESP policy out to $rip (SA reqid $oreq)" ip xfrm policy update src "$lip/32" dst "$rip/32" $sel dir out tmpl src "$lip" dst "$rip" proto esp reqid "$oreq" mode transport ;;
+  esac
+  case "$(ip xfrm policy get src "$rip/32" dst "$lip/32" $sel dir in 2>/dev/null | tr '\n' ' ')" in
+    *"tmpl src $rip dst $lip"*"proto esp reqid 0 mode transport"*) ;;
+    *) step "ESP policy in from $rip" ip xfrm policy update src "$rip/32" dst "$lip/32" $sel dir in tmpl src "$rip" dst "$lip" proto esp mode transport ;;
+  esac
+  set +f
+  # Stale SAs last: the outbound policy no longer points at any of them.
+  for pair in "$lip $rip" "$rip $lip"; do
+    set -- $pair
+    for spi in $(esp_spis "$1" "$2" "$etag"); do
+      case "$sas" in *" $1,$2,$spi "*) ;; *) step "remove ESP security association $spi ($1 to $2)" ip xfrm state delete src "$1" dst "$2" proto esp spi "$spi" ;; esac
+    done
+  done
+}
+# cleanup_esp LOCAL REMOTE SELECTOR TAG: the policies of that pair and carrier, and its SAs.
+cleanup_esp() {
+  etag=$4
+  set -f
+  if ip xfrm policy get src "$1/32" dst "$2/32" $3 dir out >/dev/null 2>&1; then step "remove ESP policy out to $2" ip xfrm policy delete src "$1/32" dst "$2/32" $3 dir out; fi
+  if ip xfrm policy get src "$2/32" dst "$1/32" $3 dir in >/dev/null 2>&1; then step "remove ESP policy in from $2" ip xfrm policy delete src "$2/32" dst "$1/32" $3 dir in; fi
+  set +f
+  for pair in "$1 $2" "$2 $1"; do
+    set -- $pair
+    for spi in $(esp_spis "$1" "$2" "$etag"); do
+      step "remove ESP security association $spi ($1 to $2)" ip xfrm state delete src "$1" dst "$2" proto esp spi "$spi"
+    done
+  done
+}
+# cleanup_tunnel DEV DELETE_DEVICE(1|0) TAG REMOTE_CIDR LOCAL_CIDR
+#                [ESP_LOCAL ESP_REMOTE ESP_SELECTOR ESP_TAG] (either route may be empty)
 cleanup_tunnel() {
   mode=converge dev=$1 delete_dev=$2 tag=$3 rcidr=$4 lcidr=$5
+  [ "$#" -lt 9 ] || [ -z "$6" ] || cleanup_esp "$6" "$7" "$8" "$9"
   if [ -n "$rcidr" ] && [ -n "$(ip -4 route show exact "$rcidr" dev "$dev" proto 178 2>/dev/null)" ]; then step "remove route $rcidr" ip route del "$rcidr" dev "$dev" proto 178; fi
   if [ -n "$lcidr" ] && [ -n "$(ip -4 route show exact "$lcidr" dev eth0 proto 178 2>/dev/null)" ]; then step "remove route $lcidr" ip route del "$lcidr" dev eth0 proto 178; fi
   # Only a device marked as ours: status says what was programmed, the pod confirms it.
@@ -574,9 +706,19 @@ pub const SECTION_MARKER: &str = "multivpc-section=";
 /// Marker closing it with the section's exit status: `multivpc-section-status=<code>`.
 pub const SECTION_STATUS_MARKER: &str = "multivpc-section-status=";
 
-/// One tunnel's part of a script: a call of one of the script's functions with quoted values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call(String);
+/// One tunnel's part of a script: a call of one of the script's functions with quoted values,
+/// and the lines it reads from the script's stdin (keys: never formatted).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Call {
+    text: String,
+    stdin: Vec<String>,
+}
+
+impl fmt::Debug for Call {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Call({:?}, {} stdin lines)", self.text, self.stdin.len())
+    }
+}
 
 impl Call {
     /// Converges (or, with [`Mode::Check`], only checks) the tunnel `cfg`; `stale` names what
@@ -608,28 +750,77 @@ impl Call {
             opt(stale.remote_cidr.filter(|c| *c != cfg.remote_cidr)),
             opt(stale.local_cidr.filter(|c| *c != cfg.local_cidr)),
             cfg.mtu.map(|m| q(m.get())).unwrap_or_else(|| "''".into()),
-            q(cfg.encap.overhead()),
+            q(cfg.encap.overhead() + cfg.esp.as_ref().map_or(0, |_| ipsec::ESP_OVERHEAD)),
         ];
-        Self(format!("converge_tunnel {}", words.join(" ")))
+        // Keys only to converge: a check needs the SPIs alone.
+        let stdin: Vec<String> = match (&cfg.esp, mode) {
+            (Some(esp), Mode::Converge) => esp.keying.all().map(|sa| sa.batch_line()).collect(),
+            _ => vec![],
+        };
+        let esp = match &cfg.esp {
+            Some(esp) => vec![
+                q(stdin.len()),
+                q(esp.carrier.selector()),
+                q(esp.keying.outbound.reqid),
+                q(ipsec::carrier_tag(esp.carrier)),
+                q(esp
+                    .keying
+                    .all()
+                    .map(|sa| format!("{},{},{:#010x}", sa.src, sa.dst, sa.spi))
+                    .collect::<Vec<_>>()
+                    .join(" ")),
+            ],
+            None => vec![],
+        };
+        // A pair programmed before and not the one wanted now.
+        let wanted = cfg.esp.as_ref().map(|e| EspPair {
+            local_ip: cfg.local_ip,
+            remote_ip: cfg.remote_ip,
+            carrier: e.carrier,
+        });
+        let stale_esp = stale.esp.filter(|p| Some(*p) != wanted);
+        // The ESP words only when there is ESP to program or remove: most tunnels have none,
+        // and every byte counts against the exec URI ([`call_budget`]).
+        let mut all: Vec<String> = words.into();
+        if let Some(stale_esp) = &stale_esp {
+            let mut esp = esp;
+            esp.resize(5, "''".to_owned());
+            esp[0] = q(stdin.len());
+            all.extend(esp);
+            all.extend(stale_esp.words());
+        } else {
+            all.extend(esp);
+        }
+        Self {
+            text: format!("converge_tunnel {}", all.join(" ")),
+            stdin,
+        }
     }
 
     /// Removes the tunnel `cfg` (device, routes, every rule tagged for it).
     pub fn cleanup(cfg: &CleanupConfig) -> Self {
         let opt = |c: Option<Ipv4Cidr>| c.map(q).unwrap_or_else(|| "''".into());
-        Self(format!(
-            "cleanup_tunnel {} {} {} {} {}",
-            q(&cfg.device),
-            if cfg.delete_device { "1" } else { "0" },
-            q(&cfg.tag),
-            opt(cfg.remote_cidr),
-            opt(cfg.local_cidr),
-        ))
+        Self {
+            text: format!(
+                "cleanup_tunnel {} {} {} {} {}{}",
+                q(&cfg.device),
+                if cfg.delete_device { "1" } else { "0" },
+                q(&cfg.tag),
+                opt(cfg.remote_cidr),
+                opt(cfg.local_cidr),
+                cfg.esp
+                    .as_ref()
+                    .map(|p| format!(" {}", p.words().join(" ")))
+                    .unwrap_or_default(),
+            ),
+            stdin: vec![],
+        }
     }
 
     /// Bytes this call adds to a script as it travels: `pods/exec` carries the command in the
     /// request URI, form-encoded ([`encoded_len`]).
     pub fn len(&self) -> usize {
-        encoded_len(&self.0) + encoded_len("section 0000 \n")
+        encoded_len(&self.text) + encoded_len("section 0000 \n")
     }
 }
 
@@ -654,7 +845,20 @@ pub fn encoded_len(s: &str) -> usize {
 /// Encoded bytes the calls of one script may take ([`Call::len`] each): what the prelude and the
 /// functions leave of [`MAX_ENCODED_SCRIPT`].
 pub fn call_budget() -> usize {
-    MAX_ENCODED_SCRIPT - encoded_len(PRELUDE) - encoded_len(FUNCTIONS) - encoded_len(EPILOGUE)
+    MAX_ENCODED_SCRIPT - encoded_len(shared()) - encoded_len(EPILOGUE)
+}
+
+/// The prelude and the functions as a script carries them: without their comment lines, which
+/// are for the reader of this file and would take a tenth of the exec URI.
+fn shared() -> &'static str {
+    static SHARED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!("{PRELUDE}{FUNCTIONS}")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .flat_map(|l| [l, "\n"])
+            .collect()
+    });
+    &SHARED
 }
 
 const EPILOGUE: &str = "commit_rules\necho multivpc-rules-committed\nexit \"$status\"\n";
@@ -663,13 +867,24 @@ const EPILOGUE: &str = "commit_rules\necho multivpc-rules-committed\nexit \"$sta
 /// with the status of the last section that failed (0 when none did); a failure before the
 /// first section (no `ip`, the lock held for too long) fails them all.
 pub fn batch<'a>(calls: impl IntoIterator<Item = &'a Call>) -> String {
-    let mut s = String::from(PRELUDE);
-    s.push_str(FUNCTIONS);
+    let mut s = String::from(shared());
     for (i, call) in calls.into_iter().enumerate() {
-        s.push_str(&format!("section {i} {}\n", call.0));
+        s.push_str(&format!("section {i} {}\n", call.text));
     }
     s.push_str(EPILOGUE);
     s
+}
+
+/// What the script of `calls` reads on stdin: each call's lines, in the calls' order (each
+/// section reads exactly its own). Empty when no call has any. It holds keys: it is written to
+/// the exec's stdin and nowhere else.
+pub fn batch_stdin<'a>(calls: impl IntoIterator<Item = &'a Call>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in calls.into_iter().flat_map(|c| &c.stdin) {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out
 }
 
 /// The converge (or, with [`Mode::Check`], the read-only check) script for `cfg` alone.
@@ -690,6 +905,8 @@ pub struct CleanupConfig {
     pub remote_cidr: Option<Ipv4Cidr>,
     /// Local route via eth0, unless another tunnel of the gateway still uses it.
     pub local_cidr: Option<Ipv4Cidr>,
+    /// The encrypted pair programmed, whose policies and SAs go too.
+    pub esp: Option<EspPair>,
 }
 
 /// The cleanup script for `cfg` alone.
@@ -893,6 +1110,7 @@ pub(crate) mod tests {
     pub(crate) fn vxlan() -> TunnelConfig {
         let device: InterfaceName = "vx1".parse().unwrap();
         TunnelConfig {
+            esp: None,
             tag: RuleTag::new("ns1", &device).unwrap(),
             device,
             encap: Encap::Vxlan {
@@ -995,7 +1213,7 @@ pub(crate) mod tests {
     fn a_vxlan_call_carries_every_value_quoted() {
         let call = Call::converge(&vxlan(), &Stale::default(), Mode::Converge);
         assert_eq!(
-            call.0,
+            call.text,
             "converge_tunnel 'converge' 'vx1' 'vxlan' '100' '4789' '172.50.1.11' '172.50.2.11' \
              '10.100.0.1/24' '242.0.0.0/16' '10.1.0.1' '242.1.0.0/16' '242.0.0.1-242.0.0.8' \
              'multivpc-tunnel:ns1/vx1' \
@@ -1007,11 +1225,11 @@ pub(crate) mod tests {
         fixed.mtu = Some(Mtu::new(1400).unwrap());
         assert!(
             Call::converge(&fixed, &Stale::default(), Mode::Converge)
-                .0
+                .text
                 .ends_with(" '' '' '1400' '50'")
         );
         let s = converge(&vxlan(), &Stale::default(), Mode::Converge);
-        assert!(s.contains(&format!("section 0 {}\n", call.0)), "{s}");
+        assert!(s.contains(&format!("section 0 {}\n", call.text)), "{s}");
         assert!(s.contains(
             "ip link add \"$dev\" type vxlan id \"$vni\" remote \"$rip\" local \"$lip\" dev net1 dstport \"$port\""
         ), "{s}");
@@ -1034,13 +1252,13 @@ pub(crate) mod tests {
     fn a_gre_call_names_gre_and_its_alias() {
         let call = Call::converge(&gre(), &Stale::default(), Mode::Converge);
         assert!(
-            call.0
+            call.text
                 .starts_with("converge_tunnel 'converge' 'ovn-gre0' 'gre' '' '' "),
             "{}",
-            call.0
+            call.text
         );
         assert!(
-            call.0
+            call.text
                 .contains("'multivpc gre local=172.50.1.11 remote=172.50.2.11 ttl=255'")
         );
         let s = converge(&gre(), &Stale::default(), Mode::Converge);
@@ -1053,21 +1271,23 @@ pub(crate) mod tests {
     fn stale_routes_are_passed_only_when_they_differ() {
         let cfg = vxlan();
         let same = Stale {
+            esp: None,
             remote_cidr: Some(cfg.remote_cidr),
             local_cidr: Some(cfg.local_cidr),
         };
         assert!(
             Call::converge(&cfg, &same, Mode::Converge)
-                .0
+                .text
                 .ends_with(" '' '' '' '50'")
         );
         let old = Stale {
+            esp: None,
             remote_cidr: Some("242.9.0.0/16".parse().unwrap()),
             local_cidr: Some("242.8.0.0/16".parse().unwrap()),
         };
         assert!(
             Call::converge(&cfg, &old, Mode::Converge)
-                .0
+                .text
                 .ends_with(" '242.9.0.0/16' '242.8.0.0/16' '' '50'")
         );
     }
@@ -1077,8 +1297,8 @@ pub(crate) mod tests {
         let c = Call::converge(&vxlan(), &Stale::default(), Mode::Converge);
         let k = Call::converge(&vxlan(), &Stale::default(), Mode::Check);
         assert_eq!(
-            c.0.replacen("'converge'", "'check'", 1),
-            k.0,
+            c.text.replacen("'converge'", "'check'", 1),
+            k.text,
             "one body, two modes"
         );
     }
@@ -1086,6 +1306,7 @@ pub(crate) mod tests {
     #[test]
     fn a_cleanup_call_names_only_what_goes() {
         let cfg = CleanupConfig {
+            esp: None,
             device: "vx1".parse().unwrap(),
             delete_device: true,
             tag: RuleTag::new("ns1", &"vx1".parse().unwrap()).unwrap(),
@@ -1093,7 +1314,7 @@ pub(crate) mod tests {
             local_cidr: None,
         };
         assert_eq!(
-            Call::cleanup(&cfg).0,
+            Call::cleanup(&cfg).text,
             "cleanup_tunnel 'vx1' 1 'multivpc-tunnel:ns1/vx1' '242.1.0.0/16' ''"
         );
         let kept = Call::cleanup(&CleanupConfig {
@@ -1102,7 +1323,7 @@ pub(crate) mod tests {
             ..cfg
         });
         assert_eq!(
-            kept.0,
+            kept.text,
             "cleanup_tunnel 'vx1' 0 'multivpc-tunnel:ns1/vx1' '' ''"
         );
     }
@@ -1206,6 +1427,7 @@ pub(crate) mod tests {
         // The longest call there is: the longest names and addresses, both stale routes.
         let device: InterfaceName = "a23456789012345".parse().unwrap();
         let cfg = TunnelConfig {
+            esp: None,
             tag: RuleTag::new(&"n".repeat(63), &device).unwrap(),
             device,
             encap: Encap::Vxlan {
@@ -1226,6 +1448,7 @@ pub(crate) mod tests {
             mtu: Some(Mtu::new(MAX_MTU).unwrap()),
         };
         let stale = Stale {
+            esp: None,
             remote_cidr: Some("255.255.253.0/24".parse().unwrap()),
             local_cidr: Some("255.255.252.0/24".parse().unwrap()),
         };
@@ -1266,12 +1489,14 @@ pub(crate) mod tests {
             converge(
                 &gre(),
                 &Stale {
+                    esp: None,
                     remote_cidr: Some("1.2.3.0/24".parse().unwrap()),
                     local_cidr: Some("1.2.4.0/24".parse().unwrap()),
                 },
                 Mode::Check,
             ),
             cleanup(&CleanupConfig {
+                esp: None,
                 device: "vx1".parse().unwrap(),
                 delete_device: true,
                 tag: RuleTag::new("ns1", &"vx1".parse().unwrap()).unwrap(),

@@ -7,6 +7,11 @@
 - --probe-timeout={{ .Values.health.probeTimeout }}
 - --probe-failure-threshold={{ .Values.health.failureThreshold }}
 - --probe-recovery-threshold={{ .Values.health.recoveryThreshold }}
+{{- with .Values.ipsec.pskSecret }}
+- --ipsec-psk-secret={{ . }}
+{{- end }}
+- --ipsec-psk-key={{ .Values.ipsec.pskKey }}
+- --ipsec-rekey-interval={{ .Values.ipsec.rekeyInterval }}
 {{- end -}}
 {{- define "tunnel-manager.env" -}}
 - name: TENANCY
