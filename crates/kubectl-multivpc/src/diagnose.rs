@@ -275,16 +275,7 @@ async fn ready_gateway_pod(
     ns: &Namespaces,
     vpc: &str,
 ) -> anyhow::Result<Option<String>> {
-    let gateways: Api<VpcNatGateway> = Api::all(client.clone());
-    let mut serving: Vec<String> = gateways
-        .list(&ListParams::default())
-        .await
-        .context("cannot list VpcNatGateways")?
-        .into_iter()
-        .filter(|g| g.spec.vpc == vpc)
-        .map(|g| g.name_any())
-        .collect();
-    serving.sort();
+    let serving = gateways_of_vpc(client, vpc).await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.kube_ovn);
     let mut list = pods
         .list(&ListParams::default().labels(&KubeOvn::pod_selector()))
@@ -303,15 +294,10 @@ async fn ready_gateway_pod(
     }))
 }
 
-/// The tunnels whose gateway serves VPC `vpc`: `status.localGateway` (after a failover) or else
-/// `spec.natGwDp` is a VpcNatGateway of that VPC. Sorted by namespace and name.
-pub async fn tunnels_of_vpc(
-    client: &Client,
-    namespace: Option<&str>,
-    vpc: &str,
-) -> anyhow::Result<Vec<(String, String)>> {
+/// The names of the VpcNatGateways serving `vpc`, sorted.
+async fn gateways_of_vpc(client: &Client, vpc: &str) -> anyhow::Result<Vec<String>> {
     let gateways: Api<VpcNatGateway> = Api::all(client.clone());
-    let serving: Vec<String> = gateways
+    let mut serving: Vec<String> = gateways
         .list(&ListParams::default())
         .await
         .context("cannot list VpcNatGateways")?
@@ -319,6 +305,18 @@ pub async fn tunnels_of_vpc(
         .filter(|g| g.spec.vpc == vpc)
         .map(|g| g.name_any())
         .collect();
+    serving.sort();
+    Ok(serving)
+}
+
+/// The tunnels whose gateway serves VPC `vpc`: `status.localGateway` (after a failover) or else
+/// `spec.natGwDp` is a VpcNatGateway of that VPC. Sorted by namespace and name.
+pub async fn tunnels_of_vpc(
+    client: &Client,
+    namespace: Option<&str>,
+    vpc: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let serving = gateways_of_vpc(client, vpc).await?;
     if serving.is_empty() {
         anyhow::bail!("no VpcNatGateway serves VPC {vpc}");
     }

@@ -744,12 +744,25 @@ pub fn esp_pair_shared(
     pair: &EspPair,
     snapshot: &Snapshot,
 ) -> bool {
+    applied_elsewhere_in_pod(tunnel, pod_uid, snapshot, |a| {
+        esp_pair_of(a).as_ref() == Some(pair)
+    })
+}
+
+/// Whether another live tunnel programmed into pod `pod_uid` has an applied record for which
+/// `uses` holds (what the two share must outlive this tunnel's change or cleanup).
+fn applied_elsewhere_in_pod(
+    tunnel: &VpcNatTunnel,
+    pod_uid: &str,
+    snapshot: &Snapshot,
+    uses: impl Fn(&AppliedTunnel) -> bool,
+) -> bool {
     snapshot.tunnels.iter().any(|other| {
         !same_object(other, tunnel)
             && is_live(other)
             && other.status.as_ref().is_some_and(|s| {
                 s.gateway_pod.as_ref().is_some_and(|p| p.uid == pod_uid)
-                    && s.applied.as_ref().and_then(esp_pair_of).as_ref() == Some(pair)
+                    && s.applied.as_ref().is_some_and(&uses)
             })
     })
 }
@@ -786,16 +799,8 @@ pub fn local_route_shared(
     cidr: Ipv4Cidr,
     snapshot: &Snapshot,
 ) -> bool {
-    snapshot.tunnels.iter().any(|other| {
-        !same_object(other, tunnel)
-            && is_live(other)
-            && other.status.as_ref().is_some_and(|s| {
-                s.gateway_pod.as_ref().is_some_and(|p| p.uid == pod_uid)
-                    && s.applied
-                        .as_ref()
-                        .and_then(|a| a.local_route.parse::<Ipv4Cidr>().ok())
-                        == Some(cidr)
-            })
+    applied_elsewhere_in_pod(tunnel, pod_uid, snapshot, |a| {
+        a.local_route.parse::<Ipv4Cidr>().ok() == Some(cidr)
     })
 }
 
