@@ -29,6 +29,9 @@ pub mod reason {
     pub const ANSWERING: &str = "Answering";
     /// False: the last [`super::Policy::failure_threshold`] probes went unanswered.
     pub const NOT_ANSWERING: &str = "NotAnswering";
+    /// False: unanswered, and ESP packets from the far end fail authentication here since its
+    /// last answer: the two ends hold different pre-shared keys.
+    pub const IPSEC_AUTHENTICATION_FAILED: &str = "IPsecAuthenticationFailed";
     /// Unknown: probes sent, too few results to tell yet.
     pub const PROBING: &str = "Probing";
     /// Unknown: the far end publishes no usable address for its side of this tunnel.
@@ -117,6 +120,8 @@ pub struct Observed {
     pub health: TunnelHealth,
     /// The gateway has no `ping`: nothing can be probed there.
     pub unavailable: bool,
+    /// ESP packets from the far end this side failed to authenticate since its last answer.
+    pub esp_rejected: u64,
 }
 
 /// The `Healthy` condition and `status.health` of a programmed tunnel whose far end is
@@ -173,6 +178,13 @@ pub fn condition(
             reason::ANSWERING,
             format!("{target} answers through {device}: {figures}"),
         ),
+        Status::False if seen.esp_rejected > 0 => (
+            reason::IPSEC_AUTHENTICATION_FAILED,
+            format!(
+                "{target} does not answer through {device}, and {} ESP packets from the far gateway failed authentication here since its last answer: the two clusters' IPsec pre-shared keys differ ({figures})",
+                seen.esp_rejected
+            ),
+        ),
         Status::False => (
             reason::NOT_ANSWERING,
             format!("{target} does not answer through {device}: {figures}"),
@@ -205,6 +217,9 @@ pub fn carried_over(
     let (status, reason) = match (c.status.as_str(), c.reason.as_str()) {
         ("True", reason::ANSWERING) => (Status::True, reason::ANSWERING),
         ("False", reason::NOT_ANSWERING) => (Status::False, reason::NOT_ANSWERING),
+        ("False", reason::IPSEC_AUTHENTICATION_FAILED) => {
+            (Status::False, reason::IPSEC_AUTHENTICATION_FAILED)
+        }
         _ => return None,
     };
     Some((
@@ -228,6 +243,22 @@ pub fn not_programmed(ready_reason: &str) -> DesiredCondition {
     }
 }
 
+/// The `Healthy` condition and health of a refused tunnel whose programmed state stays in its
+/// pod (a missing key): the probes' verdict, or the one its status shows until they have one.
+pub fn kept_in_pod(
+    device: &str,
+    ready_reason: &str,
+    observed: Option<&Observed>,
+    old: &multivpc_api::VpcNatTunnelStatus,
+    probing: bool,
+) -> (DesiredCondition, Option<TunnelHealth>) {
+    match observed {
+        Some(seen) => condition(device, Ok(seen.target), Some(seen), probing),
+        None => carried_over(&old.conditions, old.health.as_ref())
+            .unwrap_or_else(|| (not_programmed(ready_reason), None)),
+    }
+}
+
 /// A change of a tunnel's health the prober acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Update {
@@ -235,6 +266,8 @@ pub struct Update {
     pub transition: Option<(Status, Status)>,
     /// What the reconcile writes changed: the tunnel's status is due a write.
     pub report: bool,
+    /// An unhealthy tunnel's far end began to send ESP this side cannot authenticate.
+    pub rejection_began: bool,
 }
 
 /// One tunnel's probes.
@@ -248,6 +281,10 @@ struct Entry {
     status: Status,
     last_probe: jiff::Timestamp,
     unavailable: bool,
+    /// What its inbound SAs failed to authenticate at the last probe (encrypted tunnels).
+    esp_failed: Option<u64>,
+    /// Of that, what was added since the far end last answered.
+    esp_rejected: u64,
     reported: Option<(Observed, Instant)>,
 }
 
@@ -261,6 +298,8 @@ impl Entry {
             status: Status::Unknown,
             last_probe: now,
             unavailable: false,
+            esp_failed: None,
+            esp_rejected: 0,
             reported: None,
         }
     }
@@ -286,6 +325,7 @@ impl Entry {
             target: self.target,
             status: self.status,
             unavailable: self.unavailable,
+            esp_rejected: self.esp_rejected,
             health: TunnelHealth {
                 target: self.target.to_string(),
                 window: self.window.len() as u32,
@@ -347,18 +387,26 @@ impl Tracker {
         entry
     }
 
-    /// Adds a probe result of tunnel `key` toward `target`. A new target starts over.
+    /// Adds a probe result of tunnel `key` toward `target`, with what its inbound SAs failed to
+    /// authenticate so far when it is encrypted. A new target starts over.
     pub fn record(
         &mut self,
         key: &str,
         target: Ipv4Addr,
         result: ProbeResult,
+        esp_failed: Option<u64>,
         wall: jiff::Timestamp,
         now: Instant,
     ) -> Update {
         let policy = self.policy;
         let entry = self.entry(key, target, wall);
         let before = entry.status;
+        let rejected_before = entry.esp_rejected;
+        // Only a rise counts: the sum falls when old SAs go at a rekey.
+        if let (Some(prev), Some(n)) = (entry.esp_failed, esp_failed) {
+            entry.esp_rejected += n.saturating_sub(prev);
+        }
+        entry.esp_failed = esp_failed;
         entry.last_probe = wall;
         entry.unavailable = false;
         if entry.window.len() == WINDOW {
@@ -369,6 +417,7 @@ impl Tracker {
                 entry.window.push_back(Some(rtt_ms));
                 entry.answered_in_row += 1;
                 entry.lost_in_row = 0;
+                entry.esp_rejected = 0;
                 // A new tunnel is healthy at its first answer; an unhealthy one only after
                 // `recovery_threshold` in a row.
                 if before == Status::Unknown
@@ -388,12 +437,15 @@ impl Tracker {
             }
         }
         let transition = (entry.status != before).then_some((before, entry.status));
+        let rejection_began =
+            entry.status == Status::False && rejected_before == 0 && entry.esp_rejected > 0;
         let current = entry.observed();
         let report = match &entry.reported {
             None => true,
             Some((seen, at)) => {
                 let age = now.saturating_duration_since(*at);
                 seen.status != current.status
+                    || (seen.esp_rejected > 0) != (current.esp_rejected > 0)
                     || (age >= REPORT_AT_MOST_EVERY && moved_notably(&seen.health, &current.health))
                     || age >= REPORT_AT_LEAST_EVERY
             }
@@ -401,7 +453,11 @@ impl Tracker {
         if report {
             entry.reported = Some((current, now));
         }
-        Update { transition, report }
+        Update {
+            transition,
+            report,
+            rejection_began,
+        }
     }
 
     /// Notes that `key`'s gateway has no `ping`. True when that is news to report.
@@ -472,11 +528,17 @@ mod tests {
 
         /// One probe, 2 s after the previous one.
         fn probe(&mut self, result: ProbeResult) -> Update {
+            self.encrypted_probe(result, None)
+        }
+
+        /// One probe of an encrypted tunnel whose inbound SAs failed `esp_failed` packets.
+        fn encrypted_probe(&mut self, result: ProbeResult, esp_failed: Option<u64>) -> Update {
             self.step += 2;
             self.tracker.record(
                 "ns/gre1",
                 T,
                 result,
+                esp_failed,
                 wall(self.step as i64),
                 self.start + Duration::from_secs(self.step),
             )
@@ -512,6 +574,65 @@ mod tests {
         let u = run.probe(OK);
         assert_eq!(u.transition, Some((Status::False, Status::True)));
         assert!(u.report);
+    }
+
+    #[test]
+    fn esp_the_far_end_cannot_authenticate_names_a_key_mismatch() {
+        let mut run = Run::new();
+        run.encrypted_probe(OK, Some(5));
+        // Failures while the far end answers (a stray packet) change nothing reported.
+        let u = run.encrypted_probe(OK, Some(6));
+        assert!(!u.report && !u.rejection_began);
+        for _ in 0..2 {
+            run.encrypted_probe(LOST, Some(6));
+        }
+        // Unhealthy with nothing rejected: the far end is simply silent.
+        let u = run.encrypted_probe(LOST, Some(6));
+        assert_eq!(u.transition, Some((Status::True, Status::False)));
+        assert!(!u.rejection_began);
+        let seen = run.tracker.observed("ns/gre1").unwrap();
+        let (c, _) = condition("gre1", Ok(T), Some(&seen), true);
+        assert_eq!(c.reason, reason::NOT_ANSWERING);
+        // Then its ESP fails authentication: reported once, with the reason that says why.
+        let u = run.encrypted_probe(LOST, Some(9));
+        assert!(u.report && u.rejection_began);
+        let u = run.encrypted_probe(LOST, Some(12));
+        assert!(!u.report && !u.rejection_began);
+        let seen = run.tracker.observed("ns/gre1").unwrap();
+        let (c, _) = condition("gre1", Ok(T), Some(&seen), true);
+        assert_eq!(
+            (c.status, c.reason),
+            (Status::False, reason::IPSEC_AUTHENTICATION_FAILED)
+        );
+        assert!(c.message.contains("3 ESP packets"), "{}", c.message);
+        assert!(
+            c.message.contains("pre-shared keys differ"),
+            "{}",
+            c.message
+        );
+        // A rekey drops the old SAs' counts: no rise, nothing new.
+        run.encrypted_probe(LOST, Some(1));
+        assert_eq!(run.tracker.current("ns/gre1").unwrap().esp_rejected, 6);
+        // Answers again: the count starts over.
+        run.encrypted_probe(OK, Some(1));
+        let u = run.encrypted_probe(OK, Some(1));
+        assert_eq!(u.transition, Some((Status::False, Status::True)));
+        assert_eq!(run.tracker.current("ns/gre1").unwrap().esp_rejected, 0);
+        // The verdict is carried over a restart.
+        let old = [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: HEALTHY.into(),
+            status: "False".into(),
+            reason: reason::IPSEC_AUTHENTICATION_FAILED.into(),
+            message: "m".into(),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }];
+        assert_eq!(
+            carried_over(&old, None).map(|(c, _)| c.reason),
+            Some(reason::IPSEC_AUTHENTICATION_FAILED)
+        );
     }
 
     #[test]
@@ -578,6 +699,7 @@ mod tests {
             "ns/gre1",
             Ipv4Addr::new(10, 100, 0, 3),
             LOST,
+            None,
             wall(100),
             run.start + Duration::from_secs(100),
         );

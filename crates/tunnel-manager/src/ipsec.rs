@@ -8,12 +8,15 @@
 //!   every distribution kernel Kube-OVN runs on (the `esp4`, `xfrm_user` and `gcm` modules;
 //!   the gateway image only needs iproute2's `ip xfrm`), it encrypts and authenticates in one
 //!   pass, and ESN keeps a busy SA from running out of sequence numbers before its epoch ends.
-//! - **Derivation.** HKDF-SHA256, the pre-shared key as input keying material, a fixed salt,
-//!   and an info string naming the direction (source and destination address), the carrier
-//!   (VXLAN's UDP port, or GRE) and the epoch. 24 bytes come out: the 20 of the AEAD key, then
-//!   the SPI. The SPI therefore differs per direction, carrier and epoch, and with the key: a
-//!   different pre-shared key gives different SPIs, so a mismatch shows as packets for SPIs
-//!   the far end does not have, never as a wrong key under a known SPI.
+//! - **Derivation.** The key: HKDF-SHA256, the pre-shared key as input keying material, a
+//!   fixed salt, and an info string naming the direction (source and destination address),
+//!   the carrier (VXLAN's UDP port, or GRE) and the epoch; 20 bytes come out, the AEAD key and
+//!   its salt. The SPI: SHA-256 of the same facts without the key, so it differs per
+//!   direction, carrier and epoch but not with the key. Both ends with different pre-shared
+//!   keys therefore hold SAs under the same SPIs with different keys, and the kernel counts
+//!   each packet it cannot authenticate on the SA that rejected it (`ip -s xfrm state`:
+//!   `failed`): a mismatch names itself, per tunnel. (An SPI reveals nothing: it travels in
+//!   clear in every packet.)
 //! - **Epochs.** `epoch = ⌊unix time / rekey interval⌋`. Outbound uses the current epoch's
 //!   SA; inbound accepts the previous, current and next epochs'. Each side moves on at its own
 //!   boundary: the far end accepts the new outbound SA from the start of the epoch before, and
@@ -32,7 +35,7 @@ use ring::hkdf;
 pub const MIN_PSK_BYTES: usize = 32;
 
 /// HKDF's salt: fixed, so that both ends need nothing but the key and the facts they share.
-const SALT: &[u8] = b"kubeovn-multivpc ipsec v1";
+const SALT: &[u8] = b"kubeovn-multivpc ipsec v2";
 
 /// Bytes ESP adds to each underlay packet in transport mode with AES-GCM, at most: SPI and
 /// sequence number (8), the IV (8), padding to 4 bytes (up to 3), pad length and next header
@@ -168,6 +171,22 @@ pub fn reqid(carrier: Carrier, epoch: u64) -> u32 {
     (carrier_tag(carrier) << 20) | ((epoch % 0xf_ffff) as u32 + 1)
 }
 
+/// The facts both ends share about the SA from `src` to `dst` for `carrier` in `epoch`.
+fn info(src: Ipv4Addr, dst: Ipv4Addr, carrier: Carrier, epoch: u64) -> String {
+    format!("{src}\0{dst}\0{}\0{epoch}", carrier.label())
+}
+
+/// The SPI of the SA from `src` to `dst` for `carrier` in `epoch`: public, as on the wire.
+pub fn spi(src: Ipv4Addr, dst: Ipv4Addr, carrier: Carrier, epoch: u64) -> u32 {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("esp-spi\0{}", info(src, dst, carrier, epoch)).as_bytes(),
+    );
+    let raw = u32::from_be_bytes(digest.as_ref()[..4].try_into().expect("4 bytes"));
+    // SPIs 1–255 are reserved (RFC 4303); 0x1000_0000 and up leaves 2^28 values.
+    0x1000_0000 | (raw & 0x0fff_ffff)
+}
+
 /// The SA from `src` to `dst` for `carrier` in `epoch`.
 pub fn derive(psk: &Psk, src: Ipv4Addr, dst: Ipv4Addr, carrier: Carrier, epoch: u64) -> Sa {
     struct Len(usize);
@@ -176,21 +195,17 @@ pub fn derive(psk: &Psk, src: Ipv4Addr, dst: Ipv4Addr, carrier: Carrier, epoch: 
             self.0
         }
     }
-    let info = format!("esp-sa\0{src}\0{dst}\0{}\0{epoch}", carrier.label());
-    let mut out = [0u8; KEY_BYTES + 4];
+    let info = format!("esp-key\0{}", info(src, dst, carrier, epoch));
+    let mut key = [0u8; KEY_BYTES];
     hkdf::Salt::new(hkdf::HKDF_SHA256, SALT)
         .extract(&psk.0)
-        .expand(&[info.as_bytes()], Len(out.len()))
-        .and_then(|okm| okm.fill(&mut out))
-        .expect("24 bytes are well within HKDF-SHA256's output limit");
-    let mut key = [0u8; KEY_BYTES];
-    key.copy_from_slice(&out[..KEY_BYTES]);
-    let raw = u32::from_be_bytes(out[KEY_BYTES..].try_into().expect("4 bytes"));
+        .expand(&[info.as_bytes()], Len(key.len()))
+        .and_then(|okm| okm.fill(&mut key))
+        .expect("20 bytes are well within HKDF-SHA256's output limit");
     Sa {
         src,
         dst,
-        // SPIs 1–255 are reserved (RFC 4303); 0x1000_0000 and up leaves 2^28 values.
-        spi: 0x1000_0000 | (raw & 0x0fff_ffff),
+        spi: spi(src, dst, carrier, epoch),
         reqid: reqid(carrier, epoch),
         epoch,
         key,
@@ -254,18 +269,22 @@ mod tests {
     }
 
     #[test]
-    fn spis_and_keys_differ_by_epoch_carrier_pair_and_psk() {
+    fn spis_and_keys_differ_by_epoch_carrier_and_pair_keys_by_psk() {
         let base = derive(&psk(7), A, B, VXLAN, 100);
         for other in [
             derive(&psk(7), A, B, VXLAN, 101),
             derive(&psk(7), A, B, Carrier::Gre, 100),
             derive(&psk(7), A, B, Carrier::Vxlan { port: 4790 }, 100),
             derive(&psk(7), A, Ipv4Addr::new(172, 50, 2, 12), VXLAN, 100),
-            derive(&psk(8), A, B, VXLAN, 100),
         ] {
             assert_ne!(base.spi, other.spi, "{other:?}");
             assert_ne!(base.key, other.key, "{other:?}");
         }
+        // Another pre-shared key: the same SPI (so the far end's kernel counts the mismatch
+        // on that SA), another key.
+        let other_psk = derive(&psk(8), A, B, VXLAN, 100);
+        assert_eq!(base.spi, other_psk.spi);
+        assert_ne!(base.key, other_psk.key);
         assert_eq!(base, derive(&psk(7), A, B, VXLAN, 100), "deterministic");
         assert!(base.spi >= 0x1000_0000);
     }

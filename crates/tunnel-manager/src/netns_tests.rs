@@ -851,10 +851,12 @@ fn probes_see_the_far_end_through_the_tunnel_and_its_loss() {
     let far = script::Probe {
         device: a.device.clone(),
         target: b.interface_addr.addr(),
+        esp: None,
     };
     let nobody = script::Probe {
         device: a.device.clone(),
         target: "10.100.0.77".parse().unwrap(),
+        esp: None,
     };
     let probe = |ns: &Netns| {
         let (ok, out, err) = ns.sh(&script::probes(&[far.clone(), nobody.clone()], 1));

@@ -54,7 +54,7 @@ pub struct Refusal {
     pub removal: Option<Removal>,
     pub status: VpcNatTunnelStatus,
     pub condition: DesiredCondition,
-    /// `Healthy`: Unknown, as nothing is probed.
+    /// `Healthy`: Unknown, as nothing is probed, unless what was programmed stays in the pod.
     pub healthy: DesiredCondition,
 }
 
@@ -122,12 +122,23 @@ pub fn plan(
                 status.gateway_pod = None;
                 status.applied = None;
             }
-            status.health = None;
+            // What stays programmed is still probed: its health is what the probes see.
+            let (healthy, probed) = match resolve::device_of(tunnel) {
+                Ok(device) if refused.kept_in_pod && !leaves => health::kept_in_pod(
+                    device.as_str(),
+                    refused.reason,
+                    health.observed,
+                    &old,
+                    health.probing,
+                ),
+                _ => (health::not_programmed(refused.reason), None),
+            };
+            status.health = probed;
             return Plan::Refuse(Box::new(Refusal {
                 leaves_pod: leaves,
                 removal,
                 status,
-                healthy: health::not_programmed(refused.reason),
+                healthy,
                 condition: DesiredCondition::not_ready(refused.reason, refused.message),
             }));
         }
@@ -347,7 +358,7 @@ mod tests {
 
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use multivpc_api::{TunnelType, VpcNatTunnelSpec, tunnel::AppliedTunnel};
+    use multivpc_api::{TunnelType, VpcNatTunnelSpec, conditions::Status, tunnel::AppliedTunnel};
 
     fn tunnel(ns: &str, name: &str, pod_uid: Option<&str>, local_route: &str) -> VpcNatTunnel {
         let mut t = VpcNatTunnel::new(
@@ -589,6 +600,7 @@ mod tests {
             "ns1/vx1",
             "10.100.0.2".parse().unwrap(),
             crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
+            None,
             jiff::Timestamp::UNIX_EPOCH,
             std::time::Instant::now(),
         );
@@ -680,6 +692,61 @@ mod tests {
         assert_eq!(r.removal, None);
         assert_eq!(r.status.gateway_pod, Some(pod));
         assert!(!r.condition.status.is_true());
+    }
+
+    #[test]
+    fn an_encrypted_tunnel_without_its_key_stays_in_its_pod_and_shows_its_probes() {
+        let mut s = fixtures::snapshot();
+        let mut t = (*fixtures::tunnel("ns1", "vx1", "gw1", "rgw", 1)).clone();
+        t.spec.encryption = multivpc_api::Encryption::Ipsec;
+        t.status = Some(VpcNatTunnelStatus {
+            gateway_pod: Some(PodRef {
+                name: "vpc-nat-gw-gw1-0".into(),
+                uid: "uid-1".into(),
+            }),
+            ..Default::default()
+        });
+        s.tunnels = vec![Arc::new(t.clone())];
+        let keyless = |t: &VpcNatTunnel, observed: Option<&health::Observed>| {
+            let resolution = resolve::with_esp(t, resolve(t, &s), None, 1);
+            refusal(plan(
+                t,
+                resolution,
+                &s,
+                None,
+                INTERVAL,
+                HealthInput {
+                    probing: true,
+                    observed,
+                },
+            ))
+        };
+        // Nothing probed yet: Unknown.
+        let r = keyless(&t, None);
+        assert_eq!(r.condition.reason, reason::IPSEC_KEY_UNAVAILABLE);
+        assert!(!r.leaves_pod && r.removal.is_none());
+        assert_eq!(r.healthy.status, Status::Unknown);
+        // Its SAs still carry the traffic: the probes say so.
+        let mut tracker = health::Tracker::new(health::Policy::default());
+        tracker.record(
+            "ns1/vx1",
+            "10.100.0.2".parse().unwrap(),
+            crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
+            None,
+            jiff::Timestamp::UNIX_EPOCH,
+            std::time::Instant::now(),
+        );
+        let r = keyless(&t, tracker.observed("ns1/vx1").as_ref());
+        assert_eq!(
+            (r.healthy.status, r.healthy.reason),
+            (Status::True, health::reason::ANSWERING)
+        );
+        assert!(r.status.health.is_some());
+        // In another pod (a failover) it is not programmed at all.
+        t.status.as_mut().unwrap().gateway_pod.as_mut().unwrap().uid = "uid-old".into();
+        let r = keyless(&t, tracker.observed("ns1/vx1").as_ref());
+        assert_eq!(r.healthy.reason, health::reason::NOT_PROGRAMMED);
+        assert_eq!(r.status.health, None);
     }
 
     #[test]

@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     controller::{Context, key},
     health::{self, Policy},
+    ipsec,
     resolve::PodTarget,
-    script::{self, Probe, ProbeResult},
+    script::{self, EspInbound, Probe, ProbeResult},
 };
 
 /// `--probe-interval` and the rest.
@@ -56,6 +57,7 @@ pub struct HealthMetrics {
     connections: GaugeVec,
     latency: GaugeVec,
     loss: GaugeVec,
+    esp_rejected: GaugeVec,
     probes: IntCounterVec,
 }
 
@@ -87,6 +89,13 @@ impl HealthMetrics {
             ),
             &CONNECTION_LABELS,
         )?;
+        let esp_rejected = GaugeVec::new(
+            Opts::new(
+                "multivpc_connection_ipsec_rejected_packets",
+                "ESP packets from the far end of an encrypted tunnel that failed authentication since it last answered (the pre-shared keys differ)",
+            ),
+            &CONNECTION_LABELS,
+        )?;
         let probes = IntCounterVec::new(
             Opts::new(
                 "multivpc_tunnel_probes_total",
@@ -97,6 +106,7 @@ impl HealthMetrics {
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(loss.clone()))?;
+        registry.register(Box::new(esp_rejected.clone()))?;
         registry.register(Box::new(probes.clone()))?;
         for r in ["answered", "lost", "failed", "unavailable"] {
             probes.with_label_values(&[r]);
@@ -105,6 +115,7 @@ impl HealthMetrics {
             connections,
             latency,
             loss,
+            esp_rejected,
             probes,
         })
     }
@@ -157,6 +168,11 @@ fn round(ctx: &Context) -> Vec<(PodTarget, Vec<Item>)> {
                 probe: Probe {
                     device: cfg.device.clone(),
                     target,
+                    esp: cfg.esp.as_ref().map(|e| EspInbound {
+                        from: cfg.remote_ip,
+                        to: cfg.local_ip,
+                        tag: ipsec::carrier_tag(e.carrier),
+                    }),
                 },
                 labels,
             });
@@ -211,6 +227,7 @@ impl Series {
             if old != labels {
                 let _ = m.latency.remove_label_values(&o);
                 let _ = m.loss.remove_label_values(&o);
+                let _ = m.esp_rejected.remove_label_values(&o);
             }
         }
         m.connections
@@ -236,6 +253,7 @@ impl Series {
                 .remove_label_values(&[l.as_slice(), &[*status]].concat());
             let _ = m.latency.remove_label_values(&l);
             let _ = m.loss.remove_label_values(&l);
+            let _ = m.esp_rejected.remove_label_values(&l);
             false
         });
     }
@@ -273,8 +291,11 @@ pub async fn run(
         let now = Instant::now();
         let mut probed = std::collections::HashSet::new();
         for ((pod, items), result) in rounds.iter().zip(results) {
-            let answers = match result {
-                Ok(out) => script::probe_results(&out.stdout),
+            let (answers, esp_failures) = match result {
+                Ok(out) => (
+                    script::probe_results(&out.stdout),
+                    script::esp_failures(&out.stdout),
+                ),
                 Err(err) => {
                     tracing::debug!(pod = pod.name, %err, "probe exec failed");
                     metrics
@@ -323,7 +344,14 @@ pub async fn run(
                     .inc();
                 let (update, current) = {
                     let mut tracker = ctx.health.lock().unwrap_or_else(|p| p.into_inner());
-                    let update = tracker.record(&item.key, item.probe.target, answer, wall, now);
+                    let update = tracker.record(
+                        &item.key,
+                        item.probe.target,
+                        answer,
+                        esp_failures.get(&i).copied(),
+                        wall,
+                        now,
+                    );
                     (update, tracker.current(&item.key))
                 };
                 if let Some(current) = current {
@@ -339,9 +367,18 @@ pub async fn run(
                         rtt,
                         f64::from(current.health.loss_percent) / 100.0,
                     );
+                    if item.probe.esp.is_some() {
+                        let l: Vec<&str> = item.labels.iter().map(String::as_str).collect();
+                        metrics
+                            .esp_rejected
+                            .with_label_values(&l)
+                            .set(current.esp_rejected as f64);
+                    }
                 }
                 if let Some((from, to)) = update.transition {
                     transition(&ctx, item, pod, from, to).await;
+                } else if update.rejection_began {
+                    rejection(&ctx, item, pod).await;
                 }
                 if update.report {
                     // The controller is gone only at shutdown.
@@ -363,12 +400,17 @@ async fn transition(ctx: &Context, item: &Item, pod: &PodTarget, from: Status, t
             EventType::Warning,
             "TunnelUnhealthy",
             format!(
-                "{target} stopped answering through {device} in pod {} ({} probes in a row lost)",
+                "{target} stopped answering through {device} in pod {} ({} probes in a row lost){}",
                 pod.name,
                 ctx.settings
                     .probes
                     .map(|p| p.policy.failure_threshold)
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                if rejecting(ctx, item) {
+                    "; ESP from the far gateway fails authentication here: the pre-shared keys differ"
+                } else {
+                    ""
+                }
             ),
         ),
         Status::True if from == Status::False => (
@@ -387,5 +429,32 @@ async fn transition(ctx: &Context, item: &Item, pod: &PodTarget, from: Status, t
     tracing::info!(tunnel = item.key, %target, from = from.as_str(), to = to.as_str(), "{note}");
     ctx.events
         .publish(&item.tunnel.object_ref(&()), type_, reason, "Probe", note)
+        .await;
+}
+
+fn rejecting(ctx: &Context, item: &Item) -> bool {
+    ctx.health
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .current(&item.key)
+        .is_some_and(|c| c.esp_rejected > 0)
+}
+
+/// An unhealthy encrypted tunnel's far end sends ESP this side cannot authenticate: a warning
+/// that names the cause (the transition's event did not).
+async fn rejection(ctx: &Context, item: &Item, pod: &PodTarget) {
+    let note = format!(
+        "ESP packets from the far gateway fail authentication in pod {} while {} does not answer through {}: the two clusters' IPsec pre-shared keys differ",
+        pod.name, item.probe.target, item.probe.device
+    );
+    tracing::warn!(tunnel = item.key, "{note}");
+    ctx.events
+        .publish(
+            &item.tunnel.object_ref(&()),
+            EventType::Warning,
+            crate::health::reason::IPSEC_AUTHENTICATION_FAILED,
+            "Probe",
+            note,
+        )
         .await;
 }

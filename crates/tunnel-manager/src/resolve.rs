@@ -197,6 +197,9 @@ pub struct NotReady {
     pub message: String,
     /// The local gateway instance, when known.
     pub local_gateway: Option<String>,
+    /// The tunnel resolved to the pod it is programmed in, and only its keys are missing: what
+    /// is programmed there stays (and is still probed).
+    pub kept_in_pod: bool,
 }
 
 fn not_ready(reason: &'static str, message: impl Into<String>) -> NotReady {
@@ -204,6 +207,7 @@ fn not_ready(reason: &'static str, message: impl Into<String>) -> NotReady {
         reason,
         message: message.into(),
         local_gateway: None,
+        kept_in_pod: false,
     }
 }
 
@@ -675,7 +679,8 @@ pub fn resolve(tunnel: &VpcNatTunnel, snapshot: &Snapshot) -> Result<Resolved, N
 
 /// An ipsec tunnel's resolution with this epoch's ESP keying (`with_esp` of a tunnel without
 /// encryption changes nothing). No usable key refuses the tunnel: it is not programmed in
-/// clear, and one programmed before is taken out.
+/// clear; one programmed before stays as it is (its policies keep it in ESP, and a Secret
+/// read that failed must not cut the traffic its SAs still carry).
 pub fn with_esp(
     tunnel: &VpcNatTunnel,
     resolution: Result<Resolved, NotReady>,
@@ -689,6 +694,11 @@ pub fn with_esp(
     let refuse = |message: String| {
         let mut r = not_ready(reason::IPSEC_KEY_UNAVAILABLE, message);
         r.local_gateway = Some(resolved.local_gateway.clone());
+        r.kept_in_pod = tunnel
+            .status
+            .as_ref()
+            .and_then(|s| s.gateway_pod.as_ref())
+            .is_some_and(|p| p.uid == resolved.pod.uid);
         r
     };
     let psk = match psk {

@@ -571,41 +571,75 @@ esp_spis() {
     sed -n 's/^.*proto esp spi \(0x[0-9a-f]*\) reqid \([0-9]*\) .*$/\1 \2/p' |
     while read -r spi req; do [ $((req >> 20)) = "$3" ] && echo "$spi"; done
 }
-# converge_esp LINES SELECTOR OUT_REQID TAG SAS (lip, rip, mode set): the SAs named in SAS
-# ("src,dst,spi" each) present, added from $esp_batch when one is missing; no other SA of this
-# pair and carrier; the outbound policy on this epoch's SA (OUT_REQID) and the inbound one
-# demanding ESP, so that clear packets of the tunnel are neither sent nor taken.
-converge_esp() {
-  sel=$2 oreq=$3 etag=$4 sas=" $5 "
-  missing=
+# esp_key TEXT: the AEAD key in TEXT (an SA as `ip xfrm` prints it, or a batch line adding
+# one) into $esp_k. Parameter expansions only: the key is never in an argv.
+esp_key() {
+  esp_k=${1#*"aead rfc4106(gcm(aes)) "}
+  esp_k=${esp_k%%[!0-9a-fx]*}
+}
+# esp_line SPI: the line of $esp_batch adding SA SPI into $esp_l (empty when there is none).
+esp_line() {
+  esp_l= rest=$esp_batch
+  while [ -n "$rest" ]; do
+    l=${rest%%"$nl"*}
+    rest=${rest#*"$nl"}
+    case "$l" in *" spi $1 "*) esp_l=$l; break ;; esac
+  done
+  l= rest=
+}
+# esp_diff LINES: the SAs of $sas ("src,dst,spi" each) the kernel lacks into $missing, and,
+# when keys were given (LINES > 0), those it holds with another key into $rekey (the SPIs do
+# not depend on the pre-shared key, so a new key keeps them).
+esp_diff() {
+  missing= rekey=
   for sa in $sas; do
     IFS=, read -r s d spi <<MULTIVPC_SA
 $sa
 MULTIVPC_SA
-    ip xfrm state get src "$s" dst "$d" proto esp spi "$spi" >/dev/null 2>&1 || missing="$missing $spi"
+    if ! esp_cur=$(ip xfrm state get src "$s" dst "$d" proto esp spi "$spi" 2>/dev/null); then
+      missing="$missing $spi"
+    elif [ "$1" -gt 0 ]; then
+      esp_line "$spi"
+      esp_key "$esp_l"
+      esp_want=$esp_k
+      esp_key "$esp_cur"
+      [ "$esp_k" = "$esp_want" ] || rekey="$rekey $spi"
+    fi
   done
-  if [ -n "$missing" ]; then
+  esp_cur= esp_l= esp_want= esp_k=
+}
+# converge_esp LINES SELECTOR OUT_REQID TAG SAS (lip, rip, mode set): the SAs named in SAS
+# ("src,dst,spi" each) present with the keys of $esp_batch, added (or replaced) from it when
+# one is missing (or holds another key); no other SA of this pair and carrier; the outbound
+# policy on this epoch's SA (OUT_REQID) and the inbound one demanding ESP, so that clear
+# packets of the tunnel are neither sent nor taken.
+converge_esp() {
+  sel=$2 oreq=$3 etag=$4 sas=" $5 "
+  esp_diff "$1"
+  if [ -n "$missing$rekey" ]; then
     [ "$mode" = check ] || [ "$1" -gt 0 ] || fail "ESP security associations$missing are missing and no keys were given"
     changes=$((changes + 1))
-    echo "change: ESP security associations$missing between $lip and $rip"
+    [ -z "$missing" ] || echo "change: ESP security associations$missing between $lip and $rip"
+    [ -z "$rekey" ] || echo "change: ESP security associations$rekey between $lip and $rip rekeyed (another pre-shared key)"
     if [ "$mode" != check ]; then
-      # Only the missing ones: `ip xfrm` ends a batch at its first error (`-force` or not),
-      # and one present already is "File exists". The lines are walked with parameter
-      # expansions, not a here-document, which some shells keep in a temporary file.
+      # Only the missing ones and those to replace (the kernel changes no key in place):
+      # `ip xfrm` ends a batch at its first error (`-force` or not), and one present already
+      # is "File exists". The lines are walked with parameter expansions, not a
+      # here-document, which some shells keep in a temporary file.
       add= rest=$esp_batch
       while [ -n "$rest" ]; do
         l=${rest%%"$nl"*}
         rest=${rest#*"$nl"}
         for spi in $missing; do case "$l" in *" spi $spi "*) add="$add$l$nl" ;; esac; done
+        for spi in $rekey; do
+          case "$l" in *" spi $spi "*) id=${l#xfrm state add }; add="${add}xfrm state delete ${id%% reqid *}$nl$l$nl" ;; esac
+        done
       done
       printf '%s' "$add" | ip -batch - >/dev/null 2>&1 || :
-      for sa in $sas; do
-        IFS=, read -r s d spi <<MULTIVPC_SA
-$sa
-MULTIVPC_SA
-        ip xfrm state get src "$s" dst "$d" proto esp spi "$spi" >/dev/null 2>&1 ||
-          fail "the kernel refused ESP security association $spi ($s to $d): it needs the esp4 and xfrm_user modules and rfc4106(gcm(aes))"
-      done
+      add= l= id=
+      esp_diff "$1"
+      [ -z "$missing$rekey" ] ||
+        fail "the kernel refused ESP security associations$missing$rekey between $lip and $rip: it needs the esp4 and xfrm_user modules and rfc4106(gcm(aes))"
     fi
   fi
   set -f
@@ -752,10 +786,10 @@ impl Call {
             cfg.mtu.map(|m| q(m.get())).unwrap_or_else(|| "''".into()),
             q(cfg.encap.overhead() + cfg.esp.as_ref().map_or(0, |_| ipsec::ESP_OVERHEAD)),
         ];
-        // Keys only to converge: a check needs the SPIs alone.
-        let stdin: Vec<String> = match (&cfg.esp, mode) {
-            (Some(esp), Mode::Converge) => esp.keying.all().map(|sa| sa.batch_line()).collect(),
-            _ => vec![],
+        // Keys to check too: a new pre-shared key keeps the SPIs, only the keys tell.
+        let stdin: Vec<String> = match &cfg.esp {
+            Some(esp) => esp.keying.all().map(|sa| sa.batch_line()).collect(),
+            None => vec![],
         };
         let esp = match &cfg.esp {
             Some(esp) => vec![
@@ -1018,6 +1052,17 @@ pub fn change_lines(stdout: &str) -> Vec<&str> {
 pub struct Probe {
     pub device: InterfaceName,
     pub target: Ipv4Addr,
+    /// An encrypted tunnel's inbound SAs, whose authentication failures the probe reads.
+    pub esp: Option<EspInbound>,
+}
+
+/// The SAs of an encrypted tunnel's inbound direction: from the far end's underlay address to
+/// this one's, of the carrier whose reqid tag is `tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EspInbound {
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    pub tag: u32,
 }
 
 /// Probes run at once inside a pod (each is a `ping` process for up to the timeout).
@@ -1026,6 +1071,9 @@ const PROBES_IN_PARALLEL: usize = 64;
 const PROBE_MARKER: &str = "multivpc-probe=";
 /// Printed instead of results when the gateway has no `ping`.
 const NO_PING: &str = "multivpc-probe-unavailable";
+/// Marker of an encrypted probe's inbound SAs: `multivpc-esp=<n> <packets they failed to
+/// authenticate>`.
+const ESP_MARKER: &str = "multivpc-esp=";
 
 const PROBE_PRELUDE: &str = r#"set +e
 command -v ping >/dev/null 2>&1 || { echo multivpc-probe-unavailable; exit 0; }
@@ -1036,15 +1084,29 @@ probe() {
 ' "$1" "$rc" "$(printf '%s
 ' "$out" | grep -m 1 'time=')"
 }
+esp_failed() {
+  ip -s xfrm state list src "$2" dst "$3" proto esp 2>/dev/null |
+    sed -n -e 's/^.*proto esp spi 0x[0-9a-f]*[^ ]* reqid \([0-9]*\).*$/r \1/p' \
+      -e 's/^[[:space:]]*replay-window [0-9]* replay [0-9]* failed \([0-9]*\).*$/f \1/p' | {
+    n=0 t=
+    while read -r k v; do
+      case $k in r) t=$((v >> 20)) ;; f) [ "$t" = "$4" ] && n=$((n + v)) ;; esac
+    done
+    printf 'multivpc-esp=%s %s
+' "$1" "$n"
+  }
+}
 "#;
 
 /// Probes in one script at most, so that its command stays within the exec URI
-/// ([`MAX_ENCODED_SCRIPT`]): a line is at most ~70 encoded bytes.
-pub const MAX_PROBES: usize = 512;
+/// ([`MAX_ENCODED_SCRIPT`]): an encrypted tunnel's two lines take ~140 encoded bytes at most.
+pub const MAX_PROBES: usize = 256;
 
 /// The script that pings each probe's target once out of its device, `PROBES_IN_PARALLEL` at a
-/// time, each waiting `timeout_secs` at most for the answer. Read-only: it takes no lock and
-/// changes nothing. Every value is typed and quoted.
+/// time, each waiting `timeout_secs` at most for the answer, then sums what the inbound SAs of
+/// each encrypted one failed to authenticate (`ip -s xfrm state`; the keys it also prints stay
+/// in the pod: only the counters leave `sed`). Read-only: it takes no lock and changes nothing.
+/// Every value is typed and quoted.
 pub fn probes(probes: &[Probe], timeout_secs: u64) -> String {
     let mut s = String::from(PROBE_PRELUDE);
     let wait = q(timeout_secs.max(1));
@@ -1059,7 +1121,30 @@ pub fn probes(probes: &[Probe], timeout_secs: u64) -> String {
         }
     }
     s.push_str("wait\n");
+    for (i, p) in probes.iter().enumerate() {
+        if let Some(esp) = &p.esp {
+            s.push_str(&format!(
+                "esp_failed {i} {} {} {}\n",
+                q(esp.from),
+                q(esp.to),
+                q(esp.tag)
+            ));
+        }
+    }
     s
+}
+
+/// What the inbound SAs of each encrypted probe's tunnel failed to authenticate so far, by
+/// probe index (a count of the SAs present now: it falls when old ones go at a rekey).
+pub fn esp_failures(stdout: &str) -> std::collections::BTreeMap<usize, u64> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(ESP_MARKER))
+        .filter_map(|rest| {
+            let (i, n) = rest.trim().split_once(' ')?;
+            Some((i.parse().ok()?, n.parse().ok()?))
+        })
+        .collect()
 }
 
 /// What one probe saw: the round trip, or nothing back.
@@ -1293,6 +1378,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_encrypted_call_names_the_sas_and_carries_their_keys_on_stdin_only() {
+        let carrier = Carrier::Vxlan { port: 4789 };
+        let psk = ipsec::Psk::new(vec![0x5a; 48]).unwrap();
+        let cfg = TunnelConfig {
+            esp: Some(EspConfig {
+                carrier,
+                keying: ipsec::keying(&psk, vxlan().local_ip, vxlan().remote_ip, carrier, 1000),
+            }),
+            ..vxlan()
+        };
+        let keying = &cfg.esp.as_ref().unwrap().keying;
+        for mode in [Mode::Converge, Mode::Check] {
+            let call = Call::converge(&cfg, &Stale::default(), mode);
+            // A check compares the keys too: a new pre-shared key keeps the SPIs.
+            let lines: Vec<String> = keying.all().map(|sa| sa.batch_line()).collect();
+            assert_eq!(call.stdin, lines, "{mode:?}");
+            for sa in keying.all() {
+                assert!(
+                    call.text
+                        .contains(&format!("{},{},{:#010x}", sa.src, sa.dst, sa.spi))
+                );
+                let line = sa.batch_line();
+                let key = line.split(' ').nth_back(1).unwrap();
+                assert!(key.starts_with("0x") && !call.text.contains(&key[2..]));
+            }
+            assert!(!format!("{call:?}").contains("aead"));
+        }
+        // The shell finds the key after the AEAD's name as both `ip xfrm` and the batch
+        // lines write it.
+        assert!(FUNCTIONS.contains(&format!("\"aead {} \"", ipsec::AEAD)));
+        assert!(
+            keying
+                .outbound
+                .batch_line()
+                .contains(&format!(" aead {} 0x", ipsec::AEAD))
+        );
+    }
+
+    #[test]
     fn check_mode_differs_only_in_the_mode_word() {
         let c = Call::converge(&vxlan(), &Stale::default(), Mode::Converge);
         let k = Call::converge(&vxlan(), &Stale::default(), Mode::Check);
@@ -1508,6 +1632,11 @@ pub(crate) mod tests {
                     .map(|i| Probe {
                         device: format!("vx{i}").parse().unwrap(),
                         target: Ipv4Addr::new(10, 100, 0, 2),
+                        esp: (i % 2 == 0).then_some(EspInbound {
+                            from: Ipv4Addr::new(172, 50, 2, 11),
+                            to: Ipv4Addr::new(172, 50, 1, 11),
+                            tag: 2,
+                        }),
                     })
                     .collect::<Vec<_>>(),
                 1,
@@ -1532,17 +1661,35 @@ pub(crate) mod tests {
         let p = |dev: &str| Probe {
             device: dev.parse().unwrap(),
             target: Ipv4Addr::new(10, 100, 0, 2),
+            esp: None,
         };
-        let s = probes(&[p("gre1"), p("vx.2")], 3);
+        let encrypted = Probe {
+            esp: Some(EspInbound {
+                from: Ipv4Addr::new(172, 50, 2, 11),
+                to: Ipv4Addr::new(172, 50, 1, 11),
+                tag: 2,
+            }),
+            ..p("vx.2")
+        };
+        let s = probes(&[p("gre1"), encrypted], 3);
         assert!(s.contains("probe 0 'gre1' '10.100.0.2' '3' &\n"), "{s}");
         assert!(s.contains("probe 1 'vx.2' '10.100.0.2' '3' &\n"), "{s}");
+        assert!(
+            s.ends_with("wait\nesp_failed 1 '172.50.2.11' '172.50.1.11' '2'\n"),
+            "{s}"
+        );
         // A timeout of 0 would make ping wait forever under some versions.
         assert!(probes(&[p("gre1")], 0).contains("'1' &"));
-        // At most MAX_PROBES of the longest names fit the exec request.
+        // At most MAX_PROBES of the longest values fit the exec request.
         let longest: Vec<Probe> = (0..MAX_PROBES)
             .map(|_| Probe {
                 device: "abcdefghijklmno".parse().unwrap(),
                 target: Ipv4Addr::new(255, 255, 255, 255),
+                esp: Some(EspInbound {
+                    from: Ipv4Addr::new(255, 255, 255, 255),
+                    to: Ipv4Addr::new(255, 255, 255, 255),
+                    tag: 4094,
+                }),
             })
             .collect();
         let s = probes(&longest, 30);
@@ -1568,6 +1715,60 @@ pub(crate) mod tests {
         assert_eq!(r[&3], ProbeResult::Lost);
         assert_eq!(r.len(), 4);
         assert_eq!(probe_results("multivpc-probe-unavailable\n"), None);
+        let esp =
+            esp_failures("multivpc-esp=1 0\nmultivpc-esp=3 17\nmultivpc-esp=x 1\nmultivpc-esp=4\n");
+        assert_eq!(esp, [(1, 0), (3, 17)].into_iter().collect());
+    }
+
+    /// The reading of `ip -s xfrm state` as iproute2 prints it: the failures of the SAs of the
+    /// probe's carrier summed, another carrier's left out, no key printed.
+    #[test]
+    fn esp_failures_are_read_from_the_sas_of_the_carrier() {
+        let sa = |spi: &str, reqid: u32, failed: u32| {
+            format!(
+                "src 172.50.2.11 dst 172.50.1.11\n\
+                 \tproto esp spi {spi}(1) reqid {reqid}({reqid:#010x}) mode transport\n\
+                 \treplay-window 128 seq 0x00000000 flag esn (0x00000010)\n\
+                 \taead rfc4106(gcm(aes)) 0xabcdefabcdefabcdefabcdefabcdefabcdefabcd (160 bits) 128\n\
+                 \tlifetime current:\n\
+                 \t  84(bytes), 1(packets)\n\
+                 \tstats:\n\
+                 \t  replay-window 0 replay 0 failed {failed}\n"
+            )
+        };
+        let listing = [
+            sa("0x1a2b3c4d", (2 << 20) | 7, 3),
+            sa("0x1a2b3c4e", (2 << 20) | 8, 4),
+            sa("0x1a2b3c4f", (1 << 20) | 8, 50),
+        ]
+        .concat();
+        let probe = Probe {
+            device: "vx1".parse().unwrap(),
+            target: Ipv4Addr::new(10, 100, 0, 2),
+            esp: Some(EspInbound {
+                from: Ipv4Addr::new(172, 50, 2, 11),
+                to: Ipv4Addr::new(172, 50, 1, 11),
+                tag: 2,
+            }),
+        };
+        let script = probes(&[probe], 1);
+        let script = script.replace("probe 0 ", ": ").replacen(
+            "set +e\n",
+            &format!("set +e\nping() {{ :; }}\nip() {{ printf '%s' '{listing}'; }}\n"),
+            1,
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            esp_failures(&stdout),
+            [(0, 7)].into_iter().collect(),
+            "{stdout}"
+        );
+        assert!(!stdout.contains("abcdef"), "{stdout}");
     }
 
     #[test]
