@@ -197,6 +197,73 @@ async fn every_combination_lints_and_renders_exactly_the_expected_objects() {
     }
 }
 
+/// IPsec values: off by default (no flag, no Secret anywhere in the RBAC); with the Secret
+/// named, tunnel-manager gets the three flags and `get` on that one Secret, in its namespace,
+/// bound to its own service account.
+#[tokio::test]
+async fn ipsec_values_pass_their_flags_and_grant_get_on_that_secret_only() {
+    let Some(bin) = helm_or_skip() else { return };
+    let all = [true; 3];
+    let args = |docs: &[Value]| -> Vec<String> {
+        find(docs, "Deployment", &format!("{RELEASE}-tunnel-manager"))["spec"]["template"]["spec"]
+            ["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let off = render(&bin, &all, &[]).await.unwrap();
+    assert!(
+        !args(&off).iter().any(|a| a.contains("ipsec")),
+        "{:?}",
+        args(&off)
+    );
+    let on = render(
+        &bin,
+        &all,
+        &[
+            "tunnel-manager.ipsec.pskSecret=submariner-operator/submariner-ipsec-psk",
+            "tunnel-manager.ipsec.pskKey=key.1",
+            "tunnel-manager.ipsec.rekeyInterval=30m",
+        ],
+    )
+    .await
+    .unwrap();
+    let got = args(&on);
+    for want in [
+        "--ipsec-psk-secret=submariner-operator/submariner-ipsec-psk",
+        "--ipsec-psk-key=key.1",
+        "--ipsec-rekey-interval=30m",
+    ] {
+        assert!(got.iter().any(|a| a == want), "{want} not in {got:?}");
+    }
+    let name = format!("{RELEASE}-tunnel-manager-ipsec-psk");
+    let role = find(&on, "Role", &name);
+    assert_eq!(role["metadata"]["namespace"], "submariner-operator");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": [""], "resources": ["secrets"],
+                "resourceNames": ["submariner-ipsec-psk"], "verbs": ["get"]}])
+    );
+    let binding = find(&on, "RoleBinding", &name);
+    assert_eq!(binding["metadata"]["namespace"], "submariner-operator");
+    assert_eq!(binding["roleRef"]["name"], name.as_str());
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": format!("{RELEASE}-tunnel-manager"),
+                "namespace": NAMESPACE}])
+    );
+    // No other role of any controller names a Secret.
+    let secret_roles: Vec<&str> = on
+        .iter()
+        .filter(|d| matches!(d["kind"].as_str(), Some("Role" | "ClusterRole")))
+        .filter(|d| d["rules"].to_string().contains("secrets"))
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(secret_roles, [name.as_str()]);
+}
+
 #[tokio::test]
 async fn deployments_are_restricted_probed_and_scrapable() {
     let Some(bin) = helm_or_skip() else { return };
@@ -358,6 +425,8 @@ async fn every_rendered_flag_and_variable_is_accepted_by_its_binary() {
             "exip-syncer.globalnetCidr=242.1.0.0/16",
             "exip-syncer.failback=auto",
             "tunnel-manager.verifyInterval=2m",
+            "tunnel-manager.ipsec.pskSecret=submariner-operator/submariner-ipsec-psk",
+            "tunnel-manager.ipsec.rekeyInterval=30m",
         ],
     )
     .await
@@ -426,6 +495,11 @@ async fn values_schema_rejects_wrong_types_and_unknown_keys() {
         ("dns-forwarder.metrics.port=http", "want integer"),
         ("dns-forwarder.replica=2", "replica"),
         ("global.broker.credentials=token", "credentials"),
+        (
+            "tunnel-manager.ipsec.pskSecret=submariner-ipsec-psk",
+            "pskSecret",
+        ),
+        ("tunnel-manager.ipsec.rekeyInterval=1d", "rekeyInterval"),
     ] {
         let err = render(&bin, &all, &[bad])
             .await

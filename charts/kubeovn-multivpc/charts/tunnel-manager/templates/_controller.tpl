@@ -9,9 +9,9 @@
 - --probe-recovery-threshold={{ .Values.health.recoveryThreshold }}
 {{- with .Values.ipsec.pskSecret }}
 - --ipsec-psk-secret={{ . }}
+- --ipsec-psk-key={{ $.Values.ipsec.pskKey }}
+- --ipsec-rekey-interval={{ $.Values.ipsec.rekeyInterval }}
 {{- end }}
-- --ipsec-psk-key={{ .Values.ipsec.pskKey }}
-- --ipsec-rekey-interval={{ .Values.ipsec.rekeyInterval }}
 {{- end -}}
 {{- define "tunnel-manager.env" -}}
 - name: TENANCY
