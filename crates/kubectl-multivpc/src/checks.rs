@@ -940,6 +940,14 @@ pub fn healthy(tunnel: &VpcNatTunnel) -> CheckResult {
     let spec = &tunnel.spec;
     match c.status.as_str() {
         "True" => CheckResult::pass(HEALTHY, format!("Healthy=True {}: {}", c.reason, c.message)),
+        "False" if c.reason == "IPsecAuthenticationFailed" => CheckResult::fail(
+            HEALTHY,
+            format!("Healthy=False {}: {}", c.reason, c.message),
+            format!(
+                "give the Secret tunnel-manager's --ipsec-psk-secret names the same key here and in cluster {} (each side applies it within 10 s of its next reconcile, an epoch boundary at the latest)",
+                spec.cluster_id
+            ),
+        ),
         "False" => CheckResult::fail(
             HEALTHY,
             format!("Healthy=False {}: {}", c.reason, c.message),
@@ -947,9 +955,10 @@ pub fn healthy(tunnel: &VpcNatTunnel) -> CheckResult {
                 "packets do not cross the tunnel: run kubectl multivpc diagnose on the far end's tunnel in cluster {} (gateway {}), and check the underlay between the two external IPs ({})",
                 spec.cluster_id,
                 spec.gateway_name,
-                match spec.tunnel_type {
-                    multivpc_api::TunnelType::Vxlan => "UDP to the VXLAN port",
-                    multivpc_api::TunnelType::Gre => "IP protocol 47",
+                match (spec.encryption, spec.tunnel_type) {
+                    (multivpc_api::Encryption::Ipsec, _) => "IP protocol 50, ESP",
+                    (_, multivpc_api::TunnelType::Vxlan) => "UDP to the VXLAN port",
+                    (_, multivpc_api::TunnelType::Gre) => "IP protocol 47",
                 }
             ),
         ),
@@ -1587,9 +1596,16 @@ mod tests {
         let mut status = programmed();
         status["conditions"][1]["status"] = json!("False");
         status["conditions"][1]["reason"] = json!("NotAnswering");
-        let c = healthy(&tunnel(status));
+        let c = healthy(&tunnel(status.clone()));
         assert_eq!(c.outcome, Outcome::Fail);
         assert!(c.fix.unwrap().contains("UDP"));
+        let mut encrypted = tunnel(status.clone());
+        encrypted.spec.encryption = multivpc_api::Encryption::Ipsec;
+        assert!(healthy(&encrypted).fix.unwrap().contains("ESP"));
+        status["conditions"][1]["reason"] = json!("IPsecAuthenticationFailed");
+        let c = healthy(&tunnel(status));
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.fix.unwrap().contains("--ipsec-psk-secret"));
         let mut status = programmed();
         status["conditions"][1]["status"] = json!("Unknown");
         status["conditions"][1]["reason"] = json!("PeerAddressUnknown");
