@@ -116,11 +116,30 @@ async fn apply_tunnel(
 }
 
 fn ready_reason(t: &VpcNatTunnel) -> Option<(String, String)> {
+    condition_of(t, conditions::READY)
+}
+
+fn healthy_reason(t: &VpcNatTunnel) -> Option<(String, String)> {
+    condition_of(t, conditions::HEALTHY)
+}
+
+fn condition_of(t: &VpcNatTunnel, type_: &str) -> Option<(String, String)> {
     let s = t.status.as_ref()?;
     if s.observed_generation != t.metadata.generation {
         return None;
     }
-    conditions::find(&s.conditions, conditions::READY).map(|c| (c.status.clone(), c.reason.clone()))
+    conditions::find(&s.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_healthy(api: &Api<VpcNatTunnel>, name: &str, status: &str, reason: &str) {
+    let found = wait_for_object(api, name, Duration::from_secs(120), |t| {
+        healthy_reason(t).is_some_and(|(s, r)| s == status && r == reason)
+    })
+    .await;
+    if let Err(e) = found {
+        let now = api.get(name).await.ok().and_then(|t| t.status);
+        panic!("{name} not Healthy={status} {reason}: {e}; status {now:?}");
+    }
 }
 
 async fn wait_reason(api: &Api<VpcNatTunnel>, name: &str, reason: &str) -> VpcNatTunnel {
@@ -2076,8 +2095,29 @@ async fn apply_psk(c: &Client, name: &str, psk: &[u8]) {
     .unwrap();
 }
 
-/// What crossed net1 of a gateway while `during` ran: ESP packets and clear VXLAN ones
-/// (IPv4, UDP to 4789), from a raw capture (AF_PACKET) in the gateway's netns.
+/// ESP packets and clear tunnel ones (IPv4 GRE, or UDP to VXLAN's 4789) that cross net1 of a
+/// gateway while `during` (a shell command) runs in its netns, from a raw capture (AF_PACKET).
+async fn capture_net1(node: &GatewayNode, during: &str) -> (u64, u64) {
+    // The capture says when it listens (python starts slowly in the emulated VM).
+    let script = format!(
+        "r=$(mktemp -u); python3 -c '{CAPTURE}' 6 \"$r\" & \
+         for i in $(seq 100); do [ -e \"$r\" ] && break; sleep 0.1; done; \
+         {during} >/dev/null; wait; rm -f \"$r\""
+    );
+    let seen = node
+        .netns_exec(&["sh", "-c", &script])
+        .await
+        .unwrap()
+        .check()
+        .unwrap()
+        .stdout;
+    let counts: Vec<u64> = seen
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (counts[0], counts[1])
+}
+
 const CAPTURE: &str = r#"
 import socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
@@ -2090,6 +2130,7 @@ while time.time() < end:
     if f[12:14] != b"\x08\x00": continue
     ihl = (f[14] & 15) * 4
     if f[23] == 50: esp += 1
+    elif f[23] == 47: clear += 1
     elif f[23] == 17 and int.from_bytes(f[14 + ihl + 2:14 + ihl + 4], "big") == 4789: clear += 1
 print(esp, clear)
 "#;
@@ -2148,22 +2189,28 @@ async fn spis(node: &GatewayNode) -> Vec<String> {
     spis
 }
 
-/// `encryption: ipsec` end to end on the kernel VM's gateways (the host's kernel has no ESP):
-/// a VXLAN pair keyed from a pre-shared key Secret carries a ping, a capture on net1 sees ESP
-/// and no clear VXLAN, the SAs move to new SPIs at each epoch (20 s here) under a running ping
-/// without one IPsec drop in either kernel, a missing Secret is `Ready=False` with the
-/// ESP policies still in place (never clear traffic) until it is back, deleting the tunnels
-/// removes every SA, and no byte of the key reaches the logs or events.
-#[tokio::test]
-async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
-    let h = harness_or_skip!(["cluster1", "cluster2"]);
-    if h.kernel_vm().unwrap().is_none() {
-        eprintln!("SKIP: ESP needs the kernel VM (make e2e-vm-up)");
-        return;
-    }
-    let _locks = locks(&h).await;
+/// Two kernel-VM gateways `<gw>` (one per cluster) whose GatewayExIps name each other (with
+/// the tunnel addresses, so the tunnels are probed), the pre-shared key Secret on both, a
+/// tunnel-manager per cluster keyed from it (epochs of [`REKEY`]), and an encrypted tunnel
+/// `esp0` each way: `10.252.9.1/30` in cluster1, `10.252.9.2/30` in cluster2. `carrier` holds
+/// the spec's type fields (none: GRE).
+struct EncryptedPair {
+    c1: Client,
+    c2: Client,
+    g1: NatGateway,
+    g2: NatGateway,
+    ns1: String,
+    t1: Api<VpcNatTunnel>,
+    t2: Api<VpcNatTunnel>,
+    ctl1: ControllerProcess,
+    ctl2: ControllerProcess,
+    secret: String,
+    psk: Vec<u8>,
+}
+
+async fn encrypted_pair(h: &Harness, carrier: serde_json::Value) -> EncryptedPair {
     let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
-    tokio::join!(prepare(&h, "cluster1"), prepare(&h, "cluster2"));
+    tokio::join!(prepare(h, "cluster1"), prepare(h, "cluster2"));
     let ((gn1, _), (gn2, _)) = {
         let _g = h.exclusive("submariner").await.unwrap();
         tokio::try_join!(
@@ -2185,12 +2232,51 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
     )
     .unwrap();
     tokio::try_join!(
-        g1.wait_available(&h, Duration::from_secs(180)),
-        g2.wait_available(&h, Duration::from_secs(180)),
+        g1.wait_available(h, Duration::from_secs(180)),
+        g2.wait_available(h, Duration::from_secs(180)),
     )
     .unwrap();
-    apply_exip(&c1, &gw, "cluster2", &g2.node.external_ip, &gn2).await;
-    apply_exip(&c2, &gw, "cluster1", &g1.node.external_ip, &gn1).await;
+    // Each far end publishes its tunnel address toward this side, as its exip-syncer would:
+    // the tunnels are probed.
+    for (c, remote, ip, cidr, local, far_addr) in [
+        (
+            &c1,
+            "cluster2",
+            &g2.node.external_ip,
+            &gn2,
+            "cluster1",
+            "10.252.9.2/30",
+        ),
+        (
+            &c2,
+            "cluster1",
+            &g1.node.external_ip,
+            &gn1,
+            "cluster2",
+            "10.252.9.1/30",
+        ),
+    ] {
+        multivpc_e2e::apply_json_as(
+            c,
+            json!({
+                "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+                "metadata": {
+                    "name": format!("{gw}-{remote}"), "namespace": KUBE_SYSTEM,
+                    "labels": {
+                        multivpc_api::keys::LABEL_CLUSTER: remote,
+                        multivpc_api::keys::LABEL_GATEWAY: &gw,
+                        multivpc_api::keys::SUBMARINER_CLUSTER_ID: remote,
+                    },
+                },
+                "spec": {"externalip": ip, "globalnetcidr": cidr, "tunnels": [
+                    {"clusterId": local, "gatewayName": &gw, "interfaceAddr": far_addr},
+                ]},
+            }),
+            multivpc_api::keys::EXIP_SYNCER_MANAGER,
+        )
+        .await
+        .unwrap();
+    }
     let secret = Harness::unique_name("psk");
     let psk: Vec<u8> = (0..48u8)
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
@@ -2202,7 +2288,7 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
         format!("--ipsec-rekey-interval={}s", REKEY.as_secs()),
     ];
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (ctl1, ctl2) = tokio::join!(start(&h, "cluster1", &flags), start(&h, "cluster2", &flags));
+    let (ctl1, ctl2) = tokio::join!(start(h, "cluster1", &flags), start(h, "cluster2", &flags));
     let ns1 = h.unique_namespace("cluster1", "te").await.unwrap();
     let ns2 = h.unique_namespace("cluster2", "te").await.unwrap();
     let (t1, t2): (Api<VpcNatTunnel>, Api<VpcNatTunnel>) = (
@@ -2214,6 +2300,11 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
         (&c1, &ns1, "cluster2", "10.252.9.1/30"),
         (&c2, &ns2, "cluster1", "10.252.9.2/30"),
     ] {
+        let mut spec = json!({"clusterId": remote, "gatewayName": gw, "interfaceAddr": addr,
+                              "natGwDp": gw, "encryption": "ipsec"});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(carrier.as_object().unwrap().clone());
         fixtures::admit_namespace_to_gateway(c, &gw, ns)
             .await
             .unwrap();
@@ -2222,46 +2313,74 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
             json!({
                 "apiVersion": "kubeovn.ustc.io/v1", "kind": "VpcNatTunnel",
                 "metadata": {"name": dev, "namespace": ns},
-                "spec": {"clusterId": remote, "gatewayName": gw, "interfaceAddr": addr,
-                         "natGwDp": gw, "type": "vxlan", "vni": 4391, "encryption": "ipsec"},
+                "spec": spec,
             }),
         )
         .await
         .unwrap();
     }
+    EncryptedPair {
+        c1,
+        c2,
+        g1,
+        g2,
+        ns1,
+        t1,
+        t2,
+        ctl1,
+        ctl2,
+        secret,
+        psk,
+    }
+}
+
+/// `encryption: ipsec` end to end on the kernel VM's gateways (the host's kernel has no ESP):
+/// a VXLAN pair keyed from a pre-shared key Secret carries a ping, a capture on net1 sees ESP
+/// and no clear VXLAN, the SAs move to new SPIs at each epoch (20 s here) under a running ping
+/// without one IPsec drop in either kernel, a missing Secret is `Ready=False` with the
+/// ESP policies still in place (never clear traffic) until it is back, deleting the tunnels
+/// removes every SA, and no byte of the key reaches the logs or events.
+#[tokio::test]
+async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
+    let h = harness_or_skip!(["cluster1", "cluster2"]);
+    if h.kernel_vm().unwrap().is_none() {
+        eprintln!("SKIP: ESP needs the kernel VM (make e2e-vm-up)");
+        return;
+    }
+    let _locks = locks(&h).await;
+    let EncryptedPair {
+        c1,
+        c2,
+        g1,
+        g2,
+        ns1,
+        t1,
+        t2,
+        ctl1,
+        ctl2,
+        secret,
+        psk,
+    } = encrypted_pair(&h, json!({"type": "vxlan", "vni": 4391})).await;
+    let dev = "esp0";
     for t in [&t1, &t2] {
         let programmed = wait_programmed(t, dev, |_| true).await;
         let applied = programmed.status.unwrap().applied.unwrap();
         assert_eq!(applied.encryption, multivpc_api::Encryption::Ipsec);
     }
     g1.sh(&h, "ping -c 3 -i 0.3 -W 2 10.252.9.2").await.unwrap();
+    for t in [&t1, &t2] {
+        wait_healthy(t, dev, "True", "Answering").await;
+    }
 
     // ESP on the wire, nothing in clear: a capture on net1 while 10 pings cross, and the SAs'
     // counters, all within one epoch.
     early_in_an_epoch().await;
-    // The capture says when it listens (python starts slowly in the emulated VM).
-    let script = format!(
-        "r=$(mktemp -u); python3 -c '{CAPTURE}' 6 \"$r\" & \
-         for i in $(seq 100); do [ -e \"$r\" ] && break; sleep 0.1; done; \
-         ping -c 10 -i 0.2 -W 1 10.252.9.2 >/dev/null; wait; rm -f \"$r\""
-    );
-    let seen = g1
-        .node
-        .netns_exec(&["sh", "-c", &script])
-        .await
-        .unwrap()
-        .check()
-        .unwrap()
-        .stdout;
-    let counts: Vec<u64> = seen
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
+    let (esp, clear) = capture_net1(&g1.node, "ping -c 10 -i 0.2 -W 1 10.252.9.2").await;
     assert!(
-        counts[0] >= 10,
-        "ESP packets on net1 (10 pings and their answers): {seen}"
+        esp >= 10,
+        "ESP packets on net1 (10 pings and their answers): {esp}"
     );
-    assert_eq!(counts[1], 0, "clear VXLAN packets on net1: {seen}");
+    assert_eq!(clear, 0, "clear VXLAN packets on net1");
     let xfrm = g1
         .node
         .netns_exec(&["ip", "-s", "xfrm", "state"])
@@ -2309,11 +2428,19 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
     })
     .await
     .unwrap();
-    let msg = conditions::find(&refused.status.unwrap().conditions, conditions::READY)
-        .unwrap()
-        .message
-        .clone();
+    let msg = conditions::find(
+        &refused.status.as_ref().unwrap().conditions,
+        conditions::READY,
+    )
+    .unwrap()
+    .message
+    .clone();
     assert!(msg.contains("does not exist"), "{msg}");
+    // Its SAs still carry the traffic, and its health says so.
+    assert_eq!(
+        healthy_reason(&refused),
+        Some(("True".into(), "Answering".into()))
+    );
     let policies = g1
         .node
         .netns_exec(&["ip", "xfrm", "policy", "list"])
@@ -2327,6 +2454,45 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
     apply_psk(&c1, &secret, &psk).await;
     wait_programmed(&t1, dev, |_| true).await;
     g1.sh(&h, "ping -c 2 -W 2 10.252.9.2").await.unwrap();
+
+    // Mismatched keys: cluster2 gets another one. Its SAs keep their SPIs with new keys, each
+    // kernel counts what it cannot authenticate on the SA that refused it, and both tunnels
+    // say why they are unhealthy; the same key again, both are healthy.
+    let other: Vec<u8> = psk.iter().map(|b| b ^ 0x5a).collect();
+    apply_psk(&c2, &secret, &other).await;
+    for t in [&t1, &t2] {
+        wait_healthy(t, dev, "False", "IPsecAuthenticationFailed").await;
+    }
+    let failed = g1
+        .node
+        .netns_exec(&["ip", "-s", "xfrm", "state"])
+        .await
+        .unwrap()
+        .stdout;
+    assert!(
+        failed
+            .lines()
+            .filter(|l| l.trim().starts_with("replay-window") && l.contains(" failed "))
+            .any(|l| l.split_whitespace().last() != Some("0")),
+        "no SA of cluster1 counts a failed authentication"
+    );
+    let events: Api<Event> = Api::namespaced(c1.clone(), &ns1);
+    let warned = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| {
+            e.note
+                .as_deref()
+                .is_some_and(|n| n.contains("pre-shared keys differ"))
+        });
+    assert!(warned, "no event names the mismatched keys");
+    apply_psk(&c2, &secret, &psk).await;
+    for t in [&t1, &t2] {
+        wait_healthy(t, dev, "True", "Answering").await;
+    }
 
     // No key byte in the logs or the events.
     use base64::Engine as _;
@@ -2356,6 +2522,72 @@ async fn an_encrypted_vxlan_pair_carries_esp_only_and_rekeys_under_a_ping() {
         spis(&g2.node).await.is_empty(),
         "cluster2's SAs removed with its tunnel"
     );
+    drop((ctl1, ctl2));
+    let _ = tokio::try_join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
+}
+
+/// GRE under ESP on the kernel VM: the pair carries a ping, a capture on net1 sees ESP and no
+/// clear GRE, the policies select GRE, and deleting the tunnels removes every SA and policy
+/// on both sides.
+#[tokio::test]
+async fn an_encrypted_gre_pair_carries_esp_only() {
+    let h = harness_or_skip!(["cluster1", "cluster2"]);
+    if h.kernel_vm().unwrap().is_none() {
+        eprintln!("SKIP: ESP needs the kernel VM (make e2e-vm-up)");
+        return;
+    }
+    let _locks = locks(&h).await;
+    let pair = encrypted_pair(&h, json!({})).await;
+    let dev = "esp0";
+    for t in [&pair.t1, &pair.t2] {
+        let applied = wait_programmed(t, dev, |_| true)
+            .await
+            .status
+            .unwrap()
+            .applied
+            .unwrap();
+        assert_eq!(applied.tunnel_type, multivpc_api::TunnelType::Gre);
+        assert_eq!(applied.encryption, multivpc_api::Encryption::Ipsec);
+    }
+    pair.g1
+        .sh(&h, "ping -c 3 -i 0.3 -W 2 10.252.9.2")
+        .await
+        .unwrap();
+    let (esp, clear) = capture_net1(&pair.g1.node, "ping -c 10 -i 0.2 -W 1 10.252.9.2").await;
+    assert!(esp >= 10, "ESP packets on net1: {esp}");
+    assert_eq!(clear, 0, "clear GRE packets on net1");
+    for g in [&pair.g1, &pair.g2] {
+        let policies = g
+            .node
+            .netns_exec(&["ip", "xfrm", "policy", "list"])
+            .await
+            .unwrap()
+            .stdout;
+        assert!(policies.contains("proto gre"), "{policies}");
+    }
+    for t in [&pair.t1, &pair.t2] {
+        t.delete(dev, &DeleteParams::default()).await.unwrap();
+        wait_for_deletion(t, dev, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    for g in [&pair.g1, &pair.g2] {
+        assert!(
+            spis(&g.node).await.is_empty(),
+            "SAs left in {}",
+            g.spec.name
+        );
+        let policies = g
+            .node
+            .netns_exec(&["ip", "xfrm", "policy", "list"])
+            .await
+            .unwrap()
+            .stdout;
+        assert!(policies.trim().is_empty(), "policies left: {policies}");
+    }
+    let EncryptedPair {
+        g1, g2, ctl1, ctl2, ..
+    } = pair;
     drop((ctl1, ctl2));
     let _ = tokio::try_join!(h.delete_nat_gateway(&g1), h.delete_nat_gateway(&g2));
 }
