@@ -29,9 +29,9 @@ demo-down: demo-stop ## Stop the demo's controllers, then every harness cluster,
 BENCH_ARGS ?= --profile release --shapes 100x4,1000x4,5000x4,1000x50
 
 .PHONY: bench
-bench: ## Benchmarks against the local harness (release controllers, ~20 min) -> docs/BENCHMARKS.md; no test may run meanwhile
+bench: ## Benchmarks against the local harness and its kernel VM (release controllers, ~20 min) -> docs/BENCHMARKS.md; no test may run meanwhile
 	$(CARGO) build --release -p dns-forwarder -p tunnel-manager -p exip-syncer
 	$(CARGO) build -q -p multivpc-e2e --bin multivpc-bench
 	@$(MAKE) --no-print-directory e2e-build
-	@$(MAKE) --no-print-directory e2e-up CLUSTERS="$(DEMO_CLUSTERS)"
+	@$(MAKE) --no-print-directory e2e-up CLUSTERS="$(DEMO_CLUSTERS)" VM=1
 	$(CARGO) run -q -p multivpc-e2e --bin multivpc-bench -- $(BENCH_ARGS)
