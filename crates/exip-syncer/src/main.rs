@@ -101,23 +101,7 @@ fn parse_cidr(s: &str) -> Result<String, String> {
 }
 
 fn parse_source(s: &str) -> Result<broker::Source, String> {
-    match s {
-        "service-discovery" => Ok(broker::Source::ServiceDiscovery),
-        "none" => Ok(broker::Source::Disabled),
-        _ => {
-            let rest = s
-                .strip_prefix("secret:")
-                .ok_or_else(|| format!("invalid broker credentials source {s:?}"))?;
-            let (namespace, name) = rest
-                .split_once('/')
-                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-                .ok_or_else(|| format!("expected secret:<namespace>/<name>, got {s:?}"))?;
-            Ok(broker::Source::Secret {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
-        }
-    }
+    s.parse()
 }
 
 fn main() -> std::process::ExitCode {
@@ -142,11 +126,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             unhealthy_holddown: args.unhealthy_failover_holddown,
         },
         broker: broker::BrokerSettings {
-            source: args.broker_credentials.clone(),
-            namespace: args.broker_namespace.clone(),
+            access: broker::Access {
+                source: args.broker_credentials.clone(),
+                namespace: args.broker_namespace.clone(),
+                allow_insecure: args.allow_insecure_broker,
+            },
             max_imported_per_cluster: args.max_imported_per_cluster,
             max_imported: args.max_imported,
-            allow_insecure: args.allow_insecure_broker,
         },
     };
     let runtime = Runtime::init(controller::MANAGER, args.common).await?;

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod args;
 pub mod backoff;
+pub mod broker;
 pub mod events;
 pub mod finalizer;
 pub mod leader;
