@@ -1,9 +1,11 @@
 //! The kubectl plugin `kubectl-multivpc` against real API servers: a VXLAN tunnel pair between
 //! cluster1 and cluster2 programmed by both tunnel-managers (as in tunnel_manager.rs), then the
 //! built binary run as a user runs it: `show -o json` lists the tunnel Ready and Healthy with a
-//! round trip, `diagnose tunnel` passes every check, and once the remote route is deleted by
-//! hand (tunnel-manager verifies only every 5 minutes by default, so it is not repaired yet)
-//! `diagnose` fails naming that check.
+//! round trip, `diagnose tunnel` passes every check (the far gateway's GatewayExIp read on the
+//! broker through cluster1's Submariner credentials included), and once the remote route is
+//! deleted by hand (tunnel-manager verifies only every 5 minutes by default, so it is not
+//! repaired yet) `diagnose` fails naming that check; a broker object this cluster's copy no
+//! longer matches fails the broker check.
 //!
 //! Holds the `exip-syncer` lock (a running exip-syncer would rewrite the GatewayExIps written
 //! here by hand) and then the `tunnel-manager` lock (one tunnel-manager per cluster at a time).
@@ -19,7 +21,7 @@ use multivpc_api::{
 use multivpc_e2e::{
     Harness,
     controllers::{self, ControllerProcess},
-    fixtures::KUBE_SYSTEM,
+    fixtures::{BROKER_NS, KUBE_SYSTEM},
     plugin::{self, check_line},
     prelude::*,
 };
@@ -108,11 +110,11 @@ fn condition(t: &VpcNatTunnel, type_: &str) -> Option<(String, String)> {
 
 #[tokio::test]
 async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
-    let h = harness_or_skip!(["cluster1", "cluster2"]);
+    let h = harness_or_skip!(["cluster1", "cluster2", "broker"]);
     let _syncer = h.exclusive("exip-syncer").await.unwrap();
     let _manager = h.exclusive("tunnel-manager").await.unwrap();
     let (c1, c2) = (h.client("cluster1"), h.client("cluster2"));
-    for cluster in ["cluster1", "cluster2"] {
+    for cluster in ["cluster1", "cluster2", "broker"] {
         h.install_foreign_crds(cluster).await.unwrap();
         h.install_project_crds(cluster).await.unwrap();
     }
@@ -120,7 +122,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         // Submariner's singletons are shared with other tests.
         let _g = h.exclusive("submariner").await.unwrap();
         tokio::try_join!(
-            h.install_default_submariner("cluster1", None),
+            h.install_default_submariner("cluster1", Some("broker")),
             h.install_default_submariner("cluster2", None),
         )
         .unwrap()
@@ -161,6 +163,22 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         Some(("cluster2", &gw, addr1)),
     )
     .await;
+
+    // And what cluster2's exip-syncer would export to the broker.
+    let on_broker: Api<GatewayExIp> = Api::namespaced(h.client("broker"), BROKER_NS);
+    multivpc_e2e::apply_json_as(
+        &h.client("broker"),
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+            "metadata": {"name": format!("{gw}-cluster2"), "namespace": BROKER_NS,
+                         "labels": {LABEL_CLUSTER: "cluster2", LABEL_GATEWAY: &gw,
+                                    SUBMARINER_CLUSTER_ID: "cluster2"}},
+            "spec": {"externalip": &g2.node.external_ip, "globalnetcidr": &gn2},
+        }),
+        EXIP_SYNCER_MANAGER,
+    )
+    .await
+    .unwrap();
 
     let ns1 = h.unique_namespace("cluster1", "kmv").await.unwrap();
     let ns2 = h.unique_namespace("cluster2", "kmv").await.unwrap();
@@ -263,7 +281,7 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         diagnosis.stderr
     );
     let lines: Vec<&str> = diagnosis.stdout.lines().collect();
-    assert_eq!(lines.len(), 11, "{}", diagnosis.stdout);
+    assert_eq!(lines.len(), 12, "{}", diagnosis.stdout);
     assert!(
         lines.iter().all(|l| l.starts_with("PASS ")),
         "{}",
@@ -271,6 +289,12 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
     );
     assert!(
         check_line(&diagnosis.stdout, "ping").contains("answered 3/3"),
+        "{}",
+        diagnosis.stdout
+    );
+    assert!(
+        check_line(&diagnosis.stdout, "broker-gatewayexip")
+            .contains(&format!("{BROKER_NS}/{gw}-cluster2 on the broker")),
         "{}",
         diagnosis.stdout
     );
@@ -328,6 +352,32 @@ async fn show_and_diagnose_a_vxlan_pair_then_name_a_deleted_route() {
         "{}",
         broken.stdout
     );
+
+    // The far cluster's gateway moved (its object on the broker says so) and this cluster's
+    // copy did not follow: the broker check names both addresses.
+    multivpc_e2e::apply_json_as(
+        &h.client("broker"),
+        json!({
+            "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
+            "metadata": {"name": format!("{gw}-cluster2"), "namespace": BROKER_NS},
+            "spec": {"externalip": "172.50.9.9", "globalnetcidr": &gn2},
+        }),
+        EXIP_SYNCER_MANAGER,
+    )
+    .await
+    .unwrap();
+    let moved = plugin::run(&h, "cluster1", &["diagnose", "tunnel", &dev, "-n", &ns1]).await;
+    let line = check_line(&moved.stdout, "broker-gatewayexip");
+    assert!(
+        line.starts_with("FAIL")
+            && line.contains("172.50.9.9")
+            && line.contains(&g2.node.external_ip),
+        "{}",
+        moved.stdout
+    );
+    let _ = on_broker
+        .delete(&format!("{gw}-cluster2"), &DeleteParams::default())
+        .await;
 
     // An error is one line and exit status 1.
     let missing = plugin::run(&h, "cluster1", &["--context", "no-such-context", "show"]).await;

@@ -22,6 +22,7 @@ use multivpc_api::{
 pub const TUNNEL_READY: &str = "tunnel-ready";
 pub const GATEWAY_POD: &str = "gateway-pod";
 pub const REMOTE_GATEWAY: &str = "remote-gatewayexip";
+pub const BROKER_GATEWAY: &str = "broker-gatewayexip";
 pub const DEVICE: &str = "device";
 pub const ADDRESS: &str = "address";
 pub const MTU: &str = "mtu";
@@ -428,6 +429,78 @@ pub fn remote_gateway(
             format!(
                 "GatewayExIp {name} (age {age}) has externalip {published}; the tunnel records no remoteIp yet"
             ),
+        ),
+    }
+}
+
+/// What reading the broker gave: its namespace and the remote gateway's object there (`None`:
+/// absent), or why it was not read.
+pub type BrokerRead<'a> = Result<(&'a str, Option<&'a GatewayExIp>), String>;
+
+/// When an object was last written: the latest time among its field managers' entries (its
+/// creation when it has none).
+fn last_written(o: &GatewayExIp) -> Option<jiff::Timestamp> {
+    let managed = o
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.time.as_ref().map(|t| t.0))
+        .max();
+    managed.or_else(|| o.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// c'. The remote gateway's GatewayExIp on the broker, where the far cluster's exip-syncer
+/// exports it: present, when it was last written, and whether this cluster's copy agrees.
+pub fn broker_gateway(
+    tunnel: &VpcNatTunnel,
+    local_copy: Option<&GatewayExIp>,
+    broker: BrokerRead<'_>,
+    now: jiff::Timestamp,
+) -> CheckResult {
+    let spec = &tunnel.spec;
+    let name = gateway_exip_name(&spec.gateway_name, &spec.cluster_id);
+    let (namespace, on_broker) = match broker {
+        Ok(read) => read,
+        Err(why) => {
+            return CheckResult::skip(BROKER_GATEWAY, format!("the broker was not read: {why}"));
+        }
+    };
+    let Some(on_broker) = on_broker else {
+        return CheckResult::fail(
+            BROKER_GATEWAY,
+            format!("GatewayExIp {name} is not on the broker (namespace {namespace})"),
+            format!(
+                "cluster {}'s exip-syncer exports it: check that gateway {} is ready there and that its exip-syncer is connected (multivpc_broker_connected 1)",
+                spec.cluster_id, spec.gateway_name
+            ),
+        );
+    };
+    let written = last_written(on_broker)
+        .map(|t| format!("{} ago", crate::view::age(t, now)))
+        .unwrap_or_else(|| "at an unknown time".into());
+    let published = on_broker.spec.externalip.as_str();
+    let here = local_copy.map(|c| c.spec.externalip.as_str());
+    match here {
+        Some(ip) if ip == published => CheckResult::pass(
+            BROKER_GATEWAY,
+            format!(
+                "GatewayExIp {namespace}/{name} on the broker has externalip {published}, last written {written}; this cluster's copy agrees"
+            ),
+        ),
+        Some(ip) => CheckResult::fail(
+            BROKER_GATEWAY,
+            format!(
+                "GatewayExIp {namespace}/{name} on the broker has externalip {published} (last written {written}), this cluster's copy {ip}"
+            ),
+            "this cluster's exip-syncer has not imported the change: check that it is connected (multivpc_broker_connected 1) and read its events and log",
+        ),
+        None => CheckResult::fail(
+            BROKER_GATEWAY,
+            format!(
+                "GatewayExIp {namespace}/{name} is on the broker (externalip {published}, last written {written}) but this cluster has no copy"
+            ),
+            "this cluster's exip-syncer imports it: check that it is connected (multivpc_broker_connected 1) and read its events, which name a refused import",
         ),
     }
 }
@@ -1537,6 +1610,39 @@ mod tests {
             "spec": {"externalip": ip, "globalnetcidr": "242.1.0.0/16"},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn the_broker_object_is_present_recent_and_agrees_with_the_local_copy() {
+        let t = tunnel(programmed());
+        let mut on_broker = exip("exip-syncer", json!({}), "172.50.2.11");
+        on_broker.metadata.managed_fields.as_mut().unwrap()[0].time =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                "2026-12-07T11:58:00Z".parse().unwrap(),
+            ));
+        let local = exip("exip-syncer", json!({}), "172.50.2.11");
+        let c = broker_gateway(&t, Some(&local), Ok(("brk", Some(&on_broker))), now());
+        assert!(c.passed(), "{c:?}");
+        assert!(
+            c.reason.contains("brk/rgw-cluster2") && c.reason.contains("2m ago"),
+            "{}",
+            c.reason
+        );
+        // The far cluster moved its gateway; this cluster's copy did not follow.
+        let stale = exip("exip-syncer", json!({}), "172.50.2.99");
+        let c = broker_gateway(&t, Some(&stale), Ok(("brk", Some(&on_broker))), now());
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.reason.contains("172.50.2.99"), "{}", c.reason);
+        let c = broker_gateway(&t, None, Ok(("brk", Some(&on_broker))), now());
+        assert!(c.fix.unwrap().contains("refused import"));
+        // Not exported by the far cluster.
+        let c = broker_gateway(&t, Some(&local), Ok(("brk", None)), now());
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert!(c.fix.unwrap().contains("cluster cluster2"));
+        // The broker not read (no credentials, no route): a skip saying why, never a pass.
+        let c = broker_gateway(&t, Some(&local), Err("no ServiceDiscovery".into()), now());
+        assert_eq!(c.outcome, Outcome::Skip);
+        assert!(c.reason.contains("no ServiceDiscovery"));
     }
 
     #[test]

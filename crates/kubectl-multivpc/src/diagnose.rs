@@ -28,10 +28,31 @@ pub struct Namespaces {
     pub nat_gw_name_prefix: String,
 }
 
+/// The broker as exip-syncer reaches it: a client and its namespace, or why there is none.
+pub type Broker = Result<(Client, String), String>;
+
+/// Longest the broker may take to answer before its checks are skipped.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the broker with the credentials exip-syncer uses (`access`), once per run.
+pub async fn broker(client: &Client, access: &multivpc_runtime::broker::Access) -> Broker {
+    if access.source == multivpc_runtime::broker::Source::Disabled {
+        return Err("--broker-credentials none".into());
+    }
+    let mut secret_note = None;
+    let connect = multivpc_runtime::broker::connect(client, access, &mut secret_note);
+    match tokio::time::timeout(BROKER_TIMEOUT, connect).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err(format!("no answer within {}s", BROKER_TIMEOUT.as_secs())),
+    }
+}
+
 /// Every check of tunnel `namespace/name`, in order.
 pub async fn tunnel(
     client: &Client,
     ns: &Namespaces,
+    broker: &Broker,
     namespace: &str,
     name: &str,
 ) -> anyhow::Result<Report> {
@@ -43,10 +64,14 @@ pub async fn tunnel(
     let mut report = Report::default();
     report.push(checks::tunnel_ready(namespace, name, tunnel.as_ref()));
     let Some(tunnel) = tunnel else {
-        for check in [checks::GATEWAY_POD, checks::REMOTE_GATEWAY]
-            .into_iter()
-            .chain(checks::IN_POD_CHECKS)
-            .chain([checks::HEALTHY, checks::PING])
+        for check in [
+            checks::GATEWAY_POD,
+            checks::REMOTE_GATEWAY,
+            checks::BROKER_GATEWAY,
+        ]
+        .into_iter()
+        .chain(checks::IN_POD_CHECKS)
+        .chain([checks::HEALTHY, checks::PING])
         {
             report.push(CheckResult::skip(
                 check,
@@ -84,6 +109,23 @@ pub async fn tunnel(
         &tunnel,
         &ns.gateway,
         exip.as_ref(),
+        jiff::Timestamp::now(),
+    ));
+    let on_broker = match broker {
+        Ok((broker, broker_ns)) => Api::<GatewayExIp>::namespaced(broker.clone(), broker_ns)
+            .get_opt(&remote)
+            .await
+            .map(|o| (broker_ns.as_str(), o))
+            .map_err(|e| format!("cannot read GatewayExIp {broker_ns}/{remote} there: {e}")),
+        Err(why) => Err(why.clone()),
+    };
+    report.push(checks::broker_gateway(
+        &tunnel,
+        exip.as_ref(),
+        on_broker
+            .as_ref()
+            .map(|(n, o)| (*n, o.as_ref()))
+            .map_err(Clone::clone),
         jiff::Timestamp::now(),
     ));
 

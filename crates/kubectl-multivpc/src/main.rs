@@ -69,6 +69,21 @@ struct Args {
     #[arg(long, global = true, default_value = DEFAULT_NAT_GW_NAME_PREFIX)]
     nat_gw_name_prefix: String,
 
+    /// Where the broker credentials come from, as exip-syncer's flag of that name:
+    /// `service-discovery` (Submariner's), `secret:<namespace>/<name>` (a kubeconfig), or
+    /// `none` (diagnose does not read the broker).
+    #[arg(long, global = true, default_value = "service-discovery")]
+    broker_credentials: multivpc_runtime::broker::Source,
+
+    /// The broker namespace (default: ServiceDiscovery's, else the kubeconfig's, else
+    /// submariner-k8s-broker).
+    #[arg(long, global = true)]
+    broker_namespace: Option<String>,
+
+    /// Accept a broker reached over http:// or without TLS verification.
+    #[arg(long, global = true)]
+    allow_insecure_broker: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -156,10 +171,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 gateway: args.gateway_namespace.clone(),
                 nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
             };
+            let broker = diagnose::broker(
+                &client,
+                &multivpc_runtime::broker::Access {
+                    source: args.broker_credentials.clone(),
+                    namespace: args.broker_namespace.clone(),
+                    allow_insecure: args.allow_insecure_broker,
+                },
+            )
+            .await;
             let failed = match target {
                 Target::Tunnel { name } => {
                     let namespace = args.namespace.clone().unwrap_or(default_namespace);
-                    let report = diagnose::tunnel(&client, &namespaces, &namespace, name).await?;
+                    let report =
+                        diagnose::tunnel(&client, &namespaces, &broker, &namespace, name).await?;
                     print!("{}", report.render());
                     report.failed()
                 }
@@ -185,7 +210,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         println!();
                         println!("== tunnel {namespace}/{name}");
                         let report =
-                            diagnose::tunnel(&client, &namespaces, namespace, name).await?;
+                            diagnose::tunnel(&client, &namespaces, &broker, namespace, name)
+                                .await?;
                         print!("{}", report.render());
                         failed |= report.failed();
                     }
