@@ -28,23 +28,40 @@ pub struct Namespaces {
     pub nat_gw_name_prefix: String,
 }
 
-/// The broker as exip-syncer reaches it: a client and its namespace, or why there is none.
-pub type Broker = Result<(Client, String), String>;
-
 /// Longest the broker may take to answer before its checks are skipped.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to the broker with the credentials exip-syncer uses (`access`), once per run.
-pub async fn broker(client: &Client, access: &multivpc_runtime::broker::Access) -> Broker {
-    if access.source == multivpc_runtime::broker::Source::Disabled {
-        return Err("--broker-credentials none".into());
+/// The broker as exip-syncer reaches it, connected at the first tunnel that needs it (once per
+/// run): a client and its namespace, or why there is none.
+pub struct Broker {
+    access: multivpc_runtime::broker::Access,
+    connection: tokio::sync::OnceCell<Result<(Client, String), String>>,
+}
+
+impl Broker {
+    pub fn new(access: multivpc_runtime::broker::Access) -> Self {
+        Self {
+            access,
+            connection: tokio::sync::OnceCell::new(),
+        }
     }
-    let mut secret_note = None;
-    let connect = multivpc_runtime::broker::connect(client, access, &mut secret_note);
-    match tokio::time::timeout(BROKER_TIMEOUT, connect).await {
-        Ok(Ok(connected)) => Ok(connected),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err(format!("no answer within {}s", BROKER_TIMEOUT.as_secs())),
+
+    async fn connection(&self, client: &Client) -> &Result<(Client, String), String> {
+        self.connection
+            .get_or_init(|| async {
+                if self.access.source == multivpc_runtime::broker::Source::Disabled {
+                    return Err("--broker-credentials none".into());
+                }
+                let mut secret_note = None;
+                let connect =
+                    multivpc_runtime::broker::connect(client, &self.access, &mut secret_note);
+                match tokio::time::timeout(BROKER_TIMEOUT, connect).await {
+                    Ok(Ok(connected)) => Ok(connected),
+                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Err(_) => Err(format!("no answer within {}s", BROKER_TIMEOUT.as_secs())),
+                }
+            })
+            .await
     }
 }
 
@@ -111,7 +128,7 @@ pub async fn tunnel(
         exip.as_ref(),
         jiff::Timestamp::now(),
     ));
-    let on_broker = match broker {
+    let on_broker = match broker.connection(client).await {
         Ok((broker, broker_ns)) => Api::<GatewayExIp>::namespaced(broker.clone(), broker_ns)
             .get_opt(&remote)
             .await

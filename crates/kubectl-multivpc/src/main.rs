@@ -171,15 +171,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 gateway: args.gateway_namespace.clone(),
                 nat_gw_name_prefix: args.nat_gw_name_prefix.clone(),
             };
-            let broker = diagnose::broker(
-                &client,
-                &multivpc_runtime::broker::Access {
-                    source: args.broker_credentials.clone(),
-                    namespace: args.broker_namespace.clone(),
-                    allow_insecure: args.allow_insecure_broker,
-                },
-            )
-            .await;
+            let broker = diagnose::Broker::new(multivpc_runtime::broker::Access {
+                source: args.broker_credentials.clone(),
+                namespace: args.broker_namespace.clone(),
+                allow_insecure: args.allow_insecure_broker,
+            });
             let failed = match target {
                 Target::Tunnel { name } => {
                     let namespace = args.namespace.clone().unwrap_or(default_namespace);
