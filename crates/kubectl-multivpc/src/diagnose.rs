@@ -57,7 +57,14 @@ impl Broker {
                     multivpc_runtime::broker::connect(client, &self.access, &mut secret_note);
                 match tokio::time::timeout(BROKER_TIMEOUT, connect).await {
                     Ok(Ok(connected)) => Ok(connected),
-                    Ok(Err(e)) => Err(format!("{e:#}")),
+                    Ok(Err(e)) => Err(e
+                        .chain()
+                        .map(|c| match c.downcast_ref::<kube::Error>() {
+                            Some(kube::Error::Api(status)) => status.message.clone(),
+                            _ => c.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(": ")),
                     Err(_) => Err(format!("no answer within {}s", BROKER_TIMEOUT.as_secs())),
                 }
             })
@@ -128,12 +135,20 @@ pub async fn tunnel(
         exip.as_ref(),
         jiff::Timestamp::now(),
     ));
+    // A list by name: members may list and watch GatewayExIps on the broker, not get them
+    // (the broker chart grants exip-syncer's verbs only).
     let on_broker = match broker.connection(client).await {
         Ok((broker, broker_ns)) => Api::<GatewayExIp>::namespaced(broker.clone(), broker_ns)
-            .get_opt(&remote)
+            .list(&ListParams::default().fields(&format!("metadata.name={remote}")))
             .await
-            .map(|o| (broker_ns.as_str(), o))
-            .map_err(|e| format!("cannot read GatewayExIp {broker_ns}/{remote} there: {e}")),
+            .map(|l| (broker_ns.as_str(), l.items.into_iter().next()))
+            .map_err(|e| {
+                let why = match &e {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                format!("cannot list GatewayExIp {broker_ns}/{remote} there: {why}")
+            }),
         Err(why) => Err(why.clone()),
     };
     report.push(checks::broker_gateway(
