@@ -206,16 +206,17 @@ fn status_label(s: Status) -> &'static str {
 }
 
 impl Series {
+    /// The series of tunnel `item` from what its probes show now (`current`) and this
+    /// probe's round trip.
     fn set(
         &mut self,
         m: &HealthMetrics,
-        key: &str,
-        labels: &[String],
-        status: Status,
+        item: &Item,
+        current: &health::Observed,
         rtt_ms: Option<f64>,
-        loss: f64,
     ) {
-        let status = status_label(status);
+        let (key, labels) = (item.key.as_str(), item.labels.as_slice());
+        let status = status_label(current.status);
         let l: Vec<&str> = labels.iter().map(String::as_str).collect();
         if let Some((old, old_status)) = self.by_key.get(key)
             && (old != labels || *old_status != status)
@@ -236,7 +237,14 @@ impl Series {
         if let Some(rtt) = rtt_ms {
             m.latency.with_label_values(&l).set(rtt / 1000.0);
         }
-        m.loss.with_label_values(&l).set(loss);
+        m.loss
+            .with_label_values(&l)
+            .set(f64::from(current.health.loss_percent) / 100.0);
+        if item.probe.esp.is_some() {
+            m.esp_rejected
+                .with_label_values(&l)
+                .set(current.esp_rejected as f64);
+        }
         self.by_key
             .insert(key.to_owned(), (labels.to_vec(), status));
     }
@@ -359,21 +367,7 @@ pub async fn run(
                         ProbeResult::Answered { rtt_ms } => Some(rtt_ms),
                         ProbeResult::Lost => None,
                     };
-                    series.set(
-                        &metrics,
-                        &item.key,
-                        &item.labels,
-                        current.status,
-                        rtt,
-                        f64::from(current.health.loss_percent) / 100.0,
-                    );
-                    if item.probe.esp.is_some() {
-                        let l: Vec<&str> = item.labels.iter().map(String::as_str).collect();
-                        metrics
-                            .esp_rejected
-                            .with_label_values(&l)
-                            .set(current.esp_rejected as f64);
-                    }
+                    series.set(&metrics, item, &current, rtt);
                 }
                 if let Some((from, to)) = update.transition {
                     transition(&ctx, item, pod, from, to).await;
