@@ -1720,6 +1720,71 @@ pub(crate) mod tests {
         assert_eq!(esp, [(1, 0), (3, 17)].into_iter().collect());
     }
 
+    /// The shells a gateway may have: the host's `sh`, and busybox's (Kube-OVN's gateway image
+    /// is alpine) where this machine has it.
+    fn shells() -> Vec<Vec<&'static str>> {
+        let mut shells = vec![vec!["sh"]];
+        if std::process::Command::new("busybox")
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            shells.push(vec!["busybox", "sh"]);
+        }
+        shells
+    }
+
+    /// The key comparison of the converge script, on the text `ip xfrm state get` prints: an SA
+    /// with the derived key is kept, one with another key is to be replaced, a missing one to
+    /// be added; in every shell a gateway may have.
+    #[test]
+    fn esp_keys_are_compared_with_what_the_kernel_holds() {
+        let carrier = Carrier::Vxlan { port: 4789 };
+        let (a, b) = (vxlan().local_ip, vxlan().remote_ip);
+        let ours = ipsec::Psk::new(vec![1; 48]).unwrap();
+        let theirs = ipsec::Psk::new(vec![2; 48]).unwrap();
+        let keying = ipsec::keying(&ours, a, b, carrier, 7);
+        let sas: Vec<&ipsec::Sa> = keying.all().take(3).collect();
+        // What the kernel prints for an SA holding the key of `line` (a batch line).
+        let printed = |line: &str| {
+            let key = line.split(' ').nth_back(1).unwrap().to_owned();
+            format!(
+                "src {a} dst {b}\n\tproto esp spi 0x1(1) reqid 1 mode transport\n\treplay-window 128 flag esn\n\taead {} {key} 128\n\tanti-replay esn context:\n\t sel src 0.0.0.0/0 dst 0.0.0.0/0\n",
+                ipsec::AEAD
+            )
+        };
+        let same = printed(&sas[0].batch_line());
+        let other = printed(
+            &ipsec::derive(&theirs, sas[1].src, sas[1].dst, carrier, sas[1].epoch).batch_line(),
+        );
+        let batch: String = sas.iter().map(|sa| sa.batch_line() + "\n").collect();
+        let spi = |sa: &ipsec::Sa| format!("{:#010x}", sa.spi);
+        let named: Vec<String> = sas
+            .iter()
+            .map(|sa| format!("{},{},{}", sa.src, sa.dst, spi(sa)))
+            .collect();
+        let script = format!(
+            "set -u\nnl='\n'\n{FUNCTIONS}\nip() {{ case \"$*\" in *\"spi {}\"*) printf '%s' '{same}' ;; *\"spi {}\"*) printf '%s' '{other}' ;; *) return 2 ;; esac; }}\nesp_batch='{batch}'\nsas=' {} '\nesp_diff 3\necho \"missing=$missing rekey=$rekey\"\n",
+            spi(sas[0]),
+            spi(sas[1]),
+            named.join(" "),
+        );
+        for shell in shells() {
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("missing= {} rekey= {}", spi(sas[2]), spi(sas[1])),
+                "{shell:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// The reading of `ip -s xfrm state` as iproute2 prints it: the failures of the SAs of the
     /// probe's carrier summed, another carrier's left out, no key printed.
     #[test]
@@ -1757,18 +1822,21 @@ pub(crate) mod tests {
             &format!("set +e\nping() {{ :; }}\nip() {{ printf '%s' '{listing}'; }}\n"),
             1,
         );
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            esp_failures(&stdout),
-            [(0, 7)].into_iter().collect(),
-            "{stdout}"
-        );
-        assert!(!stdout.contains("abcdef"), "{stdout}");
+        for shell in shells() {
+            let out = std::process::Command::new(shell[0])
+                .args(&shell[1..])
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                esp_failures(&stdout),
+                [(0, 7)].into_iter().collect(),
+                "{shell:?}: {stdout}"
+            );
+            assert!(!stdout.contains("abcdef"), "{stdout}");
+        }
     }
 
     #[test]
