@@ -132,6 +132,8 @@ pub struct TunnelRow {
     /// `gre` or `vxlan`.
     #[serde(rename = "type")]
     pub tunnel_type: String,
+    /// `none` or `ipsec` (`spec.encryption`).
+    pub encryption: String,
     /// `status.localGateway` (after a failover, the standby), else `spec.natGwDp`.
     pub local_gateway: String,
     pub remote_cluster: String,
@@ -295,6 +297,7 @@ fn tunnel_row(t: &VpcNatTunnel) -> TunnelRow {
         namespace: t.namespace().unwrap_or_default(),
         name: t.name_any(),
         tunnel_type: t.spec.tunnel_type.to_string(),
+        encryption: t.spec.encryption.to_string(),
         local_gateway: status
             .and_then(|s| s.local_gateway.clone())
             .unwrap_or_else(|| t.spec.nat_gw_dp.clone()),
@@ -398,7 +401,10 @@ pub fn render_table(view: &FleetView) -> String {
         vec![
             t.namespace.clone(),
             t.name.clone(),
-            t.tunnel_type.clone(),
+            match t.encryption.as_str() {
+                "none" => t.tunnel_type.clone(),
+                encryption => format!("{}+{encryption}", t.tunnel_type),
+            },
             t.local_gateway.clone(),
             format!("{}/{}", t.remote_cluster, t.remote_gateway),
             cond(&t.ready),
@@ -661,9 +667,18 @@ mod tests {
         assert_eq!(t1.rtt_average.as_deref(), Some("0.2ms"));
         assert_eq!(t1.loss_percent, Some(0));
 
+        assert_eq!(t1.encryption, "none");
+
         let table = render_table(&v);
         assert!(table.contains("True (Answering)"), "{table}");
         assert!(table.contains("c2/rgw"), "{table}");
+        assert!(!table.contains("+"), "{table}");
+        // An encrypted tunnel says so in the type column.
+        let mut encrypted = tunnel("ns2", "t2", json!({}));
+        encrypted.spec.encryption = multivpc_api::Encryption::Ipsec;
+        let v = view(Some("c1"), &[], &[encrypted]);
+        assert_eq!(v.tunnels[0].encryption, "ipsec");
+        assert!(render_table(&v).contains("vxlan+ipsec"));
     }
 
     #[test]
@@ -752,6 +767,7 @@ mod tests {
         assert_eq!(
             keys(&j["tunnels"][0]),
             [
+                "encryption",
                 "healthy",
                 "localGateway",
                 "lossPercent",
