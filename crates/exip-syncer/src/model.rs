@@ -85,7 +85,9 @@ pub fn gateways(
 /// The gateway instances whose tunnels all fail: each has at least one programmed (Ready=True),
 /// live tunnel whose Healthy condition is known, and every such tunnel is Healthy=False.
 /// Tunnels still being probed (Unknown) count for neither side; a tunnel is on the instance its
-/// status names (`status.localGateway`, which follows a failover), else its `natGwDp`.
+/// status names (`status.localGateway`, which follows a failover), else its `natGwDp`. A tunnel
+/// failing for mismatched IPsec keys counts as working: the far end's packets reach this
+/// gateway, and another gateway would hold the same keys.
 pub fn unhealthy(tunnels: &[impl Borrow<VpcNatTunnel>]) -> std::collections::BTreeSet<String> {
     let mut by_instance: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for t in tunnels.iter().map(Borrow::borrow) {
@@ -107,6 +109,7 @@ pub fn unhealthy(tunnels: &[impl Borrow<VpcNatTunnel>]) -> std::collections::BTr
         let entry = by_instance.entry(instance).or_default();
         match healthy.status.as_str() {
             "True" => entry.0 += 1,
+            "False" if healthy.reason == conditions::IPSEC_AUTHENTICATION_FAILED => entry.0 += 1,
             "False" => entry.1 += 1,
             _ => {}
         }
@@ -284,8 +287,8 @@ pub(crate) mod tests {
         use multivpc_api::{VpcNatTunnelSpec, VpcNatTunnelStatus};
         let cond = |type_: &str, status: &str| Condition {
             type_: type_.into(),
-            status: status.into(),
-            reason: "R".into(),
+            status: status.split_once(':').map_or(status, |(s, _)| s).into(),
+            reason: status.split_once(':').map_or("R", |(_, r)| r).into(),
             message: String::new(),
             observed_generation: None,
             last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
@@ -327,6 +330,14 @@ pub(crate) mod tests {
             tunnel("c2", "c", None, "False", Some("False")),
             // d's tunnel moved to e by a failover: it counts for e.
             tunnel("d1", "d", Some("e"), "True", Some("False")),
+            // f's far end sends ESP f cannot authenticate: a key problem, not f's.
+            tunnel(
+                "f1",
+                "f",
+                None,
+                "True",
+                Some("False:IPsecAuthenticationFailed"),
+            ),
         ];
         let bad = unhealthy(&tunnels);
         assert_eq!(bad.into_iter().collect::<Vec<_>>(), ["a", "e"]);

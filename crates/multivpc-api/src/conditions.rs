@@ -9,6 +9,11 @@ pub const READY: &str = "Ready";
 /// Whether packets cross a programmed tunnel (VpcNatTunnel only): its far end answers probes.
 pub const HEALTHY: &str = "Healthy";
 
+/// `Healthy=False` reason of an encrypted tunnel whose far end sends ESP this side cannot
+/// authenticate: the two ends hold different pre-shared keys. Both gateways work; moving the
+/// tunnel to another one would not help.
+pub const IPSEC_AUTHENTICATION_FAILED: &str = "IPsecAuthenticationFailed";
+
 /// A condition's status, as Kubernetes spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

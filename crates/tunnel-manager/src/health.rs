@@ -31,7 +31,8 @@ pub mod reason {
     pub const NOT_ANSWERING: &str = "NotAnswering";
     /// False: unanswered, and ESP packets from the far end fail authentication here since its
     /// last answer: the two ends hold different pre-shared keys.
-    pub const IPSEC_AUTHENTICATION_FAILED: &str = "IPsecAuthenticationFailed";
+    pub const IPSEC_AUTHENTICATION_FAILED: &str =
+        multivpc_api::conditions::IPSEC_AUTHENTICATION_FAILED;
     /// Unknown: probes sent, too few results to tell yet.
     pub const PROBING: &str = "Probing";
     /// Unknown: the far end publishes no usable address for its side of this tunnel.
