@@ -55,6 +55,24 @@ async fn prepare(h: &Harness, cluster: &str) {
 /// labels are what tunnel-manager trusts; see multivpc_api's GatewayExIp::is_copy_of).
 /// A remote gateway's GatewayExIp as exip-syncer imports it (its field manager, its labels).
 async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr: &str) {
+    apply_exip_with_tunnel(c, gateway, cluster_id, ip, cidr, None).await;
+}
+
+/// [`apply_exip`] whose `spec.tunnels` holds the far end's tunnel address `(cluster, gateway,
+/// interfaceAddr)` toward that cluster's gateway, as exip-syncer publishes it (the probe's
+/// target).
+async fn apply_exip_with_tunnel(
+    c: &Client,
+    gateway: &str,
+    cluster_id: &str,
+    ip: &str,
+    cidr: &str,
+    tunnel: Option<(&str, &str, &str)>,
+) {
+    let mut spec = json!({"externalip": ip, "globalnetcidr": cidr});
+    if let Some((cluster, gw, addr)) = tunnel {
+        spec["tunnels"] = json!([{"clusterId": cluster, "gatewayName": gw, "interfaceAddr": addr}]);
+    }
     multivpc_e2e::apply_json_as(
         c,
         json!({
@@ -67,7 +85,7 @@ async fn apply_exip(c: &Client, gateway: &str, cluster_id: &str, ip: &str, cidr:
                     multivpc_api::keys::SUBMARINER_CLUSTER_ID: cluster_id,
                 },
             },
-            "spec": {"externalip": ip, "globalnetcidr": cidr},
+            "spec": spec,
         }),
         multivpc_api::keys::EXIP_SYNCER_MANAGER,
     )
@@ -2238,45 +2256,24 @@ async fn encrypted_pair(h: &Harness, carrier: serde_json::Value) -> EncryptedPai
     .unwrap();
     // Each far end publishes its tunnel address toward this side, as its exip-syncer would:
     // the tunnels are probed.
-    for (c, remote, ip, cidr, local, far_addr) in [
-        (
-            &c1,
-            "cluster2",
-            &g2.node.external_ip,
-            &gn2,
-            "cluster1",
-            "10.252.9.2/30",
-        ),
-        (
-            &c2,
-            "cluster1",
-            &g1.node.external_ip,
-            &gn1,
-            "cluster2",
-            "10.252.9.1/30",
-        ),
-    ] {
-        multivpc_e2e::apply_json_as(
-            c,
-            json!({
-                "apiVersion": "kubeovn.ustc.io/v1", "kind": "GatewayExIp",
-                "metadata": {
-                    "name": format!("{gw}-{remote}"), "namespace": KUBE_SYSTEM,
-                    "labels": {
-                        multivpc_api::keys::LABEL_CLUSTER: remote,
-                        multivpc_api::keys::LABEL_GATEWAY: &gw,
-                        multivpc_api::keys::SUBMARINER_CLUSTER_ID: remote,
-                    },
-                },
-                "spec": {"externalip": ip, "globalnetcidr": cidr, "tunnels": [
-                    {"clusterId": local, "gatewayName": &gw, "interfaceAddr": far_addr},
-                ]},
-            }),
-            multivpc_api::keys::EXIP_SYNCER_MANAGER,
-        )
-        .await
-        .unwrap();
-    }
+    apply_exip_with_tunnel(
+        &c1,
+        &gw,
+        "cluster2",
+        &g2.node.external_ip,
+        &gn2,
+        Some(("cluster1", &gw, "10.252.9.2/30")),
+    )
+    .await;
+    apply_exip_with_tunnel(
+        &c2,
+        &gw,
+        "cluster1",
+        &g1.node.external_ip,
+        &gn1,
+        Some(("cluster2", &gw, "10.252.9.1/30")),
+    )
+    .await;
     let secret = Harness::unique_name("psk");
     let psk: Vec<u8> = (0..48u8)
         .map(|i| i.wrapping_mul(37).wrapping_add(11))
