@@ -362,15 +362,16 @@ pub async fn run(
                     );
                     (update, tracker.current(&item.key))
                 };
-                if let Some(current) = current {
+                if let Some(current) = &current {
                     let rtt = match answer {
                         ProbeResult::Answered { rtt_ms } => Some(rtt_ms),
                         ProbeResult::Lost => None,
                     };
-                    series.set(&metrics, item, &current, rtt);
+                    series.set(&metrics, item, current, rtt);
                 }
                 if let Some((from, to)) = update.transition {
-                    transition(&ctx, item, pod, from, to).await;
+                    let rejecting = current.as_ref().is_some_and(|c| c.esp_rejected > 0);
+                    transition(&ctx, item, pod, (from, to), rejecting).await;
                 } else if update.rejection_began {
                     rejection(&ctx, item, pod).await;
                 }
@@ -386,7 +387,14 @@ pub async fn run(
 }
 
 /// Logs a health transition and, unless it is a new tunnel's first answer, makes it an event.
-async fn transition(ctx: &Context, item: &Item, pod: &PodTarget, from: Status, to: Status) {
+/// `rejecting`: the tunnel's inbound SAs refuse the far end's ESP (mismatched keys).
+async fn transition(
+    ctx: &Context,
+    item: &Item,
+    pod: &PodTarget,
+    (from, to): (Status, Status),
+    rejecting: bool,
+) {
     let target: Ipv4Addr = item.probe.target;
     let device = &item.probe.device;
     let (type_, reason, note) = match to {
@@ -400,7 +408,7 @@ async fn transition(ctx: &Context, item: &Item, pod: &PodTarget, from: Status, t
                     .probes
                     .map(|p| p.policy.failure_threshold)
                     .unwrap_or_default(),
-                if rejecting(ctx, item) {
+                if rejecting {
                     "; ESP from the far gateway fails authentication here: the pre-shared keys differ"
                 } else {
                     ""
@@ -424,14 +432,6 @@ async fn transition(ctx: &Context, item: &Item, pod: &PodTarget, from: Status, t
     ctx.events
         .publish(&item.tunnel.object_ref(&()), type_, reason, "Probe", note)
         .await;
-}
-
-fn rejecting(ctx: &Context, item: &Item) -> bool {
-    ctx.health
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .current(&item.key)
-        .is_some_and(|c| c.esp_rejected > 0)
 }
 
 /// An unhealthy encrypted tunnel's far end sends ESP this side cannot authenticate: a warning
