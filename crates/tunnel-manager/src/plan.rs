@@ -479,6 +479,20 @@ mod tests {
         }
     }
 
+    /// What the tracker reports for tunnel `key` after one answer from 10.100.0.2.
+    fn answered_once(key: &str) -> Option<health::Observed> {
+        let mut tracker = health::Tracker::new(health::Policy::default());
+        tracker.record(
+            key,
+            "10.100.0.2".parse().unwrap(),
+            crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
+            None,
+            jiff::Timestamp::UNIX_EPOCH,
+            std::time::Instant::now(),
+        );
+        tracker.observed(key)
+    }
+
     fn plan_of(t: &VpcNatTunnel, s: &Snapshot, since: Option<Duration>) -> Plan {
         plan(t, resolve(t, s), s, since, INTERVAL, HealthInput::default())
     }
@@ -595,16 +609,7 @@ mod tests {
             p.healthy.message
         );
         // Probed through its pod and answering.
-        let mut tracker = health::Tracker::new(health::Policy::default());
-        tracker.record(
-            "ns1/vx1",
-            "10.100.0.2".parse().unwrap(),
-            crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
-            None,
-            jiff::Timestamp::UNIX_EPOCH,
-            std::time::Instant::now(),
-        );
-        let seen = tracker.observed("ns1/vx1");
+        let seen = answered_once("ns1/vx1");
         let with_pod = |uid: &str,
                         conditions: Vec<
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
@@ -727,16 +732,8 @@ mod tests {
         assert!(!r.leaves_pod && r.removal.is_none());
         assert_eq!(r.healthy.status, Status::Unknown);
         // Its SAs still carry the traffic: the probes say so.
-        let mut tracker = health::Tracker::new(health::Policy::default());
-        tracker.record(
-            "ns1/vx1",
-            "10.100.0.2".parse().unwrap(),
-            crate::script::ProbeResult::Answered { rtt_ms: 1.0 },
-            None,
-            jiff::Timestamp::UNIX_EPOCH,
-            std::time::Instant::now(),
-        );
-        let r = keyless(&t, tracker.observed("ns1/vx1").as_ref());
+        let seen = answered_once("ns1/vx1");
+        let r = keyless(&t, seen.as_ref());
         assert_eq!(
             (r.healthy.status, r.healthy.reason),
             (Status::True, health::reason::ANSWERING)
@@ -744,7 +741,7 @@ mod tests {
         assert!(r.status.health.is_some());
         // In another pod (a failover) it is not programmed at all.
         t.status.as_mut().unwrap().gateway_pod.as_mut().unwrap().uid = "uid-old".into();
-        let r = keyless(&t, tracker.observed("ns1/vx1").as_ref());
+        let r = keyless(&t, seen.as_ref());
         assert_eq!(r.healthy.reason, health::reason::NOT_PROGRAMMED);
         assert_eq!(r.status.health, None);
     }

@@ -1722,16 +1722,28 @@ pub(crate) mod tests {
 
     /// The shells a gateway may have: the host's `sh`, and busybox's (Kube-OVN's gateway image
     /// is alpine) where this machine has it.
-    fn shells() -> Vec<Vec<&'static str>> {
-        let mut shells = vec![vec!["sh"]];
+    /// `script` run by each of them, with the shell's name.
+    fn in_every_shell(script: &str) -> Vec<(&'static str, std::process::Output)> {
+        let mut shells = vec![("sh", vec!["sh"])];
         if std::process::Command::new("busybox")
             .arg("true")
             .status()
             .is_ok_and(|s| s.success())
         {
-            shells.push(vec!["busybox", "sh"]);
+            shells.push(("busybox sh", vec!["busybox", "sh"]));
         }
         shells
+            .into_iter()
+            .map(|(name, argv)| {
+                let out = std::process::Command::new(argv[0])
+                    .args(&argv[1..])
+                    .arg("-c")
+                    .arg(script)
+                    .output()
+                    .unwrap();
+                (name, out)
+            })
+            .collect()
     }
 
     /// The key comparison of the converge script, on the text `ip xfrm state get` prints: an SA
@@ -1769,17 +1781,11 @@ pub(crate) mod tests {
             spi(sas[1]),
             named.join(" "),
         );
-        for shell in shells() {
-            let out = std::process::Command::new(shell[0])
-                .args(&shell[1..])
-                .arg("-c")
-                .arg(&script)
-                .output()
-                .unwrap();
+        for (shell, out) in in_every_shell(&script) {
             assert_eq!(
                 String::from_utf8_lossy(&out.stdout).trim(),
                 format!("missing= {} rekey= {}", spi(sas[2]), spi(sas[1])),
-                "{shell:?}: {}",
+                "{shell}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
@@ -1822,18 +1828,12 @@ pub(crate) mod tests {
             &format!("set +e\nping() {{ :; }}\nip() {{ printf '%s' '{listing}'; }}\n"),
             1,
         );
-        for shell in shells() {
-            let out = std::process::Command::new(shell[0])
-                .args(&shell[1..])
-                .arg("-c")
-                .arg(&script)
-                .output()
-                .unwrap();
+        for (shell, out) in in_every_shell(&script) {
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert_eq!(
                 esp_failures(&stdout),
                 [(0, 7)].into_iter().collect(),
-                "{shell:?}: {stdout}"
+                "{shell}: {stdout}"
             );
             assert!(!stdout.contains("abcdef"), "{stdout}");
         }
