@@ -28,6 +28,15 @@ pub struct Namespaces {
     pub nat_gw_name_prefix: String,
 }
 
+/// An error as a check's reason prints it: an API refusal by its message alone (its Display
+/// repeats the whole status).
+fn in_short(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => status.message.clone(),
+        _ => e.to_string(),
+    }
+}
+
 /// Longest the broker may take to answer before its checks are skipped.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,14 +66,7 @@ impl Broker {
                     multivpc_runtime::broker::connect(client, &self.access, &mut secret_note);
                 match tokio::time::timeout(BROKER_TIMEOUT, connect).await {
                     Ok(Ok(connected)) => Ok(connected),
-                    Ok(Err(e)) => Err(e
-                        .chain()
-                        .map(|c| match c.downcast_ref::<kube::Error>() {
-                            Some(kube::Error::Api(status)) => status.message.clone(),
-                            _ => c.to_string(),
-                        })
-                        .collect::<Vec<_>>()
-                        .join(": ")),
+                    Ok(Err(e)) => Err(e.chain().map(in_short).collect::<Vec<_>>().join(": ")),
                     Err(_) => Err(format!("no answer within {}s", BROKER_TIMEOUT.as_secs())),
                 }
             })
@@ -143,11 +145,10 @@ pub async fn tunnel(
             .await
             .map(|l| (broker_ns.as_str(), l.items.into_iter().next()))
             .map_err(|e| {
-                let why = match &e {
-                    kube::Error::Api(status) => status.message.clone(),
-                    other => other.to_string(),
-                };
-                format!("cannot list GatewayExIp {broker_ns}/{remote} there: {why}")
+                format!(
+                    "cannot list GatewayExIp {broker_ns}/{remote} there: {}",
+                    in_short(&e)
+                )
             }),
         Err(why) => Err(why.clone()),
     };
