@@ -184,6 +184,16 @@ impl ControllerProcess {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The last `lines` lines of the process's log above DEBUG (what a failed wait shows).
+    pub fn log_tail_info(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE"))
+            .collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics_text(&self) -> Result<String> {
         let (code, body) = http_get(self.metrics, "/metrics").await?;

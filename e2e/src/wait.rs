@@ -73,17 +73,28 @@ where
     .await
 }
 
-/// Wait until `name` no longer exists.
+/// Wait until `name` no longer exists. A timeout names what held it: its finalizers and status.
 pub async fn wait_for_deletion<K>(api: &Api<K>, name: &str, timeout: Duration) -> Result<()>
 where
-    K: Resource + Clone + DeserializeOwned + Debug,
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + Debug,
     K::DynamicType: Default,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     wait_for(&format!("deletion of {kind} {name}"), timeout, || async {
         Ok(match api.get_opt(name).await? {
             None => Check::Done(()),
-            Some(_) => Check::Pending("still exists".into()),
+            Some(obj) => {
+                let status = serde_json::to_value(&obj)?
+                    .get("status")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                let meta = obj.meta();
+                Check::Pending(format!(
+                    "still exists (deleting: {}, finalizers: {:?}, status: {status})",
+                    meta.deletion_timestamp.is_some(),
+                    meta.finalizers.as_deref().unwrap_or_default(),
+                ))
+            }
         })
     })
     .await

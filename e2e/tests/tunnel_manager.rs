@@ -1149,11 +1149,13 @@ async fn gre_pair_carries_a_ping_on_the_kernel_vm() {
             probe.stderr.trim()
         );
     }
-    for t in [&t1, &t2] {
+    // A deletion waits for one cleanup exec; the bound leaves room for an exec that times out
+    // (30 s) and its retry on a loaded machine.
+    for (t, ctl) in [(&t1, &ctl1), (&t2, &ctl2)] {
         t.delete(dev, &DeleteParams::default()).await.unwrap();
-        wait_for_deletion(t, dev, Duration::from_secs(60))
-            .await
-            .unwrap();
+        if let Err(e) = wait_for_deletion(t, dev, Duration::from_secs(120)).await {
+            panic!("{e:#}\ncontroller log:\n{}", ctl.log_tail_info(30));
+        }
     }
     let gone = state(&g1.node).await;
     assert!(
