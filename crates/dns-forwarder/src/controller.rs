@@ -390,30 +390,35 @@ fn key(forward: &VpcDnsForward) -> String {
 async fn reconcile(forward: Arc<VpcDnsForward>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ctx2 = ctx.clone();
     ctx.reconcile_metrics
-        .measure(async move {
+        .measure(Box::pin(async move {
             let ns = forward.namespace().unwrap_or_default();
             let api: Api<VpcDnsForward> = Api::namespaced(ctx2.client.clone(), &ns);
             let k = key(&forward);
             ctx2.caches
-                .reconcile(&ctx2.backoff, &k, forward.metadata.generation, async {
-                    finalizer::finalizer(
-                        &api,
-                        DNS_FINALIZER,
-                        MANAGER,
-                        &ctx2.writes,
-                        forward,
-                        |event| async {
-                            match event {
-                                Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
-                                Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
-                            }
-                        },
-                    )
-                    .await
-                    .map_err(|e| Error::Finalizer(Box::new(e)))
-                })
+                .reconcile(
+                    &ctx2.backoff,
+                    &k,
+                    forward.metadata.generation,
+                    Box::pin(async {
+                        finalizer::finalizer(
+                            &api,
+                            DNS_FINALIZER,
+                            MANAGER,
+                            &ctx2.writes,
+                            forward,
+                            |event| async {
+                                match event {
+                                    Finalizer::Apply(f) => apply(&f, &ctx2, &api).await,
+                                    Finalizer::Cleanup(f) => cleanup(&f, &ctx2).await,
+                                }
+                            },
+                        )
+                        .await
+                        .map_err(|e| Error::Finalizer(Box::new(e)))
+                    }),
+                )
                 .await
-        })
+        }))
         .await
 }
 

@@ -362,7 +362,7 @@ pub async fn run(
         }
         let mut next_check = None;
         let result = reconcile_metrics
-            .measure(async {
+            .measure(Box::pin(async {
                 let _running = probes.liveness().running("the sync pass");
                 let n = pass(&mut ctx).await?;
                 next_check = n;
@@ -370,7 +370,7 @@ pub async fn run(
                     Some(at) => Action::requeue(at.saturating_duration_since(Instant::now())),
                     None => Action::await_change(),
                 })
-            })
+            }))
             .await;
         next = match result {
             Ok(_) => {

@@ -2,7 +2,6 @@
 //! probe address (one listener when both addresses are the same).
 
 use std::{
-    future::Future,
     net::SocketAddr,
     sync::{
         Arc,
@@ -10,7 +9,7 @@ use std::{
     },
 };
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, future::BoxFuture};
 use kube::runtime::{controller::Action, watcher};
 
 use anyhow::Context as _;
@@ -130,13 +129,14 @@ impl CacheSync {
     /// second): give the controller [`CacheSync::on_synced`] to reconcile every object once the
     /// caches have synced. An object still in
     /// its error backoff comes back at its retry time instead (see [`crate::backoff`]). A
-    /// success forgets the object's failures in `backoff`.
+    /// success forgets the object's failures in `backoff`. The work comes boxed, as
+    /// [`crate::metrics::ReconcileMetrics::measure`] says why.
     pub async fn reconcile<E>(
         &self,
         backoff: &crate::backoff::ErrorBackoff,
         key: &str,
         generation: Option<i64>,
-        reconcile: impl Future<Output = Result<Action, E>>,
+        reconcile: BoxFuture<'_, Result<Action, E>>,
     ) -> Result<Action, E> {
         if !self.is_synced() {
             return Ok(Action::await_change());
@@ -420,7 +420,10 @@ mod tests {
             ran.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok::<_, ()>(Action::await_change())
         };
-        let early = sync.reconcile(&backoff, "k", Some(1), run()).await.unwrap();
+        let early = sync
+            .reconcile(&backoff, "k", Some(1), Box::pin(run()))
+            .await
+            .unwrap();
         assert_eq!(
             early,
             Action::await_change(),
@@ -433,7 +436,8 @@ mod tests {
         let listed = futures::stream::iter(vec![Ok(watcher::Event::<ConfigMap>::InitDone)]);
         sync.track(listed).count().await;
         assert_eq!(
-            sync.reconcile(&backoff, "k", Some(1), run()).await,
+            sync.reconcile(&backoff, "k", Some(1), Box::pin(run()))
+                .await,
             Ok(Action::await_change())
         );
         assert!(ran.load(std::sync::atomic::Ordering::SeqCst));

@@ -61,7 +61,8 @@ impl Events {
         );
         let namespace = regarding.namespace.as_deref().unwrap_or("default");
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
-        if let Err(err) = api.create(&PostParams::default(), &event).await {
+        // Boxed as the status apply is (crate::status::apply_status says why).
+        if let Err(err) = Box::pin(api.create(&PostParams::default(), &event)).await {
             tracing::warn!(%err, reason, "could not publish event");
         }
     }

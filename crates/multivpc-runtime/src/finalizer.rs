@@ -59,14 +59,13 @@ where
         "kind": K::kind(&()),
         "metadata": {"finalizers": [name]},
     });
-    let updated = api
-        .patch(
-            &object_name,
-            &PatchParams::apply(&format!("{manager}-finalizer")).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::AddFinalizer)?;
+    let updated = Box::pin(api.patch(
+        &object_name,
+        &PatchParams::apply(&format!("{manager}-finalizer")).force(),
+        &Patch::Apply(&patch),
+    ))
+    .await
+    .map_err(Error::AddFinalizer)?;
     let updated = writes.wrote(&obj, updated);
     kube_finalizer::finalizer(api, name, updated, reconcile).await
 }

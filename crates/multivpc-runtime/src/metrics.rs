@@ -1,7 +1,9 @@
 //! Prometheus metrics. Reconcile metrics use controller-runtime's names and labels so that
 //! existing dashboards and alerts for Go operators work unchanged.
 
-use std::{future::Future, time::Instant};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
 
 use kube::runtime::controller::Action;
 use prometheus::{
@@ -158,9 +160,15 @@ pub struct ReconcileMetrics {
 
 impl ReconcileMetrics {
     /// Runs one reconcile and records its duration, its result and the busy workers.
+    ///
+    /// The reconcile comes boxed: an async fn holds a future it is given twice, as its argument
+    /// and as the future it awaits, so each wrapper doubled the reconcile's state machine, held
+    /// by every reconcile in flight (tunnel-manager's was 42 KiB for 10 KiB of work, 5 MiB at
+    /// 128 in flight). Boxed, the work is held once, on the heap. ([`crate::admin::CacheSync::reconcile`]
+    /// takes its work the same way.)
     pub async fn measure<E>(
         &self,
-        reconcile: impl Future<Output = Result<Action, E>>,
+        reconcile: BoxFuture<'_, Result<Action, E>>,
     ) -> Result<Action, E> {
         self.active_workers.inc();
         // Decrement even if the reconcile future is dropped (shutdown) or panics.
@@ -219,13 +227,15 @@ mod tests {
     async fn measure_records_results() {
         let metrics = Metrics::new();
         let rm = metrics.controller("c");
-        rm.measure(async { Ok::<_, ()>(Action::await_change()) })
+        rm.measure(Box::pin(async { Ok::<_, ()>(Action::await_change()) }))
             .await
             .unwrap();
-        rm.measure(async { Ok::<_, ()>(Action::requeue(Duration::from_secs(5))) })
-            .await
-            .unwrap();
-        rm.measure(async { Err::<Action, _>("boom") })
+        rm.measure(Box::pin(async {
+            Ok::<_, ()>(Action::requeue(Duration::from_secs(5)))
+        }))
+        .await
+        .unwrap();
+        rm.measure(Box::pin(async { Err::<Action, _>("boom") }))
             .await
             .unwrap_err();
         let text = metrics.render();

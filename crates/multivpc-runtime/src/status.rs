@@ -35,13 +35,15 @@ where
     });
     let mut left_out = 0;
     loop {
-        let result = api
-            .patch_status(
-                name,
-                &PatchParams::apply(manager).force(),
-                &Patch::Apply(&patch),
-            )
-            .await;
+        // Boxed, here and in the other API calls a reconcile makes: a reconcile in flight
+        // mostly waits (for its pod's exec), and an API call's state inlined into its state
+        // machine would be reserved all that time in each of them.
+        let result = Box::pin(api.patch_status(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&patch),
+        ))
+        .await;
         let err = match result {
             Err(kube::Error::Api(ref s)) if left_out < MAX_UNDECLARED => s.message.clone(),
             other => return other,
