@@ -1,6 +1,7 @@
 //! `GatewayExIp`: the published endpoint of a VPC NAT gateway, exchanged between clusters through
 //! the Submariner broker. Created and owned by exip-syncer only.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +196,53 @@ impl GatewayExIp {
     }
 }
 
+/// The managedFields paths provenance reads ([`owners`]): the spec, and the active-gateway label.
+const PROVENANCE_PATHS: [&[&str]; 2] = [
+    &["f:spec"],
+    &["f:metadata", "f:labels", ACTIVE_GATEWAY_FIELD],
+];
+
+/// [`LABEL_ACTIVE_GATEWAY`] as a managedFields key (a test checks they agree).
+const ACTIVE_GATEWAY_FIELD: &str = "f:multivpc.kubeovn.ustc.io/active-gateway";
+
+impl GatewayExIp {
+    /// Keeps of its managedFields only what provenance reads: each entry's manager and, of the
+    /// fields it owns, those on [`PROVENANCE_PATHS`]; entries owning none of them go. What
+    /// [`Self::written_by_exip_syncer`] and [`Self::active_gateway`] answer is unchanged. A
+    /// cache of remote GatewayExIps keeps them this way: whole, their field sets were most of
+    /// what the cache weighed.
+    pub fn keep_only_provenance(&mut self) {
+        let Some(entries) = self.metadata.managed_fields.take() else {
+            return;
+        };
+        let kept: Vec<ManagedFieldsEntry> = entries
+            .into_iter()
+            .filter_map(|entry| {
+                let fields = entry.fields_v1.as_ref()?;
+                let mut tree = serde_json::Value::Object(Default::default());
+                for path in PROVENANCE_PATHS {
+                    if path.iter().try_fold(&fields.0, |n, k| n.get(k)).is_some() {
+                        let mut node = &mut tree;
+                        for key in path {
+                            node = node
+                                .as_object_mut()?
+                                .entry(*key)
+                                .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                        }
+                    }
+                }
+                let owns_any = tree.as_object().is_some_and(|m| !m.is_empty());
+                owns_any.then(|| ManagedFieldsEntry {
+                    manager: entry.manager,
+                    fields_v1: Some(FieldsV1(tree)),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        self.metadata.managed_fields = (!kept.is_empty()).then_some(kept);
+    }
+}
+
 /// Whether exip-syncer owns the field at `path` of `obj` (managedFields), and which other
 /// managers do.
 fn owners<'a>(obj: &'a GatewayExIp, path: &[&str]) -> (bool, Vec<&'a str>) {
@@ -284,6 +332,52 @@ mod tests {
         let mut o = with_labels(&[(LABEL_ACTIVE_GATEWAY, "Bad;Name")]);
         managed(&mut o, &[("exip-syncer", label)]);
         assert_eq!(o.active_gateway(), None);
+    }
+
+    #[test]
+    fn provenance_reads_the_same_from_the_trimmed_field_owners() {
+        assert_eq!(ACTIVE_GATEWAY_FIELD, format!("f:{LABEL_ACTIVE_GATEWAY}"));
+        let spec = serde_json::json!({"f:spec": {"f:externalip": {}, "f:globalnetcidr": {}}});
+        let label = serde_json::json!({"f:metadata": {"f:labels": {
+            ACTIVE_GATEWAY_FIELD: {}, "f:other": {}}, "f:annotations": {"f:a": {}}}});
+        let both = serde_json::json!({"f:spec": {"f:externalip": {}},
+            "f:metadata": {"f:labels": {ACTIVE_GATEWAY_FIELD: {}}}});
+        let unrelated = serde_json::json!({"f:metadata": {"f:labels": {"f:other": {}}}});
+        let status = serde_json::json!({"f:status": {"f:x": {}}});
+        let cases: Vec<Vec<(&str, serde_json::Value)>> = vec![
+            vec![],
+            vec![
+                ("exip-syncer", spec.clone()),
+                ("exip-syncer", label.clone()),
+            ],
+            vec![("exip-syncer", both.clone())],
+            vec![("exip-syncer", both), ("kubectl-edit", unrelated.clone())],
+            vec![
+                ("exip-syncer", spec.clone()),
+                ("kubectl-label", label.clone()),
+            ],
+            vec![("kubectl-client-side-apply", spec), ("x", status)],
+            vec![("exip-syncer", label), ("kubectl", unrelated)],
+        ];
+        for case in cases {
+            let mut o = with_labels(&[(LABEL_ACTIVE_GATEWAY, "gw-b")]);
+            managed(&mut o, &case);
+            let mut trimmed = o.clone();
+            trimmed.keep_only_provenance();
+            assert_eq!(
+                (trimmed.written_by_exip_syncer(), trimmed.active_gateway()),
+                (o.written_by_exip_syncer(), o.active_gateway()),
+                "{case:?}"
+            );
+            for entry in trimmed.metadata.managed_fields.iter().flatten() {
+                let fields = serde_json::to_string(&entry.fields_v1).unwrap();
+                assert!(
+                    !fields.contains("f:other") && !fields.contains("f:annotations"),
+                    "{fields}"
+                );
+                assert!(entry.operation.is_none() && entry.time.is_none());
+            }
+        }
     }
 
     fn with_labels(labels: &[(&str, &str)]) -> GatewayExIp {

@@ -64,7 +64,7 @@ impl<K: Resource> OwnWrites<K> {
     }
 
     /// `written` was returned by a write made on top of `base`. It is kept as the caches it
-    /// stands in for keep objects, without managedFields (`FieldOwners::Dropped`): a server-side
+    /// stands in for keep objects, without managedFields (`crate::watch::reflect`): a server-side
     /// apply's answer carries every manager's field set, which at 5000 tunnels was most of
     /// what the kept copies weighed.
     pub fn wrote(&self, base: &K, mut written: K) -> Arc<K> {

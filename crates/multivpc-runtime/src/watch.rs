@@ -295,7 +295,7 @@ where
 ///
 /// The cached objects carry no `managedFields`: nothing but a GatewayExIp's provenance reads
 /// them, and they are often the larger part of an object (at 5000 tunnels, tens of MiB). Use
-/// [`reflect_with_field_owners`] for a kind whose writers matter.
+/// [`reflect_trimmed`] for a kind whose writers matter.
 pub fn reflect<K>(
     api: Api<Decoded<K>>,
     config: watcher::Config,
@@ -308,37 +308,19 @@ pub fn reflect<K>(
 where
     K: Watched,
 {
-    reflect_as(api, config, caches, metrics, FieldOwners::Dropped)
+    reflect_trimmed(api, config, caches, metrics, |o: &mut K| {
+        o.meta_mut().managed_fields = None
+    })
 }
 
-/// [`reflect`], keeping each object's `managedFields` (who wrote which field).
-pub fn reflect_with_field_owners<K>(
+/// [`reflect`], with `trim` choosing what of each object the cache keeps, e.g. the part of its
+/// `managedFields` (who wrote which field) a provenance check reads.
+pub fn reflect_trimmed<K>(
     api: Api<Decoded<K>>,
     config: watcher::Config,
     caches: &CacheSync,
     metrics: &WatchMetrics,
-) -> (
-    Store<K>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
-)
-where
-    K: Watched,
-{
-    reflect_as(api, config, caches, metrics, FieldOwners::Kept)
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum FieldOwners {
-    Kept,
-    Dropped,
-}
-
-fn reflect_as<K>(
-    api: Api<Decoded<K>>,
-    config: watcher::Config,
-    caches: &CacheSync,
-    metrics: &WatchMetrics,
-    owners: FieldOwners,
+    trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + use<K>,
@@ -360,11 +342,7 @@ where
         metrics.clone(),
         known,
     )
-    .modify(move |o: &mut K| {
-        if owners == FieldOwners::Dropped {
-            o.meta_mut().managed_fields = None;
-        }
-    })
+    .modify(trim)
     .reflect(writer);
     let kind = K::kind(&()).into_owned();
     (

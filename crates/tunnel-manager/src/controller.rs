@@ -511,12 +511,13 @@ pub async fn run(
     let caches = CacheSync::new(probes);
     let changes = Arc::new(AtomicU64::new(0));
 
-    // With their field owners: a GatewayExIp's provenance is read from them (resolve.rs).
-    let (exips, exips_stream) = watch::reflect_with_field_owners(
+    // With the field owners a GatewayExIp's provenance is read from (resolve.rs).
+    let (exips, exips_stream) = watch::reflect_trimmed(
         Api::<Decoded<GatewayExIp>>::namespaced(c.clone(), &settings.exip_namespace),
         watcher::Config::default(),
         &caches,
         &watch_metrics,
+        GatewayExIp::keep_only_provenance,
     );
     let exips_stream = counted(&changes, exips_stream).touched_objects();
     let (pods, pods_stream) = watch::reflect(
