@@ -179,18 +179,17 @@ impl ControllerProcess {
 
     /// The last `lines` lines of the process's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        self.tail_of(lines, |_| true)
     }
 
     /// The last `lines` lines of the process's log above DEBUG (what a failed wait shows).
     pub fn log_tail_info(&self, lines: usize) -> String {
+        self.tail_of(lines, |l| !l.contains("DEBUG") && !l.contains("TRACE"))
+    }
+
+    fn tail_of(&self, lines: usize, keep: impl Fn(&str) -> bool) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.contains("DEBUG") && !l.contains("TRACE"))
-            .collect();
+        let kept: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
         kept[kept.len().saturating_sub(lines)..].join("\n")
     }
 
